@@ -1,0 +1,251 @@
+//! Checks on `systemd/rkubelet.service`.
+//!
+//! * `systemd-analyze verify` accepts the unit (with ExecStart pointed at the
+//!   binary cargo built for this test run, since verify insists the program
+//!   exists) and prints no diagnostic about it: unknown keys only warn, so
+//!   warnings fail the test too. A machine without `systemd-analyze` fails the
+//!   test: `scripts/setup.sh` installs the `systemd` package.
+//! * The settings the agent depends on are present: Type=notify,
+//!   Restart=always, KillMode=process (restarting the agent must not kill
+//!   pods), Delegate=yes, ordering after containerd.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const UNIT_NAME: &str = "rkubelet.service";
+
+fn unit_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("systemd")
+        .join(UNIT_NAME)
+}
+
+fn unit_text() -> String {
+    let path = unit_path();
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// A unit file parsed into section -> key -> values (a key may repeat).
+type Unit = BTreeMap<String, BTreeMap<String, Vec<String>>>;
+
+fn parse_unit(text: &str) -> Unit {
+    let mut unit = Unit::new();
+    let mut section: Option<String> = None;
+    let mut pending = String::new();
+    for (n, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if pending.is_empty() && (line.is_empty() || line.starts_with('#') || line.starts_with(';'))
+        {
+            continue;
+        }
+        // Backslash at the end of a line continues it.
+        if let Some(head) = line.strip_suffix('\\') {
+            pending.push_str(head);
+            pending.push(' ');
+            continue;
+        }
+        pending.push_str(line);
+        let full = std::mem::take(&mut pending);
+        if full.starts_with('[') {
+            assert!(
+                full.ends_with(']'),
+                "line {}: bad section header {full:?}",
+                n + 1
+            );
+            let name = full[1..full.len() - 1].to_string();
+            unit.entry(name.clone()).or_default();
+            section = Some(name);
+            continue;
+        }
+        let (key, value) = full
+            .split_once('=')
+            .unwrap_or_else(|| panic!("line {}: not key=value: {full:?}", n + 1));
+        let sec = section
+            .as_ref()
+            .unwrap_or_else(|| panic!("line {}: assignment outside a section", n + 1));
+        unit.get_mut(sec)
+            .unwrap()
+            .entry(key.trim().to_string())
+            .or_default()
+            .push(value.trim().to_string());
+    }
+    assert!(pending.is_empty(), "unit ends inside a continued line");
+    unit
+}
+
+fn values<'a>(unit: &'a Unit, section: &str, key: &str) -> &'a [String] {
+    unit.get(section)
+        .unwrap_or_else(|| panic!("unit has no [{section}] section"))
+        .get(key)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+}
+
+/// The single value of a key that must appear exactly once.
+fn single<'a>(unit: &'a Unit, section: &str, key: &str) -> &'a str {
+    match values(unit, section, key) {
+        [v] => v,
+        [] => panic!("[{section}] has no {key}="),
+        vs => panic!("[{section}] has {key}= {} times: {vs:?}", vs.len()),
+    }
+}
+
+/// All space-separated words of a list-valued key (After=, Wants=, ...).
+fn words(unit: &Unit, section: &str, key: &str) -> Vec<String> {
+    values(unit, section, key)
+        .iter()
+        .flat_map(|v| v.split_whitespace().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn unit_has_required_settings() {
+    let unit = parse_unit(&unit_text());
+
+    assert!(!single(&unit, "Unit", "Description").is_empty());
+    assert!(
+        !words(&unit, "Unit", "Documentation").is_empty(),
+        "no Documentation="
+    );
+    for key in ["After", "Wants"] {
+        let w = words(&unit, "Unit", key);
+        for dep in ["containerd.service", "network-online.target"] {
+            assert!(w.iter().any(|x| x == dep), "{key}= lacks {dep}: {w:?}");
+        }
+    }
+
+    assert_eq!(single(&unit, "Service", "Type"), "notify");
+    assert_eq!(single(&unit, "Service", "Restart"), "always");
+    assert_eq!(single(&unit, "Service", "RestartSec"), "10");
+    assert_eq!(
+        single(&unit, "Service", "KillMode"),
+        "process",
+        "restarting the agent must never kill pods"
+    );
+    assert_eq!(single(&unit, "Service", "Delegate"), "yes");
+
+    let exec = single(&unit, "Service", "ExecStart");
+    let mut argv = exec.split_whitespace();
+    assert_eq!(argv.next(), Some("/usr/local/bin/rkubelet"));
+    assert!(
+        argv.any(|a| a == "--pod-manifest-path=/etc/kubernetes/manifests"),
+        "ExecStart lacks --pod-manifest-path: {exec}"
+    );
+
+    let wanted = words(&unit, "Install", "WantedBy");
+    assert!(
+        wanted.iter().any(|w| w == "multi-user.target"),
+        "WantedBy={wanted:?}"
+    );
+}
+
+/// The unit text with ExecStart's program replaced by `program`.
+fn with_program(text: &str, program: &str) -> String {
+    let quoted = if program.contains(char::is_whitespace) {
+        format!("\"{program}\"")
+    } else {
+        program.to_string()
+    };
+    let mut replaced = 0;
+    let out: Vec<String> = text
+        .lines()
+        .map(|line| match line.strip_prefix("ExecStart=") {
+            Some(rest) => {
+                replaced += 1;
+                let args = rest
+                    .split_once(char::is_whitespace)
+                    .map(|(_, a)| a)
+                    .unwrap_or("");
+                format!("ExecStart={quoted} {args}").trim_end().to_string()
+            }
+            None => line.to_string(),
+        })
+        .collect();
+    assert_eq!(replaced, 1, "expected exactly one ExecStart= line");
+    out.join("\n") + "\n"
+}
+
+#[test]
+fn systemd_analyze_verify_accepts_unit() {
+    let program = env!("CARGO_BIN_EXE_rkubelet");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join(UNIT_NAME);
+    std::fs::write(&path, with_program(&unit_text(), program)).expect("write unit copy");
+
+    let mut child = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run systemd-analyze ({e}); install the `systemd` package \
+                 (scripts/setup.sh does)"
+            )
+        });
+
+    // Bounded wait: verify takes well under a second; give up after 60 s.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for systemd-analyze") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("systemd-analyze verify did not finish within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut out = String::new();
+    let mut err = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+
+    assert!(
+        status.success(),
+        "systemd-analyze verify failed ({status}):\n{out}{err}"
+    );
+    // Unknown keys or bad values only warn (exit 0); any line about our unit fails.
+    let complaints: Vec<&str> = out
+        .lines()
+        .chain(err.lines())
+        .filter(|l| l.contains(UNIT_NAME))
+        .collect();
+    assert!(
+        complaints.is_empty(),
+        "systemd-analyze verify complained about the unit:\n{}",
+        complaints.join("\n")
+    );
+}
+
+#[test]
+fn parser_and_rewrite_work() {
+    let unit = parse_unit(
+        "# c\n[Unit]\nAfter=a.service \\\n  b.service\nAfter=c.target\n[Service]\nExecStart=/x --y=1 z\n",
+    );
+    assert_eq!(
+        words(&unit, "Unit", "After"),
+        ["a.service", "b.service", "c.target"]
+    );
+    let text = with_program(
+        "[Service]\nExecStart=/usr/local/bin/rkubelet --a=b\n",
+        "/p q/r",
+    );
+    assert_eq!(text, "[Service]\nExecStart=\"/p q/r\" --a=b\n");
+}
