@@ -1,0 +1,240 @@
+//! Pod QoS classes and the `kubepods` cgroup hierarchy (cgroupfs driver), plus the
+//! OOM score the kubelet gives each QoS class (pkg/kubelet/qos).
+//!
+//! runc creates the per-container cgroups from the OCI `cgroupsPath`; this module
+//! names the pod-level parent and removes it when the pod is gone, on cgroup v1
+//! (every mounted controller) and v2 (the unified mount).
+
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::Pod;
+
+/// A pod's quality-of-service class, computed as upstream's GetPodQOS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QosClass {
+    Guaranteed,
+    Burstable,
+    BestEffort,
+}
+
+impl QosClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QosClass::Guaranteed => "Guaranteed",
+            QosClass::Burstable => "Burstable",
+            QosClass::BestEffort => "BestEffort",
+        }
+    }
+}
+
+/// Upstream's GetPodQOS: BestEffort when no container sets cpu/memory requests or
+/// limits; Guaranteed when every container has cpu and memory limits equal to its
+/// requests (requests default to limits); otherwise Burstable.
+pub fn qos_class(pod: &Pod) -> QosClass {
+    let Some(spec) = pod.spec.as_ref() else { return QosClass::BestEffort };
+    let all = spec.init_containers.iter().flatten().chain(spec.containers.iter());
+    let mut any = false;
+    let mut guaranteed = true;
+    for c in all {
+        let r = c.resources.as_ref();
+        let limits = r.and_then(|r| r.limits.clone()).unwrap_or_default();
+        let requests = r.and_then(|r| r.requests.clone()).unwrap_or_default();
+        for res in ["cpu", "memory"] {
+            let l = limits.get(res).map(|q| q.0.as_str());
+            let q = requests.get(res).map(|q| q.0.as_str()).or(l);
+            let nonzero = |s: Option<&str>| s.map(|s| crate::quantity::to_milli(s).map(|v| v != 0).unwrap_or(false)).unwrap_or(false);
+            if nonzero(l) || nonzero(q) {
+                any = true;
+            }
+            match (l, q) {
+                (Some(l), Some(q)) if crate::quantity::to_milli(l).ok() == crate::quantity::to_milli(q).ok() => {}
+                _ => guaranteed = false,
+            }
+        }
+    }
+    if !any {
+        QosClass::BestEffort
+    } else if guaranteed {
+        QosClass::Guaranteed
+    } else {
+        QosClass::Burstable
+    }
+}
+
+/// The pod's cgroup parent under the cgroupfs driver, e.g. `/kubepods/besteffort/pod<uid>`.
+pub fn pod_cgroup_parent(qos: QosClass, uid: &str) -> String {
+    match qos {
+        QosClass::Guaranteed => format!("/kubepods/pod{uid}"),
+        QosClass::Burstable => format!("/kubepods/burstable/pod{uid}"),
+        QosClass::BestEffort => format!("/kubepods/besteffort/pod{uid}"),
+    }
+}
+
+/// The OOM score adjustment for the pause container (pkg/kubelet/qos PodInfraOOMAdj).
+pub const POD_INFRA_OOM_ADJ: i32 = -998;
+
+/// The OOM score adjustment for a container of a pod of this QoS class, as
+/// upstream's GetContainerOOMScoreAdjust.
+pub fn container_oom_score_adj(qos: QosClass, memory_request: i64, memory_capacity: i64) -> i32 {
+    match qos {
+        QosClass::Guaranteed => -997,
+        QosClass::BestEffort => 1000,
+        QosClass::Burstable => {
+            if memory_capacity <= 0 {
+                return 999;
+            }
+            let adj = 1000 - (1000 * memory_request) / memory_capacity;
+            adj.clamp(2, 999) as i32
+        }
+    }
+}
+
+/// Without CAP_SYS_RESOURCE a process may not lower an OOM score below its own:
+/// clamp like containerd's `restrict_oom_score_adj`.
+pub fn restrict_oom_score_adj(adj: i32, own: i32, has_sys_resource: bool) -> i32 {
+    if has_sys_resource { adj } else { adj.max(own) }
+}
+
+/// The agent's own OOM score adjustment and whether it holds CAP_SYS_RESOURCE.
+pub fn own_oom_restriction() -> (i32, bool) {
+    let own = std::fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    let cap = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        })
+        .map(|bits| bits & (1 << 24) != 0) // CAP_SYS_RESOURCE = 24
+        .unwrap_or(false);
+    (own, cap)
+}
+
+/// Total memory of the machine in bytes (for Burstable OOM scores).
+pub fn memory_capacity() -> i64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// The cgroup mount points a pod cgroup may live under: each v1 controller
+/// hierarchy and the v2 unified mount.
+fn cgroup_roots() -> Vec<PathBuf> {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else { return vec![] };
+    let mut roots = Vec::new();
+    for line in mounts.lines() {
+        let Some((pre, post)) = line.split_once(" - ") else { continue };
+        let fstype = post.split_whitespace().next().unwrap_or("");
+        if fstype != "cgroup" && fstype != "cgroup2" {
+            continue;
+        }
+        if let Some(mp) = pre.split_whitespace().nth(4) {
+            roots.push(PathBuf::from(mp));
+        }
+    }
+    roots
+}
+
+/// Removes the pod's cgroup directories (they must be empty: all containers gone).
+/// Returns the paths that could not be removed.
+pub fn remove_pod_cgroup(parent: &str) -> Vec<PathBuf> {
+    remove_under(&cgroup_roots(), parent)
+}
+
+fn remove_under(roots: &[PathBuf], parent: &str) -> Vec<PathBuf> {
+    let rel = parent.trim_start_matches('/');
+    let mut left = Vec::new();
+    for root in roots {
+        let dir = root.join(rel);
+        if !dir.exists() {
+            continue;
+        }
+        // Leftover child dirs of runc (already empty) go first.
+        if let Ok(rd) = std::fs::read_dir(&dir) {
+            for e in rd.flatten() {
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    let _ = std::fs::remove_dir(e.path());
+                }
+            }
+        }
+        if std::fs::remove_dir(&dir).is_err() && dir.exists() {
+            left.push(dir);
+        }
+    }
+    left
+}
+
+/// True when a path is on a cgroup v2 (unified) mount.
+pub fn is_unified(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .map(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{Container, PodSpec, ResourceRequirements};
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+    fn pod(limits: &[(&str, &str)], requests: &[(&str, &str)]) -> Pod {
+        let m = |v: &[(&str, &str)]| {
+            (!v.is_empty()).then(|| v.iter().map(|(k, q)| (k.to_string(), Quantity(q.to_string()))).collect())
+        };
+        Pod {
+            spec: Some(PodSpec {
+                containers: vec![Container {
+                    name: "c".into(),
+                    resources: Some(ResourceRequirements { limits: m(limits), requests: m(requests), ..Default::default() }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn qos_classes_follow_upstream_rules() {
+        assert_eq!(qos_class(&pod(&[], &[])), QosClass::BestEffort);
+        assert_eq!(qos_class(&pod(&[("cpu", "1"), ("memory", "1Gi")], &[])), QosClass::Guaranteed);
+        assert_eq!(qos_class(&pod(&[("cpu", "1")], &[])), QosClass::Burstable);
+        assert_eq!(qos_class(&pod(&[("cpu", "1"), ("memory", "1Gi")], &[("cpu", "500m")])), QosClass::Burstable);
+    }
+
+    #[test]
+    fn cgroup_parents_per_qos() {
+        assert_eq!(pod_cgroup_parent(QosClass::BestEffort, "u"), "/kubepods/besteffort/podu");
+        assert_eq!(pod_cgroup_parent(QosClass::Guaranteed, "u"), "/kubepods/podu");
+    }
+
+    #[test]
+    fn oom_scores_and_restriction() {
+        assert_eq!(container_oom_score_adj(QosClass::Guaranteed, 0, 1), -997);
+        assert_eq!(container_oom_score_adj(QosClass::BestEffort, 0, 1), 1000);
+        assert_eq!(container_oom_score_adj(QosClass::Burstable, 500, 1000), 500);
+        assert_eq!(container_oom_score_adj(QosClass::Burstable, 1000, 1000), 2);
+        assert_eq!(restrict_oom_score_adj(-998, 0, false), 0);
+        assert_eq!(restrict_oom_score_adj(-998, 0, true), -998);
+        assert_eq!(restrict_oom_score_adj(1000, 0, false), 1000);
+    }
+
+    #[test]
+    fn removing_a_pod_cgroup_removes_empty_children() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("kubepods/besteffort/podx/c1");
+        std::fs::create_dir_all(&d).unwrap();
+        let left = remove_under(&[t.path().to_path_buf()], "/kubepods/besteffort/podx");
+        assert!(left.is_empty());
+        assert!(!t.path().join("kubepods/besteffort/podx").exists());
+    }
+}

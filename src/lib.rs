@@ -1,0 +1,15 @@
+//! rkubelet: a Kubernetes node agent on containerd's native gRPC API.
+//!
+//! The binary (`src/main.rs`) is a thin shell around [`agent::run`]. Every concern
+//! lives in its own module; see `ARCHITECTURE.md` for the data flow.
+
+pub mod agent;
+pub mod cgroups;
+pub mod cli;
+pub mod config;
+pub mod events;
+pub mod network;
+pub mod pod;
+pub mod quantity;
+pub mod runtime;
+pub mod volume;

@@ -1,0 +1,74 @@
+//! rkubelet: thin entry point. Parse flags, set up logging, resolve the config
+//! (exit 64 on a bad one), then run the agent until SIGTERM/SIGINT.
+
+use clap::Parser;
+use rkubelet::config::{Cli, Command, Config};
+
+fn init_tracing(verbosity: u8) {
+    let level = match verbosity {
+        0 | 1 => "info",
+        2 | 3 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("rkubelet={level},warn")));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    if cli.version {
+        println!("{}", rkubelet::config::version_line());
+        return std::process::ExitCode::SUCCESS;
+    }
+    match cli.command {
+        Some(Command::Version) => {
+            println!("{}", rkubelet::config::version_line());
+            println!("rkubelet {} ({} {})", env!("CARGO_PKG_VERSION"), std::env::consts::OS, std::env::consts::ARCH);
+            return std::process::ExitCode::SUCCESS;
+        }
+        Some(Command::Pods(mut args)) => {
+            args.root_dir.get_or_insert(cli.agent.root_dir.clone());
+            return rkubelet::cli::pods(&args);
+        }
+        None => {}
+    }
+    init_tracing(cli.agent.verbosity);
+    let cfg = match Config::from_args(&cli.agent) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("rkubelet: invalid configuration: {e}");
+            return std::process::ExitCode::from(64);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rkubelet: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        let shutdown = async {
+            use tokio::signal::unix::{signal, SignalKind};
+            match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+                (Ok(mut t), Ok(mut i)) => {
+                    tokio::select! { _ = t.recv() => {}, _ = i.recv() => {} }
+                }
+                _ => std::future::pending::<()>().await,
+            }
+        };
+        rkubelet::agent::run(cfg, shutdown).await
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rkubelet: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

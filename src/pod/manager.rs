@@ -1,0 +1,217 @@
+//! The pod manager: one worker task per pod UID, fed the latest desired spec over a
+//! `watch` channel; task events from containerd routed to the owning worker; pods
+//! found in containerd that no source wants any more (removed while the agent was
+//! down) are stopped and cleaned up.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::api::core::v1::Pod;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::worker::Worker;
+use crate::config::Config;
+use crate::events::Recorder;
+use crate::network::cni::Cni;
+use crate::runtime::containers::{labels, Containers};
+use crate::runtime::events::TaskEvent;
+use crate::runtime::image::ImageService;
+
+/// What every worker shares: configuration and handles on containerd, CNI and events.
+pub struct Context {
+    pub config: Arc<Config>,
+    pub containers: Containers,
+    pub images: ImageService,
+    pub cni: Cni,
+    pub recorder: Recorder,
+    pub router: Router,
+    /// The agent's own OOM score and whether it may lower scores (CAP_SYS_RESOURCE).
+    pub oom: (i32, bool),
+    pub memory_capacity: i64,
+    pub cpu_capacity_milli: i64,
+    pub host_ip: Option<String>,
+    pub host_resolv: String,
+}
+
+#[derive(Default)]
+struct RouterInner {
+    by_container: HashMap<String, Arc<Notify>>,
+    oom: HashSet<String>,
+}
+
+/// Routes containerd task events to the worker that owns the container.
+#[derive(Clone, Default)]
+pub struct Router {
+    inner: Arc<Mutex<RouterInner>>,
+}
+
+impl Router {
+    pub fn register(&self, container_id: &str, notify: Arc<Notify>) {
+        if let Ok(mut g) = self.inner.lock() {
+            g.by_container.insert(container_id.to_string(), notify);
+        }
+    }
+
+    pub fn unregister(&self, container_id: &str) {
+        if let Ok(mut g) = self.inner.lock() {
+            g.by_container.remove(container_id);
+            g.oom.remove(container_id);
+        }
+    }
+
+    /// Whether the container was OOM-killed (and forget it).
+    pub fn take_oom(&self, container_id: &str) -> bool {
+        self.inner.lock().map(|mut g| g.oom.remove(container_id)).unwrap_or(false)
+    }
+
+    /// Wakes the worker concerned (all workers on a resync).
+    pub fn route(&self, ev: &TaskEvent) {
+        let Ok(mut g) = self.inner.lock() else { return };
+        match ev {
+            TaskEvent::Exit { container_id, .. } => {
+                if let Some(n) = g.by_container.get(container_id) {
+                    n.notify_one();
+                }
+            }
+            TaskEvent::Oom { container_id } => {
+                g.oom.insert(container_id.clone());
+            }
+            TaskEvent::Resync => {
+                for n in g.by_container.values() {
+                    n.notify_one();
+                }
+            }
+        }
+    }
+}
+
+struct Handle {
+    tx: watch::Sender<Option<Arc<Pod>>>,
+    notify: Arc<Notify>,
+}
+
+/// Keeps the set of workers in line with the desired pods.
+pub struct Manager {
+    ctx: Arc<Context>,
+    workers: HashMap<String, Handle>,
+    tasks: JoinSet<String>,
+    cancel: CancellationToken,
+}
+
+impl Manager {
+    pub fn new(ctx: Arc<Context>, cancel: CancellationToken) -> Self {
+        Self { ctx, workers: HashMap::new(), tasks: JoinSet::new(), cancel }
+    }
+
+    pub fn context(&self) -> &Arc<Context> {
+        &self.ctx
+    }
+
+    fn spawn(&mut self, uid: &str, pod: Option<Arc<Pod>>) {
+        let (tx, rx) = watch::channel(pod);
+        let notify = Arc::new(Notify::new());
+        let worker = Worker::new(self.ctx.clone(), uid.to_string(), rx, notify.clone(), self.cancel.child_token());
+        let uid_s = uid.to_string();
+        self.tasks.spawn(async move {
+            worker.run().await;
+            uid_s
+        });
+        self.workers.insert(uid.to_string(), Handle { tx, notify });
+    }
+
+    /// Applies a full desired set from a source: new pods get workers, changed ones
+    /// their new spec, missing ones are stopped.
+    pub fn set_desired(&mut self, pods: Vec<Pod>) {
+        let mut want: HashMap<String, Arc<Pod>> = HashMap::new();
+        for p in pods {
+            if let Some(uid) = p.metadata.uid.clone() {
+                want.insert(uid, Arc::new(p));
+            }
+        }
+        for (uid, h) in &self.workers {
+            if !want.contains_key(uid) && h.tx.borrow().is_some() {
+                info!(pod_uid = %uid, "pod removed from its source; stopping it");
+                let _ = h.tx.send(None);
+            }
+        }
+        for (uid, pod) in want {
+            match self.workers.get(&uid) {
+                Some(h) => {
+                    let same = h.tx.borrow().as_ref().map(|p| p.spec == pod.spec && p.metadata.labels == pod.metadata.labels).unwrap_or(false);
+                    if !same {
+                        let _ = h.tx.send(Some(pod));
+                    }
+                }
+                None => {
+                    info!(pod = %super::pod_key(&pod), pod_uid = %uid, "pod added");
+                    self.spawn(&uid, Some(pod));
+                }
+            }
+        }
+    }
+
+    /// Starts cleanup workers for pods that containerd still has but no source wants.
+    pub async fn adopt_or_clean_orphans(&mut self) {
+        match self.ctx.containers.list(None).await {
+            Ok(records) => {
+                let uids: HashSet<String> = records.iter().filter_map(|r| r.label(labels::POD_UID).map(String::from)).collect();
+                for uid in uids {
+                    if !self.workers.contains_key(&uid) {
+                        info!(pod_uid = %uid, "found containers of a pod no source wants; removing them");
+                        self.spawn(&uid, None);
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot list containers for orphan cleanup"),
+        }
+        // Pod directories left without containers (e.g. the agent died mid-teardown).
+        if let Ok(rd) = std::fs::read_dir(self.ctx.config.root_dir.join("pods")) {
+            for e in rd.flatten() {
+                let uid = e.file_name().to_string_lossy().to_string();
+                if !self.workers.contains_key(&uid) {
+                    self.spawn(&uid, None);
+                }
+            }
+        }
+    }
+
+    /// Routes a containerd task event.
+    pub fn on_task_event(&self, ev: &TaskEvent) {
+        self.ctx.router.route(ev);
+        if matches!(ev, TaskEvent::Resync) {
+            for h in self.workers.values() {
+                h.notify.notify_one();
+            }
+        }
+    }
+
+    /// Reaps finished workers (pods fully removed). Call from the agent loop.
+    pub async fn reap(&mut self) -> Option<String> {
+        match self.tasks.join_next().await {
+            Some(Ok(uid)) => {
+                if self.workers.get(&uid).map(|h| h.tx.borrow().is_none()).unwrap_or(false) {
+                    self.workers.remove(&uid);
+                }
+                Some(uid)
+            }
+            Some(Err(e)) => {
+                warn!(error = %e, "pod worker panicked");
+                None
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Number of pods with a live desired spec.
+    pub fn pod_count(&self) -> usize {
+        self.workers.values().filter(|h| h.tx.borrow().is_some()).count()
+    }
+
+    /// Waits for every worker to return (after cancel).
+    pub async fn drain(&mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+}

@@ -1,0 +1,240 @@
+//! What to do next for a pod, as a pure function of its spec and what was observed
+//! (upstream: kuberuntime `computePodActions`): create the sandbox, start the next
+//! init container, (re)start app containers per `restartPolicy` and back-off, or
+//! conclude that the pod has finished.
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::PodSpec;
+
+use super::backoff::{go_duration, Backoff};
+use super::{Instance, InstanceState, Kind, SandboxState};
+
+/// A container to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Start {
+    pub name: String,
+    pub kind: Kind,
+}
+
+/// The decision for one sync.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    /// (Re)create the sandbox; every container of an old sandbox is killed first.
+    pub create_sandbox: bool,
+    /// Containers to start now, in order.
+    pub start: Vec<Start>,
+    /// Containers held in CrashLoopBackOff, with upstream's message.
+    pub crash_loop: Vec<(String, String)>,
+    /// When the next back-off ends (the worker wakes then).
+    pub wake_at: Option<DateTime<Utc>>,
+    /// `Succeeded` or `Failed` once nothing will ever run again.
+    pub terminal: Option<&'static str>,
+}
+
+/// The newest instance of each container name.
+pub fn latest<'a>(instances: &'a [Instance], name: &str, kind: Kind) -> Option<&'a Instance> {
+    instances.iter().filter(|i| i.name == name && i.kind == kind).max_by_key(|i| i.attempt)
+}
+
+fn should_restart(policy: &str, exit_code: i32) -> bool {
+    match policy {
+        "Always" => true,
+        "OnFailure" => exit_code != 0,
+        _ => false,
+    }
+}
+
+/// Decides the next actions. `pod_name` is `name_ns(uid)` for back-off messages.
+pub fn plan(
+    spec: &PodSpec,
+    pod_name: &str,
+    instances: &[Instance],
+    sandbox: Option<&SandboxState>,
+    backoff: &mut Backoff,
+    now: DateTime<Utc>,
+) -> Plan {
+    let mut p = Plan::default();
+    let policy = spec.restart_policy.as_deref().unwrap_or("Always");
+
+    // Is the pod finished? Then nothing is (re)created, not even the sandbox.
+    if let Some(t) = terminal_phase(spec, instances) {
+        p.terminal = Some(t);
+        return p;
+    }
+    if !sandbox.map(|s| s.ready).unwrap_or(false) {
+        p.create_sandbox = true;
+        return p;
+    }
+
+    let mut restart_or_backoff = |p: &mut Plan, name: &str, kind: Kind, finished: DateTime<Utc>| {
+        if let Some(until) = backoff.in_backoff_since(name, finished, now) {
+            let delay = backoff.delay(name).unwrap_or_default();
+            p.crash_loop.push((
+                name.to_string(),
+                format!("back-off {} restarting failed container={} pod={}", go_duration(delay), name, pod_name),
+            ));
+            p.wake_at = Some(p.wake_at.map_or(until, |w| w.min(until)));
+        } else {
+            backoff.next(name, finished);
+            p.start.push(Start { name: name.to_string(), kind });
+        }
+    };
+
+    for c in spec.init_containers.iter().flatten() {
+        match latest(instances, &c.name, Kind::Init) {
+            None => {
+                p.start.push(Start { name: c.name.clone(), kind: Kind::Init });
+                return p;
+            }
+            Some(i) => match &i.state {
+                InstanceState::Running { .. } => return p,
+                InstanceState::Exited { exit_code: 0, .. } => continue,
+                InstanceState::Exited { finished_at, .. } => {
+                    // Never was handled by terminal_phase; Always/OnFailure retry with back-off.
+                    restart_or_backoff(&mut p, &c.name, Kind::Init, *finished_at);
+                    return p;
+                }
+            },
+        }
+    }
+
+    for c in &spec.containers {
+        match latest(instances, &c.name, Kind::App) {
+            None => p.start.push(Start { name: c.name.clone(), kind: Kind::App }),
+            Some(i) => match &i.state {
+                InstanceState::Running { .. } => {}
+                InstanceState::Exited { exit_code, finished_at, .. } => {
+                    if should_restart(policy, *exit_code) {
+                        restart_or_backoff(&mut p, &c.name, Kind::App, *finished_at);
+                    }
+                }
+            },
+        }
+    }
+    p
+}
+
+/// `Succeeded`/`Failed` when the pod can never run a container again: a failed init
+/// container under `Never`, or every app container exited and none will restart.
+pub fn terminal_phase(spec: &PodSpec, instances: &[Instance]) -> Option<&'static str> {
+    let policy = spec.restart_policy.as_deref().unwrap_or("Always");
+    if policy == "Never" {
+        for c in spec.init_containers.iter().flatten() {
+            if let Some(code) = latest(instances, &c.name, Kind::Init).and_then(|i| i.exit_code()) {
+                if code != 0 {
+                    return Some("Failed");
+                }
+            }
+        }
+    }
+    if policy == "Always" || spec.containers.is_empty() {
+        return None;
+    }
+    let mut all_zero = true;
+    for c in &spec.containers {
+        let code = latest(instances, &c.name, Kind::App)?.exit_code()?;
+        if should_restart(policy, code) {
+            return None;
+        }
+        all_zero &= code == 0;
+    }
+    Some(if all_zero { "Succeeded" } else { "Failed" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::Container;
+
+    fn t(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap()
+    }
+    fn spec(policy: &str, init: &[&str], apps: &[&str]) -> PodSpec {
+        let c = |n: &&str| Container { name: n.to_string(), ..Default::default() };
+        PodSpec {
+            restart_policy: Some(policy.into()),
+            init_containers: (!init.is_empty()).then(|| init.iter().map(c).collect()),
+            containers: apps.iter().map(c).collect(),
+            ..Default::default()
+        }
+    }
+    fn sb() -> SandboxState {
+        SandboxState { id: "s".into(), ready: true, pid: 1, ips: vec![], created_at: t(0) }
+    }
+    fn exited(name: &str, kind: Kind, attempt: u32, code: i32, at: i64) -> Instance {
+        Instance {
+            id: format!("{name}{attempt}"),
+            name: name.into(),
+            kind,
+            attempt,
+            image: String::new(),
+            image_id: String::new(),
+            state: InstanceState::Exited { exit_code: code, reason: String::new(), message: None, started_at: None, finished_at: t(at) },
+        }
+    }
+    fn running(name: &str, kind: Kind) -> Instance {
+        Instance { state: InstanceState::Running { started_at: t(0) }, ..exited(name, kind, 0, 0, 0) }
+    }
+
+    #[test]
+    fn no_sandbox_means_create_it_first() {
+        let p = plan(&spec("Always", &[], &["a"]), "p", &[], None, &mut Backoff::default(), t(0));
+        assert!(p.create_sandbox && p.start.is_empty());
+    }
+
+    #[test]
+    fn init_containers_run_one_at_a_time_before_apps() {
+        let s = spec("Always", &["i1", "i2"], &["a"]);
+        let mut b = Backoff::default();
+        let p = plan(&s, "p", &[], Some(&sb()), &mut b, t(0));
+        assert_eq!(p.start, vec![Start { name: "i1".into(), kind: Kind::Init }]);
+        let p = plan(&s, "p", &[running("i1", Kind::Init)], Some(&sb()), &mut b, t(0));
+        assert!(p.start.is_empty());
+        let p = plan(&s, "p", &[exited("i1", Kind::Init, 0, 0, 1)], Some(&sb()), &mut b, t(2));
+        assert_eq!(p.start, vec![Start { name: "i2".into(), kind: Kind::Init }]);
+        let done = [exited("i1", Kind::Init, 0, 0, 1), exited("i2", Kind::Init, 0, 0, 2)];
+        let p = plan(&s, "p", &done, Some(&sb()), &mut b, t(3));
+        assert_eq!(p.start, vec![Start { name: "a".into(), kind: Kind::App }]);
+    }
+
+    #[test]
+    fn a_failed_init_container_fails_the_pod_under_never() {
+        let s = spec("Never", &["i1"], &["a"]);
+        let p = plan(&s, "p", &[exited("i1", Kind::Init, 0, 1, 1)], Some(&sb()), &mut Backoff::default(), t(2));
+        assert_eq!(p.terminal, Some("Failed"));
+        assert!(p.start.is_empty());
+    }
+
+    #[test]
+    fn crash_loops_back_off_with_growing_delays() {
+        let s = spec("Always", &[], &["a"]);
+        let mut b = Backoff::default();
+        // First exit: restart at once.
+        let p = plan(&s, "p_ns(u)", &[exited("a", Kind::App, 0, 1, 10)], Some(&sb()), &mut b, t(10));
+        assert_eq!(p.start.len(), 1);
+        // Second exit right away: back-off 10s.
+        let p = plan(&s, "p_ns(u)", &[exited("a", Kind::App, 1, 1, 11)], Some(&sb()), &mut b, t(12));
+        assert!(p.start.is_empty());
+        assert_eq!(p.wake_at, Some(t(21)));
+        assert_eq!(p.crash_loop[0].1, "back-off 10s restarting failed container=a pod=p_ns(u)");
+        // After it: restart, and the next back-off is 20s.
+        let p = plan(&s, "p_ns(u)", &[exited("a", Kind::App, 1, 1, 11)], Some(&sb()), &mut b, t(22));
+        assert_eq!(p.start.len(), 1);
+        let p = plan(&s, "p_ns(u)", &[exited("a", Kind::App, 2, 1, 23)], Some(&sb()), &mut b, t(24));
+        assert_eq!(p.wake_at, Some(t(43)));
+    }
+
+    #[test]
+    fn restart_policies_decide_terminal_phases() {
+        let never = spec("Never", &[], &["a", "b"]);
+        let ok = [exited("a", Kind::App, 0, 0, 1), exited("b", Kind::App, 0, 0, 1)];
+        assert_eq!(terminal_phase(&never, &ok), Some("Succeeded"));
+        let bad = [exited("a", Kind::App, 0, 0, 1), exited("b", Kind::App, 0, 3, 1)];
+        assert_eq!(terminal_phase(&never, &bad), Some("Failed"));
+        assert_eq!(terminal_phase(&never, &ok[..1]), None);
+        let onf = spec("OnFailure", &[], &["a", "b"]);
+        assert_eq!(terminal_phase(&onf, &ok), Some("Succeeded"));
+        assert_eq!(terminal_phase(&onf, &bad), None);
+        assert_eq!(terminal_phase(&spec("Always", &[], &["a", "b"]), &ok), None);
+    }
+}

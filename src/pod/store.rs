@@ -1,0 +1,165 @@
+//! A pod's directory under the root dir (`pods/<uid>/`, as upstream's
+//! `/var/lib/kubelet/pods/<uid>`): the hosts/resolv.conf/hostname files mounted into
+//! its containers, volumes, and `status.json` — the pod as last reported, which
+//! `rkubelet pods` reads.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::Pod;
+
+/// `<root>/pods/<uid>`.
+pub fn pod_dir(root: &Path, uid: &str) -> PathBuf {
+    root.join("pods").join(uid)
+}
+
+/// Writes `data` to `path` atomically (temp file + rename).
+pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_data()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+/// Saves the pod (spec + status) as `status.json`.
+pub fn save_pod(root: &Path, pod: &Pod) -> std::io::Result<()> {
+    let uid = pod.metadata.uid.as_deref().unwrap_or("unknown");
+    let data = serde_json::to_vec_pretty(pod).map_err(std::io::Error::other)?;
+    write_atomic(&pod_dir(root, uid).join("status.json"), &data)
+}
+
+/// Reads one pod's last saved state.
+pub fn load_pod(root: &Path, uid: &str) -> Option<Pod> {
+    let data = std::fs::read(pod_dir(root, uid).join("status.json")).ok()?;
+    serde_json::from_slice(&data).ok()
+}
+
+/// Every pod with a saved state, sorted by namespace and name.
+pub fn load_all(root: &Path) -> Vec<Pod> {
+    let mut pods: Vec<Pod> = std::fs::read_dir(root.join("pods"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| load_pod(root, &e.file_name().to_string_lossy()))
+        .collect();
+    pods.sort_by(|a, b| (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name)));
+    pods
+}
+
+/// The kubelet's managed `/etc/hosts` (pkg/kubelet/kubelet_pods.go `managedHostsFileContent`).
+pub fn hosts_file(pod_ip: Option<&str>, hostname: &str, domain: Option<&str>, aliases: &[(String, Vec<String>)]) -> String {
+    let mut s = String::from("# Kubernetes-managed hosts file.\n");
+    s.push_str("127.0.0.1\tlocalhost\n");
+    s.push_str("::1\tlocalhost ip6-localhost ip6-loopback\n");
+    s.push_str("fe00::0\tip6-localnet\n");
+    s.push_str("fe00::0\tip6-mcastprefix\n");
+    s.push_str("fe00::1\tip6-allnodes\n");
+    s.push_str("fe00::2\tip6-allrouters\n");
+    if let Some(ip) = pod_ip {
+        match domain {
+            Some(d) => s.push_str(&format!("{ip}\t{hostname}.{d}\t{hostname}\n")),
+            None => s.push_str(&format!("{ip}\t{hostname}\n")),
+        }
+    }
+    if !aliases.is_empty() {
+        s.push_str("\n# Entries added by HostAliases.\n");
+        for (ip, names) in aliases {
+            s.push_str(&format!("{ip}\t{}\n", names.join("\t")));
+        }
+    }
+    s
+}
+
+/// The pod's hostname: `spec.hostname` or the pod name, truncated to 63 characters.
+pub fn pod_hostname(pod: &Pod) -> String {
+    let spec = pod.spec.as_ref();
+    let mut h = spec
+        .and_then(|s| s.hostname.clone())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| pod.metadata.name.clone().unwrap_or_default());
+    h.truncate(63);
+    h.trim_end_matches(['-', '.']).to_string()
+}
+
+/// resolv.conf for the pod. Without a cluster DNS (standalone), `ClusterFirst`
+/// falls back to the host's resolv.conf like upstream (`Default`); `None` uses only
+/// `dnsConfig`.
+pub fn resolv_conf(pod: &Pod, host_resolv: &str) -> String {
+    let spec = pod.spec.as_ref();
+    let policy = spec.and_then(|s| s.dns_policy.as_deref()).unwrap_or("ClusterFirst");
+    let mut nameservers: Vec<String> = Vec::new();
+    let mut searches: Vec<String> = Vec::new();
+    let mut options: Vec<String> = Vec::new();
+    if policy != "None" {
+        for l in host_resolv.lines() {
+            let mut f = l.split_whitespace();
+            match f.next() {
+                Some("nameserver") => nameservers.extend(f.next().map(String::from)),
+                Some("search") | Some("domain") => searches.extend(f.map(String::from)),
+                Some("options") => options.extend(f.map(String::from)),
+                _ => {}
+            }
+        }
+    }
+    if let Some(dc) = spec.and_then(|s| s.dns_config.as_ref()) {
+        nameservers.extend(dc.nameservers.clone().unwrap_or_default());
+        searches.extend(dc.searches.clone().unwrap_or_default());
+        for o in dc.options.iter().flatten() {
+            let name = o.name.clone().unwrap_or_default();
+            options.retain(|x| x.split(':').next() != Some(name.as_str()));
+            options.push(match &o.value {
+                Some(v) => format!("{name}:{v}"),
+                None => name,
+            });
+        }
+    }
+    nameservers.truncate(3);
+    let mut s = String::new();
+    if !searches.is_empty() {
+        s.push_str(&format!("search {}\n", searches.join(" ")));
+    }
+    for n in nameservers {
+        s.push_str(&format!("nameserver {n}\n"));
+    }
+    if !options.is_empty() {
+        s.push_str(&format!("options {}\n", options.join(" ")));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_file_matches_upstream_layout() {
+        let h = hosts_file(Some("10.1.2.3"), "web", None, &[("1.2.3.4".into(), vec!["a".into(), "b".into()])]);
+        assert!(h.starts_with("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n"));
+        assert!(h.contains("10.1.2.3\tweb\n"));
+        assert!(h.contains("# Entries added by HostAliases.\n1.2.3.4\ta\tb\n"));
+    }
+
+    #[test]
+    fn resolv_conf_follows_the_host_for_cluster_first_without_cluster_dns() {
+        let pod = Pod::default();
+        let r = resolv_conf(&pod, "# c\nnameserver 9.9.9.9\nsearch example.org\noptions ndots:2\n");
+        assert_eq!(r, "search example.org\nnameserver 9.9.9.9\noptions ndots:2\n");
+    }
+
+    #[test]
+    fn saved_pods_round_trip() {
+        let t = tempfile::tempdir().unwrap();
+        let mut p = Pod::default();
+        p.metadata.uid = Some("u1".into());
+        p.metadata.name = Some("n".into());
+        save_pod(t.path(), &p).unwrap();
+        assert_eq!(load_all(t.path()).len(), 1);
+        assert_eq!(load_pod(t.path(), "u1").unwrap().metadata.name.as_deref(), Some("n"));
+    }
+}

@@ -1,0 +1,986 @@
+//! One task per pod UID. The worker observes the pod's containers in containerd,
+//! asks [`super::plan`] what to do, does it (sandbox, images, containers), and
+//! writes the status [`super::status`] computes. It wakes on a new spec, a task
+//! exit routed from containerd's event stream, a back-off deadline, or the
+//! periodic resync. When the desired spec becomes `None` it stops and removes
+//! everything the pod had; when the agent shuts down it just returns, leaving
+//! the pod running for the next agent to adopt.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use super::backoff::Backoff;
+use super::manager::Context;
+use super::plan::{latest, plan, Start};
+use super::status::{compute, StatusInput};
+use super::{format_pod, pod_key, Instance, InstanceState, Kind, SandboxState, Waiting};
+use crate::events::{field_path, reason};
+use crate::network::cni::PodNetwork;
+use crate::network::netns;
+use crate::runtime::containers::{labels, ContainerRecord, NewContainer, TaskState};
+use crate::runtime::image::{ImageError, ImageInfo, PullPolicy};
+use crate::runtime::spec::{self, BindMount, ContainerInput, SandboxInput, UserIds};
+
+const KIND_SANDBOX: &str = "sandbox";
+const KIND_INIT: &str = "init";
+const KIND_APP: &str = "app";
+const STOP_SIGNAL: &str = "io.rkubelet.stop-signal";
+
+/// A pod worker's inputs and its in-memory cache (back-off, waiting reasons).
+pub struct Worker {
+    ctx: Arc<Context>,
+    uid: String,
+    spec_rx: watch::Receiver<Option<Arc<Pod>>>,
+    notify: Arc<Notify>,
+    cancel: CancellationToken,
+    backoff: Backoff,
+    image_backoff: Backoff,
+    image_failures: HashMap<String, (DateTime<Utc>, String)>,
+    sandbox_failures: u32,
+    waiting: HashMap<String, Waiting>,
+    reported_backoff: HashSet<(String, u32)>,
+    last_status: Option<PodStatus>,
+    last_pod: Option<Arc<Pod>>,
+    registered: HashSet<String>,
+}
+
+fn now() -> DateTime<Utc> {
+    Utc::now()
+}
+
+fn parse_time(s: Option<&str>) -> Option<DateTime<Utc>> {
+    s.and_then(|s| DateTime::parse_from_rfc3339(s).ok()).map(|t| t.with_timezone(&Utc))
+}
+
+fn random_id() -> String {
+    let mut b = [0u8; 32];
+    rand::fill(&mut b);
+    hex::encode(b)
+}
+
+fn container_of<'a>(pod: &'a Pod, name: &str, kind: Kind) -> Option<&'a Container> {
+    let spec = pod.spec.as_ref()?;
+    match kind {
+        Kind::Init => spec.init_containers.as_ref()?.iter().find(|c| c.name == name),
+        Kind::App => spec.containers.iter().find(|c| c.name == name),
+    }
+}
+
+impl Worker {
+    pub fn new(
+        ctx: Arc<Context>,
+        uid: String,
+        spec_rx: watch::Receiver<Option<Arc<Pod>>>,
+        notify: Arc<Notify>,
+        cancel: CancellationToken,
+    ) -> Self {
+        let last_status = super::store::load_pod(&ctx.config.root_dir, &uid).and_then(|p| p.status);
+        Self {
+            ctx,
+            uid,
+            spec_rx,
+            notify,
+            cancel,
+            backoff: Backoff::default(),
+            image_backoff: Backoff::default(),
+            image_failures: HashMap::new(),
+            sandbox_failures: 0,
+            waiting: HashMap::new(),
+            reported_backoff: HashSet::new(),
+            last_status,
+            last_pod: None,
+            registered: HashSet::new(),
+        }
+    }
+
+    /// The worker loop; returns when the pod is gone or the agent shuts down.
+    pub async fn run(mut self) {
+        loop {
+            let desired = self.spec_rx.borrow_and_update().clone();
+            let Some(pod) = desired else {
+                let span = info_span!("terminate", pod_uid = %self.uid);
+                self.terminate().instrument(span).await;
+                return;
+            };
+            self.last_pod = Some(pod.clone());
+            let span = info_span!("sync", pod = %pod_key(&pod), pod_uid = %self.uid);
+            let wake = match self.sync(&pod).instrument(span).await {
+                Ok(w) => w,
+                Err(e) => {
+                    warn!(pod = %pod_key(&pod), error = %e, "pod sync failed; will retry");
+                    Some(Duration::from_secs(2))
+                }
+            };
+            let sleep = wake.unwrap_or(self.ctx.config.sync_frequency).min(self.ctx.config.sync_frequency);
+            tokio::select! {
+                _ = self.cancel.cancelled() => { self.unregister_all(); return; }
+                r = self.spec_rx.changed() => if r.is_err() { self.unregister_all(); return; },
+                _ = self.notify.notified() => {}
+                _ = tokio::time::sleep(sleep) => {}
+            }
+        }
+    }
+
+    fn register(&mut self, id: &str) {
+        if self.registered.insert(id.to_string()) {
+            self.ctx.router.register(id, self.notify.clone());
+        }
+    }
+
+    fn unregister_all(&mut self) {
+        for id in self.registered.drain() {
+            self.ctx.router.unregister(&id);
+        }
+    }
+
+    /// Lists the pod's containers, records exits of stopped tasks onto their labels
+    /// and deletes those tasks (freeing the shim), and drops half-created leftovers.
+    async fn observe(&mut self) -> Result<(Option<SandboxState>, Vec<ContainerRecord>, Vec<Instance>), crate::runtime::containers::ContainerError> {
+        let ctx = self.ctx.clone();
+        let rt = &ctx.containers;
+        let mut records = rt.list(Some(&self.uid)).await?;
+        for r in records.iter_mut() {
+            self.register(&r.id);
+            let kind = r.label(labels::KIND).unwrap_or("").to_string();
+            match r.task.clone() {
+                TaskState::Stopped { exit_code, exited_at } if r.label(labels::EXIT_CODE).is_none() => {
+                    let finished = exited_at.unwrap_or_else(now);
+                    let oom = self.ctx.router.take_oom(&r.id);
+                    let reason = if oom { "OOMKilled" } else if exit_code == 0 { "Completed" } else { "Error" };
+                    let set = vec![
+                        (labels::EXIT_CODE, exit_code.to_string()),
+                        (labels::FINISHED_AT, finished.to_rfc3339()),
+                        (labels::REASON, reason.to_string()),
+                    ];
+                    rt.set_labels(&r.id, &set).await?;
+                    for (k, v) in set {
+                        r.labels.insert(k.to_string(), v);
+                    }
+                    rt.delete_task(&r.id).await?;
+                    r.task = TaskState::None;
+                    info!(container = r.label(labels::CONTAINER_NAME).unwrap_or(&kind), exit_code, reason, "container exited");
+                }
+                TaskState::Stopped { .. } => {
+                    rt.delete_task(&r.id).await?;
+                    r.task = TaskState::None;
+                }
+                TaskState::Created if kind != KIND_SANDBOX => {
+                    // Created but never started (the agent died in between): discard.
+                    rt.delete_task(&r.id).await?;
+                    r.task = TaskState::None;
+                }
+                _ => {}
+            }
+        }
+        // Containers that never started and have no recorded exit are leftovers.
+        let mut keep = Vec::new();
+        for r in records {
+            let kind = r.label(labels::KIND).unwrap_or("");
+            if kind != KIND_SANDBOX && r.task == TaskState::None && r.label(labels::EXIT_CODE).is_none() {
+                debug!(container = %r.id, "removing container that never started");
+                rt.delete_container(&r.id).await?;
+                continue;
+            }
+            keep.push(r);
+        }
+        let records = keep;
+
+        let sandbox = records
+            .iter()
+            .filter(|r| r.label(labels::KIND) == Some(KIND_SANDBOX))
+            .max_by_key(|r| r.label(labels::CREATED_AT).unwrap_or("").to_string())
+            .map(|r| SandboxState {
+                id: r.id.clone(),
+                ready: matches!(r.task, TaskState::Running { .. }),
+                pid: match r.task {
+                    TaskState::Running { pid } => pid,
+                    _ => 0,
+                },
+                ips: r.label(labels::POD_IPS).map(|s| s.split(',').filter(|s| !s.is_empty()).map(String::from).collect()).unwrap_or_default(),
+                created_at: parse_time(r.label(labels::CREATED_AT)).or(r.created_at).unwrap_or_else(now),
+            });
+        let instances = records
+            .iter()
+            .filter_map(|r| {
+                let kind = match r.label(labels::KIND)? {
+                    KIND_INIT => Kind::Init,
+                    KIND_APP => Kind::App,
+                    _ => return None,
+                };
+                let started = parse_time(r.label(labels::STARTED_AT));
+                let state = match r.task {
+                    TaskState::Running { .. } => InstanceState::Running { started_at: started.or(r.created_at).unwrap_or_else(now) },
+                    _ => InstanceState::Exited {
+                        exit_code: r.label(labels::EXIT_CODE).and_then(|c| c.parse().ok()).unwrap_or(128),
+                        reason: r.label(labels::REASON).unwrap_or("Error").to_string(),
+                        message: r.label(labels::MESSAGE).map(String::from),
+                        started_at: started,
+                        finished_at: parse_time(r.label(labels::FINISHED_AT)).unwrap_or_else(now),
+                    },
+                };
+                Some(Instance {
+                    id: r.id.clone(),
+                    name: r.label(labels::CONTAINER_NAME)?.to_string(),
+                    kind,
+                    attempt: r.label(labels::ATTEMPT).and_then(|a| a.parse().ok()).unwrap_or(0),
+                    image: r.label(labels::IMAGE).unwrap_or("").to_string(),
+                    image_id: r.label(labels::IMAGE_ID).unwrap_or("").to_string(),
+                    state,
+                })
+            })
+            .collect();
+        Ok((sandbox, records, instances))
+    }
+
+    async fn sync(&mut self, pod: &Arc<Pod>) -> anyhow::Result<Option<Duration>> {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let mut wake: Option<DateTime<Utc>> = None;
+        // A sync may create the sandbox and then go on to start containers.
+        for _round in 0..3 {
+            let (sandbox, records, instances) = self.observe().await?;
+            self.gc_instances(&records, &instances).await;
+            let p = plan(&spec, &format_pod(pod), &instances, sandbox.as_ref(), &mut self.backoff, now());
+            debug!(?p, "plan");
+
+            if let Some(phase) = p.terminal {
+                if let Some(sb) = sandbox.as_ref().filter(|s| s.ready) {
+                    info!(phase, "pod finished; stopping its sandbox");
+                    self.stop_sandbox(&records, &sb.id).await;
+                }
+                let sb = sandbox.map(|s| SandboxState { ready: false, ..s });
+                self.write_status(pod, sb.as_ref(), &instances)?;
+                return Ok(None);
+            }
+
+            if p.create_sandbox {
+                if sandbox.is_some() {
+                    pod_event_sandbox_changed(&self.ctx, pod);
+                    self.kill_pod_containers(pod, &records, Duration::from_secs(2)).await;
+                    for r in records.iter().filter(|r| r.label(labels::KIND) == Some(KIND_SANDBOX)) {
+                        self.stop_sandbox(&records, &r.id).await;
+                        let _ = self.ctx.containers.delete_container(&r.id).await;
+                    }
+                    // Containers of a dead sandbox are history; their restart counts carry on.
+                }
+                match self.create_sandbox(pod).await {
+                    Ok(()) => {
+                        self.sandbox_failures = 0;
+                        continue;
+                    }
+                    Err(e) => {
+                        self.sandbox_failures += 1;
+                        self.ctx.recorder.warning(pod, None, reason::FAILED_CREATE_POD_SANDBOX, format!("Failed to create pod sandbox: {e}"));
+                        self.write_status(pod, None, &instances)?;
+                        let secs = (5u64 << self.sandbox_failures.min(6)).min(300);
+                        return Ok(Some(Duration::from_secs(secs)));
+                    }
+                }
+            }
+            let sandbox = sandbox.expect("plan creates the sandbox when there is none");
+
+            // Volumes before any container (idempotent).
+            let pod_dir = super::store::pod_dir(&self.ctx.config.root_dir, &self.uid);
+            let volumes = match crate::volume::setup(pod, &pod_dir) {
+                Ok(v) => v,
+                Err(e) => {
+                    self.ctx.recorder.warning(pod, None, reason::FAILED_MOUNT, e.to_string());
+                    self.write_status(pod, Some(&sandbox), &instances)?;
+                    return Ok(Some(Duration::from_secs(5)));
+                }
+            };
+
+            for (name, msg) in &p.crash_loop {
+                let attempt = latest(&instances, name, Kind::App).or_else(|| latest(&instances, name, Kind::Init)).map(|i| i.attempt).unwrap_or(0);
+                if self.reported_backoff.insert((name.clone(), attempt)) {
+                    let init = latest(&instances, name, Kind::App).is_none();
+                    self.ctx.recorder.warning(
+                        pod,
+                        field_path(name, init),
+                        reason::BACK_OFF,
+                        format!("Back-off restarting failed container {} in pod {}", name, format_pod(pod)),
+                    );
+                }
+                self.waiting.insert(name.clone(), Waiting { reason: "CrashLoopBackOff".into(), message: msg.clone() });
+            }
+            wake = p.wake_at;
+
+            for Start { name, kind } in &p.start {
+                self.waiting.remove(name);
+                let attempt = latest(&instances, name, *kind).map(|i| i.attempt + 1).unwrap_or(0);
+                if let Some(retry) = self.start_container(pod, &sandbox, name, *kind, attempt, &volumes).await {
+                    wake = Some(wake.map_or(retry, |w| w.min(retry)));
+                }
+                if *kind == Kind::Init {
+                    break;
+                }
+            }
+            let (sandbox, _, instances) = self.observe().await?;
+            self.write_status(pod, sandbox.as_ref(), &instances)?;
+            break;
+        }
+        Ok(wake.map(|w| (w - now()).to_std().unwrap_or(Duration::ZERO) + Duration::from_millis(50)))
+    }
+
+    /// Keeps the newest two instances of each container (current + lastState),
+    /// deleting older dead ones like the kubelet's container GC.
+    async fn gc_instances(&mut self, records: &[ContainerRecord], instances: &[Instance]) {
+        for i in instances.iter().filter(|i| !i.is_running()) {
+            let newer = instances.iter().filter(|o| o.name == i.name && o.kind == i.kind && o.attempt > i.attempt).count();
+            if newer >= 2 && records.iter().any(|r| r.id == i.id) {
+                let _ = self.ctx.containers.delete_container(&i.id).await;
+                self.ctx.router.unregister(&i.id);
+                self.registered.remove(&i.id);
+            }
+        }
+    }
+
+    fn write_status(&mut self, pod: &Pod, sandbox: Option<&SandboxState>, instances: &[Instance]) -> std::io::Result<()> {
+        let status = compute(&StatusInput {
+            pod,
+            sandbox,
+            instances,
+            waiting: &self.waiting,
+            host_ip: self.ctx.host_ip.as_deref(),
+            previous: self.last_status.as_ref(),
+            now: now(),
+        });
+        if self.last_status.as_ref() == Some(&status) && super::store::load_pod(&self.ctx.config.root_dir, &self.uid).is_some() {
+            return Ok(());
+        }
+        if self.last_status.as_ref().and_then(|s| s.phase.clone()) != status.phase {
+            info!(pod = %pod_key(pod), phase = status.phase.as_deref().unwrap_or(""), "pod phase");
+        }
+        let mut out = pod.clone();
+        out.status = Some(status.clone());
+        super::store::save_pod(&self.ctx.config.root_dir, &out)?;
+        self.last_status = Some(status);
+        Ok(())
+    }
+
+    async fn ensure_pause_image(&self) -> Result<ImageInfo, ImageError> {
+        self.ctx.images.ensure(&self.ctx.config.pause_image, PullPolicy::IfNotPresent).await
+    }
+
+    /// Creates the network namespace, runs CNI ADD, writes the pod's hosts files and
+    /// starts the pause container. Undoes what it did on failure.
+    async fn create_sandbox(&mut self, pod: &Pod) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let spec = pod.spec.clone().unwrap_or_default();
+        let host_network = spec.host_network.unwrap_or(false);
+        let id = random_id();
+        let image = self.ensure_pause_image().await?;
+        let pod_dir = super::store::pod_dir(&self.ctx.config.root_dir, &self.uid);
+        tokio::fs::create_dir_all(&pod_dir).await?;
+
+        let mut netns_path: Option<PathBuf> = None;
+        let mut ips: Vec<String> = Vec::new();
+        if !host_network {
+            let ns = netns::create_async(&netns::generate_name()).await?;
+            netns_path = Some(ns.path.clone());
+            let net = PodNetwork {
+                namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+                name: pod.metadata.name.clone().unwrap_or_default(),
+                uid: self.uid.clone(),
+                sandbox_id: id.clone(),
+                netns: ns.path.clone(),
+                ifname: "eth0".into(),
+                port_mappings: host_ports(pod),
+            };
+            match self.ctx.cni.setup(&net).await {
+                Ok(r) => ips = r.ips.iter().map(|ip| ip.to_string()).collect(),
+                Err(e) => {
+                    let _ = netns::remove_async(&ns.path).await;
+                    return Err(anyhow::anyhow!("failed to setup network for sandbox {id:?}: {e}"));
+                }
+            }
+        } else if let Some(h) = &self.ctx.host_ip {
+            ips.push(h.clone());
+        }
+
+        let res = self.start_pause(pod, &id, &image, netns_path.as_deref(), &ips, &pod_dir).await;
+        if let Err(e) = res {
+            if netns_path.is_some() {
+                let _ = self.ctx.cni.teardown(&id, netns_path.as_deref()).await;
+            }
+            if let Some(p) = &netns_path {
+                let _ = netns::remove_async(p).await;
+            }
+            let _ = self.ctx.containers.delete_container(&id).await;
+            return Err(e);
+        }
+        info!(sandbox = %id, ips = ?ips, elapsed_ms = started.elapsed().as_millis() as u64, "sandbox ready");
+        Ok(())
+    }
+
+    async fn start_pause(&mut self, pod: &Pod, id: &str, image: &ImageInfo, netns: Option<&Path>, ips: &[String], pod_dir: &Path) -> anyhow::Result<()> {
+        let hostname = super::store::pod_hostname(pod);
+        let spec = pod.spec.clone().unwrap_or_default();
+        let aliases: Vec<(String, Vec<String>)> = spec
+            .host_aliases
+            .iter()
+            .flatten()
+            .map(|a| (a.ip.clone(), a.hostnames.clone().unwrap_or_default()))
+            .collect();
+        let domain = spec.subdomain.as_ref().map(|s| format!("{s}.{}.svc.cluster.local", pod.metadata.namespace.as_deref().unwrap_or("default")));
+        super::store::write_atomic(&pod_dir.join("etc-hosts"), super::store::hosts_file(ips.first().map(String::as_str), &hostname, domain.as_deref(), &aliases).as_bytes())?;
+        super::store::write_atomic(&pod_dir.join("resolv.conf"), super::store::resolv_conf(pod, &self.ctx.host_resolv).as_bytes())?;
+        super::store::write_atomic(&pod_dir.join("hostname"), format!("{hostname}\n").as_bytes())?;
+        ensure_shm(&pod_dir.join("shm"))?;
+
+        let qos = crate::cgroups::qos_class(pod);
+        let parent = crate::cgroups::pod_cgroup_parent(qos, &self.uid);
+        let (own, cap) = self.ctx.oom;
+        let oci = spec::sandbox_spec(&SandboxInput {
+            pod,
+            image: image.config.config().as_ref().unwrap_or(&Default::default()),
+            netns,
+            hostname: &hostname,
+            cgroups_path: format!("{parent}/{id}"),
+            oom_score_adj: crate::cgroups::restrict_oom_score_adj(crate::cgroups::POD_INFRA_OOM_ADJ, own, cap),
+        })?;
+        let mut l = self.base_labels(pod);
+        l.insert(labels::KIND.into(), KIND_SANDBOX.into());
+        l.insert(labels::POD_IPS.into(), ips.join(","));
+        l.insert(labels::CREATED_AT.into(), now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true));
+        if let Some(n) = netns {
+            l.insert(labels::NETNS.into(), n.display().to_string());
+        }
+        let mounts = self
+            .ctx
+            .containers
+            .create(&NewContainer { id, image: &image.name, chain_id: &image.chain_id, spec: &oci, labels: l, log_uri: String::new(), read_only_rootfs_view: false })
+            .await?;
+        self.register(id);
+        self.ctx.containers.start_task(id, mounts, "").await?;
+        Ok(())
+    }
+
+    fn base_labels(&self, pod: &Pod) -> HashMap<String, String> {
+        let mut l = HashMap::new();
+        l.insert(labels::MANAGED_BY.into(), "rkubelet".into());
+        l.insert(labels::POD_UID.into(), self.uid.clone());
+        l.insert(labels::POD_NAME.into(), pod.metadata.name.clone().unwrap_or_default());
+        l.insert(labels::POD_NAMESPACE.into(), pod.metadata.namespace.clone().unwrap_or_default());
+        l
+    }
+
+    /// Pulls (per policy and back-off), builds the spec, creates and starts one
+    /// container. Returns when to retry if it was held back.
+    async fn start_container(
+        &mut self,
+        pod: &Pod,
+        sandbox: &SandboxState,
+        name: &str,
+        kind: Kind,
+        attempt: u32,
+        volumes: &crate::volume::VolumePaths,
+    ) -> Option<DateTime<Utc>> {
+        let c = container_of(pod, name, kind)?.clone();
+        let fp = field_path(name, kind == Kind::Init);
+        let rec = self.ctx.recorder.clone();
+        let image_ref = c.image.clone().unwrap_or_default();
+
+        // Image, with ImagePullBackOff.
+        let image = match self.pull(pod, &c, fp.clone()).await {
+            Ok(i) => i,
+            Err(retry) => return retry,
+        };
+
+        // Config: env, user, mounts, spec.
+        let built = self.build_container_spec(pod, sandbox, &c, &image, volumes, attempt);
+        let (oci, stop_signal) = match built {
+            Ok(v) => v,
+            Err(msg) => {
+                rec.warning(pod, fp, reason::FAILED, format!("Error: {msg}"));
+                self.waiting.insert(name.into(), Waiting { reason: "CreateContainerConfigError".into(), message: msg });
+                return Some(now() + chrono::Duration::seconds(10));
+            }
+        };
+
+        let id = random_id();
+        let log_path = self.log_path(pod, name, attempt);
+        if let Some(dir) = log_path.parent() {
+            let _ = tokio::fs::create_dir_all(dir).await;
+        }
+        let mut l = self.base_labels(pod);
+        l.insert(labels::KIND.into(), if kind == Kind::Init { KIND_INIT } else { KIND_APP }.into());
+        l.insert(labels::CONTAINER_NAME.into(), name.into());
+        l.insert(labels::ATTEMPT.into(), attempt.to_string());
+        l.insert(labels::IMAGE.into(), image_ref.clone());
+        l.insert(labels::IMAGE_ID.into(), image_id(&image));
+        l.insert(labels::LOG_PATH.into(), log_path.display().to_string());
+        l.insert(labels::CREATED_AT.into(), now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true));
+        l.insert(STOP_SIGNAL.into(), stop_signal.to_string());
+        let mounts = match self
+            .ctx
+            .containers
+            .create(&NewContainer { id: &id, image: &image.name, chain_id: &image.chain_id, spec: &oci, labels: l, log_uri: String::new(), read_only_rootfs_view: false })
+            .await
+        {
+            Ok(m) => m,
+            Err(e) => {
+                rec.warning(pod, fp, reason::FAILED, format!("Error: {e}"));
+                self.waiting.insert(name.into(), Waiting { reason: "CreateContainerError".into(), message: e.to_string() });
+                return Some(now() + chrono::Duration::seconds(10));
+            }
+        };
+        rec.normal(pod, fp.clone(), reason::CREATED, "Container created");
+        self.register(&id);
+        let log_uri = format!("file://{}", log_path.display());
+        match self.ctx.containers.start_task(&id, mounts, &log_uri).await {
+            Ok(pid) => {
+                let _ = self.ctx.containers.set_labels(&id, &[(labels::STARTED_AT, now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))]).await;
+                rec.normal(pod, fp, reason::STARTED, "Container started");
+                info!(container = name, id = %id, pid, attempt, "container started");
+                None
+            }
+            Err(e) => {
+                // Upstream reports this as a terminated instance: exit 128, StartError.
+                let msg = e.to_string();
+                rec.warning(pod, fp, reason::FAILED, format!("Error: {msg}"));
+                let t = now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+                let _ = self
+                    .ctx
+                    .containers
+                    .set_labels(&id, &[(labels::EXIT_CODE, "128".into()), (labels::REASON, "StartError".into()), (labels::MESSAGE, msg), (labels::FINISHED_AT, t.clone()), (labels::STARTED_AT, t)])
+                    .await;
+                let _ = self.ctx.containers.delete_task(&id).await;
+                self.notify.notify_one();
+                None
+            }
+        }
+    }
+
+    fn log_path(&self, pod: &Pod, name: &str, attempt: u32) -> PathBuf {
+        self.ctx.config.pod_logs_dir.join(format!(
+            "{}_{}_{}",
+            pod.metadata.namespace.as_deref().unwrap_or(""),
+            pod.metadata.name.as_deref().unwrap_or(""),
+            self.uid
+        ))
+        .join(name)
+        .join(format!("{attempt}.log"))
+    }
+
+    /// Ensures the container's image per its pull policy, recording upstream's
+    /// events and waiting reasons. Err(Some(t)) means retry at t.
+    async fn pull(&mut self, pod: &Pod, c: &Container, fp: Option<String>) -> Result<ImageInfo, Option<DateTime<Utc>>> {
+        let image = c.image.clone().unwrap_or_default();
+        let name = c.name.clone();
+        let policy = PullPolicy::from_k8s(c.image_pull_policy.as_deref(), &image);
+        let rec = self.ctx.recorder.clone();
+        let key = image.clone();
+        let t = now();
+        if let Some((failed_at, err)) = self.image_failures.get(&key).cloned() {
+            if let Some(until) = self.image_backoff.in_backoff_since(&key, failed_at, t) {
+                rec.normal(pod, fp.clone(), reason::BACK_OFF, format!("Back-off pulling image {image:?}"));
+                rec.warning(pod, fp, reason::FAILED, "Error: ImagePullBackOff");
+                self.waiting.insert(
+                    name,
+                    Waiting { reason: "ImagePullBackOff".into(), message: format!("Back-off pulling image {image:?}: ErrImagePull: {err}") },
+                );
+                return Err(Some(until));
+            }
+        }
+        if policy != PullPolicy::Always {
+            match self.ctx.images.local(&image).await {
+                Ok(Some(info)) => {
+                    rec.normal(pod, fp, reason::PULLED, format!("Container image {image:?} already present on machine and can be accessed by the pod"));
+                    self.image_failures.remove(&key);
+                    return Ok(info);
+                }
+                Ok(None) if policy == PullPolicy::Never => {
+                    let msg = format!("Container image {image:?} is not present with pull policy of Never");
+                    rec.warning(pod, fp, "ErrImageNeverPull", msg.clone());
+                    self.waiting.insert(name, Waiting { reason: "ErrImageNeverPull".into(), message: msg });
+                    return Err(Some(now() + chrono::Duration::seconds(10)));
+                }
+                Ok(None) => {}
+                Err(e) => return Err(self.image_error(pod, &c.name, fp, &image, e)),
+            }
+        }
+        rec.normal(pod, fp.clone(), reason::PULLING, format!("Pulling image {image:?}"));
+        let started = Instant::now();
+        match self.ctx.images.ensure(&image, PullPolicy::Always).await {
+            Ok(info) => {
+                let ms = started.elapsed().as_millis();
+                rec.normal(pod, fp, reason::PULLED, format!("Successfully pulled image {image:?} in {ms}ms ({ms}ms including waiting)"));
+                self.image_failures.remove(&key);
+                self.image_backoff.forget(&key);
+                Ok(info)
+            }
+            Err(e) => Err(self.image_error(pod, &c.name, fp, &image, e)),
+        }
+    }
+
+    fn image_error(&mut self, pod: &Pod, name: &str, fp: Option<String>, image: &str, e: ImageError) -> Option<DateTime<Utc>> {
+        let reason = e.reason();
+        let msg = e.to_string();
+        let rec = &self.ctx.recorder;
+        if reason == "InvalidImageName" {
+            rec.warning(pod, fp.clone(), "InspectFailed", format!("Failed to apply default image tag {image:?}: {msg}"));
+            rec.warning(pod, fp, reason::FAILED, "Error: InvalidImageName");
+        } else {
+            rec.warning(pod, fp.clone(), reason::FAILED, format!("Failed to pull image {image:?}: {msg}"));
+            rec.warning(pod, fp, reason::FAILED, format!("Error: {reason}"));
+        }
+        self.waiting.insert(name.into(), Waiting { reason: reason.into(), message: msg.clone() });
+        let t = now();
+        self.image_backoff.next(image, t);
+        self.image_failures.insert(image.to_string(), (t, msg));
+        // Like the kubelet's requeue after a failed sync: come back soon, which then
+        // reports ImagePullBackOff until the back-off ends.
+        Some(t + chrono::Duration::seconds(1))
+    }
+
+    fn build_container_spec(
+        &self,
+        pod: &Pod,
+        sandbox: &SandboxState,
+        c: &Container,
+        image: &ImageInfo,
+        volumes: &crate::volume::VolumePaths,
+        _attempt: u32,
+    ) -> Result<(oci_spec::runtime::Spec, i32), String> {
+        let default_cfg = oci_spec::image::Config::default();
+        let img = image.config.config().as_ref().unwrap_or(&default_cfg);
+        let spec = pod.spec.clone().unwrap_or_default();
+        let host_network = spec.host_network.unwrap_or(false);
+        let ctx = super::env::EnvContext {
+            pod_ips: &sandbox.ips,
+            host_ip: self.ctx.host_ip.as_deref(),
+            node_name: &self.ctx.config.node_name,
+            cpu_capacity_milli: self.ctx.cpu_capacity_milli,
+            memory_capacity: self.ctx.memory_capacity,
+        };
+        let mut pod_env = super::env::resolve(pod, c, &ctx)?;
+        let hostname = super::store::pod_hostname(pod);
+        if !pod_env.iter().any(|(k, _)| k == "HOSTNAME") {
+            pod_env.insert(0, ("HOSTNAME".into(), if host_network { self.ctx.config.node_name.clone() } else { hostname }));
+        }
+        let image_env = img.env().clone().unwrap_or_else(|| vec![spec::PATH_ENV.to_string()]);
+        let env = spec::merge_env(&image_env, &pod_env);
+        let args = spec::resolve_args(c, img, &env).map_err(|e| e.to_string())?;
+        let user = resolve_user(pod, c, img.user().as_deref().unwrap_or(""))?;
+
+        let pod_dir = super::store::pod_dir(&self.ctx.config.root_dir, &self.uid);
+        let mut mounts = Vec::new();
+        for m in c.volume_mounts.iter().flatten() {
+            let Some(host) = volumes.get(&m.name) else { return Err(format!("volume {:?} not found", m.name)) };
+            let mut host = host.clone();
+            if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
+                if sub.starts_with('/') || sub.split('/').any(|p| p == "..") {
+                    return Err(format!("subPath {sub:?} must be a relative path without '..'"));
+                }
+                host = host.join(sub);
+                std::fs::create_dir_all(&host).map_err(|e| format!("failed to create subPath directory for volumeMount {:?}: {e}", m.name))?;
+            }
+            mounts.push(BindMount { host_path: host, container_path: m.mount_path.clone(), read_only: m.read_only.unwrap_or(false) });
+        }
+        let has = |mounts: &Vec<BindMount>, p: &str| mounts.iter().any(|m| m.container_path == p);
+        if !host_network && !has(&mounts, "/etc/hosts") {
+            mounts.push(BindMount { host_path: pod_dir.join("etc-hosts"), container_path: "/etc/hosts".into(), read_only: false });
+        }
+        if !has(&mounts, "/etc/resolv.conf") {
+            mounts.push(BindMount { host_path: pod_dir.join("resolv.conf"), container_path: "/etc/resolv.conf".into(), read_only: false });
+        }
+        if !host_network && !has(&mounts, "/etc/hostname") {
+            mounts.push(BindMount { host_path: pod_dir.join("hostname"), container_path: "/etc/hostname".into(), read_only: false });
+        }
+        mounts.push(BindMount { host_path: pod_dir.join("shm"), container_path: "/dev/shm".into(), read_only: false });
+        let tpath = c.termination_message_path.clone().unwrap_or_else(|| "/dev/termination-log".into());
+        if !tpath.is_empty() {
+            let dir = pod_dir.join("containers").join(&c.name);
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            let f = dir.join(random_id().get(..8).unwrap_or("log"));
+            std::fs::write(&f, b"").map_err(|e| e.to_string())?;
+            mounts.push(BindMount { host_path: f, container_path: tpath, read_only: false });
+        }
+
+        let qos = crate::cgroups::qos_class(pod);
+        let parent = crate::cgroups::pod_cgroup_parent(qos, &self.uid);
+        let mem_request = c
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref().and_then(|m| m.get("memory")).or(r.limits.as_ref().and_then(|m| m.get("memory"))))
+            .and_then(|q| crate::quantity::to_value(&q.0).ok())
+            .unwrap_or(0);
+        let (own, cap) = self.ctx.oom;
+        let oom = crate::cgroups::restrict_oom_score_adj(
+            crate::cgroups::container_oom_score_adj(qos, mem_request, self.ctx.memory_capacity),
+            own,
+            cap,
+        );
+        let id_hint = random_id();
+        let oci = spec::container_spec(&ContainerInput {
+            pod,
+            container: c,
+            image: img,
+            sandbox_pid: sandbox.pid,
+            host_network,
+            env,
+            args,
+            user,
+            mounts,
+            cgroups_path: format!("{parent}/{}", &id_hint[..16]),
+            oom_score_adj: oom,
+        })
+        .map_err(|e| e.to_string())?;
+        let stop = img
+            .stop_signal()
+            .as_deref()
+            .and_then(parse_signal)
+            .unwrap_or(nix::sys::signal::Signal::SIGTERM as i32);
+        Ok((oci, stop))
+    }
+
+    /// SIGTERM (or the image's STOPSIGNAL) to every running container, SIGKILL after
+    /// `grace`, then delete their tasks.
+    async fn kill_pod_containers(&self, pod: &Pod, records: &[ContainerRecord], grace: Duration) {
+        let rt = &self.ctx.containers;
+        let running: Vec<&ContainerRecord> = records
+            .iter()
+            .filter(|r| r.label(labels::KIND) != Some(KIND_SANDBOX) && matches!(r.task, TaskState::Running { .. } | TaskState::Created))
+            .collect();
+        let mut waits = Vec::new();
+        for r in &running {
+            let name = r.label(labels::CONTAINER_NAME).unwrap_or("").to_string();
+            let init = r.label(labels::KIND) == Some(KIND_INIT);
+            self.ctx.recorder.normal(pod, field_path(&name, init), reason::KILLING, format!("Stopping container {name}"));
+            let sig = r.label(STOP_SIGNAL).and_then(|s| s.parse().ok()).unwrap_or(15);
+            if let Err(e) = rt.kill(&r.id, sig, false).await {
+                warn!(container = %name, error = %e, "stop signal failed");
+            }
+            let id = r.id.clone();
+            let rt = rt.clone();
+            waits.push(async move {
+                match rt.wait(&id, grace).await {
+                    Ok(Some(_)) => {}
+                    _ => {
+                        let _ = rt.kill(&id, nix::sys::signal::Signal::SIGKILL as u32, true).await;
+                        let _ = rt.wait(&id, Duration::from_secs(10)).await;
+                    }
+                }
+            });
+        }
+        futures::future::join_all(waits).await;
+    }
+
+    /// Kills the pause container and detaches the pod from the network.
+    async fn stop_sandbox(&self, records: &[ContainerRecord], id: &str) {
+        let rt = &self.ctx.containers;
+        let _ = rt.kill(id, nix::sys::signal::Signal::SIGKILL as u32, true).await;
+        let _ = rt.wait(id, Duration::from_secs(10)).await;
+        let _ = rt.delete_task(id).await;
+        let netns = records.iter().find(|r| r.id == id).and_then(|r| r.label(labels::NETNS)).map(PathBuf::from);
+        if netns.is_some() || self.ctx.cni.cached(id).is_some() {
+            if let Err(e) = self.ctx.cni.teardown(id, netns.as_deref().filter(|p| p.exists())).await {
+                warn!(sandbox = %id, error = %e, "CNI teardown failed");
+            }
+        }
+        if let Some(p) = netns {
+            if let Err(e) = netns::remove_async(&p).await {
+                warn!(netns = %p.display(), error = %e, "removing netns failed");
+            }
+        }
+    }
+
+    /// Stops and removes everything the pod had: containers (within the grace
+    /// period), sandbox, network, volumes, directories, cgroups and logs.
+    async fn terminate(&mut self) {
+        let pod = self.last_pod.clone().or_else(|| super::store::load_pod(&self.ctx.config.root_dir, &self.uid).map(Arc::new));
+        let grace = pod
+            .as_ref()
+            .and_then(|p| p.spec.as_ref())
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(30)
+            .max(0) as u64;
+        let pod_for_events = pod.clone().unwrap_or_default();
+        info!(pod_uid = %self.uid, grace_seconds = grace, "stopping pod");
+        for attempt in 0..3 {
+            match self.ctx.containers.list(Some(&self.uid)).await {
+                Ok(records) => {
+                    self.kill_pod_containers(&pod_for_events, &records, Duration::from_secs(grace.max(1))).await;
+                    let mut ok = true;
+                    for r in records.iter().filter(|r| r.label(labels::KIND) == Some(KIND_SANDBOX)) {
+                        self.stop_sandbox(&records, &r.id).await;
+                    }
+                    for r in &records {
+                        let _ = self.ctx.containers.delete_task(&r.id).await;
+                        if let Err(e) = self.ctx.containers.delete_container(&r.id).await {
+                            warn!(container = %r.id, error = %e, "delete failed");
+                            ok = false;
+                        }
+                    }
+                    if ok {
+                        break;
+                    }
+                }
+                Err(e) => warn!(error = %e, attempt, "listing pod containers failed"),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        self.unregister_all();
+        let pod_dir = super::store::pod_dir(&self.ctx.config.root_dir, &self.uid);
+        if let Err(e) = crate::volume::teardown(&pod_dir) {
+            warn!(error = %e, "volume teardown failed");
+        }
+        let shm = pod_dir.join("shm");
+        let _ = umount2(&shm, MntFlags::MNT_DETACH);
+        let _ = tokio::fs::remove_dir_all(&pod_dir).await;
+        if let Some(p) = &pod {
+            let _ = tokio::fs::remove_dir_all(self.log_path(p, "x", 0).parent().and_then(|d| d.parent()).unwrap_or(Path::new("/nonexistent"))).await;
+            let parent = crate::cgroups::pod_cgroup_parent(crate::cgroups::qos_class(p), &self.uid);
+            for _ in 0..10 {
+                if crate::cgroups::remove_pod_cgroup(&parent).is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        info!(pod_uid = %self.uid, "pod removed");
+    }
+}
+
+fn pod_event_sandbox_changed(ctx: &Context, pod: &Pod) {
+    ctx.recorder.normal(pod, None, reason::SANDBOX_CHANGED, "Pod sandbox changed, it will be killed and re-created.");
+}
+
+/// `repo@sha256:…` as the kubelet reports imageID.
+fn image_id(i: &ImageInfo) -> String {
+    let repo = i.name.rsplit_once(':').filter(|(r, t)| !t.contains('/') && !r.is_empty()).map(|(r, _)| r).unwrap_or(&i.name);
+    let repo = repo.split('@').next().unwrap_or(repo);
+    format!("{repo}@{}", i.target_digest)
+}
+
+fn host_ports(pod: &Pod) -> Vec<crate::network::cni::PortMapping> {
+    use crate::network::cni::{PortMapping, Protocol};
+    let mut out = Vec::new();
+    for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
+        for p in c.ports.iter().flatten() {
+            let Some(hp) = p.host_port.filter(|h| *h > 0) else { continue };
+            out.push(PortMapping {
+                host_port: hp as u16,
+                container_port: p.container_port as u16,
+                protocol: match p.protocol.as_deref() {
+                    Some("UDP") => Protocol::Udp,
+                    Some("SCTP") => Protocol::Sctp,
+                    _ => Protocol::Tcp,
+                },
+                host_ip: p.host_ip.as_deref().and_then(|h| h.parse().ok()),
+            });
+        }
+    }
+    out
+}
+
+fn parse_signal(s: &str) -> Option<i32> {
+    use std::str::FromStr;
+    if let Ok(n) = s.parse::<i32>() {
+        return Some(n);
+    }
+    let up = s.to_ascii_uppercase();
+    let name = if up.starts_with("SIG") { up } else { format!("SIG{up}") };
+    nix::sys::signal::Signal::from_str(&name).ok().map(|s| s as i32)
+}
+
+/// The identity to run as: securityContext (container over pod) over the image's
+/// USER; enforces `runAsNonRoot` with upstream's messages.
+pub fn resolve_user(pod: &Pod, c: &Container, image_user: &str) -> Result<UserIds, String> {
+    let psc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let sc = c.security_context.as_ref();
+    let run_as_user = sc.and_then(|s| s.run_as_user).or(psc.and_then(|s| s.run_as_user));
+    let run_as_group = sc.and_then(|s| s.run_as_group).or(psc.and_then(|s| s.run_as_group));
+    let non_root = sc.and_then(|s| s.run_as_non_root).or(psc.and_then(|s| s.run_as_non_root)).unwrap_or(false);
+    let (img_uid, img_gid) = match image_user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (image_user, None),
+    };
+    let uid: u32 = match run_as_user {
+        Some(u) => u as u32,
+        None if img_uid.is_empty() || img_uid == "root" => 0,
+        None => match img_uid.parse() {
+            Ok(u) => u,
+            Err(_) if non_root => {
+                return Err(format!(
+                    "container has runAsNonRoot and image has non-numeric user ({img_uid}), cannot verify user is non-root (pod: {:?}, container: {})",
+                    format_pod(pod),
+                    c.name
+                ))
+            }
+            Err(_) => return Err(format!("unable to find user {img_uid}: no matching entries in passwd file")),
+        },
+    };
+    if non_root && uid == 0 {
+        return Err(format!("container has runAsNonRoot and image will run as root (pod: {:?}, container: {})", format_pod(pod), c.name));
+    }
+    let gid = match run_as_group {
+        Some(g) => g as u32,
+        None => img_gid.and_then(|g| g.parse().ok()).unwrap_or(0),
+    };
+    let mut additional: Vec<u32> = psc.and_then(|s| s.supplemental_groups.clone()).unwrap_or_default().into_iter().map(|g| g as u32).collect();
+    if let Some(fs) = psc.and_then(|s| s.fs_group) {
+        additional.push(fs as u32);
+    }
+    Ok(UserIds { uid, gid, additional_gids: additional })
+}
+
+/// Mounts the pod's shared /dev/shm tmpfs (64 MiB, as containerd's CRI) if needed.
+fn ensure_shm(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let target = dir.to_string_lossy();
+    if info.lines().any(|l| l.split_whitespace().nth(4) == Some(target.as_ref())) {
+        return Ok(());
+    }
+    mount(Some("shm"), dir, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, Some("mode=1777,size=67108864"))
+        .map_err(std::io::Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{PodSecurityContext, PodSpec, SecurityContext};
+
+    fn pod_with(psc: Option<PodSecurityContext>) -> Pod {
+        let mut p = Pod::default();
+        p.metadata.name = Some("p".into());
+        p.metadata.namespace = Some("ns".into());
+        p.metadata.uid = Some("u".into());
+        p.spec = Some(PodSpec { security_context: psc, ..Default::default() });
+        p
+    }
+
+    #[test]
+    fn run_as_non_root_rejects_root_images_with_upstream_message() {
+        let pod = pod_with(Some(PodSecurityContext { run_as_non_root: Some(true), ..Default::default() }));
+        let c = Container { name: "c".into(), ..Default::default() };
+        let e = resolve_user(&pod, &c, "").unwrap_err();
+        assert_eq!(e, "container has runAsNonRoot and image will run as root (pod: \"p_ns(u)\", container: c)");
+        assert_eq!(resolve_user(&pod, &c, "1000:1000").unwrap(), UserIds { uid: 1000, gid: 1000, additional_gids: vec![] });
+    }
+
+    #[test]
+    fn container_security_context_wins_over_pod_and_image() {
+        let pod = pod_with(Some(PodSecurityContext { run_as_user: Some(5), supplemental_groups: Some(vec![7]), ..Default::default() }));
+        let c = Container { name: "c".into(), security_context: Some(SecurityContext { run_as_user: Some(6), run_as_group: Some(8), ..Default::default() }), ..Default::default() };
+        assert_eq!(resolve_user(&pod, &c, "1000").unwrap(), UserIds { uid: 6, gid: 8, additional_gids: vec![7] });
+    }
+
+    #[test]
+    fn signals_parse_by_name_or_number() {
+        assert_eq!(parse_signal("SIGQUIT"), Some(3));
+        assert_eq!(parse_signal("quit"), Some(3));
+        assert_eq!(parse_signal("9"), Some(9));
+        assert_eq!(parse_signal("SIGNOPE"), None);
+    }
+}

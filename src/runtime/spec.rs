@@ -1,0 +1,609 @@
+//! Pod and container → OCI runtime spec, as a pure function of its inputs.
+//!
+//! Mirrors what containerd's CRI plugin builds for the kubelet
+//! (pkg/cri/server/container_create_linux.go, sandbox_run_linux.go): default
+//! mounts, capabilities and masked paths; namespaces joined from the pause
+//! container; command/args against the image's entrypoint/cmd; env with
+//! `$(VAR)` expansion; securityContext; cgroup path and resource limits.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use oci_spec::image::Config as ImageConfig;
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder,
+    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+};
+use thiserror::Error;
+
+/// Why a spec could not be built. These surface as `CreateContainerConfigError`
+/// or `CreateContainerError`, with the message upstream uses where there is one.
+#[derive(Debug, Error)]
+pub enum SpecError {
+    /// Neither the pod nor the image says what to run.
+    #[error("no command specified")]
+    NoCommand,
+    /// A quantity in resources could not be parsed.
+    #[error("invalid resource quantity: {0}")]
+    Quantity(#[from] crate::quantity::QuantityError),
+    /// A capability name that does not exist.
+    #[error("unknown capability {0:?}")]
+    Capability(String),
+    /// The oci-spec builders rejected a value.
+    #[error("building OCI spec: {0}")]
+    Build(#[from] oci_spec::OciSpecError),
+}
+
+pub type Result<T, E = SpecError> = std::result::Result<T, E>;
+
+/// The capabilities containerd gives a container by default (oci/spec.go).
+pub const DEFAULT_CAPABILITIES: &[&str] = &[
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
+    "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+];
+
+/// Every capability, for privileged containers.
+const ALL_CAPABILITIES: &[&str] = &[
+    "CAP_AUDIT_CONTROL", "CAP_AUDIT_READ", "CAP_AUDIT_WRITE", "CAP_BLOCK_SUSPEND", "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE", "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER",
+    "CAP_FSETID", "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_KILL", "CAP_LEASE", "CAP_LINUX_IMMUTABLE",
+    "CAP_MAC_ADMIN", "CAP_MAC_OVERRIDE", "CAP_MKNOD", "CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST", "CAP_NET_RAW", "CAP_PERFMON", "CAP_SETFCAP", "CAP_SETGID", "CAP_SETPCAP",
+    "CAP_SETUID", "CAP_SYSLOG", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_CHROOT", "CAP_SYS_MODULE",
+    "CAP_SYS_NICE", "CAP_SYS_PACCT", "CAP_SYS_PTRACE", "CAP_SYS_RAWIO", "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_WAKE_ALARM",
+];
+
+const MASKED_PATHS: &[&str] = &[
+    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi",
+    "/sys/devices/virtual/powercap",
+];
+const READONLY_PATHS: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+
+/// The process identity a container runs as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserIds {
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+}
+
+/// A bind mount from the host into the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindMount {
+    pub host_path: PathBuf,
+    pub container_path: String,
+    pub read_only: bool,
+}
+
+/// Everything the pause container's spec depends on.
+pub struct SandboxInput<'a> {
+    pub pod: &'a Pod,
+    pub image: &'a ImageConfig,
+    /// The pod's netns file, or None for hostNetwork.
+    pub netns: Option<&'a Path>,
+    pub hostname: &'a str,
+    pub cgroups_path: String,
+    pub oom_score_adj: i32,
+}
+
+/// Everything an app or init container's spec depends on.
+pub struct ContainerInput<'a> {
+    pub pod: &'a Pod,
+    pub container: &'a Container,
+    pub image: &'a ImageConfig,
+    /// The pause container's pid: its net, ipc and uts namespaces are joined.
+    pub sandbox_pid: u32,
+    pub host_network: bool,
+    pub env: Vec<String>,
+    pub args: Vec<String>,
+    pub user: UserIds,
+    pub mounts: Vec<BindMount>,
+    pub cgroups_path: String,
+    pub oom_score_adj: i32,
+}
+
+fn caps(names: &[String]) -> Result<std::collections::HashSet<Capability>> {
+    names
+        .iter()
+        .map(|n| {
+            serde_json::from_value::<Capability>(serde_json::Value::String(n.clone()))
+                .map_err(|_| SpecError::Capability(n.clone()))
+        })
+        .collect()
+}
+
+fn normalize_cap(c: &str) -> String {
+    let up = c.to_ascii_uppercase();
+    if up.starts_with("CAP_") { up } else { format!("CAP_{up}") }
+}
+
+/// The effective capability list: defaults (or all when privileged), minus drops
+/// (`ALL` drops everything), plus adds, as CRI computes it.
+pub fn capability_list(c: &Container) -> Vec<String> {
+    let sc = c.security_context.as_ref();
+    if sc.and_then(|s| s.privileged).unwrap_or(false) {
+        return ALL_CAPABILITIES.iter().map(|s| s.to_string()).collect();
+    }
+    let add: Vec<String> = sc
+        .and_then(|s| s.capabilities.as_ref())
+        .and_then(|c| c.add.clone())
+        .unwrap_or_default()
+        .iter()
+        .map(|s| normalize_cap(s))
+        .collect();
+    let drop: Vec<String> = sc
+        .and_then(|s| s.capabilities.as_ref())
+        .and_then(|c| c.drop.clone())
+        .unwrap_or_default()
+        .iter()
+        .map(|s| normalize_cap(s))
+        .collect();
+    let mut out: Vec<String> = if drop.iter().any(|d| d == "CAP_ALL") {
+        Vec::new()
+    } else {
+        DEFAULT_CAPABILITIES.iter().map(|s| s.to_string()).filter(|c| !drop.contains(c)).collect()
+    };
+    if add.iter().any(|a| a == "CAP_ALL") {
+        return ALL_CAPABILITIES.iter().map(|s| s.to_string()).collect();
+    }
+    for a in add {
+        if !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    out
+}
+
+fn mount(dest: &str, typ: &str, src: &str, opts: &[&str]) -> Result<Mount> {
+    Ok(MountBuilder::default()
+        .destination(dest)
+        .typ(typ)
+        .source(src)
+        .options(opts.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .build()?)
+}
+
+fn default_mounts(privileged: bool) -> Result<Vec<Mount>> {
+    let sys_ro = if privileged { "rw" } else { "ro" };
+    Ok(vec![
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
+        mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"])?,
+        mount("/dev/pts", "devpts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"])?,
+        mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
+        mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", sys_ro])?,
+        mount("/sys/fs/cgroup", "cgroup", "cgroup", &["nosuid", "noexec", "nodev", "relatime", sys_ro])?,
+    ])
+}
+
+/// Parses `ENTRYPOINT`/`CMD` against the container's `command`/`args` the way the
+/// kubelet documents it, with `$(VAR)` references expanded from `env`.
+pub fn resolve_args(c: &Container, image: &ImageConfig, env: &[String]) -> Result<Vec<String>> {
+    let vars = env_map(env);
+    let ex = |v: &Vec<String>| v.iter().map(|s| expand(s, &vars)).collect::<Vec<_>>();
+    let image_ep = image.entrypoint().clone().unwrap_or_default();
+    let image_cmd = image.cmd().clone().unwrap_or_default();
+    let args: Vec<String> = match (&c.command, &c.args) {
+        (Some(cmd), args) if !cmd.is_empty() => {
+            let mut v = ex(cmd);
+            v.extend(args.as_ref().map(ex).unwrap_or_default());
+            v
+        }
+        (_, Some(args)) if !args.is_empty() => {
+            let mut v = image_ep;
+            v.extend(ex(args));
+            v
+        }
+        _ => {
+            let mut v = image_ep;
+            v.extend(image_cmd);
+            v
+        }
+    };
+    if args.is_empty() {
+        return Err(SpecError::NoCommand);
+    }
+    Ok(args)
+}
+
+/// `KEY=VALUE` list → map (last one wins).
+pub fn env_map(env: &[String]) -> HashMap<String, String> {
+    env.iter()
+        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect()
+}
+
+/// Kubernetes `$(VAR)` expansion: `$(NAME)` is replaced when NAME is defined,
+/// kept verbatim when not; `$$` escapes a `$`.
+pub fn expand(s: &str, vars: &HashMap<String, String>) -> String {
+    let b = s.as_bytes();
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'$' && i + 1 < b.len() {
+            if b[i + 1] == b'$' {
+                out.push('$');
+                i += 2;
+                continue;
+            }
+            if b[i + 1] == b'(' {
+                if let Some(end) = s[i + 2..].find(')') {
+                    let name = &s[i + 2..i + 2 + end];
+                    match vars.get(name) {
+                        Some(v) => out.push_str(v),
+                        None => out.push_str(&s[i..i + 3 + end]),
+                    }
+                    i += 3 + end;
+                    continue;
+                }
+            }
+        }
+        let ch = s[i..].chars().next().unwrap_or('\u{FFFD}');
+        out.push(ch);
+        i += ch.len_utf8();
+    }
+    out
+}
+
+/// Merges image env with the container's resolved env (container wins, order kept).
+pub fn merge_env(image_env: &[String], container_env: &[(String, String)]) -> Vec<String> {
+    let mut order: Vec<String> = Vec::new();
+    let mut vals: HashMap<String, String> = HashMap::new();
+    for kv in image_env {
+        let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
+        if !vals.contains_key(k) {
+            order.push(k.to_string());
+        }
+        vals.insert(k.to_string(), v.to_string());
+    }
+    for (k, v) in container_env {
+        if !vals.contains_key(k) {
+            order.push(k.clone());
+        }
+        vals.insert(k.clone(), v.clone());
+    }
+    order.into_iter().map(|k| format!("{k}={}", vals[&k])).collect()
+}
+
+fn ns(typ: LinuxNamespaceType, path: Option<PathBuf>) -> Result<oci_spec::runtime::LinuxNamespace> {
+    let mut b = LinuxNamespaceBuilder::default();
+    b = b.typ(typ);
+    if let Some(p) = path {
+        b = b.path(p);
+    }
+    Ok(b.build()?)
+}
+
+/// The pause container's spec: owns the pod's ipc/uts/pid namespaces and joins the
+/// pod's network namespace file (or the host's network).
+pub fn sandbox_spec(i: &SandboxInput<'_>) -> Result<Spec> {
+    let mut args = i.image.entrypoint().clone().unwrap_or_default();
+    args.extend(i.image.cmd().clone().unwrap_or_default());
+    if args.is_empty() {
+        args = vec!["/pause".into()];
+    }
+    let host_net = i.netns.is_none();
+    let mut namespaces = vec![
+        ns(LinuxNamespaceType::Pid, None)?,
+        ns(LinuxNamespaceType::Ipc, None)?,
+        ns(LinuxNamespaceType::Mount, None)?,
+    ];
+    if let Some(p) = i.netns {
+        namespaces.push(ns(LinuxNamespaceType::Network, Some(p.to_path_buf()))?);
+        namespaces.push(ns(LinuxNamespaceType::Uts, None)?);
+    }
+    let capset = caps(&DEFAULT_CAPABILITIES.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .user(UserBuilder::default().uid(0u32).gid(0u32).build()?)
+        .args(args)
+        .env(i.image.env().clone().unwrap_or_else(|| vec![PATH_ENV.to_string()]))
+        .cwd("/")
+        .capabilities(
+            oci_spec::runtime::LinuxCapabilitiesBuilder::default()
+                .bounding(capset.clone())
+                .effective(capset.clone())
+                .permitted(capset)
+                // Empty, like containerd since the inheritable-caps fix; the
+                // builder's defaults would otherwise add ambient caps.
+                .inheritable(std::collections::HashSet::new())
+                .ambient(std::collections::HashSet::new())
+                .build()?,
+        )
+        .no_new_privileges(true)
+        .oom_score_adj(i.oom_score_adj)
+        .build()?;
+    let mut mounts = default_mounts(false)?;
+    mounts.push(mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"])?);
+    let linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .cgroups_path(PathBuf::from(&i.cgroups_path))
+        .masked_paths(MASKED_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .readonly_paths(READONLY_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .resources(
+            LinuxResourcesBuilder::default()
+                .devices(vec![LinuxDeviceCgroupBuilder::default().allow(false).access("rwm").build()?])
+                .cpu(LinuxCpuBuilder::default().shares(2u64).build()?)
+                .build()?,
+        )
+        .build()?;
+    let b = SpecBuilder::default()
+        .version("1.0.2-dev")
+        .process(process)
+        .root(RootBuilder::default().path("rootfs").readonly(true).build()?)
+        .mounts(mounts)
+        .linux(linux);
+    let _ = i.pod;
+    let mut spec = b.build()?;
+    // The builder defaults a hostname; only a private UTS namespace may have one.
+    spec.set_hostname((!host_net).then(|| i.hostname.to_string()));
+    Ok(spec)
+}
+
+/// The default PATH containerd puts in a container's env when the image sets none.
+pub const PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// An app or init container's spec: joins the pause container's net, ipc and uts
+/// namespaces, gets its own pid and mount namespaces.
+pub fn container_spec(i: &ContainerInput<'_>) -> Result<Spec> {
+    let c = i.container;
+    let sc = c.security_context.as_ref();
+    let privileged = sc.and_then(|s| s.privileged).unwrap_or(false);
+    let pod_spec = i.pod.spec.as_ref();
+    let share_pid = pod_spec.and_then(|s| s.share_process_namespace).unwrap_or(false);
+    let sandbox_ns = |n: &str| Some(PathBuf::from(format!("/proc/{}/ns/{n}", i.sandbox_pid)));
+    let mut namespaces = vec![
+        ns(LinuxNamespaceType::Mount, None)?,
+        ns(LinuxNamespaceType::Ipc, sandbox_ns("ipc"))?,
+        ns(LinuxNamespaceType::Pid, if share_pid { sandbox_ns("pid") } else { None })?,
+    ];
+    if !i.host_network {
+        namespaces.push(ns(LinuxNamespaceType::Network, sandbox_ns("net"))?);
+        namespaces.push(ns(LinuxNamespaceType::Uts, sandbox_ns("uts"))?);
+    }
+    let capset = caps(&capability_list(c))?;
+    let allow_escalation = sc.and_then(|s| s.allow_privilege_escalation);
+    let no_new_privs = match allow_escalation {
+        Some(allow) => !allow,
+        None => false,
+    } && !privileged;
+    let cwd = c
+        .working_dir
+        .clone()
+        .filter(|w| !w.is_empty())
+        .or_else(|| i.image.working_dir().clone().filter(|w| !w.is_empty()))
+        .unwrap_or_else(|| "/".into());
+    let mut user = UserBuilder::default().uid(i.user.uid).gid(i.user.gid);
+    if !i.user.additional_gids.is_empty() {
+        user = user.additional_gids(i.user.additional_gids.clone());
+    }
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .user(user.build()?)
+        .args(i.args.clone())
+        .env(i.env.clone())
+        .cwd(cwd)
+        .capabilities(
+            oci_spec::runtime::LinuxCapabilitiesBuilder::default()
+                .bounding(capset.clone())
+                .effective(capset.clone())
+                .permitted(capset)
+                // Empty, like containerd since the inheritable-caps fix; the
+                // builder's defaults would otherwise add ambient caps.
+                .inheritable(std::collections::HashSet::new())
+                .ambient(std::collections::HashSet::new())
+                .build()?,
+        )
+        .no_new_privileges(no_new_privs)
+        .oom_score_adj(i.oom_score_adj)
+        .build()?;
+
+    let mut mounts = default_mounts(privileged)?;
+    for m in &i.mounts {
+        let mut opts = vec!["rbind".to_string(), "rprivate".to_string()];
+        opts.push(if m.read_only { "ro".into() } else { "rw".into() });
+        mounts.push(
+            MountBuilder::default()
+                .destination(&m.container_path)
+                .typ("bind")
+                .source(&m.host_path)
+                .options(opts)
+                .build()?,
+        );
+    }
+
+    // Resources: limits → CFS quota and memory limit; requests → shares.
+    let res = c.resources.as_ref();
+    let get = |m: Option<&std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>, k: &str| {
+        m.and_then(|m| m.get(k)).map(|q| q.0.clone())
+    };
+    let cpu_limit = get(res.and_then(|r| r.limits.as_ref()), "cpu").map(|q| crate::quantity::to_milli(&q)).transpose()?;
+    let cpu_request = get(res.and_then(|r| r.requests.as_ref()), "cpu")
+        .map(|q| crate::quantity::to_milli(&q))
+        .transpose()?
+        .or(cpu_limit);
+    let mem_limit = get(res.and_then(|r| r.limits.as_ref()), "memory").map(|q| crate::quantity::to_value(&q)).transpose()?;
+    let mut cpu = LinuxCpuBuilder::default().shares(milli_cpu_to_shares(cpu_request));
+    if let Some(l) = cpu_limit {
+        cpu = cpu.quota(milli_cpu_to_quota(l)).period(CPU_PERIOD);
+    }
+    let mut resources = LinuxResourcesBuilder::default()
+        .cpu(cpu.build()?)
+        .devices(vec![LinuxDeviceCgroupBuilder::default().allow(privileged).access("rwm").build()?]);
+    if let Some(m) = mem_limit {
+        resources = resources.memory(LinuxMemoryBuilder::default().limit(m).build()?);
+    }
+    let mut linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .cgroups_path(PathBuf::from(&i.cgroups_path))
+        .resources(resources.build()?);
+    if !privileged {
+        linux = linux
+            .masked_paths(MASKED_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .readonly_paths(READONLY_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    }
+    if let Some(sysctls) = pod_spec.and_then(|s| s.security_context.as_ref()).and_then(|s| s.sysctls.as_ref()) {
+        linux = linux.sysctl(sysctls.iter().map(|s| (s.name.clone(), s.value.clone())).collect::<HashMap<_, _>>());
+    }
+    let read_only_root = sc.and_then(|s| s.read_only_root_filesystem).unwrap_or(false);
+    let mut spec = SpecBuilder::default()
+        .version("1.0.2-dev")
+        .process(process)
+        .root(RootBuilder::default().path("rootfs").readonly(read_only_root).build()?)
+        .mounts(mounts)
+        .linux(linux.build()?)
+        .build()?;
+    // The UTS namespace is the sandbox's (which set the pod's hostname) or the host's.
+    spec.set_hostname(None);
+    Ok(spec)
+}
+
+/// CFS period the kubelet uses (100ms).
+pub const CPU_PERIOD: u64 = 100_000;
+
+/// Millicores → cpu.shares, as pkg/kubelet/cm MilliCPUToShares (minimum 2).
+pub fn milli_cpu_to_shares(milli: Option<i64>) -> u64 {
+    match milli {
+        None | Some(0) => 2,
+        Some(m) => ((m as u64) * 1024 / 1000).max(2),
+    }
+}
+
+/// Millicores → CFS quota over [`CPU_PERIOD`], as MilliCPUToQuota (minimum 1ms).
+pub fn milli_cpu_to_quota(milli: i64) -> i64 {
+    ((milli * CPU_PERIOD as i64) / 1000).max(1000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{Capabilities, SecurityContext};
+
+    fn image(ep: &[&str], cmd: &[&str]) -> ImageConfig {
+        let mut c = ImageConfig::default();
+        c.set_entrypoint(Some(ep.iter().map(|s| s.to_string()).collect()));
+        c.set_cmd(Some(cmd.iter().map(|s| s.to_string()).collect()));
+        c
+    }
+
+    fn ctr(cmd: Option<&[&str]>, args: Option<&[&str]>) -> Container {
+        Container {
+            name: "c".into(),
+            command: cmd.map(|v| v.iter().map(|s| s.to_string()).collect()),
+            args: args.map(|v| v.iter().map(|s| s.to_string()).collect()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn command_replaces_entrypoint_and_drops_image_cmd() {
+        let img = image(&["/ep"], &["cmd1"]);
+        assert_eq!(resolve_args(&ctr(Some(&["/bin/x"]), None), &img, &[]).unwrap(), vec!["/bin/x"]);
+        assert_eq!(resolve_args(&ctr(Some(&["/bin/x"]), Some(&["a"])), &img, &[]).unwrap(), vec!["/bin/x", "a"]);
+    }
+
+    #[test]
+    fn args_alone_go_after_the_image_entrypoint() {
+        let img = image(&["/ep"], &["cmd1"]);
+        assert_eq!(resolve_args(&ctr(None, Some(&["a", "b"])), &img, &[]).unwrap(), vec!["/ep", "a", "b"]);
+        assert_eq!(resolve_args(&ctr(None, None), &img, &[]).unwrap(), vec!["/ep", "cmd1"]);
+    }
+
+    #[test]
+    fn nothing_to_run_is_an_error() {
+        let img = image(&[], &[]);
+        assert!(matches!(resolve_args(&ctr(None, None), &img, &[]), Err(SpecError::NoCommand)));
+    }
+
+    #[test]
+    fn dollar_paren_references_expand_like_kubernetes() {
+        let vars: HashMap<String, String> = [("A".to_string(), "1".to_string())].into();
+        assert_eq!(expand("x$(A)y", &vars), "x1y");
+        assert_eq!(expand("$(B)", &vars), "$(B)");
+        assert_eq!(expand("$$(A)", &vars), "$(A)");
+        assert_eq!(expand("cost $5", &vars), "cost $5");
+        assert_eq!(expand("é$(A", &vars), "é$(A");
+    }
+
+    #[test]
+    fn container_env_overrides_image_env_in_order() {
+        let env = merge_env(&["PATH=/bin".into(), "A=img".into()], &[("A".into(), "pod".into()), ("B".into(), "2".into())]);
+        assert_eq!(env, vec!["PATH=/bin", "A=pod", "B=2"]);
+    }
+
+    #[test]
+    fn capabilities_add_and_drop() {
+        let mut c = ctr(None, None);
+        c.security_context = Some(SecurityContext {
+            capabilities: Some(Capabilities { add: Some(vec!["NET_ADMIN".into()]), drop: Some(vec!["ALL".into()]) }),
+            ..Default::default()
+        });
+        assert_eq!(capability_list(&c), vec!["CAP_NET_ADMIN"]);
+        c.security_context = Some(SecurityContext {
+            capabilities: Some(Capabilities { add: None, drop: Some(vec!["CHOWN".into()]) }),
+            ..Default::default()
+        });
+        let l = capability_list(&c);
+        assert!(!l.contains(&"CAP_CHOWN".to_string()) && l.contains(&"CAP_KILL".to_string()));
+        assert!(caps(&l).is_ok());
+    }
+
+    #[test]
+    fn cpu_conversions_match_the_kubelet() {
+        assert_eq!(milli_cpu_to_shares(None), 2);
+        assert_eq!(milli_cpu_to_shares(Some(100)), 102);
+        assert_eq!(milli_cpu_to_shares(Some(1000)), 1024);
+        assert_eq!(milli_cpu_to_quota(500), 50_000);
+        assert_eq!(milli_cpu_to_quota(1), 1000);
+    }
+
+    #[test]
+    fn container_spec_joins_sandbox_namespaces_and_sets_limits() {
+        let pod = Pod::default();
+        let mut c = ctr(Some(&["/bin/sh"]), None);
+        c.resources = Some(k8s_openapi::api::core::v1::ResourceRequirements {
+            limits: Some([
+                ("cpu".to_string(), k8s_openapi::apimachinery::pkg::api::resource::Quantity("250m".into())),
+                ("memory".to_string(), k8s_openapi::apimachinery::pkg::api::resource::Quantity("64Mi".into())),
+            ]
+            .into()),
+            ..Default::default()
+        });
+        c.security_context = Some(SecurityContext { read_only_root_filesystem: Some(true), allow_privilege_escalation: Some(false), ..Default::default() });
+        let img = image(&[], &[]);
+        let spec = container_spec(&ContainerInput {
+            pod: &pod,
+            container: &c,
+            image: &img,
+            sandbox_pid: 42,
+            host_network: false,
+            env: vec!["A=1".into()],
+            args: vec!["/bin/sh".into()],
+            user: UserIds { uid: 1000, gid: 1000, additional_gids: vec![] },
+            mounts: vec![BindMount { host_path: "/h".into(), container_path: "/data".into(), read_only: true }],
+            cgroups_path: "/kubepods/podx/abc".into(),
+            oom_score_adj: 1000,
+        })
+        .unwrap();
+        let v = serde_json::to_value(&spec).unwrap();
+        let nss = v["linux"]["namespaces"].as_array().unwrap();
+        assert!(nss.iter().any(|n| n["type"] == "network" && n["path"] == "/proc/42/ns/net"));
+        assert!(nss.iter().any(|n| n["type"] == "pid" && n.get("path").is_none()));
+        assert_eq!(v["linux"]["resources"]["memory"]["limit"], 64 * 1024 * 1024);
+        assert_eq!(v["linux"]["resources"]["cpu"]["quota"], 25_000);
+        assert_eq!(v["linux"]["resources"]["cpu"]["shares"], 256);
+        assert_eq!(v["root"]["readonly"], true);
+        assert_eq!(v["process"]["noNewPrivileges"], true);
+        assert_eq!(v["process"]["user"]["uid"], 1000);
+        assert!(v.get("hostname").is_none(), "containers keep the sandbox's hostname");
+        let caps = &v["process"]["capabilities"];
+        assert!(caps["ambient"].as_array().map(|a| a.is_empty()).unwrap_or(true), "no ambient caps: {caps}");
+        assert!(caps["inheritable"].as_array().map(|a| a.is_empty()).unwrap_or(true), "no inheritable caps: {caps}");
+        let data = v["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/data").unwrap();
+        assert!(data["options"].as_array().unwrap().iter().any(|o| o == "ro"));
+    }
+}

@@ -1,0 +1,72 @@
+//! `emptyDir`: a directory under the pod's directory
+//! (`volumes/kubernetes.io~empty-dir/<name>`, as upstream), or a tmpfs for
+//! `medium: Memory` sized by `sizeLimit`.
+
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::EmptyDirVolumeSource;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+use super::VolumeError;
+
+/// The plugin directory name upstream uses.
+pub const PLUGIN_DIR: &str = "kubernetes.io~empty-dir";
+
+fn is_mountpoint(p: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let target = p.to_string_lossy();
+    info.lines().any(|l| l.split_whitespace().nth(4) == Some(target.as_ref()))
+}
+
+/// Creates the volume directory (mode 0777 like upstream) and mounts tmpfs for `Memory`.
+pub fn setup(pod_dir: &Path, name: &str, src: &EmptyDirVolumeSource) -> Result<PathBuf, VolumeError> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = pod_dir.join("volumes").join(PLUGIN_DIR).join(name);
+    std::fs::create_dir_all(&dir).map_err(|source| VolumeError::Create { volume: name.into(), source })?;
+    if src.medium.as_deref() == Some("Memory") && !is_mountpoint(&dir) {
+        let mut opts = String::from("mode=0777");
+        if let Some(limit) = &src.size_limit {
+            let bytes = crate::quantity::to_value(&limit.0)
+                .map_err(|source| VolumeError::SizeLimit { volume: name.into(), source })?;
+            if bytes > 0 {
+                opts.push_str(&format!(",size={bytes}"));
+            }
+        }
+        mount(Some("tmpfs"), &dir, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(opts.as_str()))
+            .map_err(|source| VolumeError::Mount { volume: name.into(), source })?;
+    }
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
+        .map_err(|source| VolumeError::Create { volume: name.into(), source })?;
+    Ok(dir)
+}
+
+/// Unmounts any tmpfs and removes every emptyDir of the pod.
+pub fn teardown_all(pod_dir: &Path) -> Result<(), VolumeError> {
+    let base = pod_dir.join("volumes").join(PLUGIN_DIR);
+    let Ok(rd) = std::fs::read_dir(&base) else { return Ok(()) };
+    for e in rd.flatten() {
+        let p = e.path();
+        let name = e.file_name().to_string_lossy().to_string();
+        if is_mountpoint(&p) {
+            umount2(&p, MntFlags::MNT_DETACH)
+                .map_err(|e| VolumeError::TearDown { volume: name.clone(), source: e.into() })?;
+        }
+        std::fs::remove_dir_all(&p).map_err(|source| VolumeError::TearDown { volume: name, source })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_backed_empty_dirs_are_created_and_removed() {
+        let t = tempfile::tempdir().unwrap();
+        let p = setup(t.path(), "data", &EmptyDirVolumeSource::default()).unwrap();
+        assert!(p.ends_with("volumes/kubernetes.io~empty-dir/data"));
+        std::fs::write(p.join("f"), "x").unwrap();
+        teardown_all(t.path()).unwrap();
+        assert!(!p.exists());
+    }
+}
