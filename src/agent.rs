@@ -112,6 +112,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         router: Router::default(),
         oom: crate::cgroups::own_oom_restriction(),
         memory_capacity: crate::cgroups::memory_capacity(),
+        capabilities: crate::runtime::spec::current_capabilities(),
         cpu_capacity_milli: std::thread::available_parallelism().map(|n| n.get() as i64 * 1000).unwrap_or(1000),
         host_ip: host_ip(),
         host_resolv,

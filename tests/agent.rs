@@ -382,6 +382,21 @@ spec:
     });
     assert!(w.starts_with("container has runAsNonRoot and image will run as root (pod: \"nonroot-rk-test_default("), "{w}");
 
+    // privileged: every capability the node has (this VM lacks CAP_SYS_RESOURCE, so not "all").
+    agent.write_manifest(
+        "priv.yaml",
+        &format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: priv}}\nspec:\n  terminationGracePeriodSeconds: 2\n  containers:\n  - name: c\n    image: \"{BUSYBOX}\"\n    command: [sh, -c, \"grep CapEff /proc/self/status; exec sleep 3600\"]\n    securityContext: {{privileged: true}}\n"),
+    );
+    let p = agent.wait_pod("priv", Duration::from_secs(60), "Running", |p| (phase(p) == "Running").then(|| p.clone()));
+    let own = std::fs::read_to_string("/proc/self/status").unwrap().lines().find(|l| l.starts_with("CapEff:")).unwrap().to_string();
+    let log = agent.container_log(&p, "c", 0);
+    let mut out = String::new();
+    agent.wait_until(Duration::from_secs(10), "privileged container output", || {
+        out = std::fs::read_to_string(&log).unwrap_or_default();
+        out.contains("CapEff")
+    });
+    assert_eq!(out.trim(), own, "a privileged container gets the node's capabilities");
+
     // hostNetwork: no CNI, the host's network.
     agent.write_manifest(
         "hostnet.yaml",
@@ -396,5 +411,38 @@ spec:
     let body = body.unwrap();
     assert!(body.contains("200 OK") && body.contains("root:"), "{body}");
     let ipam: Vec<_> = std::fs::read_dir(agent.ipam_dir.join("rktest")).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("10.")).collect();
-    assert_eq!(ipam.len(), 2, "sec and nonroot took pod IPs, the host-network pod none");
+    assert_eq!(ipam.len(), 3, "sec, nonroot and priv took pod IPs, the host-network pod none");
+}
+
+#[test]
+fn t9_a_changed_manifest_replaces_the_pod_and_a_dead_sandbox_is_recreated() {
+    let agent = Agent::new("t9");
+    agent.write_manifest("web.yaml", &httpd_pod("chg"));
+    agent.wait_pod("chg", Duration::from_secs(60), "Running", running_pod_ip);
+    let old_uid = agent.pod("chg").unwrap().metadata.uid.unwrap();
+    // A changed manifest is a new static pod (new UID); the old one goes away.
+    agent.write_manifest("web.yaml", &httpd_pod("chg").replace("hello-", "changed-"));
+    agent.wait_until(Duration::from_secs(30), "the new pod replaces the old", || {
+        agent.pod("chg").and_then(|p| p.metadata.uid).map(|u| u != old_uid).unwrap_or(false)
+    });
+    let ip = agent.wait_pod("chg", Duration::from_secs(60), "new pod Running", running_pod_ip);
+    agent.wait_until(Duration::from_secs(30), "old pod's containers removed", || containerd_containers(&old_uid).is_empty());
+    let mut body = None;
+    agent.wait_until(Duration::from_secs(15), "the new pod serves", || {
+        body = http_get(&ip, 8080, "/");
+        body.as_deref().map(|b| b.contains("changed-chg")).unwrap_or(false)
+    });
+
+    // Kill the pause container: the sandbox is re-created and the app restarted in it.
+    let p = agent.pod("chg").unwrap();
+    let uid = p.metadata.uid.clone().unwrap();
+    let app_id = app_status(&p, 0).unwrap().container_id.unwrap().trim_start_matches("containerd://").to_string();
+    let pause = containerd_containers(&uid).into_iter().find(|c| *c != app_id).expect("pause container");
+    ctr(&["tasks", "kill", "-s", "KILL", &pause]);
+    agent.wait_pod("chg", Duration::from_secs(60), "running again in a new sandbox", |p| {
+        let cs = app_status(p, 0)?;
+        (cs.restart_count == 1 && cs.ready && phase(p) == "Running").then_some(())
+    });
+    assert!(!containerd_containers(&uid).contains(&pause), "the dead sandbox was removed");
+    assert!(agent.events().iter().any(|e| e.reason == "SandboxChanged" && e.message == "Pod sandbox changed, it will be killed and re-created."));
 }

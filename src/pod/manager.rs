@@ -30,6 +30,8 @@ pub struct Context {
     pub router: Router,
     /// The agent's own OOM score and whether it may lower scores (CAP_SYS_RESOURCE).
     pub oom: (i32, bool),
+    /// The agent's effective capabilities: "all" for privileged containers.
+    pub capabilities: Vec<String>,
     pub memory_capacity: i64,
     pub cpu_capacity_milli: i64,
     pub host_ip: Option<String>,
@@ -157,7 +159,12 @@ impl Manager {
     pub async fn adopt_or_clean_orphans(&mut self) {
         match self.ctx.containers.list(None).await {
             Ok(records) => {
-                let uids: HashSet<String> = records.iter().filter_map(|r| r.label(labels::POD_UID).map(String::from)).collect();
+                let node = self.ctx.config.node_name.as_str();
+                let uids: HashSet<String> = records
+                    .iter()
+                    .filter(|r| r.label(labels::NODE) == Some(node))
+                    .filter_map(|r| r.label(labels::POD_UID).map(String::from))
+                    .collect();
                 for uid in uids {
                     if !self.workers.contains_key(&uid) {
                         info!(pod_uid = %uid, "found containers of a pod no source wants; removing them");

@@ -49,6 +49,8 @@ pub struct Worker {
     waiting: HashMap<String, Waiting>,
     reported_backoff: HashSet<(String, u32)>,
     last_status: Option<PodStatus>,
+    /// Whether `last_status` was written by this worker (the spec may have changed since a restart).
+    status_saved: bool,
     last_pod: Option<Arc<Pod>>,
     registered: HashSet<String>,
 }
@@ -97,6 +99,7 @@ impl Worker {
             waiting: HashMap::new(),
             reported_backoff: HashSet::new(),
             last_status,
+            status_saved: false,
             last_pod: None,
             registered: HashSet::new(),
         }
@@ -353,7 +356,7 @@ impl Worker {
             previous: self.last_status.as_ref(),
             now: now(),
         });
-        if self.last_status.as_ref() == Some(&status) && super::store::load_pod(&self.ctx.config.root_dir, &self.uid).is_some() {
+        if self.last_status.as_ref() == Some(&status) && self.status_saved {
             return Ok(());
         }
         if self.last_status.as_ref().and_then(|s| s.phase.clone()) != status.phase {
@@ -363,6 +366,7 @@ impl Worker {
         out.status = Some(status.clone());
         super::store::save_pod(&self.ctx.config.root_dir, &out)?;
         self.last_status = Some(status);
+        self.status_saved = true;
         Ok(())
     }
 
@@ -467,6 +471,7 @@ impl Worker {
     fn base_labels(&self, pod: &Pod) -> HashMap<String, String> {
         let mut l = HashMap::new();
         l.insert(labels::MANAGED_BY.into(), "rkubelet".into());
+        l.insert(labels::NODE.into(), self.ctx.config.node_name.clone());
         l.insert(labels::POD_UID.into(), self.uid.clone());
         l.insert(labels::POD_NAME.into(), pod.metadata.name.clone().unwrap_or_default());
         l.insert(labels::POD_NAMESPACE.into(), pod.metadata.namespace.clone().unwrap_or_default());
@@ -496,7 +501,8 @@ impl Worker {
         };
 
         // Config: env, user, mounts, spec.
-        let built = self.build_container_spec(pod, sandbox, &c, &image, volumes, attempt);
+        let id = random_id();
+        let built = self.build_container_spec(pod, sandbox, &c, &image, volumes, &id);
         let (oci, stop_signal) = match built {
             Ok(v) => v,
             Err(msg) => {
@@ -506,7 +512,6 @@ impl Worker {
             }
         };
 
-        let id = random_id();
         let log_path = self.log_path(pod, name, attempt);
         if let Some(dir) = log_path.parent() {
             let _ = tokio::fs::create_dir_all(dir).await;
@@ -649,7 +654,7 @@ impl Worker {
         c: &Container,
         image: &ImageInfo,
         volumes: &crate::volume::VolumePaths,
-        _attempt: u32,
+        id: &str,
     ) -> Result<(oci_spec::runtime::Spec, i32), String> {
         let default_cfg = oci_spec::image::Config::default();
         let img = image.config.config().as_ref().unwrap_or(&default_cfg);
@@ -720,7 +725,6 @@ impl Worker {
             own,
             cap,
         );
-        let id_hint = random_id();
         let oci = spec::container_spec(&ContainerInput {
             pod,
             container: c,
@@ -731,8 +735,9 @@ impl Worker {
             args,
             user,
             mounts,
-            cgroups_path: format!("{parent}/{}", &id_hint[..16]),
+            cgroups_path: format!("{parent}/{id}"),
             oom_score_adj: oom,
+            all_capabilities: &self.ctx.capabilities,
         })
         .map_err(|e| e.to_string())?;
         let stop = img

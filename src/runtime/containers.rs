@@ -37,6 +37,8 @@ pub mod labels {
     /// The restart count of this instance (upstream: attempt).
     pub const ATTEMPT: &str = "io.rkubelet.attempt";
     pub const MANAGED_BY: &str = "io.rkubelet.managed-by";
+    /// The node (agent) that owns the container; orphan cleanup only touches its own.
+    pub const NODE: &str = "io.rkubelet.node";
     pub const STARTED_AT: &str = "io.rkubelet.started-at";
     pub const FINISHED_AT: &str = "io.rkubelet.finished-at";
     pub const EXIT_CODE: &str = "io.rkubelet.exit-code";

@@ -45,17 +45,33 @@ pub const DEFAULT_CAPABILITIES: &[&str] = &[
     "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
 ];
 
-/// Every capability, for privileged containers.
-const ALL_CAPABILITIES: &[&str] = &[
-    "CAP_AUDIT_CONTROL", "CAP_AUDIT_READ", "CAP_AUDIT_WRITE", "CAP_BLOCK_SUSPEND", "CAP_BPF",
-    "CAP_CHECKPOINT_RESTORE", "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER",
-    "CAP_FSETID", "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_KILL", "CAP_LEASE", "CAP_LINUX_IMMUTABLE",
-    "CAP_MAC_ADMIN", "CAP_MAC_OVERRIDE", "CAP_MKNOD", "CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE",
-    "CAP_NET_BROADCAST", "CAP_NET_RAW", "CAP_PERFMON", "CAP_SETFCAP", "CAP_SETGID", "CAP_SETPCAP",
-    "CAP_SETUID", "CAP_SYSLOG", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_CHROOT", "CAP_SYS_MODULE",
-    "CAP_SYS_NICE", "CAP_SYS_PACCT", "CAP_SYS_PTRACE", "CAP_SYS_RAWIO", "CAP_SYS_RESOURCE",
-    "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_WAKE_ALARM",
+/// Capability names by number (linux/capability.h), for reading CapEff masks.
+const CAPABILITY_NAMES: &[&str] = &[
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
+    "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE", "CAP_SYS_RESOURCE", "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
 ];
+
+/// The capabilities in a `CapEff`-style hex mask.
+pub fn capabilities_from_mask(mask: u64) -> Vec<String> {
+    CAPABILITY_NAMES.iter().enumerate().filter(|(i, _)| mask & (1u64 << i) != 0).map(|(_, n)| n.to_string()).collect()
+}
+
+/// The agent's own effective capabilities: what "all capabilities" means for a
+/// privileged container (containerd's WithAllCurrentCapabilities), so that a node
+/// without e.g. CAP_SYS_RESOURCE can still run privileged pods.
+pub fn current_capabilities() -> Vec<String> {
+    let mask = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|h| u64::from_str_radix(h.trim(), 16).ok()))
+        .unwrap_or(0);
+    capabilities_from_mask(mask)
+}
 
 const MASKED_PATHS: &[&str] = &[
     "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
@@ -105,6 +121,8 @@ pub struct ContainerInput<'a> {
     pub mounts: Vec<BindMount>,
     pub cgroups_path: String,
     pub oom_score_adj: i32,
+    /// What "all capabilities" means here (see [`current_capabilities`]).
+    pub all_capabilities: &'a [String],
 }
 
 fn caps(names: &[String]) -> Result<std::collections::HashSet<Capability>> {
@@ -122,12 +140,12 @@ fn normalize_cap(c: &str) -> String {
     if up.starts_with("CAP_") { up } else { format!("CAP_{up}") }
 }
 
-/// The effective capability list: defaults (or all when privileged), minus drops
-/// (`ALL` drops everything), plus adds, as CRI computes it.
-pub fn capability_list(c: &Container) -> Vec<String> {
+/// The effective capability list: defaults (or `all` when privileged), minus drops
+/// (`ALL` drops everything), plus adds (`ALL` adds `all`), as CRI computes it.
+pub fn capability_list(c: &Container, all: &[String]) -> Vec<String> {
     let sc = c.security_context.as_ref();
     if sc.and_then(|s| s.privileged).unwrap_or(false) {
-        return ALL_CAPABILITIES.iter().map(|s| s.to_string()).collect();
+        return all.to_vec();
     }
     let add: Vec<String> = sc
         .and_then(|s| s.capabilities.as_ref())
@@ -149,7 +167,7 @@ pub fn capability_list(c: &Container) -> Vec<String> {
         DEFAULT_CAPABILITIES.iter().map(|s| s.to_string()).filter(|c| !drop.contains(c)).collect()
     };
     if add.iter().any(|a| a == "CAP_ALL") {
-        return ALL_CAPABILITIES.iter().map(|s| s.to_string()).collect();
+        return all.to_vec();
     }
     for a in add {
         if !out.contains(&a) {
@@ -365,7 +383,7 @@ pub fn container_spec(i: &ContainerInput<'_>) -> Result<Spec> {
         namespaces.push(ns(LinuxNamespaceType::Network, sandbox_ns("net"))?);
         namespaces.push(ns(LinuxNamespaceType::Uts, sandbox_ns("uts"))?);
     }
-    let capset = caps(&capability_list(c))?;
+    let capset = caps(&capability_list(c, i.all_capabilities))?;
     let allow_escalation = sc.and_then(|s| s.allow_privilege_escalation);
     let no_new_privs = match allow_escalation {
         Some(allow) => !allow,
@@ -542,14 +560,19 @@ mod tests {
             capabilities: Some(Capabilities { add: Some(vec!["NET_ADMIN".into()]), drop: Some(vec!["ALL".into()]) }),
             ..Default::default()
         });
-        assert_eq!(capability_list(&c), vec!["CAP_NET_ADMIN"]);
+        let all = capabilities_from_mask(u64::MAX);
+        assert_eq!(capability_list(&c, &all), vec!["CAP_NET_ADMIN"]);
         c.security_context = Some(SecurityContext {
             capabilities: Some(Capabilities { add: None, drop: Some(vec!["CHOWN".into()]) }),
             ..Default::default()
         });
-        let l = capability_list(&c);
+        let l = capability_list(&c, &all);
         assert!(!l.contains(&"CAP_CHOWN".to_string()) && l.contains(&"CAP_KILL".to_string()));
         assert!(caps(&l).is_ok());
+        c.security_context = Some(SecurityContext { privileged: Some(true), ..Default::default() });
+        let limited = capabilities_from_mask(0b1_0000_0001);
+        assert_eq!(capability_list(&c, &limited), vec!["CAP_CHOWN", "CAP_SETPCAP"]);
+        assert!(caps(&all).is_ok(), "every known capability name parses");
     }
 
     #[test]
@@ -587,6 +610,7 @@ mod tests {
             mounts: vec![BindMount { host_path: "/h".into(), container_path: "/data".into(), read_only: true }],
             cgroups_path: "/kubepods/podx/abc".into(),
             oom_score_adj: 1000,
+            all_capabilities: &[],
         })
         .unwrap();
         let v = serde_json::to_value(&spec).unwrap();
