@@ -61,7 +61,7 @@ pub fn pods(args: &PodsArgs) -> ExitCode {
         "json" => println!("{}", serde_json::to_string_pretty(&list).unwrap_or_default()),
         "yaml" => print!("{}", serde_yaml::to_string(&list).unwrap_or_default()),
         "wide" | "" => {
-            println!("{:<12} {:<36} {:<7} {:<26} {:<9} {:<8} {:<16} {}", "NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE");
+            println!("{:<12} {:<36} {:<7} {:<26} {:<9} {:<8} {:<16} NODE", "NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP");
             for p in &pods {
                 let cs = p.status.as_ref().and_then(|s| s.container_statuses.clone()).unwrap_or_default();
                 let ready = cs.iter().filter(|c| c.ready).count();

@@ -97,10 +97,9 @@ spec:
         ),
     );
     // While the init container runs, the pod is Pending/Init and the app waits.
-    let seen_init = agent.wait_pod("initpod", Duration::from_secs(60), "init running", |p| {
+    agent.wait_pod("initpod", Duration::from_secs(60), "init running", |p| {
         (phase(p) == "Pending" && waiting_reason(p, 0).as_deref() == Some("PodInitializing")).then_some(())
     });
-    let _ = seen_init;
     let ip = agent.wait_pod("initpod", Duration::from_secs(60), "Running", running_pod_ip);
     let p = agent.pod("initpod").unwrap();
     let init = p.status.as_ref().unwrap().init_container_statuses.as_ref().unwrap()[0].clone();

@@ -135,6 +135,20 @@ fn caps(names: &[String]) -> Result<std::collections::HashSet<Capability>> {
         .collect()
 }
 
+/// Bounding, effective and permitted sets of `names`; inheritable and ambient
+/// empty, like containerd since its inheritable-capabilities fix (the builder's
+/// defaults would otherwise add ambient caps, which runc rejects).
+fn linux_capabilities(names: &[String]) -> Result<oci_spec::runtime::LinuxCapabilities> {
+    let set = caps(names)?;
+    Ok(oci_spec::runtime::LinuxCapabilitiesBuilder::default()
+        .bounding(set.clone())
+        .effective(set.clone())
+        .permitted(set)
+        .inheritable(std::collections::HashSet::new())
+        .ambient(std::collections::HashSet::new())
+        .build()?)
+}
+
 fn normalize_cap(c: &str) -> String {
     let up = c.to_ascii_uppercase();
     if up.starts_with("CAP_") { up } else { format!("CAP_{up}") }
@@ -314,24 +328,14 @@ pub fn sandbox_spec(i: &SandboxInput<'_>) -> Result<Spec> {
         namespaces.push(ns(LinuxNamespaceType::Network, Some(p.to_path_buf()))?);
         namespaces.push(ns(LinuxNamespaceType::Uts, None)?);
     }
-    let capset = caps(&DEFAULT_CAPABILITIES.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+    let capset = linux_capabilities(&DEFAULT_CAPABILITIES.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
     let process = ProcessBuilder::default()
         .terminal(false)
         .user(UserBuilder::default().uid(0u32).gid(0u32).build()?)
         .args(args)
         .env(i.image.env().clone().unwrap_or_else(|| vec![PATH_ENV.to_string()]))
         .cwd("/")
-        .capabilities(
-            oci_spec::runtime::LinuxCapabilitiesBuilder::default()
-                .bounding(capset.clone())
-                .effective(capset.clone())
-                .permitted(capset)
-                // Empty, like containerd since the inheritable-caps fix; the
-                // builder's defaults would otherwise add ambient caps.
-                .inheritable(std::collections::HashSet::new())
-                .ambient(std::collections::HashSet::new())
-                .build()?,
-        )
+        .capabilities(capset)
         .no_new_privileges(true)
         .oom_score_adj(i.oom_score_adj)
         .build()?;
@@ -383,7 +387,7 @@ pub fn container_spec(i: &ContainerInput<'_>) -> Result<Spec> {
         namespaces.push(ns(LinuxNamespaceType::Network, sandbox_ns("net"))?);
         namespaces.push(ns(LinuxNamespaceType::Uts, sandbox_ns("uts"))?);
     }
-    let capset = caps(&capability_list(c, i.all_capabilities))?;
+    let capset = linux_capabilities(&capability_list(c, i.all_capabilities))?;
     let allow_escalation = sc.and_then(|s| s.allow_privilege_escalation);
     let no_new_privs = match allow_escalation {
         Some(allow) => !allow,
@@ -405,17 +409,7 @@ pub fn container_spec(i: &ContainerInput<'_>) -> Result<Spec> {
         .args(i.args.clone())
         .env(i.env.clone())
         .cwd(cwd)
-        .capabilities(
-            oci_spec::runtime::LinuxCapabilitiesBuilder::default()
-                .bounding(capset.clone())
-                .effective(capset.clone())
-                .permitted(capset)
-                // Empty, like containerd since the inheritable-caps fix; the
-                // builder's defaults would otherwise add ambient caps.
-                .inheritable(std::collections::HashSet::new())
-                .ambient(std::collections::HashSet::new())
-                .build()?,
-        )
+        .capabilities(capset)
         .no_new_privileges(no_new_privs)
         .oom_score_adj(i.oom_score_adj)
         .build()?;
