@@ -445,3 +445,42 @@ fn t9_a_changed_manifest_replaces_the_pod_and_a_dead_sandbox_is_recreated() {
     assert!(!containerd_containers(&uid).contains(&pause), "the dead sandbox was removed");
     assert!(agent.events().iter().any(|e| e.reason == "SandboxChanged" && e.message == "Pod sandbox changed, it will be killed and re-created."));
 }
+
+#[test]
+fn t10_bad_cni_config_and_unreachable_containerd_are_reported_not_fatal() {
+    // No valid CNI config: the sandbox fails with a clear event, then recovers once fixed.
+    let agent = Agent::new("t10");
+    let good = std::fs::read_to_string(agent.cni_conf.join("10-test.conflist")).unwrap();
+    std::fs::write(agent.cni_conf.join("10-test.conflist"), "{ not json").unwrap();
+    agent.write_manifest("web.yaml", &httpd_pod("nonet"));
+    agent.wait_until(Duration::from_secs(30), "FailedCreatePodSandBox event", || {
+        agent.events().iter().any(|e| e.reason == "FailedCreatePodSandBox" && e.message.contains("no networks found") && e.message.contains("10-test.conflist"))
+    });
+    let p = agent.pod("nonet").expect("the pod is reported");
+    assert_eq!(phase(&p), "Pending");
+    assert_eq!(waiting_reason(&p, 0).as_deref(), Some("ContainerCreating"));
+    std::fs::write(agent.cni_conf.join("10-test.conflist"), good).unwrap();
+    agent.wait_pod("nonet", Duration::from_secs(60), "Running once the network is configured", running_pod_ip);
+
+    // containerd unreachable: a clear error on stderr, and the agent keeps trying.
+    let root = std::path::PathBuf::from("/var/lib/rkubelet-test/agents/t10-noctr");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rkubelet"))
+        .args(["--root-dir", root.to_str().unwrap(), "--container-runtime-endpoint", "unix:///nonexistent/containerd.sock", "--hostname-override", "noctr"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(child.try_wait().unwrap().is_none(), "the agent keeps running without containerd");
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("containerd is unreachable") && err.contains("/nonexistent/containerd.sock"), "{err}");
+    assert!(out.status.success(), "SIGTERM ends it cleanly");
+
+    // A broken flag value exits with 64 before anything starts.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rkubelet")).args(["--container-runtime-endpoint", "tcp://1.2.3.4:5"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--container-runtime-endpoint must be unix://"));
+}
