@@ -216,10 +216,12 @@ impl Containers {
         }
     }
 
-    /// Prepares the rootfs snapshot (key = container id) on top of the image's chain
-    /// id and creates the container record. Idempotent: an existing record is kept.
+    /// Creates the container record, then its rootfs snapshot (key = container id)
+    /// on top of the image's chain id. In this order the record references the
+    /// snapshot from the moment it exists, so containerd's garbage collector never
+    /// sees it unreferenced (the Go client uses a lease for the same reason).
+    /// Idempotent: an existing record or snapshot is kept.
     pub async fn create(&self, c: &NewContainer<'_>) -> Result<Vec<Mount>> {
-        let mounts = self.prepare_snapshot(c.id, c.chain_id, c.read_only_rootfs_view).await?;
         let spec_json = serde_json::to_vec(c.spec).map_err(ContainerError::Spec)?;
         let container = Container {
             id: c.id.to_string(),
@@ -235,13 +237,18 @@ impl Containers {
         match self.containers().create(with_namespace!(req, self.namespace)).await {
             Ok(_) => {}
             Err(s) if s.code() == Code::AlreadyExists => {}
-            Err(source) => {
-                let _ = self.remove_snapshot(c.id).await;
-                return Err(ContainerError::CreateContainer { id: c.id.into(), source });
+            Err(source) => return Err(ContainerError::CreateContainer { id: c.id.into(), source }),
+        }
+        match self.prepare_snapshot(c.id, c.chain_id, c.read_only_rootfs_view).await {
+            Ok(mounts) => {
+                debug!(container = c.id, "container created");
+                Ok(mounts)
+            }
+            Err(e) => {
+                let _ = self.delete_container(c.id).await;
+                Err(e)
             }
         }
-        debug!(container = c.id, "container created");
-        Ok(mounts)
     }
 
     async fn prepare_snapshot(&self, key: &str, parent: &str, view: bool) -> Result<Vec<Mount>> {
