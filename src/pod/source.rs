@@ -56,6 +56,17 @@ pub fn read_dir(dir: &Path, node_name: &str) -> Snapshot {
     snap
 }
 
+/// What an inotify wake-up means for the next read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Event {
+    /// A write finished, or a file was renamed or deleted: read now.
+    Complete,
+    /// A file is being created or written: give the writer a moment.
+    Partial,
+    /// The watch is gone (directory removed or moved): re-create it.
+    Lost,
+}
+
 /// `Inotify` with the raw fd `AsyncFd` needs.
 struct Watcher(Inotify);
 
@@ -105,13 +116,18 @@ pub async fn watch(dir: PathBuf, node_name: String, period: Duration, tx: mpsc::
         let wait_event = async {
             match ino.as_mut() {
                 Some(fd) => loop {
-                    let Ok(mut guard) = fd.readable_mut().await else { return false };
+                    let Ok(mut guard) = fd.readable_mut().await else { return Event::Lost };
                     match guard.try_io(|inner| inner.get_ref().0.read_events().map_err(std::io::Error::from)) {
                         Ok(Ok(events)) => {
                             let self_gone = events.iter().any(|e| e.mask.intersects(AddWatchFlags::IN_DELETE_SELF | AddWatchFlags::IN_MOVE_SELF | AddWatchFlags::IN_IGNORED));
-                            return !self_gone;
+                            // A finished write, rename or delete is read at once; a
+                            // bare create/modify waits briefly for the writer to finish.
+                            let complete = events.iter().any(|e| {
+                                e.mask.intersects(AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_MOVED_FROM | AddWatchFlags::IN_DELETE)
+                            });
+                            return if self_gone { Event::Lost } else if complete { Event::Complete } else { Event::Partial };
                         }
-                        Ok(Err(_)) => return false,
+                        Ok(Err(_)) => return Event::Lost,
                         Err(_would_block) => continue,
                     }
                 },
@@ -120,14 +136,13 @@ pub async fn watch(dir: PathBuf, node_name: String, period: Duration, tx: mpsc::
         };
         tokio::select! {
             _ = cancel.cancelled() => return,
-            ok = wait_event => {
-                if !ok { ino = None; }
-                // Debounce bursts (editors write, rename, chmod).
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                if let Some(fd) = ino.as_mut() {
-                    let _ = fd.get_mut().0.read_events();
+            ev = wait_event => {
+                match ev {
+                    Event::Lost => ino = None,
+                    Event::Partial => tokio::time::sleep(Duration::from_millis(100)).await,
+                    Event::Complete => {}
                 }
-                debug!("manifest directory changed");
+                debug!(?ev, "manifest directory changed");
             }
             _ = tokio::time::sleep(period) => {}
         }
