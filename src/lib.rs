@@ -8,6 +8,7 @@ pub mod cgroups;
 pub mod cli;
 pub mod config;
 pub mod events;
+pub mod memory;
 pub mod network;
 pub mod pod;
 pub mod quantity;

@@ -37,6 +37,7 @@ fn main() -> std::process::ExitCode {
         }
         None => {}
     }
+    rkubelet::memory::limit_arenas();
     init_tracing(cli.agent.verbosity);
     let cfg = match Config::from_args(&cli.agent) {
         Ok(c) => c,
@@ -45,7 +46,13 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(64);
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    // Two workers and a quickly shrinking blocking pool keep RSS low.
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_keep_alive(std::time::Duration::from_secs(2))
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("rkubelet: cannot start the async runtime: {e}");

@@ -202,6 +202,7 @@ impl Manager {
                 if self.workers.get(&uid).map(|h| h.tx.borrow().is_none()).unwrap_or(false) {
                     self.workers.remove(&uid);
                 }
+                crate::memory::release_free_memory();
                 Some(uid)
             }
             Some(Err(e)) => {
