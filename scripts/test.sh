@@ -3,6 +3,7 @@
 # .ci/run):
 #   1. scripts/setup.sh   packages, containerd, registry, CNI config, test images
 #   2. cargo test --all-targets -- --test-threads=1
+#   3. scripts/bench.sh (figures only, no thresholds; RK_SKIP_BENCH=1 skips)
 # Integration tests share host resources (containerd namespace k8s.io, the
 # CNI bridge, /var/lib/cni), so the tests run one at a time.
 # Arguments, if any, replace `--all-targets` (they go to cargo test before
@@ -30,10 +31,29 @@ have cargo || die "cargo not found (looked on PATH, including ${HOME:-/root}/.ca
 if [ "$#" -eq 0 ]; then
     set -- --all-targets
 fi
-log "step 2/2: cargo test $* -- --test-threads=1 (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
+log "step 2/3: cargo test $* -- --test-threads=1 (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
 rc=0
-cargo test "$@" -- --test-threads=1 || rc=$?
+results="$(mktemp)"
+trap 'rm -f "$results"' EXIT
+cargo test "$@" -- --test-threads=1 2>&1 | tee "$results" || rc=$?
+[ "$rc" -eq 0 ] && rc="${PIPESTATUS[0]}"
+passed="$(awk '/^test result:/ { s += $4 } END { print s + 0 }' "$results")"
+failed="$(awk '/^test result:/ { s += $6 } END { print s + 0 }' "$results")"
 if [ "$rc" -ne 0 ]; then
+    echo "$passed passed, $failed failed"
     die "cargo test failed (exit $rc)"
 fi
+
+# The benchmark is part of the suite: it must run (and clean up) without error.
+# It prints figures and ratios against a floor measured in the same run; it
+# has no thresholds. RK_SKIP_BENCH=1 skips it (quick local runs).
+full_suite=0
+[ "$*" = --all-targets ] && full_suite=1
+if [ "${RK_SKIP_BENCH:-0}" = 1 ] || [ "$full_suite" = 0 ]; then
+    log "step 3/3: scripts/bench.sh skipped"
+else
+    log "step 3/3: scripts/bench.sh (pod start vs the no-agent floor, RSS, CPU)"
+    RK_SKIP_SETUP=1 bash "$RK_REPO_ROOT/scripts/bench.sh" || die "benchmark failed"
+fi
 log "all tests passed"
+echo "$passed passed, $failed failed"
