@@ -305,16 +305,7 @@ else
 fi
 ctr_ok || die "containerd does not answer 'ctr version'"
 
-if [ -n "${RKUBELET_BIN:-}" ]; then
-    BIN="$RKUBELET_BIN"
-    log "build: using RKUBELET_BIN=$BIN"
-else
-    have cargo || die "cargo not found (looked on PATH, including ${HOME:-/root}/.cargo/bin)"
-    log "build: cargo build --release (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-    (cd "$RK_REPO_ROOT" && cargo build --release)
-    BIN="$CARGO_TARGET_DIR/release/rkubelet"
-fi
-[ -x "$BIN" ] || die "rkubelet binary not found or not executable: $BIN"
+resolve_rkubelet_bin "build"
 
 # A stale agent of an earlier, killed run (same root dir): stop it first.
 if pid_alive "$AGENT_PIDFILE" rkubelet &&

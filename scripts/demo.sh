@@ -36,16 +36,7 @@ TIMEOUT="${RK_DEMO_TIMEOUT:-60}"
 log "step 1/5: scripts/setup.sh"
 bash "$RK_REPO_ROOT/scripts/setup.sh"
 
-if [ -n "${RKUBELET_BIN:-}" ]; then
-    BIN="$RKUBELET_BIN"
-    log "step 2/5: using RKUBELET_BIN=$BIN (no build)"
-else
-    have cargo || die "cargo not found (looked on PATH, including ${HOME:-/root}/.cargo/bin)"
-    log "step 2/5: cargo build --release (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-    (cd "$RK_REPO_ROOT" && cargo build --release)
-    BIN="$CARGO_TARGET_DIR/release/rkubelet"
-fi
-[ -x "$BIN" ] || die "rkubelet binary not found or not executable: $BIN"
+resolve_rkubelet_bin "step 2/5"
 
 log "step 3/5: manifests in $MANIFEST_DIR"
 mkdir -p "$MANIFEST_DIR"

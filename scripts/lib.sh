@@ -131,3 +131,19 @@ http_ok() {
 ctr_ok() {
     timeout 5 ctr version >/dev/null 2>&1
 }
+
+# resolve_rkubelet_bin LABEL: sets BIN to $RKUBELET_BIN, or builds the release
+# binary (CARGO_TARGET_DIR) and points BIN at it. LABEL prefixes the log line.
+resolve_rkubelet_bin() {
+    local label="$1"
+    if [ -n "${RKUBELET_BIN:-}" ]; then
+        BIN="$RKUBELET_BIN"
+        log "$label: using RKUBELET_BIN=$BIN (no build)"
+    else
+        have cargo || die "cargo not found (looked on PATH, including ${HOME:-/root}/.cargo/bin)"
+        log "$label: cargo build --release (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
+        (cd "$RK_REPO_ROOT" && cargo build --release)
+        BIN="$CARGO_TARGET_DIR/release/rkubelet"
+    fi
+    [ -x "$BIN" ] || die "rkubelet binary not found or not executable: $BIN"
+}
