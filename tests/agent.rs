@@ -484,3 +484,30 @@ fn t10_bad_cni_config_and_unreachable_containerd_are_reported_not_fatal() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--container-runtime-endpoint must be unix://"));
 }
+
+#[test]
+fn t11_a_container_over_its_memory_limit_is_oom_killed() {
+    let agent = Agent::new("t11");
+    agent.write_manifest(
+        "oom.yaml",
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: oom}}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: hog
+    image: {BUSYBOX}
+    command: ["dd", "if=/dev/zero", "of=/dev/null", "bs=128M", "count=1"]
+    resources: {{limits: {{memory: 32Mi}}}}
+"#
+        ),
+    );
+    let t = agent.wait_pod("oom", Duration::from_secs(60), "OOMKilled", |p| {
+        let t = app_status(p, 0)?.state?.terminated?;
+        (phase(p) == "Failed").then_some(t)
+    });
+    assert_eq!((t.reason.as_deref(), t.exit_code), (Some("OOMKilled"), 137));
+}
