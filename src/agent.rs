@@ -96,7 +96,13 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         Ok(()) => info!(conf_dir = %cfg.cni_conf_dir.display(), "CNI network ready"),
         Err(e) => warn!(error = %e, "container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady"),
     }
-    let (recorder, events_task) = Recorder::to_file(cfg.root_dir.join(EVENTS_FILE));
+    // The API server, when a kubeconfig is given.
+    let client = match &cfg.kubeconfig {
+        Some(path) => Some(crate::api::client_from_kubeconfig(path).await?),
+        None => None,
+    };
+    let runtime_version = crate::runtime::version(&channel).await.unwrap_or_default();
+    let (recorder, events_task) = Recorder::new(cfg.root_dir.join(EVENTS_FILE), client.clone().map(|c| (c, cfg.node_name.clone())));
     let images = ImageService::new(
         channel.clone(),
         cfg.namespace.clone(),
@@ -114,8 +120,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         memory_capacity: crate::cgroups::memory_capacity(),
         capabilities: crate::runtime::spec::current_capabilities(),
         cpu_capacity_milli: std::thread::available_parallelism().map(|n| n.get() as i64 * 1000).unwrap_or(1000),
-        host_ip: host_ip(),
+        host_ip: cfg.node_ip.clone().or_else(host_ip),
         host_resolv,
+        status: crate::api::status::StatusManager::new(client.clone()),
         config: cfg.clone(),
     });
     let mut manager = Manager::new(ctx.clone(), cancel.clone());
@@ -131,14 +138,23 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
             None
         }
     };
+    // The API server side: node registration and status, lease, pod watch, status.
+    let (api_tx, mut api_rx) = tokio::sync::watch::channel::<crate::api::pods::PodSet>(None);
+    let mut api_tasks = Vec::new();
+    if let Some(client) = &client {
+        api_tasks.extend(start_api(client, &cfg, &ctx, &channel, &runtime_version, api_tx, &cancel));
+    }
+    let mut file_pods: Option<Vec<k8s_openapi::api::core::v1::Pod>> = if src_task.is_some() { None } else { Some(Vec::new()) };
     let mut ready = false;
-    if src_task.is_none() {
+    if file_pods.is_some() && client.is_none() {
+        // Neither a manifest dir nor an API server: nothing will ever be desired.
         manager.adopt_or_clean_orphans().await;
         ready = true;
         notify_ready(&manager);
     }
 
     loop {
+        let mut changed = false;
         tokio::select! {
             _ = &mut shutdown => {
                 info!("shutting down; pods keep running");
@@ -150,16 +166,33 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
                     &cfg.root_dir.join(MANIFEST_ERRORS_FILE),
                     serde_json::to_vec_pretty(&errors).unwrap_or_default().as_slice(),
                 );
-                manager.set_desired(snap.pods);
-                if !ready {
-                    manager.adopt_or_clean_orphans().await;
-                    ready = true;
-                    notify_ready(&manager);
-                }
+                file_pods = Some(snap.pods);
+                changed = true;
+            }
+            r = api_rx.changed(), if client.is_some() => {
+                if r.is_ok() { changed = true; }
             }
             Some(ev) = ev_rx.recv() => manager.on_task_event(&ev),
             _ = manager.reap() => {}
         }
+        if changed {
+            let api_pods = api_rx.borrow().clone();
+            let mut desired = file_pods.clone().unwrap_or_default();
+            if let Some(api) = &api_pods {
+                desired.extend(api.iter().cloned());
+            }
+            manager.set_desired(desired);
+            // Orphans are only known once every source has listed its pods.
+            let sources_ready = file_pods.is_some() && (client.is_none() || api_pods.is_some());
+            if sources_ready && !ready {
+                manager.adopt_or_clean_orphans().await;
+                ready = true;
+                notify_ready(&manager);
+            }
+        }
+    }
+    for t in api_tasks {
+        let _ = t.await;
     }
     cancel.cancel();
     manager.drain().await;
@@ -171,6 +204,68 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     drop(ctx);
     events_task.abort();
     Ok(())
+}
+
+/// Starts the node, lease, pod-watch and status tasks.
+fn start_api(
+    client: &kube::Client,
+    cfg: &Arc<Config>,
+    ctx: &Arc<Context>,
+    channel: &tonic::transport::Channel,
+    runtime_version: &str,
+    pods_tx: tokio::sync::watch::Sender<crate::api::pods::PodSet>,
+    cancel: &CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    use crate::api::node::{MachineInfo, NodeOptions, Readiness};
+    let opts = NodeOptions {
+        name: cfg.node_name.clone(),
+        node_ip: cfg.node_ip.clone(),
+        labels: cfg.node_labels.clone(),
+        taints: cfg.taints.clone(),
+        max_pods: cfg.max_pods,
+        eviction_memory_bytes: 100 << 20,
+        eviction_nodefs_fraction: 0.10,
+        kubelet_port: 10250,
+    };
+    let machine = MachineInfo::read(&cfg.root_dir, runtime_version);
+    let (ready_tx, ready_rx) = tokio::sync::watch::channel(Readiness { runtime_ok: true, network_error: Some("not checked yet".into()) });
+    let (uid_tx, uid_rx) = tokio::sync::watch::channel(None);
+    let mut tasks = Vec::new();
+    // Runtime and network readiness, re-checked every few seconds (upstream: 5 s).
+    {
+        let (cni, channel, cancel) = (ctx.cni.clone(), channel.clone(), cancel.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let runtime_ok = crate::runtime::version(&channel).await.is_ok();
+                let network_error = cni.status().err().map(|e| e.to_string());
+                ready_tx.send_if_modified(|r| {
+                    let new = Readiness { runtime_ok, network_error };
+                    let changed = *r != new;
+                    *r = new;
+                    changed
+                });
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+        }));
+    }
+    tasks.push(tokio::spawn(crate::api::node::run(
+        client.clone(),
+        opts,
+        machine,
+        ctx.host_ip.clone(),
+        ready_rx,
+        uid_tx,
+        cfg.node_status_update_frequency,
+        cfg.node_status_report_frequency,
+        cancel.clone(),
+    )));
+    tasks.push(tokio::spawn(crate::api::lease::run(client.clone(), cfg.node_name.clone(), cfg.node_lease_duration_seconds, uid_rx, cancel.clone())));
+    tasks.push(tokio::spawn(crate::api::pods::run(client.clone(), cfg.node_name.clone(), pods_tx, cancel.clone())));
+    tasks.push(tokio::spawn(ctx.status.clone().run(cancel.clone())));
+    tasks
 }
 
 fn notify_ready(manager: &Manager) {

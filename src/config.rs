@@ -28,6 +28,15 @@ pub enum ConfigError {
     /// The node name could not be determined.
     #[error("could not determine the node name: {0}")]
     NodeName(#[source] std::io::Error),
+    /// A `--node-labels` entry that is not key=value.
+    #[error("invalid --node-labels entry {0:?}: want key=value")]
+    NodeLabel(String),
+    /// A `--register-with-taints` entry that is not key[=value]:Effect.
+    #[error("invalid taint {0:?}: want key[=value]:NoSchedule|PreferNoSchedule|NoExecute")]
+    Taint(String),
+    /// A `--node-ip` that is not an IP, or a loopback one (upstream refuses those).
+    #[error("invalid --node-ip {0:?}: must be a non-loopback IP address")]
+    NodeIp(String),
     /// A node name that is not a valid DNS subdomain.
     #[error("invalid node name {0:?}: must be a lowercase RFC 1123 subdomain")]
     InvalidNodeName(String),
@@ -106,6 +115,30 @@ pub struct AgentArgs {
     /// How often every pod is re-synced even without events.
     #[arg(long = "sync-frequency", default_value = "1m", value_parser = parse_duration)]
     pub sync_frequency: Duration,
+    /// kubeconfig for the API server; without it the agent runs standalone.
+    #[arg(long = "kubeconfig")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The node's IP address (InternalIP); default: the address of the default route's interface.
+    #[arg(long = "node-ip")]
+    pub node_ip: Option<String>,
+    /// Labels to add when registering the node: key=value,key2=value2.
+    #[arg(long = "node-labels", value_delimiter = ',')]
+    pub node_labels: Vec<String>,
+    /// Taints to register the node with: key=value:Effect,key:Effect.
+    #[arg(long = "register-with-taints", value_delimiter = ',')]
+    pub register_with_taints: Vec<String>,
+    /// Maximum number of pods on this node.
+    #[arg(long = "max-pods", default_value_t = 110)]
+    pub max_pods: u32,
+    /// How often the node status is computed (and patched if it changed).
+    #[arg(long = "node-status-update-frequency", default_value = "10s", value_parser = parse_duration)]
+    pub node_status_update_frequency: Duration,
+    /// How often the node status is patched even if unchanged.
+    #[arg(long = "node-status-report-frequency", default_value = "5m", value_parser = parse_duration)]
+    pub node_status_report_frequency: Duration,
+    /// Duration of the node Lease; it is renewed every quarter of it.
+    #[arg(long = "node-lease-duration-seconds", default_value_t = 40)]
+    pub node_lease_duration_seconds: i32,
     /// Log verbosity like upstream's -v: 0-1 info, 2-3 debug, 4+ trace. RUST_LOG overrides.
     #[arg(short = 'v', long = "v", default_value_t = 0)]
     pub verbosity: u8,
@@ -158,6 +191,31 @@ pub struct Config {
     pub pod_logs_dir: PathBuf,
     pub file_check_frequency: Duration,
     pub sync_frequency: Duration,
+    pub kubeconfig: Option<PathBuf>,
+    pub node_ip: Option<String>,
+    pub node_labels: std::collections::BTreeMap<String, String>,
+    pub taints: Vec<k8s_openapi::api::core::v1::Taint>,
+    pub max_pods: u32,
+    pub node_status_update_frequency: Duration,
+    pub node_status_report_frequency: Duration,
+    pub node_lease_duration_seconds: i32,
+}
+
+/// `key=value:Effect` / `key:Effect` → Taint.
+pub fn parse_taint(s: &str) -> Result<k8s_openapi::api::core::v1::Taint, ConfigError> {
+    let err = || ConfigError::Taint(s.to_string());
+    let (kv, effect) = s.rsplit_once(':').ok_or_else(err)?;
+    if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
+        return Err(err());
+    }
+    let (key, value) = match kv.split_once('=') {
+        Some((k, v)) => (k, Some(v.to_string())),
+        None => (kv, None),
+    };
+    if key.is_empty() {
+        return Err(err());
+    }
+    Ok(k8s_openapi::api::core::v1::Taint { key: key.into(), value, effect: effect.into(), time_added: None })
 }
 
 impl Config {
@@ -195,6 +253,25 @@ impl Config {
             pod_logs_dir: a.pod_logs_dir.clone(),
             file_check_frequency: a.file_check_frequency,
             sync_frequency: a.sync_frequency,
+            kubeconfig: a.kubeconfig.clone(),
+            node_ip: match &a.node_ip {
+                Some(ip) => match ip.parse::<std::net::IpAddr>() {
+                    Ok(addr) if !addr.is_loopback() && !addr.is_unspecified() => Some(ip.clone()),
+                    _ => return Err(ConfigError::NodeIp(ip.clone())),
+                },
+                None => None,
+            },
+            node_labels: a
+                .node_labels
+                .iter()
+                .filter(|l| !l.is_empty())
+                .map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| ConfigError::NodeLabel(l.clone())))
+                .collect::<Result<_, _>>()?,
+            taints: a.register_with_taints.iter().filter(|t| !t.is_empty()).map(|t| parse_taint(t)).collect::<Result<_, _>>()?,
+            max_pods: a.max_pods,
+            node_status_update_frequency: a.node_status_update_frequency,
+            node_status_report_frequency: a.node_status_report_frequency,
+            node_lease_duration_seconds: a.node_lease_duration_seconds,
         })
     }
 }
@@ -240,6 +317,20 @@ mod tests {
         assert_eq!(Config::from_args(&a).unwrap().containerd_socket, PathBuf::from("/run/containerd/containerd.sock"));
         a.container_runtime_endpoint = "tcp://1.2.3.4:1".into();
         assert!(matches!(Config::from_args(&a), Err(ConfigError::Endpoint(_))));
+    }
+
+    #[test]
+    fn node_flags_parse_like_upstream() {
+        let a = Cli::parse_from([
+            "rkubelet", "--hostname-override", "n1", "--node-labels", "a=1,b=2", "--register-with-taints", "dedicated=edge:NoSchedule,gpu:NoExecute", "--node-ip", "192.0.2.10",
+        ])
+        .agent;
+        let c = Config::from_args(&a).unwrap();
+        assert_eq!(c.node_labels.get("b").map(String::as_str), Some("2"));
+        assert_eq!(c.taints[0].value.as_deref(), Some("edge"));
+        assert_eq!(c.taints[1].effect, "NoExecute");
+        assert!(matches!(Config::from_args(&Cli::parse_from(["rkubelet", "--hostname-override", "n", "--node-ip", "127.0.0.1"]).agent), Err(ConfigError::NodeIp(_))));
+        assert!(matches!(Config::from_args(&Cli::parse_from(["rkubelet", "--hostname-override", "n", "--register-with-taints", "x:Bad"]).agent), Err(ConfigError::Taint(_))));
     }
 
     #[test]

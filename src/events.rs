@@ -51,12 +51,22 @@ pub struct Recorder {
 impl Recorder {
     /// A recorder whose events are logged and appended to `file` by a background task.
     pub fn to_file(file: PathBuf) -> (Recorder, tokio::task::JoinHandle<()>) {
+        Self::new(file, None)
+    }
+
+    /// Events go to `file` and, with a client, to the API server as core/v1 Events
+    /// (`api` = client and node name).
+    pub fn new(file: PathBuf, api: Option<(kube::Client, String)>) -> (Recorder, tokio::task::JoinHandle<()>) {
         let (tx, mut rx) = mpsc::channel::<PodEvent>(1024);
         let task = tokio::spawn(async move {
+            let mut sink = crate::api::events::EventSink::default();
             while let Some(ev) = rx.recv().await {
                 let line = serde_json::to_string(&ev).unwrap_or_default();
                 let f = file.clone();
                 let _ = tokio::task::spawn_blocking(move || append_bounded(&f, &line)).await;
+                if let Some((client, node)) = &api {
+                    sink.post(client, node, &ev).await;
+                }
             }
         });
         (Recorder { tx }, task)

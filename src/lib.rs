@@ -4,6 +4,7 @@
 //! lives in its own module; see `ARCHITECTURE.md` for the data flow.
 
 pub mod agent;
+pub mod api;
 pub mod cgroups;
 pub mod cli;
 pub mod config;

@@ -36,6 +36,8 @@ pub struct Context {
     pub cpu_capacity_milli: i64,
     pub host_ip: Option<String>,
     pub host_resolv: String,
+    /// Pod status to the API server (a no-op standalone).
+    pub status: crate::api::status::StatusManager,
 }
 
 #[derive(Default)]
@@ -99,13 +101,15 @@ struct Handle {
 pub struct Manager {
     ctx: Arc<Context>,
     workers: HashMap<String, Handle>,
+    /// Pods whose deletion this node finished; not restarted while the API still lists them.
+    finished: HashSet<String>,
     tasks: JoinSet<String>,
     cancel: CancellationToken,
 }
 
 impl Manager {
     pub fn new(ctx: Arc<Context>, cancel: CancellationToken) -> Self {
-        Self { ctx, workers: HashMap::new(), tasks: JoinSet::new(), cancel }
+        Self { ctx, workers: HashMap::new(), finished: HashSet::new(), tasks: JoinSet::new(), cancel }
     }
 
     pub fn context(&self) -> &Arc<Context> {
@@ -139,10 +143,22 @@ impl Manager {
                 let _ = h.tx.send(None);
             }
         }
+        self.finished.retain(|uid| want.contains_key(uid));
+        for uid in self.workers.keys().filter(|u| !want.contains_key(*u)) {
+            self.ctx.status.forget(uid);
+        }
         for (uid, pod) in want {
+            if self.finished.contains(&uid) {
+                continue;
+            }
             match self.workers.get(&uid) {
                 Some(h) => {
-                    let same = h.tx.borrow().as_ref().map(|p| p.spec == pod.spec && p.metadata.labels == pod.metadata.labels).unwrap_or(false);
+                    let same = h
+                        .tx
+                        .borrow()
+                        .as_ref()
+                        .map(|p| p.spec == pod.spec && p.metadata.labels == pod.metadata.labels && p.metadata.deletion_timestamp == pod.metadata.deletion_timestamp)
+                        .unwrap_or(false);
                     if !same {
                         let _ = h.tx.send(Some(pod));
                     }
@@ -199,8 +215,18 @@ impl Manager {
     pub async fn reap(&mut self) -> Option<String> {
         match self.tasks.join_next().await {
             Some(Ok(uid)) => {
-                if self.workers.get(&uid).map(|h| h.tx.borrow().is_none()).unwrap_or(false) {
-                    self.workers.remove(&uid);
+                let state = self.workers.get(&uid).map(|h| h.tx.borrow().as_ref().map(|p| p.metadata.deletion_timestamp.is_some()));
+                match state {
+                    // Removed from its source: gone for good.
+                    Some(None) => {
+                        self.workers.remove(&uid);
+                    }
+                    // Deleted through the API and cleaned up: wait for the watch to drop it.
+                    Some(Some(true)) => {
+                        self.workers.remove(&uid);
+                        self.finished.insert(uid.clone());
+                    }
+                    _ => {}
                 }
                 crate::memory::release_free_memory();
                 Some(uid)

@@ -111,9 +111,24 @@ impl Worker {
             let desired = self.spec_rx.borrow_and_update().clone();
             let Some(pod) = desired else {
                 let span = info_span!("terminate", pod_uid = %self.uid);
-                self.terminate().instrument(span).await;
+                self.terminate(None).instrument(span).await;
                 return;
             };
+            if pod.metadata.deletion_timestamp.is_some() {
+                // Deleted through the API: stop within min(spec, deletionGracePeriodSeconds),
+                // clean up, then finish the delete like upstream.
+                let grace = pod
+                    .metadata
+                    .deletion_grace_period_seconds
+                    .into_iter()
+                    .chain(pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
+                    .min();
+                self.last_pod = Some(pod.clone());
+                let span = info_span!("terminate", pod = %pod_key(&pod), pod_uid = %self.uid);
+                self.terminate(grace).instrument(span).await;
+                self.ctx.status.finish_deletion(&pod).await;
+                return;
+            }
             self.last_pod = Some(pod.clone());
             let span = info_span!("sync", pod = %pod_key(&pod), pod_uid = %self.uid);
             let wake = match self.sync(&pod).instrument(span).await {
@@ -247,6 +262,18 @@ impl Worker {
     async fn sync(&mut self, pod: &Arc<Pod>) -> anyhow::Result<Option<Duration>> {
         let spec = pod.spec.clone().unwrap_or_default();
         let mut wake: Option<DateTime<Utc>> = None;
+        // A pod already reported Succeeded/Failed stays so: nothing is started again.
+        let reported = self.last_status.as_ref().and_then(|s| s.phase.clone()).or_else(|| pod.status.as_ref().and_then(|s| s.phase.clone()));
+        if matches!(reported.as_deref(), Some("Succeeded") | Some("Failed")) {
+            let (sandbox, records, instances) = self.observe().await?;
+            if let Some(sb) = sandbox.as_ref().filter(|s| s.ready) {
+                self.kill_pod_containers(pod, &records, Duration::from_secs(2)).await;
+                self.stop_sandbox(&records, &sb.id).await;
+            }
+            let sb = sandbox.map(|s| SandboxState { ready: false, ..s });
+            self.write_status_with_phase(pod, sb.as_ref(), &instances, reported.as_deref())?;
+            return Ok(None);
+        }
         // A sync may create the sandbox and then go on to start containers.
         for _round in 0..3 {
             let (sandbox, records, instances) = self.observe().await?;
@@ -347,7 +374,12 @@ impl Worker {
     }
 
     fn write_status(&mut self, pod: &Pod, sandbox: Option<&SandboxState>, instances: &[Instance]) -> std::io::Result<()> {
-        let status = compute(&StatusInput {
+        self.write_status_with_phase(pod, sandbox, instances, None)
+    }
+
+    /// Computes, saves and reports the status; `phase` pins a terminal phase.
+    fn write_status_with_phase(&mut self, pod: &Pod, sandbox: Option<&SandboxState>, instances: &[Instance], phase: Option<&str>) -> std::io::Result<()> {
+        let mut status = compute(&StatusInput {
             pod,
             sandbox,
             instances,
@@ -356,9 +388,13 @@ impl Worker {
             previous: self.last_status.as_ref(),
             now: now(),
         });
+        if let Some(p) = phase {
+            status.phase = Some(p.to_string());
+        }
         if self.last_status.as_ref() == Some(&status) && self.status_saved {
             return Ok(());
         }
+        self.ctx.status.set(pod, &status);
         if self.last_status.as_ref().and_then(|s| s.phase.clone()) != status.phase {
             info!(pod = %pod_key(pod), phase = status.phase.as_deref().unwrap_or(""), "pod phase");
         }
@@ -801,12 +837,10 @@ impl Worker {
 
     /// Stops and removes everything the pod had: containers (within the grace
     /// period), sandbox, network, volumes, directories, cgroups and logs.
-    async fn terminate(&mut self) {
+    async fn terminate(&mut self, grace_override: Option<i64>) {
         let pod = self.last_pod.clone().or_else(|| super::store::load_pod(&self.ctx.config.root_dir, &self.uid).map(Arc::new));
-        let grace = pod
-            .as_ref()
-            .and_then(|p| p.spec.as_ref())
-            .and_then(|s| s.termination_grace_period_seconds)
+        let grace = grace_override
+            .or_else(|| pod.as_ref().and_then(|p| p.spec.as_ref()).and_then(|s| s.termination_grace_period_seconds))
             .unwrap_or(30)
             .max(0) as u64;
         let pod_for_events = pod.clone().unwrap_or_default();

@@ -1,0 +1,399 @@
+//! The Node object: registration (create, or adopt an existing one) and status
+//! (capacity, allocatable, conditions, addresses, nodeInfo), patched on the
+//! `status` subresource when it changes and at least every
+//! `nodeStatusReportFrequency` (pkg/kubelet/kubelet_node_status.go). Building the
+//! object is pure; the loop does the I/O.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::{
+    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus, NodeSystemInfo, Taint,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::{is_conflict, ApiError, Result};
+
+/// GOARCH-style architecture name.
+pub fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "powerpc64" => "ppc64le",
+        other => other,
+    }
+}
+
+/// Facts about the machine that go into the Node, read once.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MachineInfo {
+    pub cpus: u32,
+    pub memory_bytes: i64,
+    pub ephemeral_storage_bytes: i64,
+    pub machine_id: String,
+    pub system_uuid: String,
+    pub boot_id: String,
+    pub kernel_version: String,
+    pub os_image: String,
+    pub container_runtime_version: String,
+}
+
+fn read_trim(p: &str) -> String {
+    std::fs::read_to_string(p).map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+impl MachineInfo {
+    /// Reads /proc, /etc and statfs of the root dir; `runtime_version` is containerd's.
+    pub fn read(root_dir: &std::path::Path, runtime_version: &str) -> MachineInfo {
+        let os_image = std::fs::read_to_string("/etc/os-release")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+            .map(|v| v.trim_matches('"').to_string())
+            .unwrap_or_else(|| "Linux".into());
+        let storage = nix::sys::statvfs::statvfs(root_dir)
+            .or_else(|_| nix::sys::statvfs::statvfs("/"))
+            .map(|s| s.blocks() as i64 * s.fragment_size() as i64)
+            .unwrap_or(0);
+        let machine_id = read_trim("/etc/machine-id");
+        let uuid = read_trim("/sys/class/dmi/id/product_uuid");
+        MachineInfo {
+            cpus: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+            memory_bytes: crate::cgroups::memory_capacity(),
+            ephemeral_storage_bytes: storage,
+            system_uuid: if uuid.is_empty() { machine_id.clone() } else { uuid },
+            machine_id,
+            boot_id: read_trim("/proc/sys/kernel/random/boot_id"),
+            kernel_version: nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().to_string()).unwrap_or_default(),
+            os_image,
+            // containerd reports e.g. 1.6.20~ds1; the kubelet shows containerd://1.6.20.
+            container_runtime_version: format!("containerd://{}", runtime_version.split('~').next().unwrap_or(runtime_version)),
+        }
+    }
+}
+
+/// How the node registers, from flags and the KubeletConfiguration.
+#[derive(Debug, Clone, Default)]
+pub struct NodeOptions {
+    pub name: String,
+    pub node_ip: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<Taint>,
+    pub max_pods: u32,
+    /// memory.available hard eviction threshold in bytes (default 100Mi).
+    pub eviction_memory_bytes: i64,
+    /// nodefs.available hard eviction threshold as a fraction (default 0.10).
+    pub eviction_nodefs_fraction: f64,
+    pub kubelet_port: i32,
+}
+
+/// What the node's readiness depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    pub runtime_ok: bool,
+    /// None when the network is ready, else the CNI error message.
+    pub network_error: Option<String>,
+}
+
+fn q(s: impl Into<String>) -> Quantity {
+    Quantity(s.into())
+}
+
+/// The default labels upstream puts on a node, plus `--node-labels`.
+pub fn node_labels(o: &NodeOptions) -> BTreeMap<String, String> {
+    let mut l = BTreeMap::new();
+    l.insert("beta.kubernetes.io/arch".into(), go_arch().into());
+    l.insert("beta.kubernetes.io/os".into(), "linux".into());
+    l.insert("kubernetes.io/arch".into(), go_arch().into());
+    l.insert("kubernetes.io/hostname".into(), o.name.clone());
+    l.insert("kubernetes.io/os".into(), "linux".into());
+    l.extend(o.labels.clone());
+    l
+}
+
+/// The Node to create at registration.
+pub fn initial_node(o: &NodeOptions, m: &MachineInfo, host_ip: Option<&str>) -> Node {
+    let mut ann = BTreeMap::new();
+    ann.insert("node.alpha.kubernetes.io/ttl".to_string(), "0".to_string());
+    ann.insert("volumes.kubernetes.io/controller-managed-attach-detach".to_string(), "true".to_string());
+    ann.insert("rkubelet.io/version".to_string(), crate::config::version_line());
+    Node {
+        metadata: kube::api::ObjectMeta { name: Some(o.name.clone()), labels: Some(node_labels(o)), annotations: Some(ann), ..Default::default() },
+        spec: Some(NodeSpec { taints: (!o.taints.is_empty()).then(|| o.taints.clone()), ..Default::default() }),
+        status: Some(node_status(o, m, host_ip, &Readiness { runtime_ok: true, network_error: Some("initializing".into()) }, None, Utc::now())),
+    }
+}
+
+fn cond(type_: &str, status: bool, reason: &str, message: &str, prev: Option<&NodeStatus>, now: DateTime<Utc>) -> NodeCondition {
+    let s = if status { "True" } else { "False" };
+    let last = prev
+        .and_then(|p| p.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == type_))
+        .filter(|c| c.status == s)
+        .and_then(|c| c.last_transition_time.clone());
+    NodeCondition {
+        type_: type_.into(),
+        status: s.into(),
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        last_heartbeat_time: Some(crate::pod::k8s_time(now)),
+        last_transition_time: Some(last.unwrap_or_else(|| crate::pod::k8s_time(now))),
+    }
+}
+
+/// The node's status (upstream's setters: capacity/allocatable, nodeInfo,
+/// addresses, daemon endpoints and the four conditions).
+pub fn node_status(o: &NodeOptions, m: &MachineInfo, host_ip: Option<&str>, r: &Readiness, prev: Option<&NodeStatus>, now: DateTime<Utc>) -> NodeStatus {
+    let mem_ki = m.memory_bytes / 1024;
+    let mut capacity = BTreeMap::new();
+    capacity.insert("cpu".to_string(), q(m.cpus.to_string()));
+    capacity.insert("memory".to_string(), q(format!("{mem_ki}Ki")));
+    capacity.insert("pods".to_string(), q(o.max_pods.to_string()));
+    capacity.insert("ephemeral-storage".to_string(), q(format!("{}Ki", m.ephemeral_storage_bytes / 1024)));
+    capacity.insert("hugepages-1Gi".to_string(), q("0"));
+    capacity.insert("hugepages-2Mi".to_string(), q("0"));
+    let mut allocatable = capacity.clone();
+    allocatable.insert("memory".to_string(), q(format!("{}Ki", (m.memory_bytes - o.eviction_memory_bytes).max(0) / 1024)));
+    let storage_alloc = (m.ephemeral_storage_bytes as f64 * (1.0 - o.eviction_nodefs_fraction)) as i64;
+    allocatable.insert("ephemeral-storage".to_string(), q(storage_alloc.to_string()));
+
+    let ready_msg = if !r.runtime_ok {
+        Some("container runtime is down".to_string())
+    } else {
+        r.network_error.as_ref().map(|e| format!("container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady message:Network plugin returns error: {e}"))
+    };
+    let conditions = vec![
+        cond("MemoryPressure", false, "KubeletHasSufficientMemory", "kubelet has sufficient memory available", prev, now),
+        cond("DiskPressure", false, "KubeletHasNoDiskPressure", "kubelet has no disk pressure", prev, now),
+        cond("PIDPressure", false, "KubeletHasSufficientPID", "kubelet has sufficient PID available", prev, now),
+        match &ready_msg {
+            None => cond("Ready", true, "KubeletReady", "kubelet is posting ready status", prev, now),
+            Some(msg) => cond("Ready", false, "KubeletNotReady", msg, prev, now),
+        },
+    ];
+    let mut addresses = Vec::new();
+    if let Some(ip) = o.node_ip.as_deref().or(host_ip) {
+        addresses.push(NodeAddress { type_: "InternalIP".into(), address: ip.into() });
+    }
+    addresses.push(NodeAddress { type_: "Hostname".into(), address: o.name.clone() });
+    NodeStatus {
+        capacity: Some(capacity),
+        allocatable: Some(allocatable),
+        conditions: Some(conditions),
+        addresses: Some(addresses),
+        daemon_endpoints: Some(NodeDaemonEndpoints { kubelet_endpoint: Some(DaemonEndpoint { port: o.kubelet_port }) }),
+        node_info: Some(NodeSystemInfo {
+            architecture: go_arch().into(),
+            boot_id: m.boot_id.clone(),
+            container_runtime_version: m.container_runtime_version.clone(),
+            kernel_version: m.kernel_version.clone(),
+            kube_proxy_version: String::new(),
+            kubelet_version: crate::config::KUBERNETES_VERSION.into(),
+            machine_id: m.machine_id.clone(),
+            operating_system: "linux".into(),
+            os_image: m.os_image.clone(),
+            system_uuid: m.system_uuid.clone(),
+            swap: None,
+        }),
+        ..Default::default()
+    }
+}
+
+/// True when two statuses differ in more than heartbeat times.
+pub fn status_changed(a: &NodeStatus, b: &NodeStatus) -> bool {
+    let strip = |s: &NodeStatus| {
+        let mut s = s.clone();
+        for c in s.conditions.iter_mut().flatten() {
+            c.last_heartbeat_time = None;
+        }
+        s
+    };
+    strip(a) != strip(b)
+}
+
+/// The strategic merge patch upstream sends for nodes/status: lists merged by key,
+/// with `$setElementOrder` for conditions and addresses.
+pub fn status_patch(s: &NodeStatus) -> serde_json::Value {
+    let mut v = serde_json::to_value(s).unwrap_or(json!({}));
+    if let Some(o) = v.as_object_mut() {
+        let order = |list: &Option<Vec<String>>| json!(list.clone().unwrap_or_default().into_iter().map(|t| json!({"type": t})).collect::<Vec<_>>());
+        o.insert("$setElementOrder/conditions".into(), order(&s.conditions.as_ref().map(|c| c.iter().map(|c| c.type_.clone()).collect())));
+        o.insert("$setElementOrder/addresses".into(), order(&s.addresses.as_ref().map(|c| c.iter().map(|c| c.type_.clone()).collect())));
+    }
+    json!({ "status": v })
+}
+
+/// Registers the node: create it, or on 409 adopt the existing one (making sure the
+/// default labels are there), like upstream's tryRegisterWithAPIServer.
+pub async fn register(client: &kube::Client, node: &Node) -> Result<Node> {
+    let api: Api<Node> = Api::all(client.clone());
+    let name = node.metadata.name.clone().unwrap_or_default();
+    match api.create(&PostParams::default(), node).await {
+        Ok(n) => {
+            info!(node = %name, "node registered");
+            Ok(n)
+        }
+        Err(e) if is_conflict(&e) => {
+            let existing = api.get(&name).await.map_err(|source| ApiError::Request { op: format!("get node {name}"), source })?;
+            let want = node.metadata.labels.clone().unwrap_or_default();
+            let have = existing.metadata.labels.clone().unwrap_or_default();
+            let missing: BTreeMap<_, _> = want.into_iter().filter(|(k, v)| have.get(k) != Some(v)).collect();
+            if missing.is_empty() {
+                info!(node = %name, "node already registered; adopting it");
+                return Ok(existing);
+            }
+            let patch = json!({"metadata": {"labels": missing}});
+            let n = api
+                .patch(&name, &PatchParams::default(), &Patch::Strategic(&patch))
+                .await
+                .map_err(|source| ApiError::Request { op: format!("patch node {name} labels"), source })?;
+            info!(node = %name, "node already registered; labels reconciled");
+            Ok(n)
+        }
+        Err(source) => Err(ApiError::Request { op: format!("register node {name}"), source }),
+    }
+}
+
+/// Keeps the node registered and its status current until `cancel`: checks every
+/// `update_every`, patches when the status changed or `report_every` passed.
+/// Publishes the registered Node's UID (for the Lease's owner reference).
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    client: kube::Client,
+    opts: NodeOptions,
+    machine: MachineInfo,
+    host_ip: Option<String>,
+    readiness: watch::Receiver<Readiness>,
+    node_uid: watch::Sender<Option<String>>,
+    update_every: Duration,
+    report_every: Duration,
+    cancel: CancellationToken,
+) {
+    let api: Api<Node> = Api::all(client.clone());
+    let mut readiness = readiness;
+    let mut delay = Duration::from_millis(200);
+    // Register, retrying until it works.
+    let registered = loop {
+        let node = initial_node(&opts, &machine, host_ip.as_deref());
+        match register(&client, &node).await {
+            Ok(n) => break n,
+            Err(e) => warn!(error = %e, "node registration failed; retrying"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(7));
+    };
+    let _ = node_uid.send(registered.metadata.uid.clone());
+    let mut last_sent: Option<NodeStatus> = None;
+    let mut last_report = tokio::time::Instant::now();
+    loop {
+        let r = readiness.borrow_and_update().clone();
+        let status = node_status(&opts, &machine, host_ip.as_deref(), &r, last_sent.as_ref(), Utc::now());
+        let due = last_sent.as_ref().map(|l| status_changed(l, &status)).unwrap_or(true) || last_report.elapsed() >= report_every;
+        if due {
+            let patch = status_patch(&status);
+            match api.patch_status(&opts.name, &PatchParams::default(), &Patch::Strategic(&patch)).await {
+                Ok(_) => {
+                    debug!(ready = r.network_error.is_none() && r.runtime_ok, "node status patched");
+                    if last_sent.as_ref().map(|l| ready_of(l) != ready_of(&status)).unwrap_or(true) {
+                        info!(node = %opts.name, ready = ready_of(&status), "node readiness");
+                    }
+                    last_sent = Some(status);
+                    last_report = tokio::time::Instant::now();
+                }
+                Err(e) if super::is_not_found(&e) => {
+                    warn!(node = %opts.name, "node object is gone; registering again");
+                    let node = initial_node(&opts, &machine, host_ip.as_deref());
+                    if let Ok(n) = register(&client, &node).await {
+                        let _ = node_uid.send(n.metadata.uid.clone());
+                    }
+                    last_sent = None;
+                }
+                Err(e) => warn!(error = %e, "node status update failed; will retry"),
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(update_every) => {}
+            r = readiness.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+fn ready_of(s: &NodeStatus) -> bool {
+    s.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> NodeOptions {
+        NodeOptions { name: "n1".into(), max_pods: 110, eviction_memory_bytes: 100 << 20, eviction_nodefs_fraction: 0.1, kubelet_port: 10250, ..Default::default() }
+    }
+    fn machine() -> MachineInfo {
+        MachineInfo { cpus: 2, memory_bytes: 24683656 * 1024, ephemeral_storage_bytes: 1000 * 1024, container_runtime_version: "containerd://1.6.20".into(), ..Default::default() }
+    }
+    fn t(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap()
+    }
+
+    #[test]
+    fn capacity_and_allocatable_follow_upstream() {
+        let s = node_status(&opts(), &machine(), Some("192.0.2.7"), &Readiness { runtime_ok: true, network_error: None }, None, t(0));
+        let cap = s.capacity.unwrap();
+        assert_eq!(cap["cpu"].0, "2");
+        assert_eq!(cap["memory"].0, "24683656Ki");
+        assert_eq!(cap["pods"].0, "110");
+        let alloc = s.allocatable.unwrap();
+        assert_eq!(alloc["memory"].0, "24581256Ki", "capacity minus the 100Mi hard eviction threshold");
+        assert_eq!(s.addresses.unwrap()[0].address, "192.0.2.7");
+        assert_eq!(s.daemon_endpoints.unwrap().kubelet_endpoint.unwrap().port, 10250);
+    }
+
+    #[test]
+    fn ready_condition_carries_the_upstream_network_message() {
+        let r = Readiness { runtime_ok: true, network_error: Some("cni plugin not initialized".into()) };
+        let s = node_status(&opts(), &machine(), None, &r, None, t(0));
+        let ready = s.conditions.unwrap().into_iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!(ready.status, "False");
+        assert_eq!(ready.reason.as_deref(), Some("KubeletNotReady"));
+        assert_eq!(
+            ready.message.as_deref(),
+            Some("container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady message:Network plugin returns error: cni plugin not initialized")
+        );
+    }
+
+    #[test]
+    fn heartbeats_alone_are_not_a_change_but_transitions_are() {
+        let ok = Readiness { runtime_ok: true, network_error: None };
+        let a = node_status(&opts(), &machine(), None, &ok, None, t(0));
+        let b = node_status(&opts(), &machine(), None, &ok, Some(&a), t(10));
+        assert!(!status_changed(&a, &b));
+        let c = node_status(&opts(), &machine(), None, &Readiness { runtime_ok: false, network_error: None }, Some(&b), t(20));
+        assert!(status_changed(&b, &c));
+        let ready = c.conditions.unwrap().into_iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!(ready.last_transition_time, Some(crate::pod::k8s_time(t(20))));
+    }
+
+    #[test]
+    fn default_labels_and_patch_shape() {
+        let mut o = opts();
+        o.labels.insert("role".into(), "edge".into());
+        let l = node_labels(&o);
+        assert_eq!(l["kubernetes.io/hostname"], "n1");
+        assert_eq!(l["kubernetes.io/os"], "linux");
+        assert_eq!(l["role"], "edge");
+        let s = node_status(&o, &machine(), None, &Readiness { runtime_ok: true, network_error: None }, None, t(0));
+        let p = status_patch(&s);
+        assert_eq!(p["status"]["$setElementOrder/conditions"][3]["type"], "Ready");
+    }
+}

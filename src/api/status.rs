@@ -1,0 +1,209 @@
+//! The pod status manager (pkg/kubelet/status): the latest status of each API pod
+//! is queued and patched onto `pods/status` by one task, coalescing updates,
+//! skipping unchanged ones and retrying across outages. Also finishes the deletion
+//! of pods once the node has cleaned them up.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Pod, PodStatus};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use serde_json::json;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+#[derive(Clone)]
+struct Pending {
+    namespace: String,
+    name: String,
+    uid: String,
+    status: PodStatus,
+}
+
+#[derive(Default)]
+struct Inner {
+    pending: HashMap<String, Pending>,
+    sent: HashMap<String, PodStatus>,
+}
+
+/// Cheap to clone; `set` never blocks.
+#[derive(Clone, Default)]
+pub struct StatusManager {
+    inner: Arc<Mutex<Inner>>,
+    notify: Arc<Notify>,
+    client: Option<kube::Client>,
+}
+
+/// True for pods that came from the API server (not a static manifest).
+pub fn is_api_pod(pod: &Pod) -> bool {
+    pod.metadata.annotations.as_ref().and_then(|a| a.get(crate::pod::manifest::CONFIG_SOURCE)).map(|s| s != "file").unwrap_or(true)
+}
+
+/// The strategic merge patch upstream sends: the status (the scheduler's
+/// PodScheduled condition is left to the server's copy) and the pod's UID as a
+/// precondition.
+pub fn status_patch(uid: &str, status: &PodStatus) -> serde_json::Value {
+    let mut s = status.clone();
+    if let Some(c) = s.conditions.as_mut() {
+        c.retain(|c| c.type_ != "PodScheduled");
+    }
+    json!({ "metadata": { "uid": uid }, "status": s })
+}
+
+impl StatusManager {
+    /// A manager that talks to the API (or, with `None`, one that drops updates: standalone).
+    pub fn new(client: Option<kube::Client>) -> Self {
+        Self { client, ..Default::default() }
+    }
+
+    /// Queues `status` for `pod` if it is an API pod and differs from the last sent.
+    pub fn set(&self, pod: &Pod, status: &PodStatus) {
+        if self.client.is_none() || !is_api_pod(pod) {
+            return;
+        }
+        let Some(uid) = pod.metadata.uid.clone() else { return };
+        let Ok(mut g) = self.inner.lock() else { return };
+        if g.sent.get(&uid) == Some(status) {
+            g.pending.remove(&uid);
+            return;
+        }
+        g.pending.insert(
+            uid.clone(),
+            Pending {
+                namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+                name: pod.metadata.name.clone().unwrap_or_default(),
+                uid,
+                status: status.clone(),
+            },
+        );
+        drop(g);
+        self.notify.notify_one();
+    }
+
+    /// Finishes a graceful deletion after the node cleaned the pod up: DELETE with
+    /// `gracePeriodSeconds=0` and a UID precondition, like upstream.
+    pub async fn finish_deletion(&self, pod: &Pod) {
+        let Some(client) = &self.client else { return };
+        if !is_api_pod(pod) {
+            return;
+        }
+        let (ns, name, uid) = (
+            pod.metadata.namespace.clone().unwrap_or_default(),
+            pod.metadata.name.clone().unwrap_or_default(),
+            pod.metadata.uid.clone().unwrap_or_default(),
+        );
+        let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let dp = DeleteParams { grace_period_seconds: Some(0), preconditions: Some(Preconditions { uid: Some(uid.clone()), resource_version: None }), ..Default::default() };
+        for attempt in 0..5u32 {
+            match api.delete(&name, &dp).await {
+                Ok(_) => {
+                    info!(pod = %format!("{ns}/{name}"), "pod deleted from the API server");
+                    break;
+                }
+                Err(e) if super::is_not_found(&e) || super::is_conflict(&e) => break,
+                Err(e) => {
+                    warn!(pod = %format!("{ns}/{name}"), error = %e, attempt, "final pod delete failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                }
+            }
+        }
+        if let Ok(mut g) = self.inner.lock() {
+            g.pending.remove(&uid);
+            g.sent.remove(&uid);
+        }
+    }
+
+    /// Forgets a pod (removed from every source).
+    pub fn forget(&self, uid: &str) {
+        if let Ok(mut g) = self.inner.lock() {
+            g.pending.remove(uid);
+            g.sent.remove(uid);
+        }
+    }
+
+    /// Sends queued statuses until `cancel`.
+    pub async fn run(self, cancel: CancellationToken) {
+        let Some(client) = self.client.clone() else { return };
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = self.notify.notified() => {}
+            }
+            loop {
+                let batch: Vec<Pending> = match self.inner.lock() {
+                    Ok(mut g) => g.pending.drain().map(|(_, p)| p).collect(),
+                    Err(_) => return,
+                };
+                if batch.is_empty() {
+                    break;
+                }
+                let mut failed = false;
+                for p in batch {
+                    let api: Api<Pod> = Api::namespaced(client.clone(), &p.namespace);
+                    let patch = status_patch(&p.uid, &p.status);
+                    match api.patch_status(&p.name, &PatchParams::default(), &Patch::Strategic(&patch)).await {
+                        Ok(_) => {
+                            debug!(pod = %format!("{}/{}", p.namespace, p.name), phase = p.status.phase.as_deref().unwrap_or(""), "pod status patched");
+                            if let Ok(mut g) = self.inner.lock() {
+                                g.sent.insert(p.uid.clone(), p.status);
+                            }
+                        }
+                        Err(e) if super::is_not_found(&e) || super::is_conflict(&e) => {
+                            debug!(pod = %format!("{}/{}", p.namespace, p.name), error = %e, "pod gone or replaced; status dropped");
+                        }
+                        Err(e) => {
+                            warn!(pod = %format!("{}/{}", p.namespace, p.name), error = %e, "pod status update failed; will retry");
+                            failed = true;
+                            if let Ok(mut g) = self.inner.lock() {
+                                g.pending.entry(p.uid.clone()).or_insert(p);
+                            }
+                        }
+                    }
+                }
+                if failed {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                } else {
+                    backoff = Duration::from_millis(100);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::PodCondition;
+
+    #[test]
+    fn the_patch_leaves_pod_scheduled_to_the_scheduler_and_pins_the_uid() {
+        let s = PodStatus {
+            phase: Some("Running".into()),
+            conditions: Some(vec![
+                PodCondition { type_: "Ready".into(), status: "True".into(), ..Default::default() },
+                PodCondition { type_: "PodScheduled".into(), status: "True".into(), ..Default::default() },
+            ]),
+            ..Default::default()
+        };
+        let p = status_patch("u-1", &s);
+        assert_eq!(p["metadata"]["uid"], "u-1");
+        let conds = p["status"]["conditions"].as_array().unwrap();
+        assert_eq!(conds.len(), 1);
+        assert_eq!(conds[0]["type"], "Ready");
+    }
+
+    #[test]
+    fn static_pods_are_not_api_pods() {
+        let mut p = Pod::default();
+        assert!(is_api_pod(&p));
+        p.metadata.annotations = Some([(crate::pod::manifest::CONFIG_SOURCE.to_string(), "file".to_string())].into());
+        assert!(!is_api_pod(&p));
+    }
+}
