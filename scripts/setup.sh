@@ -35,6 +35,11 @@ mkdir -p "$RK_STATE_DIR" "$RK_RUN_DIR"
 install_packages() {
     local missing
     mapfile -t missing < <(pkgs_missing "${PACKAGES[@]}")
+    # kubectl drives the test API server in tests. This machine kind ships one;
+    # elsewhere Debian's (older) kubernetes-client provides it.
+    if ! have kubectl; then
+        missing+=(kubernetes-client)
+    fi
     if [ "${#missing[@]}" -eq 0 ]; then
         log "packages: all ${#PACKAGES[@]} installed"
         return 0
@@ -57,6 +62,7 @@ install_packages() {
     if [ "$added_policy" -eq 1 ]; then rm -f "$policy"; fi
     [ "$rc" -eq 0 ] || die "apt-get failed (exit $rc)"
     mapfile -t missing < <(pkgs_missing "${PACKAGES[@]}")
+    have kubectl || missing+=(kubectl)
     [ "${#missing[@]}" -eq 0 ] || die "still missing after apt-get: ${missing[*]}"
 }
 

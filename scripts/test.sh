@@ -2,11 +2,12 @@
 # The one command that runs rkubelet's whole test suite (CI runs it through
 # .ci/run):
 #   1. scripts/setup.sh   packages, containerd, registry, CNI config, test images
-#   2. cargo test --all-targets -- --test-threads=1
+#   2. cargo test --workspace --all-targets -- --test-threads=1 (the agent and
+#      the test API server crate in tests/apiserver)
 #   3. scripts/bench.sh (figures only, no thresholds; RK_SKIP_BENCH=1 skips)
 # Integration tests share host resources (containerd namespace k8s.io, the
 # CNI bridge, /var/lib/cni), so the tests run one at a time.
-# Arguments, if any, replace `--all-targets` (they go to cargo test before
+# Arguments, if any, replace `--workspace --all-targets` (they go to cargo test before
 # `--`), e.g. `scripts/test.sh --test systemd_unit` or `scripts/test.sh --lib`.
 # CARGO_TARGET_DIR defaults to /var/cache/rkubelet-target (an existing value
 # is kept). RK_SKIP_SETUP=1 skips step 1.
@@ -29,7 +30,7 @@ fi
 
 have cargo || die "cargo not found (looked on PATH, including ${HOME:-/root}/.cargo/bin)"
 if [ "$#" -eq 0 ]; then
-    set -- --all-targets
+    set -- --workspace --all-targets
 fi
 log "step 2/3: cargo test $* -- --test-threads=1 (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
 rc=0
@@ -48,7 +49,7 @@ fi
 # It prints figures and ratios against a floor measured in the same run; it
 # has no thresholds. RK_SKIP_BENCH=1 skips it (quick local runs).
 full_suite=0
-[ "$*" = --all-targets ] && full_suite=1
+[ "$*" = "--workspace --all-targets" ] && full_suite=1
 if [ "${RK_SKIP_BENCH:-0}" = 1 ] || [ "$full_suite" = 0 ]; then
     log "step 3/3: scripts/bench.sh skipped"
 else
