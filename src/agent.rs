@@ -122,7 +122,18 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         cpu_capacity_milli: std::thread::available_parallelism().map(|n| n.get() as i64 * 1000).unwrap_or(1000),
         host_ip: cfg.node_ip.clone().or_else(host_ip),
         host_resolv,
+        node: crate::pod::admission::NodeResources {
+            cpu_milli: std::thread::available_parallelism().map(|n| n.get() as i64 * 1000).unwrap_or(1000),
+            memory_bytes: crate::cgroups::memory_capacity() - (100 << 20),
+            pods: cfg.max_pods as i64,
+            labels: crate::api::node::node_labels(&crate::api::node::NodeOptions {
+                name: cfg.node_name.clone(),
+                labels: cfg.node_labels.clone(),
+                ..Default::default()
+            }),
+        },
         status: crate::api::status::StatusManager::new(client.clone()),
+        client: client.clone(),
         config: cfg.clone(),
     });
     let mut manager = Manager::new(ctx.clone(), cancel.clone());

@@ -38,6 +38,8 @@ fn main() -> std::process::ExitCode {
         None => {}
     }
     rkubelet::memory::limit_arenas();
+    // Two TLS stacks are linked (kube-rs: ring, oci-client: aws-lc); pick one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     init_tracing(cli.agent.verbosity);
     let cfg = match Config::from_args(&cli.agent) {
         Ok(c) => c,

@@ -41,15 +41,17 @@ pub fn is_api_pod(pod: &Pod) -> bool {
     pod.metadata.annotations.as_ref().and_then(|a| a.get(crate::pod::manifest::CONFIG_SOURCE)).map(|s| s != "file").unwrap_or(true)
 }
 
-/// The strategic merge patch upstream sends: the status (the scheduler's
-/// PodScheduled condition is left to the server's copy) and the pod's UID as a
-/// precondition.
+/// The strategic merge patch upstream sends: the whole status (conditions merge by
+/// type, so the scheduler's own fields survive; the kubelet reports PodScheduled
+/// True itself, keeping its transition time), with `$setElementOrder/conditions`
+/// and the pod's UID as a precondition.
 pub fn status_patch(uid: &str, status: &PodStatus) -> serde_json::Value {
-    let mut s = status.clone();
-    if let Some(c) = s.conditions.as_mut() {
-        c.retain(|c| c.type_ != "PodScheduled");
+    let mut v = serde_json::to_value(status).unwrap_or(json!({}));
+    if let (Some(o), Some(conds)) = (v.as_object_mut(), status.conditions.as_ref()) {
+        let order: Vec<_> = conds.iter().map(|c| json!({"type": c.type_})).collect();
+        o.insert("$setElementOrder/conditions".into(), json!(order));
     }
-    json!({ "metadata": { "uid": uid }, "status": s })
+    json!({ "metadata": { "uid": uid }, "status": v })
 }
 
 impl StatusManager {
@@ -183,7 +185,7 @@ mod tests {
     use k8s_openapi::api::core::v1::PodCondition;
 
     #[test]
-    fn the_patch_leaves_pod_scheduled_to_the_scheduler_and_pins_the_uid() {
+    fn the_patch_keeps_condition_order_and_pins_the_uid() {
         let s = PodStatus {
             phase: Some("Running".into()),
             conditions: Some(vec![
@@ -195,8 +197,8 @@ mod tests {
         let p = status_patch("u-1", &s);
         assert_eq!(p["metadata"]["uid"], "u-1");
         let conds = p["status"]["conditions"].as_array().unwrap();
-        assert_eq!(conds.len(), 1);
-        assert_eq!(conds[0]["type"], "Ready");
+        assert_eq!(conds.len(), 2);
+        assert_eq!(p["status"]["$setElementOrder/conditions"][1]["type"], "PodScheduled");
     }
 
     #[test]

@@ -36,6 +36,10 @@ pub struct Context {
     pub cpu_capacity_milli: i64,
     pub host_ip: Option<String>,
     pub host_resolv: String,
+    /// What the node offers to pods (admission).
+    pub node: super::admission::NodeResources,
+    /// The API server, when the agent has a kubeconfig.
+    pub client: Option<kube::Client>,
     /// Pod status to the API server (a no-op standalone).
     pub status: crate::api::status::StatusManager,
 }
@@ -103,13 +107,15 @@ pub struct Manager {
     workers: HashMap<String, Handle>,
     /// Pods whose deletion this node finished; not restarted while the API still lists them.
     finished: HashSet<String>,
+    /// Pods admission rejected; never started.
+    rejected: HashSet<String>,
     tasks: JoinSet<String>,
     cancel: CancellationToken,
 }
 
 impl Manager {
     pub fn new(ctx: Arc<Context>, cancel: CancellationToken) -> Self {
-        Self { ctx, workers: HashMap::new(), finished: HashSet::new(), tasks: JoinSet::new(), cancel }
+        Self { ctx, workers: HashMap::new(), finished: HashSet::new(), rejected: HashSet::new(), tasks: JoinSet::new(), cancel }
     }
 
     pub fn context(&self) -> &Arc<Context> {
@@ -143,12 +149,19 @@ impl Manager {
                 let _ = h.tx.send(None);
             }
         }
-        self.finished.retain(|uid| want.contains_key(uid));
         for uid in self.workers.keys().filter(|u| !want.contains_key(*u)) {
             self.ctx.status.forget(uid);
         }
+        self.finished.retain(|uid| want.contains_key(uid));
+        self.rejected.retain(|uid| want.contains_key(uid));
+        // New pods are admitted in creation order, like upstream's HandlePodAdditions.
+        let mut want: Vec<(String, Arc<Pod>)> = want.into_iter().collect();
+        want.sort_by(|a, b| {
+            let t = |p: &Pod| p.metadata.creation_timestamp.as_ref().map(|t| t.0.as_second()).unwrap_or(0);
+            (t(&a.1), &a.0).cmp(&(t(&b.1), &b.0))
+        });
         for (uid, pod) in want {
-            if self.finished.contains(&uid) {
+            if self.finished.contains(&uid) || self.rejected.contains(&uid) {
                 continue;
             }
             match self.workers.get(&uid) {
@@ -164,11 +177,37 @@ impl Manager {
                     }
                 }
                 None => {
+                    if pod.metadata.deletion_timestamp.is_none() {
+                        let admitted: Vec<Arc<Pod>> = self.workers.values().filter_map(|h| h.tx.borrow().clone()).filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
+                        let refs: Vec<&Pod> = admitted.iter().map(|p| p.as_ref()).collect();
+                        if let Err(r) = super::admission::admit(&pod, &refs, &self.ctx.node) {
+                            self.reject(&uid, &pod, r);
+                            continue;
+                        }
+                    }
                     info!(pod = %super::pod_key(&pod), pod_uid = %uid, "pod added");
                     self.spawn(&uid, Some(pod));
                 }
             }
         }
+    }
+
+    /// Marks a pod rejected by admission: Failed with the reason, an event, no containers.
+    fn reject(&mut self, uid: &str, pod: &Pod, r: super::admission::Rejection) {
+        warn!(pod = %super::pod_key(pod), reason = %r.reason, "{}", r.message);
+        self.ctx.recorder.warning(pod, None, &r.reason, r.message.clone());
+        let status = k8s_openapi::api::core::v1::PodStatus {
+            phase: Some("Failed".into()),
+            reason: Some(r.reason),
+            message: Some(r.message),
+            start_time: Some(super::k8s_time(chrono::Utc::now())),
+            ..Default::default()
+        };
+        self.ctx.status.set(pod, &status);
+        let mut saved = pod.clone();
+        saved.status = Some(status);
+        let _ = super::store::save_pod(&self.ctx.config.root_dir, &saved);
+        self.rejected.insert(uid.to_string());
     }
 
     /// Starts cleanup workers for pods that containerd still has but no source wants.

@@ -3,6 +3,7 @@
 //! and containers, and the pure functions that decide what to do and what status
 //! to report.
 
+pub mod admission;
 pub mod backoff;
 pub mod env;
 pub mod manager;

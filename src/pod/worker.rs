@@ -319,7 +319,7 @@ impl Worker {
 
             // Volumes before any container (idempotent).
             let pod_dir = super::store::pod_dir(&self.ctx.config.root_dir, &self.uid);
-            let volumes = match crate::volume::setup(pod, &pod_dir) {
+            let volumes = match crate::volume::setup(pod, &pod_dir, self.ctx.client.as_ref()).await {
                 Ok(v) => v,
                 Err(e) => {
                     self.ctx.recorder.warning(pod, None, reason::FAILED_MOUNT, e.to_string());
@@ -385,7 +385,8 @@ impl Worker {
             instances,
             waiting: &self.waiting,
             host_ip: self.ctx.host_ip.as_deref(),
-            previous: self.last_status.as_ref(),
+            // Before our first report, the API's copy (e.g. the scheduler's PodScheduled time).
+            previous: self.last_status.as_ref().or(pod.status.as_ref()),
             now: now(),
         });
         if let Some(p) = phase {
@@ -523,7 +524,7 @@ impl Worker {
         name: &str,
         kind: Kind,
         attempt: u32,
-        volumes: &crate::volume::VolumePaths,
+        volumes: &crate::volume::VolumeMap,
     ) -> Option<DateTime<Utc>> {
         let c = container_of(pod, name, kind)?.clone();
         let fp = field_path(name, kind == Kind::Init);
@@ -689,7 +690,7 @@ impl Worker {
         sandbox: &SandboxState,
         c: &Container,
         image: &ImageInfo,
-        volumes: &crate::volume::VolumePaths,
+        volumes: &crate::volume::VolumeMap,
         id: &str,
     ) -> Result<(oci_spec::runtime::Spec, i32), String> {
         let default_cfg = oci_spec::image::Config::default();
@@ -716,8 +717,8 @@ impl Worker {
         let pod_dir = super::store::pod_dir(&self.ctx.config.root_dir, &self.uid);
         let mut mounts = Vec::new();
         for m in c.volume_mounts.iter().flatten() {
-            let Some(host) = volumes.get(&m.name) else { return Err(format!("volume {:?} not found", m.name)) };
-            let mut host = host.clone();
+            let Some(vol) = volumes.get(&m.name) else { return Err(format!("volume {:?} not found", m.name)) };
+            let mut host = vol.path.clone();
             if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
                 if sub.starts_with('/') || sub.split('/').any(|p| p == "..") {
                     return Err(format!("subPath {sub:?} must be a relative path without '..'"));
@@ -725,7 +726,7 @@ impl Worker {
                 host = host.join(sub);
                 std::fs::create_dir_all(&host).map_err(|e| format!("failed to create subPath directory for volumeMount {:?}: {e}", m.name))?;
             }
-            mounts.push(BindMount { host_path: host, container_path: m.mount_path.clone(), read_only: m.read_only.unwrap_or(false) });
+            mounts.push(BindMount { host_path: host, container_path: m.mount_path.clone(), read_only: vol.read_only || m.read_only.unwrap_or(false) });
         }
         let has = |mounts: &Vec<BindMount>, p: &str| mounts.iter().any(|m| m.container_path == p);
         if !host_network && !has(&mounts, "/etc/hosts") {

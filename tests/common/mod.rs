@@ -27,6 +27,7 @@ pub struct Agent {
     child: Option<Child>,
     log: PathBuf,
     env: Vec<(String, String)>,
+    args: Vec<String>,
 }
 
 fn run(cmd: &str, args: &[&str]) -> String {
@@ -48,6 +49,11 @@ impl Agent {
 
     /// Like [`Agent::new`], with extra environment for the agent process.
     pub fn with_env(name: &str, env: &[(&str, &str)]) -> Agent {
+        Self::with_options(name, env, &[])
+    }
+
+    /// Like [`Agent::new`], with extra environment and extra flags.
+    pub fn with_options(name: &str, env: &[(&str, &str)], args: &[&str]) -> Agent {
         assert!(
             Command::new("ctr").arg("version").stdout(Stdio::null()).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false),
             "containerd is not running (scripts/test.sh starts it)"
@@ -71,7 +77,8 @@ impl Agent {
         std::fs::write(cni_conf.join("10-test.conflist"), conf).unwrap();
         let log = root.join("agent.log");
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut a = Agent { root, manifests, cni_conf, ipam_dir, child: None, log, env };
+        let args = args.iter().map(|a| a.to_string()).collect();
+        let mut a = Agent { root, manifests, cni_conf, ipam_dir, child: None, log, env, args };
         a.start();
         a
     }
@@ -96,6 +103,7 @@ impl Agent {
                 "-v",
                 "2",
             ])
+            .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(log.try_clone().unwrap())
             .stderr(log)

@@ -1,0 +1,316 @@
+//! The agent against an API server (issue 3): node registration, readiness,
+//! lease, pods bound to the node, status, events, deletion. The API server is the
+//! in-repo strict test server (`tests/apiserver`); containerd, runc and CNI are real;
+//! `kubectl` is the real client.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rkubelet_test_apiserver::{Options, TestApiServer, User};
+use serde_json::Value;
+
+struct Api {
+    srv: TestApiServer,
+    admin: PathBuf,
+    node: PathBuf,
+}
+
+async fn api_server(dir: &Path) -> Api {
+    std::fs::create_dir_all(dir).unwrap();
+    let srv = TestApiServer::start(Options::default()).await.expect("test API server");
+    let admin = dir.join("admin.kubeconfig");
+    let node = dir.join("node.kubeconfig");
+    srv.write_kubeconfig(&admin, &User::Admin).unwrap();
+    srv.write_kubeconfig(&node, &User::Node(NODE.to_string())).unwrap();
+    Api { srv, admin, node }
+}
+
+fn kubectl(kubeconfig: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new("kubectl").arg("--kubeconfig").arg(kubeconfig).args(args).output().expect("kubectl");
+    let mut s = String::from_utf8_lossy(&out.stdout).to_string();
+    s.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), s)
+}
+
+fn kubectl_json(kubeconfig: &Path, args: &[&str]) -> Option<Value> {
+    let mut a = args.to_vec();
+    a.extend(["-o", "json"]);
+    let out = Command::new("kubectl").arg("--kubeconfig").arg(kubeconfig).args(&a).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+fn wait_for<T>(timeout: Duration, what: &str, agent: &Agent, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(v) = f() {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}\nagent log:\n{}", agent.log_tail(40));
+}
+
+/// Deletes every pod through the API (so the agent cleans up) before the agent is dropped.
+struct DeletePods(PathBuf);
+impl Drop for DeletePods {
+    fn drop(&mut self) {
+        let _ = kubectl(&self.0, &["delete", "pods", "--all", "-n", "default", "--wait=false"]);
+    }
+}
+
+fn node_ready(n: &Value) -> Option<(String, String)> {
+    let c = n["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Ready")?;
+    Some((c["status"].as_str()?.to_string(), c["message"].as_str().unwrap_or("").to_string()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a1_node_registers_turns_ready_with_cni_and_renews_its_lease() {
+    let api = api_server(Path::new("/var/lib/rkubelet-test/agents/a1-api")).await;
+    let node_kc = api.node.to_str().unwrap().to_string();
+    let agent = tokio::task::block_in_place(|| Agent::with_options("a1", &[], &["--kubeconfig", &node_kc, "--node-lease-duration-seconds", "8"]));
+    let good = std::fs::read_to_string(agent.cni_conf.join("10-test.conflist")).unwrap();
+    std::fs::remove_file(agent.cni_conf.join("10-test.conflist")).unwrap();
+    let admin = api.admin.clone();
+    tokio::task::block_in_place(|| {
+        // Registered, NotReady with upstream's message while there is no CNI config.
+        let (status, msg) = wait_for(Duration::from_secs(30), "node registered NotReady", &agent, || {
+            kubectl_json(&admin, &["get", "node", NODE]).and_then(|n| node_ready(&n)).filter(|(s, _)| s == "False")
+        });
+        assert_eq!(status, "False");
+        assert!(msg.starts_with("container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady message:Network plugin returns error: "), "{msg}");
+        let n = kubectl_json(&admin, &["get", "node", NODE]).unwrap();
+        assert_eq!(n["metadata"]["labels"]["kubernetes.io/hostname"], NODE);
+        assert_eq!(n["metadata"]["labels"]["kubernetes.io/os"], "linux");
+        assert!(n["status"]["nodeInfo"]["containerRuntimeVersion"].as_str().unwrap().starts_with("containerd://1."));
+        assert_eq!(n["status"]["nodeInfo"]["kubeletVersion"], "v1.36.0");
+        assert!(n["status"]["capacity"]["pods"] == "110" && n["status"]["allocatable"]["memory"].as_str().unwrap().ends_with("Ki"));
+
+        // A CNI config appears: Ready within seconds.
+        std::fs::write(agent.cni_conf.join("10-test.conflist"), &good).unwrap();
+        wait_for(Duration::from_secs(20), "node Ready", &agent, || {
+            kubectl_json(&admin, &["get", "node", NODE]).and_then(|n| node_ready(&n)).filter(|(s, _)| s == "True")
+        });
+        let (ok, out) = kubectl(&admin, &["get", "nodes"]);
+        assert!(ok && out.lines().any(|l| l.starts_with(NODE) && l.contains(" Ready ")), "{out}");
+
+        // The Lease is renewed every duration/4 (2 s here).
+        let renew = || kubectl_json(&admin, &["get", "lease", "-n", "kube-node-lease", NODE]).and_then(|l| l["spec"]["renewTime"].as_str().map(String::from));
+        let first = wait_for(Duration::from_secs(10), "lease", &agent, renew);
+        let second = wait_for(Duration::from_secs(10), "lease renewed", &agent, || renew().filter(|r| *r != first));
+        assert_ne!(first, second);
+        let l = kubectl_json(&admin, &["get", "lease", "-n", "kube-node-lease", NODE]).unwrap();
+        assert_eq!(l["spec"]["holderIdentity"], NODE);
+        assert_eq!(l["metadata"]["ownerReferences"][0]["kind"], "Node");
+    });
+    assert!(api.srv.violations().is_empty(), "requests the real server would reject: {:?}", api.srv.violations());
+}
+
+fn pod_yaml(name: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: default}}
+spec:
+  nodeName: {NODE}
+  terminationGracePeriodSeconds: 3
+  containers:
+  - name: web
+    image: {BUSYBOX}
+    command: ["sh", "-c", "echo hi-$(POD_IP) > /tmp/i && exec httpd -f -p 8080 -h /tmp"]
+    env:
+    - name: POD_IP
+      valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a3_a_pod_bound_to_the_node_runs_reports_status_and_is_deleted_cleanly() {
+    let api = api_server(Path::new("/var/lib/rkubelet-test/agents/a3-api")).await;
+    let node_kc = api.node.to_str().unwrap().to_string();
+    let agent = tokio::task::block_in_place(|| Agent::with_options("a3", &[], &["--kubeconfig", &node_kc]));
+    let _cleanup = DeletePods(api.admin.clone());
+    let admin = api.admin.clone();
+    let manifest = agent.root.join("pod.yaml");
+    tokio::task::block_in_place(|| {
+        std::fs::write(&manifest, pod_yaml("web")).unwrap();
+        let (ok, out) = kubectl(&admin, &["create", "--validate=false", "-f", manifest.to_str().unwrap()]);
+        assert!(ok, "{out}");
+        let pod = wait_for(Duration::from_secs(60), "pod Running and Ready", &agent, || {
+            let p = kubectl_json(&admin, &["get", "pod", "web"])?;
+            let ready = p["status"]["conditions"].as_array()?.iter().any(|c| c["type"] == "Ready" && c["status"] == "True");
+            (p["status"]["phase"] == "Running" && ready).then_some(p)
+        });
+        let st = &pod["status"];
+        let ip = st["podIP"].as_str().unwrap().to_string();
+        assert!(ip.starts_with("10.244.77."), "{ip}");
+        assert_eq!(st["podIPs"][0]["ip"], ip.as_str());
+        assert!(st["hostIP"].is_string() && st["startTime"].is_string());
+        assert_eq!(st["qosClass"], "BestEffort");
+        let types: Vec<&str> = st["conditions"].as_array().unwrap().iter().filter_map(|c| c["type"].as_str()).collect();
+        for t in ["PodReadyToStartContainers", "Initialized", "ContainersReady", "Ready", "PodScheduled"] {
+            assert!(types.contains(&t), "{t} in {types:?}");
+        }
+        let cs = &st["containerStatuses"][0];
+        assert!(cs["containerID"].as_str().unwrap().starts_with("containerd://"));
+        assert_eq!((cs["ready"].as_bool(), cs["started"].as_bool(), cs["restartCount"].as_i64()), (Some(true), Some(true), Some(0)));
+        assert!(cs["state"]["running"]["startedAt"].is_string());
+        assert!(cs["imageID"].as_str().unwrap().contains("@sha256:"));
+        let mut body = None;
+        agent.wait_until(Duration::from_secs(15), "HTTP from the pod", || {
+            body = http_get(&ip, 8080, "/i");
+            body.is_some()
+        });
+        assert!(body.unwrap().contains(&format!("hi-{ip}")), "status.podIP reached the env");
+
+        let (ok, out) = kubectl(&admin, &["get", "pods", "-o", "wide"]);
+        assert!(ok && out.lines().any(|l| l.starts_with("web ") && l.contains("Running") && l.contains(&ip) && l.contains(NODE)), "{out}");
+        let (ok, out) = kubectl(&admin, &["get", "events", "-n", "default"]);
+        assert!(ok, "{out}");
+        for reason in ["Pulled", "Created", "Started"] {
+            assert!(out.contains(reason), "event {reason} in:\n{out}");
+        }
+
+        // Graceful delete: the agent stops it, cleans up and finishes the delete.
+        let uid = pod["metadata"]["uid"].as_str().unwrap().to_string();
+        let (ok, out) = kubectl(&admin, &["delete", "pod", "web", "--wait=false"]);
+        assert!(ok, "{out}");
+        wait_for(Duration::from_secs(30), "pod gone from the API", &agent, || kubectl_json(&admin, &["get", "pod", "web"]).is_none().then_some(()));
+        assert!(containerd_containers(&uid).is_empty(), "containers left");
+        assert!(!agent.state_dir().join("pods").join(&uid).exists(), "pod dir left");
+    });
+    let v = api.srv.violations();
+    assert!(v.is_empty(), "requests the real server would reject: {v:?}");
+    let reqs = api.srv.requests();
+    assert!(!reqs.iter().any(|r| r.verb == "get" && r.path.ends_with("/status")), "a node may not GET status subresources");
+}
+
+fn create(admin: &Path, dir: &Path, file: &str, yaml: &str) {
+    let f = dir.join(file);
+    std::fs::write(&f, yaml).unwrap();
+    let (ok, out) = kubectl(admin, &["create", "--validate=false", "-f", f.to_str().unwrap()]);
+    assert!(ok, "{out}");
+}
+
+fn pod_phase(admin: &Path, name: &str) -> Option<Value> {
+    kubectl_json(admin, &["get", "pod", name])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a5_an_api_outage_keeps_pods_running_and_status_and_lease_resume() {
+    let mut api = api_server(Path::new("/var/lib/rkubelet-test/agents/a5-api")).await;
+    let node_kc = api.node.to_str().unwrap().to_string();
+    let agent = tokio::task::block_in_place(|| Agent::with_options("a5", &[], &["--kubeconfig", &node_kc, "--node-lease-duration-seconds", "8"]));
+    let _cleanup = DeletePods(api.admin.clone());
+    let admin = api.admin.clone();
+    let before = tokio::task::block_in_place(|| {
+        create(&admin, &agent.root, "web.yaml", &pod_yaml("steady"));
+        wait_for(Duration::from_secs(60), "pod Running", &agent, || {
+            let p = pod_phase(&admin, "steady")?;
+            (p["status"]["phase"] == "Running" && p["status"]["containerStatuses"][0]["ready"] == true).then_some(p)
+        })
+    });
+    let cid = before["status"]["containerStatuses"][0]["containerID"].as_str().unwrap().to_string();
+    let ip = before["status"]["podIP"].as_str().unwrap().to_string();
+
+    api.srv.stop().await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(tokio::task::block_in_place(|| http_get(&ip, 8080, "/i")).is_some(), "the pod keeps serving during the outage");
+    api.srv.restart().await.expect("restart the API server");
+    let restarted_at = chrono::Utc::now();
+
+    tokio::task::block_in_place(|| {
+        // A pod created after the outage runs.
+        create(&admin, &agent.root, "late.yaml", &pod_yaml("late"));
+        wait_for(Duration::from_secs(90), "the late pod Running", &agent, || {
+            let p = pod_phase(&admin, "late")?;
+            (p["status"]["phase"] == "Running").then_some(())
+        });
+        // The lease is renewed again.
+        wait_for(Duration::from_secs(30), "lease renewed after the outage", &agent, || {
+            let l = kubectl_json(&admin, &["get", "lease", "-n", "kube-node-lease", NODE])?;
+            let t = chrono::DateTime::parse_from_rfc3339(l["spec"]["renewTime"].as_str()?).ok()?;
+            (t > restarted_at).then_some(())
+        });
+        // The first pod was never restarted.
+        let after = pod_phase(&admin, "steady").unwrap();
+        let cs = &after["status"]["containerStatuses"][0];
+        assert_eq!(cs["containerID"].as_str(), Some(cid.as_str()));
+        assert_eq!(cs["restartCount"], 0);
+        assert_eq!(after["status"]["phase"], "Running");
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a6_a_pod_that_does_not_fit_fails_with_out_of_memory_and_never_runs() {
+    let api = api_server(Path::new("/var/lib/rkubelet-test/agents/a6-api")).await;
+    let node_kc = api.node.to_str().unwrap().to_string();
+    let agent = tokio::task::block_in_place(|| Agent::with_options("a6", &[], &["--kubeconfig", &node_kc]));
+    let _cleanup = DeletePods(api.admin.clone());
+    let admin = api.admin.clone();
+    tokio::task::block_in_place(|| {
+        create(
+            &admin,
+            &agent.root,
+            "big.yaml",
+            &format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: big, namespace: default}}\nspec:\n  nodeName: {NODE}\n  containers:\n  - name: c\n    image: {BUSYBOX}\n    command: [sleep, \"3600\"]\n    resources: {{requests: {{memory: 100Ti}}}}\n"),
+        );
+        let p = wait_for(Duration::from_secs(30), "pod Failed", &agent, || {
+            let p = pod_phase(&admin, "big")?;
+            (p["status"]["phase"] == "Failed").then_some(p)
+        });
+        assert_eq!(p["status"]["reason"], "OutOfmemory");
+        let msg = p["status"]["message"].as_str().unwrap();
+        assert!(msg.starts_with("Pod was rejected: Node didn't have enough resource: memory, requested: 109951162777600, used: 0, capacity: "), "{msg}");
+        let uid = p["metadata"]["uid"].as_str().unwrap();
+        assert!(containerd_containers(uid).is_empty(), "no container ran");
+        let (_, ev) = kubectl(&admin, &["get", "events", "-n", "default"]);
+        assert!(ev.contains("OutOfmemory"), "{ev}");
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a7_events_for_start_crash_loop_and_image_errors_carry_upstream_reasons() {
+    let api = api_server(Path::new("/var/lib/rkubelet-test/agents/a7-api")).await;
+    let node_kc = api.node.to_str().unwrap().to_string();
+    let agent = tokio::task::block_in_place(|| Agent::with_options("a7", &[], &["--kubeconfig", &node_kc]));
+    let _cleanup = DeletePods(api.admin.clone());
+    let admin = api.admin.clone();
+    tokio::task::block_in_place(|| {
+        create(&admin, &agent.root, "crash.yaml", &format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: crash, namespace: default}}\nspec:\n  nodeName: {NODE}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: c, image: \"{BUSYBOX}\", command: [sh, -c, \"exit 1\"]}}\n"));
+        create(&admin, &agent.root, "noimg.yaml", &format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: noimg, namespace: default}}\nspec:\n  nodeName: {NODE}\n  containers:\n  - {{name: c, image: \"127.0.0.1:5000/test/nope:1\"}}\n"));
+        let events = || -> Vec<Value> { kubectl_json(&admin, &["get", "events", "-n", "default"]).and_then(|v| v["items"].as_array().cloned()).unwrap_or_default() };
+        let has = |evs: &[Value], pod: &str, reason: &str, msg_prefix: &str| {
+            evs.iter().any(|e| e["involvedObject"]["name"] == pod && e["reason"] == reason && e["message"].as_str().map(|m| m.starts_with(msg_prefix)).unwrap_or(false))
+        };
+        let evs = wait_for(Duration::from_secs(90), "crash-loop and image-error events", &agent, || {
+            let evs = events();
+            (has(&evs, "crash", "BackOff", "Back-off restarting failed container c in pod crash_default(") && has(&evs, "noimg", "BackOff", "Back-off pulling image")).then_some(evs)
+        });
+        for (pod, reason, msg) in [
+            ("crash", "Pulled", "Container image \"localhost/test/busybox:1.0\" already present on machine"),
+            ("crash", "Created", "Container created"),
+            ("crash", "Started", "Container started"),
+            ("noimg", "Pulling", "Pulling image \"127.0.0.1:5000/test/nope:1\""),
+            ("noimg", "Failed", "Failed to pull image \"127.0.0.1:5000/test/nope:1\": "),
+            ("noimg", "Failed", "Error: ErrImagePull"),
+            ("noimg", "Failed", "Error: ImagePullBackOff"),
+        ] {
+            assert!(has(&evs, pod, reason, msg), "{pod} {reason} {msg:?} in {:#?}", evs.iter().map(|e| (e["involvedObject"]["name"].clone(), e["reason"].clone(), e["message"].clone())).collect::<Vec<_>>());
+        }
+        let started = evs.iter().find(|e| e["reason"] == "Started" && e["involvedObject"]["name"] == "crash").unwrap();
+        assert_eq!(started["source"]["component"], "kubelet");
+        assert_eq!(started["source"]["host"], NODE);
+        assert_eq!(started["involvedObject"]["fieldPath"], "spec.containers{c}");
+        assert!(started["count"].as_i64().unwrap() >= 2, "repeats are aggregated into count");
+        let p = pod_phase(&admin, "crash").unwrap();
+        assert!(p["status"]["containerStatuses"][0]["restartCount"].as_i64().unwrap() >= 1);
+    });
+}
