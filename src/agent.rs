@@ -275,7 +275,7 @@ fn start_api(
     )));
     tasks.push(tokio::spawn(crate::api::lease::run(client.clone(), cfg.node_name.clone(), cfg.node_lease_duration_seconds, uid_rx, cancel.clone())));
     tasks.push(tokio::spawn(crate::api::pods::run(client.clone(), cfg.node_name.clone(), pods_tx, cancel.clone())));
-    tasks.push(tokio::spawn(ctx.status.clone().run(cancel.clone())));
+    tasks.push(tokio::spawn(ctx.status.clone().run(cfg.node_name.clone(), cancel.clone())));
     tasks
 }
 

@@ -314,3 +314,33 @@ async fn a7_events_for_start_crash_loop_and_image_errors_carry_upstream_reasons(
         assert!(p["status"]["containerStatuses"][0]["restartCount"].as_i64().unwrap() >= 1);
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a9_static_pods_get_mirror_pods_with_status() {
+    let api = api_server(Path::new("/var/lib/rkubelet-test/agents/a9-api")).await;
+    let node_kc = api.node.to_str().unwrap().to_string();
+    let agent = tokio::task::block_in_place(|| Agent::with_options("a9", &[], &["--kubeconfig", &node_kc]));
+    let admin = api.admin.clone();
+    tokio::task::block_in_place(|| {
+        agent.write_manifest(
+            "static.yaml",
+            &format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: static-web}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: c, image: \"{BUSYBOX}\", command: [sleep, \"3600\"]}}\n"),
+        );
+        let name = format!("static-web-{NODE}");
+        let m = wait_for(Duration::from_secs(60), "mirror pod Running", &agent, || {
+            let p = kubectl_json(&admin, &["get", "pod", &name])?;
+            (p["status"]["phase"] == "Running").then_some(p)
+        });
+        let ann = &m["metadata"]["annotations"];
+        assert_eq!(ann["kubernetes.io/config.source"], "file");
+        assert_eq!(ann["kubernetes.io/config.mirror"], ann["kubernetes.io/config.hash"]);
+        assert_eq!(m["metadata"]["ownerReferences"][0]["kind"], "Node");
+        assert_eq!(m["spec"]["nodeName"], NODE);
+        assert!(m["status"]["containerStatuses"][0]["ready"] == true);
+        // The mirror is not run as a second pod.
+        assert_eq!(agent.pods().len(), 1);
+        agent.remove_manifest("static.yaml");
+        wait_for(Duration::from_secs(30), "mirror pod deleted", &agent, || kubectl_json(&admin, &["get", "pod", &name]).is_none().then_some(()));
+    });
+    assert!(api.srv.violations().is_empty(), "{:?}", api.srv.violations());
+}

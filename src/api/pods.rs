@@ -37,6 +37,9 @@ pub async fn run(client: kube::Client, node: String, tx: watch::Sender<PodSet>, 
                 initial = Some(BTreeMap::new());
                 false
             }
+            // Mirror pods are the API copies of this node's static pods: never run them.
+            Ok(watcher::Event::InitApply(p)) if super::status::is_mirror_pod(&p) => false,
+            Ok(watcher::Event::Apply(p)) if super::status::is_mirror_pod(&p) => false,
             Ok(watcher::Event::InitApply(p)) => {
                 if let (Some(init), Some(uid)) = (initial.as_mut(), p.metadata.uid.clone()) {
                     init.insert(uid, p);

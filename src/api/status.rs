@@ -26,6 +26,42 @@ struct Pending {
 struct Inner {
     pending: HashMap<String, Pending>,
     sent: HashMap<String, PodStatus>,
+    /// Static pod UID → its mirror pod (namespace, name, mirror UID).
+    mirrors: HashMap<String, (String, String, String)>,
+    /// Static pods whose mirror still has to be created, with their spec.
+    static_pods: HashMap<String, Pod>,
+}
+
+/// The annotation that marks a mirror pod, holding the static pod's config hash.
+pub const CONFIG_MIRROR: &str = "kubernetes.io/config.mirror";
+
+/// True for mirror pods (the API copy of a static pod): never run from the API.
+pub fn is_mirror_pod(pod: &Pod) -> bool {
+    pod.metadata.annotations.as_ref().map(|a| a.contains_key(CONFIG_MIRROR)).unwrap_or(false)
+}
+
+/// The mirror pod upstream creates for a static pod: same spec, the config
+/// annotations plus `kubernetes.io/config.mirror`, owned by the Node.
+pub fn mirror_pod(pod: &Pod, node: &str, node_uid: &str) -> Pod {
+    let mut m = Pod { metadata: pod.metadata.clone(), spec: pod.spec.clone(), status: None };
+    m.metadata.uid = None;
+    m.metadata.resource_version = None;
+    let hash = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(crate::pod::manifest::CONFIG_HASH).cloned())
+        .unwrap_or_else(|| pod.metadata.uid.clone().unwrap_or_default());
+    m.metadata.annotations.get_or_insert_with(Default::default).insert(CONFIG_MIRROR.into(), hash);
+    m.metadata.owner_references = Some(vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+        api_version: "v1".into(),
+        kind: "Node".into(),
+        name: node.into(),
+        uid: node_uid.into(),
+        controller: Some(true),
+        ..Default::default()
+    }]);
+    m
 }
 
 /// Cheap to clone; `set` never blocks.
@@ -60,13 +96,17 @@ impl StatusManager {
         Self { client, ..Default::default() }
     }
 
-    /// Queues `status` for `pod` if it is an API pod and differs from the last sent.
+    /// Queues `status` for `pod` if it differs from the last sent. Static pods report
+    /// through their mirror pod, which is created first.
     pub fn set(&self, pod: &Pod, status: &PodStatus) {
-        if self.client.is_none() || !is_api_pod(pod) {
+        if self.client.is_none() {
             return;
         }
         let Some(uid) = pod.metadata.uid.clone() else { return };
         let Ok(mut g) = self.inner.lock() else { return };
+        if !is_api_pod(pod) && !g.mirrors.contains_key(&uid) {
+            g.static_pods.insert(uid.clone(), pod.clone());
+        }
         if g.sent.get(&uid) == Some(status) {
             g.pending.remove(&uid);
             return;
@@ -117,16 +157,53 @@ impl StatusManager {
         }
     }
 
-    /// Forgets a pod (removed from every source).
+    /// Forgets a pod (removed from every source); a static pod's mirror is deleted.
     pub fn forget(&self, uid: &str) {
-        if let Ok(mut g) = self.inner.lock() {
-            g.pending.remove(uid);
-            g.sent.remove(uid);
+        let mirror = match self.inner.lock() {
+            Ok(mut g) => {
+                g.pending.remove(uid);
+                g.sent.remove(uid);
+                g.static_pods.remove(uid);
+                g.mirrors.remove(uid)
+            }
+            Err(_) => None,
+        };
+        if let (Some((ns, name, muid)), Some(client)) = (mirror, self.client.clone()) {
+            tokio::spawn(async move {
+                let api: Api<Pod> = Api::namespaced(client, &ns);
+                let dp = DeleteParams { grace_period_seconds: Some(0), preconditions: Some(Preconditions { uid: Some(muid), resource_version: None }), ..Default::default() };
+                match api.delete(&name, &dp).await {
+                    Ok(_) => info!(pod = %format!("{ns}/{name}"), "mirror pod deleted"),
+                    Err(e) => debug!(pod = %format!("{ns}/{name}"), error = %e, "mirror pod delete failed"),
+                }
+            });
         }
     }
 
-    /// Sends queued statuses until `cancel`.
-    pub async fn run(self, cancel: CancellationToken) {
+    /// Creates (or adopts) the mirror pod of a static pod; returns (ns, name, mirror UID).
+    async fn ensure_mirror(client: &kube::Client, node: &str, pod: &Pod) -> Result<(String, String, String), kube::Error> {
+        let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let hash = pod.metadata.annotations.as_ref().and_then(|a| a.get(crate::pod::manifest::CONFIG_HASH).cloned());
+        if let Some(existing) = api.get_opt(&name).await? {
+            let same = existing.metadata.annotations.as_ref().and_then(|a| a.get(CONFIG_MIRROR).cloned()) == hash;
+            if same {
+                return Ok((ns, name, existing.metadata.uid.unwrap_or_default()));
+            }
+            // An outdated mirror (or a regular pod of that name): replace it, like upstream.
+            let dp = DeleteParams { grace_period_seconds: Some(0), ..Default::default() };
+            let _ = api.delete(&name, &dp).await;
+        }
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+        let node_uid = nodes.get(node).await?.metadata.uid.unwrap_or_default();
+        let created = api.create(&kube::api::PostParams::default(), &mirror_pod(pod, node, &node_uid)).await?;
+        info!(pod = %format!("{ns}/{name}"), "mirror pod created");
+        Ok((ns, name, created.metadata.uid.unwrap_or_default()))
+    }
+
+    /// Sends queued statuses until `cancel`. `node` is this node's name (mirror pods).
+    pub async fn run(self, node: String, cancel: CancellationToken) {
         let Some(client) = self.client.clone() else { return };
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -144,8 +221,32 @@ impl StatusManager {
                 }
                 let mut failed = false;
                 for p in batch {
+                    // Static pods report on their mirror pod.
+                    let statik = self.inner.lock().ok().and_then(|g| g.static_pods.get(&p.uid).cloned());
+                    let mut target_uid = p.uid.clone();
+                    if let Some(sp) = statik {
+                        match Self::ensure_mirror(&client, &node, &sp).await {
+                            Ok(m) => {
+                                if let Ok(mut g) = self.inner.lock() {
+                                    g.static_pods.remove(&p.uid);
+                                    g.mirrors.insert(p.uid.clone(), m);
+                                }
+                            }
+                            Err(e) => {
+                                warn!(pod = %format!("{}/{}", p.namespace, p.name), error = %e, "cannot create the mirror pod; will retry");
+                                failed = true;
+                                if let Ok(mut g) = self.inner.lock() {
+                                    g.pending.entry(p.uid.clone()).or_insert(p);
+                                }
+                                continue;
+                            }
+                        }
+                    }
+                    if let Some((_, _, muid)) = self.inner.lock().ok().and_then(|g| g.mirrors.get(&p.uid).cloned()) {
+                        target_uid = muid;
+                    }
                     let api: Api<Pod> = Api::namespaced(client.clone(), &p.namespace);
-                    let patch = status_patch(&p.uid, &p.status);
+                    let patch = status_patch(&target_uid, &p.status);
                     match api.patch_status(&p.name, &PatchParams::default(), &Patch::Strategic(&patch)).await {
                         Ok(_) => {
                             debug!(pod = %format!("{}/{}", p.namespace, p.name), phase = p.status.phase.as_deref().unwrap_or(""), "pod status patched");
@@ -199,6 +300,20 @@ mod tests {
         let conds = p["status"]["conditions"].as_array().unwrap();
         assert_eq!(conds.len(), 2);
         assert_eq!(p["status"]["$setElementOrder/conditions"][1]["type"], "PodScheduled");
+    }
+
+    #[test]
+    fn mirror_pods_carry_the_config_hash_and_a_node_owner() {
+        let mut p = Pod::default();
+        p.metadata.name = Some("web-n1".into());
+        p.metadata.uid = Some("abc".into());
+        p.metadata.annotations = Some([(crate::pod::manifest::CONFIG_HASH.to_string(), "abc".to_string())].into());
+        let m = mirror_pod(&p, "n1", "node-uid");
+        assert!(is_mirror_pod(&m));
+        assert_eq!(m.metadata.annotations.as_ref().unwrap()[CONFIG_MIRROR], "abc");
+        assert!(m.metadata.uid.is_none());
+        let o = &m.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!((o.kind.as_str(), o.name.as_str(), o.uid.as_str(), o.controller), ("Node", "n1", "node-uid", Some(true)));
     }
 
     #[test]
