@@ -202,10 +202,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
             }
         }
     }
+    cancel.cancel();
     for t in api_tasks {
         let _ = t.await;
     }
-    cancel.cancel();
     manager.drain().await;
     let _ = ev_task.await;
     if let Some(t) = src_task {
