@@ -109,6 +109,8 @@ async fn a1_node_registers_turns_ready_with_cni_and_renews_its_lease() {
         assert_eq!(l["spec"]["holderIdentity"], NODE);
         assert_eq!(l["metadata"]["ownerReferences"][0]["kind"], "Node");
     });
+    let mut agent = agent;
+    assert!(tokio::task::block_in_place(|| agent.terminate(Duration::from_secs(10))), "SIGTERM ends the agent in API mode");
     assert!(api.srv.violations().is_empty(), "requests the real server would reject: {:?}", api.srv.violations());
 }
 
@@ -183,6 +185,8 @@ async fn a3_a_pod_bound_to_the_node_runs_reports_status_and_is_deleted_cleanly()
         let (ok, out) = kubectl(&admin, &["delete", "pod", "web", "--wait=false"]);
         assert!(ok, "{out}");
         wait_for(Duration::from_secs(30), "pod gone from the API", &agent, || kubectl_json(&admin, &["get", "pod", "web"]).is_none().then_some(()));
+        let patches = api.srv.requests().into_iter().filter(|r| r.verb == "patch" && r.subresource == "status" && r.name == "web").count();
+        assert!(patches >= 2, "a final status (containers stopped) went out before the delete: {patches} status patches");
         assert!(containerd_containers(&uid).is_empty(), "containers left");
         assert!(!agent.state_dir().join("pods").join(&uid).exists(), "pod dir left");
     });

@@ -137,6 +137,15 @@ impl StatusManager {
             pod.metadata.uid.clone().unwrap_or_default(),
         );
         let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        // The terminal status (containers terminated, not Ready) goes out before the
+        // delete, as upstream's status manager does.
+        let last = self.inner.lock().ok().and_then(|mut g| g.pending.remove(&uid));
+        if let Some(p) = last {
+            match api.patch_status(&name, &PatchParams::default(), &Patch::Strategic(&status_patch(&uid, &p.status))).await {
+                Ok(_) => debug!(pod = %format!("{ns}/{name}"), "final pod status patched"),
+                Err(e) => debug!(pod = %format!("{ns}/{name}"), error = %e, "final pod status not patched"),
+            }
+        }
         let dp = DeleteParams { grace_period_seconds: Some(0), preconditions: Some(Preconditions { uid: Some(uid.clone()), resource_version: None }), ..Default::default() };
         for attempt in 0..5u32 {
             match api.delete(&name, &dp).await {

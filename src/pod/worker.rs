@@ -850,6 +850,13 @@ impl Worker {
             match self.ctx.containers.list(Some(&self.uid)).await {
                 Ok(records) => {
                     self.kill_pod_containers(&pod_for_events, &records, Duration::from_secs(grace.max(1))).await;
+                    if grace_override.is_some() && attempt == 0 {
+                        // Deleted through the API: report the stopped containers first.
+                        if let (Some(p), Ok((sb, _, inst))) = (pod.clone(), self.observe().await) {
+                            let sb = sb.map(|s| SandboxState { ready: false, ..s });
+                            let _ = self.write_status(&p, sb.as_ref(), &inst);
+                        }
+                    }
                     let mut ok = true;
                     for r in records.iter().filter(|r| r.label(labels::KIND) == Some(KIND_SANDBOX)) {
                         self.stop_sandbox(&records, &r.id).await;

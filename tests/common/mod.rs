@@ -136,6 +136,22 @@ impl Agent {
         }
     }
 
+    /// SIGTERM; true when the agent exited by itself within `within`.
+    pub fn terminate(&mut self, within: Duration) -> bool {
+        let Some(mut c) = self.child.take() else { return true };
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        false
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child.as_mut().map(|c| c.try_wait().ok().flatten().is_none()).unwrap_or(false)
     }
