@@ -12,8 +12,15 @@
 #      pod, 1 rkubelet pod (interleaved; medians are reported)
 #   5. RK_BENCH_PODS floor pods at once, then RK_BENCH_PODS rkubelet pods at
 #      once; RSS, peak RSS and CPU with those pods; timed teardown; leak check
-#   6. a table on stdout, the figures as JSON in $RK_BENCH_DIR/results/
-#   7. everything created is removed again (also on failure or Ctrl-C)
+#   6. the API phase (scripts/bench/api.sh; RK_BENCH_API=0 skips it): the test
+#      API server (tests/apiserver, rk-apiserver) on a free port, rkubelet
+#      joined to it as node bench-api (--kubeconfig), pods created with kubectl
+#      and their Ready condition seen through a watch: 1 pod (median of
+#      RK_BENCH_RUNS), RK_BENCH_PODS pods at once (p50, last), deleting them,
+#      RSS and CPU with them, and the node's API requests per pod from the
+#      server's request log
+#   7. a table on stdout, the figures as JSON in $RK_BENCH_DIR/results/
+#   8. everything created is removed again (also on failure or Ctrl-C)
 #
 # A pod counts as started when its status.json (the agent) shows phase Running
 # and every container running, polled every 20 ms (1 pod) or 50 ms (N pods),
@@ -29,6 +36,9 @@
 # Environment:
 #   RK_SKIP_SETUP=1       skip scripts/setup.sh
 #   RKUBELET_BIN          binary to measure (skips the build)
+#   RK_APISERVER_BIN      rk-apiserver binary (skips its build)
+#   KUBECTL               kubectl (default: kubectl on PATH)
+#   RK_BENCH_API          0 skips the API phase (default 1)
 #   CARGO_TARGET_DIR      default /var/cache/rkubelet-target
 #   RK_BENCH_DIR          state and results (default /var/lib/rkubelet-bench)
 #   RK_BENCH_NAMESPACE    containerd namespace (default rkubelet-bench)
@@ -53,11 +63,14 @@ NS="${RK_BENCH_NAMESPACE:-rkubelet-bench}"
 RUNS="${RK_BENCH_RUNS:-3}"
 PODS="${RK_BENCH_PODS:-30}"
 IDLE_SECS="${RK_BENCH_IDLE_SECS:-10}"
+API_PHASE="${RK_BENCH_API:-1}"
+KUBECTL="${KUBECTL:-kubectl}"
 # in_range VALUE MIN MAX: VALUE is an integer within MIN..MAX.
 in_range() { [[ "$1" =~ ^[0-9]+$ ]] && [ "$1" -ge "$2" ] && [ "$1" -le "$3" ]; }
 in_range "$RUNS" 1 20 || die "RK_BENCH_RUNS must be 1..20"
 in_range "$PODS" 1 100 || die "RK_BENCH_PODS must be 1..100"
 in_range "$IDLE_SECS" 2 120 || die "RK_BENCH_IDLE_SECS must be 2..120"
+[ "$API_PHASE" = 0 ] || [ "$API_PHASE" = 1 ] || die "RK_BENCH_API must be 0 or 1"
 if ! [[ "$NS" =~ ^[a-z0-9][a-z0-9.-]*$ ]] || [ "$NS" = "$RK_CTR_NAMESPACE" ] || [ "$NS" = default ]; then
     die "RK_BENCH_NAMESPACE must be a private namespace (not $RK_CTR_NAMESPACE or default)"
 fi
@@ -96,6 +109,8 @@ MANY_PODS_TIMEOUT=240
 TEARDOWN_TIMEOUT=240
 
 AGENT_PID=""
+AGENT_STOP="not running"
+CUR_AGENT_LOG=""
 WATCHDOG_PID=""
 FLOOR_JOBS=()
 CLK_TCK="$(getconf CLK_TCK)"
@@ -153,6 +168,9 @@ proc_ticks() {
 
 ticks_to_ms() { awk -v t="$1" -v hz="$CLK_TCK" 'BEGIN { printf "%.0f", t * 1000 / hz }'; }
 
+# shellcheck source=scripts/bench/api.sh
+. "$RK_REPO_ROOT/scripts/bench/api.sh"
+
 # kill_jobs PID...: our background jobs and their direct children (the ctr,
 # ip or CNI plugin each is running), by PID.
 kill_jobs() {
@@ -166,17 +184,19 @@ kill_jobs() {
 
 # --- cleanup --------------------------------------------------------------------
 
-# stop_agent: remove the manifests, wait (bounded) until the agent has removed
-# every pod, then SIGTERM (SIGKILL after 15 s). Only the PID this script
-# started (or a stale one from an earlier run, checked by its command line).
+# stop_agent: remove the manifests, wait (bounded: STOP_AGENT_WAIT, default
+# TEARDOWN_TIMEOUT seconds) until the agent has removed every pod, then
+# SIGTERM (SIGKILL after 15 s). Only the PID this script started (or a stale
+# one from an earlier run, checked by its command line).
 stop_agent() {
     [ -n "$AGENT_PID" ] || return 0
+    local wait_s="${STOP_AGENT_WAIT:-$TEARDOWN_TIMEOUT}"
     if alive "$AGENT_PID"; then
         rm -f "$MANIFEST_DIR"/*
         local left=("$ROOT_DIR/pods"/*) i
         if [ "${#left[@]}" -gt 0 ]; then
-            log "waiting up to ${TEARDOWN_TIMEOUT}s for rkubelet to remove ${#left[@]} pod(s)"
-            for ((i = 0; i < TEARDOWN_TIMEOUT * 5; i++)); do
+            log "waiting up to ${wait_s}s for rkubelet to remove ${#left[@]} pod(s)"
+            for ((i = 0; i < wait_s * 5; i++)); do
                 left=("$ROOT_DIR/pods"/*)
                 [ "${#left[@]}" -eq 0 ] && break
                 alive "$AGENT_PID" || break
@@ -189,9 +209,11 @@ stop_agent() {
             alive "$AGENT_PID" || break
             nap 0.2
         done
+        AGENT_STOP="exited on SIGTERM within $(((i + 1) * 200)) ms"
         if alive "$AGENT_PID"; then
             warn "rkubelet (pid $AGENT_PID) ignored SIGTERM for 15 s; sending SIGKILL"
             kill -KILL "$AGENT_PID" 2>/dev/null || true
+            AGENT_STOP="SIGKILL (still running 15 s after SIGTERM)"
         fi
     fi
     wait "$AGENT_PID" 2>/dev/null || true
@@ -241,6 +263,9 @@ clean_pod_cgroups() {
 
 clean_resources() {
     local ids i
+    # The API phase first: its pods go through the API, then the agent, the
+    # watch and the server stop.
+    if [ -n "$APISERVER_PID" ] || [ -n "$API_WATCH_PID" ]; then api_cleanup; fi
     stop_agent
     mapfile -t ids < <(floor_leftover_ids)
     if [ "${#ids[@]}" -gt 0 ]; then
@@ -266,7 +291,7 @@ clean_resources() {
         fi
     fi
     rm -rf "$ROOT_DIR" "$MANIFEST_DIR" "$STAGING_DIR" "$POD_LOGS_DIR" "$CNI_CONF_DIR" "$IPAM_DIR" \
-        "$FLOOR_DIR" "$IMAGES_TAR"
+        "$FLOOR_DIR" "$IMAGES_TAR" "$API_STATE" "$API_WORK" "$API_KUBE_CACHE" "$API_FIFO"
 }
 
 on_exit() {
@@ -281,13 +306,18 @@ on_exit() {
         kill_jobs "${FLOOR_JOBS[@]}"
         for p in "${FLOOR_JOBS[@]}"; do wait "$p" 2>/dev/null; done
     fi
-    if [ "$rc" -ne 0 ] && [ -s "$AGENT_LOG" ]; then
-        warn "last lines of $AGENT_LOG:"
-        tail -n 25 "$AGENT_LOG" >&2
+    local agent_log="${CUR_AGENT_LOG:-$AGENT_LOG}"
+    if [ "$rc" -ne 0 ] && [ -s "$agent_log" ]; then
+        warn "last lines of $agent_log:"
+        tail -n 25 "$agent_log" >&2
     fi
     log "cleaning up"
     clean_resources
-    log "cleanup done (kept: $AGENT_LOG, $RESULTS_DIR)"
+    if [ "$API_PHASE" = 1 ]; then
+        log "cleanup done (kept: $AGENT_LOG, $API_AGENT_LOG, $API_LOG, $API_DIR/requests.json, $RESULTS_DIR)"
+    else
+        log "cleanup done (kept: $AGENT_LOG, $RESULTS_DIR)"
+    fi
     exit "$rc"
 }
 
@@ -306,12 +336,29 @@ fi
 ctr_ok || die "containerd does not answer 'ctr version'"
 
 resolve_rkubelet_bin "build"
+if [ "$API_PHASE" = 1 ]; then
+    have "$KUBECTL" || die "kubectl not found (KUBECTL=$KUBECTL; RK_BENCH_API=0 skips the API phase)"
+    if [ -n "${RK_APISERVER_BIN:-}" ]; then
+        APISERVER_BIN="$RK_APISERVER_BIN"
+        log "build: using RK_APISERVER_BIN=$APISERVER_BIN (no build)"
+    else
+        log "build: cargo build --release -p rkubelet-test-apiserver"
+        (cd "$RK_REPO_ROOT" && cargo build --release -p rkubelet-test-apiserver)
+        APISERVER_BIN="$CARGO_TARGET_DIR/release/rk-apiserver"
+    fi
+    [ -x "$APISERVER_BIN" ] || die "rk-apiserver binary not found or not executable: $APISERVER_BIN"
+fi
 
 # A stale agent of an earlier, killed run (same root dir): stop it first.
 if pid_alive "$AGENT_PIDFILE" rkubelet &&
     tr '\0' ' ' <"/proc/$(cat "$AGENT_PIDFILE")/cmdline" | grep -qF -- "$ROOT_DIR"; then
     AGENT_PID="$(cat "$AGENT_PIDFILE")"
     warn "an rkubelet of an earlier benchmark run is still running (pid $AGENT_PID); stopping it"
+fi
+if pid_alive "$API_PIDFILE" rk-apiserver &&
+    tr '\0' ' ' <"/proc/$(cat "$API_PIDFILE")/cmdline" | grep -qF -- "$API_STATE"; then
+    APISERVER_PID="$(cat "$API_PIDFILE")"
+    warn "an rk-apiserver of an earlier benchmark run is still running (pid $APISERVER_PID); stopping it"
 fi
 trap on_exit EXIT
 trap 'exit 130' INT
@@ -579,6 +626,12 @@ log "$PODS rkubelet pods removed in $(us_to_s "$AGENT_TEARDOWN") s (leftovers: $
 stop_agent
 AGENT_ERRORS="$(grep -c -E ' (ERROR|WARN) ' "$AGENT_LOG" || true)"
 
+API_JSON=null
+if [ "$API_PHASE" = 1 ]; then
+    api_phase
+    LOAD_END="$(cut -d' ' -f1-3 /proc/loadavg)"
+fi
+
 # --- report ----------------------------------------------------------------------
 
 FLOOR_ONE_MED="$(median "${FLOOR_ONE[@]}")"
@@ -627,6 +680,7 @@ RESULT_FILE="$RESULTS_DIR/bench-$STAMP_UTC.json"
     echo "  $PODS rkubelet pods removed in $(us_to_s "$AGENT_TEARDOWN") s; leftovers after teardown:" \
         "rkubelet 1-pod runs: $LEAKS_ONE, floor: $LEAKS_FLOOR, rkubelet $PODS pods: $LEAKS_AGENT"
     echo "  rkubelet log: $AGENT_LOG ($AGENT_ERRORS WARN/ERROR lines)"
+    if [ "$API_PHASE" = 1 ]; then api_report; fi
 }
 
 jq -n \
@@ -645,7 +699,7 @@ jq -n \
     --argjson cpu_idle_sched "$CPU_IDLE_SCHED" --argjson cpu_many_sched "$CPU_MANY_SCHED" \
     --argjson start_self "$START_SELF_MS" --argjson start_child "$START_CHILD_MS" \
     --arg leaks_one "$LEAKS_ONE" --arg leaks_floor "$LEAKS_FLOOR" --arg leaks_agent "$LEAKS_AGENT" \
-    --argjson log_warnings "$AGENT_ERRORS" \
+    --argjson log_warnings "$AGENT_ERRORS" --argjson api "$API_JSON" \
     'def r3: . * 1000 | round / 1000; def mib: . / 1024 * 10 | round / 10;
     {
       time: $time,
@@ -669,7 +723,8 @@ jq -n \
       agent_log_warn_error_lines: $log_warnings,
       reference_kubelet: {rss_idle_mib: [85, 90], rss_30_pods_mib: [97, 100], cpu_idle_ms_per_s: [14, 19]},
       targets: {ratio_one_pod_max: 1.25, ratio_30_pods_max: 1.0, rss_idle_mib_max: 20, rss_30_pods_mib_max: 30,
-                cpu_idle_ms_per_s_max: 5}
+                cpu_idle_ms_per_s_max: 5},
+      api: $api
     }' >"$RESULT_FILE"
 ln -sfn "$(basename "$RESULT_FILE")" "$RESULTS_DIR/latest.json"
 echo "figures written to $RESULT_FILE"

@@ -54,7 +54,10 @@ if [ "${RK_SKIP_BENCH:-0}" = 1 ] || [ "$full_suite" = 0 ]; then
     log "step 3/3: scripts/bench.sh skipped"
 else
     log "step 3/3: scripts/bench.sh (pod start vs the no-agent floor, RSS, CPU)"
-    RK_SKIP_SETUP=1 bash "$RK_REPO_ROOT/scripts/bench.sh" || die "benchmark failed"
+    # The test API server built by step 2 (debug) serves the API phase; building a
+    # release copy would cost CI minutes for a test double.
+    RK_SKIP_SETUP=1 RK_APISERVER_BIN="${RK_APISERVER_BIN:-$CARGO_TARGET_DIR/debug/rk-apiserver}" \
+        bash "$RK_REPO_ROOT/scripts/bench.sh" || die "benchmark failed"
 fi
 log "all tests passed"
 echo "$passed passed, $failed failed"

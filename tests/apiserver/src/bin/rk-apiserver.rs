@@ -1,15 +1,36 @@
-//! `rk-apiserver --port N --state-dir D [--cert-ttl SECONDS]`: run the test API server
-//! until SIGINT/SIGTERM, writing `<D>/admin.conf` (an admin kubeconfig for kubectl) and
-//! keeping the CA and the objects in D across runs.
+//! `rk-apiserver --port N --state-dir D [--cert-ttl SECONDS] [--node-kubeconfig NAME:PATH]...`:
+//! run the test API server until SIGINT/SIGTERM, writing `<D>/admin.conf` (an admin
+//! kubeconfig for kubectl) and keeping the CA and the objects in D across runs.
+//! `--node-kubeconfig` also writes a kubeconfig for `system:node:NAME` (group
+//! `system:nodes`) to PATH. On SIGUSR1 and at exit the request log so far is written to
+//! `<D>/requests.json` and the violations to `<D>/violations.json` (JSON arrays).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use rkubelet_test_apiserver::{Options, TestApiServer, User};
 
+/// Writes `<dir>/requests.json` and `<dir>/violations.json` (each via a temp file + rename).
+fn dump_log(srv: &TestApiServer, dir: &std::path::Path) {
+    let files = [
+        ("requests.json", serde_json::to_vec(&srv.requests())),
+        ("violations.json", serde_json::to_vec(&srv.violations())),
+    ];
+    for (name, body) in files {
+        let tmp = dir.join(format!("{name}.tmp"));
+        let res = body
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|()| std::fs::rename(&tmp, dir.join(name)));
+        if let Err(e) = res {
+            eprintln!("rk-apiserver: writing {}: {e}", dir.join(name).display());
+        }
+    }
+}
+
 fn usage() -> ! {
     eprintln!(
-        "usage: rk-apiserver [--port N] [--state-dir DIR] [--cert-ttl SECONDS] [--no-auto-approve]"
+        "usage: rk-apiserver [--port N] [--state-dir DIR] [--cert-ttl SECONDS] [--no-auto-approve] [--node-kubeconfig NAME:PATH]..."
     );
     std::process::exit(2)
 }
@@ -23,6 +44,7 @@ async fn main() {
         .with_writer(std::io::stderr)
         .init();
     let mut opts = Options::default();
+    let mut node_kubeconfigs: Vec<(String, PathBuf)> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -43,6 +65,15 @@ async fn main() {
                 )
             }
             "--no-auto-approve" => opts.auto_approve_csrs = false,
+            "--node-kubeconfig" => {
+                let v = args.next().unwrap_or_else(|| usage());
+                match v.split_once(':') {
+                    Some((n, p)) if !n.is_empty() && !p.is_empty() => {
+                        node_kubeconfigs.push((n.to_string(), PathBuf::from(p)))
+                    }
+                    _ => usage(),
+                }
+            }
             "-h" | "--help" => usage(),
             _ => usage(),
         }
@@ -68,6 +99,12 @@ async fn main() {
         eprintln!("rk-apiserver: writing {}: {e}", kc.display());
         std::process::exit(1);
     }
+    for (name, path) in &node_kubeconfigs {
+        if let Err(e) = srv.write_kubeconfig(path, &User::Node(name.clone())) {
+            eprintln!("rk-apiserver: writing {}: {e}", path.display());
+            std::process::exit(1);
+        }
+    }
     std::fs::write(dir.join("ca.crt"), srv.ca_pem()).ok();
     println!(
         "rk-apiserver: serving {} (admin kubeconfig: {})",
@@ -76,9 +113,15 @@ async fn main() {
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+        .expect("SIGUSR1 handler");
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = usr1.recv() => dump_log(&srv, &dir),
+        }
     }
     srv.stop().await;
+    dump_log(&srv, &dir);
 }
