@@ -96,9 +96,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         Ok(()) => info!(conf_dir = %cfg.cni_conf_dir.display(), "CNI network ready"),
         Err(e) => warn!(error = %e, "container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady"),
     }
-    // The API server, when a kubeconfig is given.
+    // The API server, when a kubeconfig is given (after the TLS bootstrap, if needed).
     let client = match &cfg.kubeconfig {
-        Some(path) => Some(crate::api::client_from_kubeconfig(path).await?),
+        Some(_) => tokio::select! {
+            c = crate::api::bootstrap::client(&cfg, &cancel) => Some(c?),
+            _ = &mut shutdown => return Ok(()),
+        },
         None => None,
     };
     let runtime_version = crate::runtime::version(&channel).await.unwrap_or_default();
@@ -228,17 +231,17 @@ fn start_api(
     cancel: &CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     use crate::api::node::{MachineInfo, NodeOptions, Readiness};
+    let machine = MachineInfo::read(&cfg.root_dir, runtime_version);
     let opts = NodeOptions {
         name: cfg.node_name.clone(),
         node_ip: cfg.node_ip.clone(),
         labels: cfg.node_labels.clone(),
         taints: cfg.taints.clone(),
         max_pods: cfg.max_pods,
-        eviction_memory_bytes: 100 << 20,
-        eviction_nodefs_fraction: 0.10,
-        kubelet_port: 10250,
+        eviction_memory_bytes: cfg.eviction_memory_bytes(machine.memory_bytes),
+        eviction_nodefs_fraction: cfg.eviction_nodefs_fraction(machine.ephemeral_storage_bytes),
+        kubelet_port: cfg.port,
     };
-    let machine = MachineInfo::read(&cfg.root_dir, runtime_version);
     let (ready_tx, ready_rx) = tokio::sync::watch::channel(Readiness { runtime_ok: true, network_error: Some("not checked yet".into()) });
     let (uid_tx, uid_rx) = tokio::sync::watch::channel(None);
     let mut tasks = Vec::new();

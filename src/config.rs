@@ -1,8 +1,14 @@
-//! Command line → one immutable [`Config`].
+//! Command line (and `--config` file) → one immutable [`Config`].
 //!
 //! Flag names follow the upstream kubelet (`--pod-manifest-path`, `--root-dir`,
-//! `--container-runtime-endpoint`, …) so that unit files and habits carry over.
+//! `--container-runtime-endpoint`, …) so that unit files and habits carry over. A
+//! KubeletConfiguration file ([`crate::kubelet_config`]) can set most of them; as
+//! upstream, a flag given on the command line overrides the file, and upstream's
+//! defaults apply when neither says anything. Upstream flags that kubeadm setups pass
+//! but rkubelet does not implement are accepted and ignored ([`IgnoredFlags`]).
 
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -40,10 +46,28 @@ pub enum ConfigError {
     /// A node name that is not a valid DNS subdomain.
     #[error("invalid node name {0:?}: must be a lowercase RFC 1123 subdomain")]
     InvalidNodeName(String),
+    /// The `--config` file could not be read or has a wrongly typed field.
+    #[error(transparent)]
+    File(#[from] crate::kubelet_config::KubeletConfigError),
+    /// A flag or configuration field with a value that is not allowed.
+    #[error("invalid {field} {value:?}: {message}")]
+    Invalid {
+        /// The flag (`--cgroup-driver`) or config field (`cgroupDriver`, `evictionHard[memory.available]`).
+        field: String,
+        /// The value given.
+        value: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// `--bootstrap-kubeconfig` without `--kubeconfig` (where the bootstrap writes its result).
+    #[error("--bootstrap-kubeconfig requires --kubeconfig: the path where the bootstrapped kubeconfig is written")]
+    BootstrapWithoutKubeconfig,
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "rkubelet", about = "A Kubernetes node agent on containerd's native API", version = None, disable_version_flag = true)]
+// Like Go's flag package, a flag given twice keeps its last value (kubeadm's drop-in
+// concatenates KUBELET_KUBEADM_ARGS and KUBELET_EXTRA_ARGS); list flags accumulate.
+#[command(name = "rkubelet", about = "A Kubernetes node agent on containerd's native API", version = None, disable_version_flag = true, args_override_self = true)]
 pub struct Cli {
     /// Print the version (`Kubernetes vX.Y.Z+rkubelet...`) and exit.
     #[arg(long = "version", global = true)]
@@ -74,17 +98,23 @@ pub struct PodsArgs {
     pub root_dir: Option<PathBuf>,
 }
 
+/// The agent's flags. Flags that a KubeletConfiguration file (`--config`) can also set
+/// are `Option`s: given on the command line they win over the file, otherwise the
+/// file's value (or upstream's default) is used; see [`Config::from_args`].
 #[derive(Debug, Args, Clone)]
 pub struct AgentArgs {
-    /// Directory of static pod manifests (YAML or JSON Pods), watched for changes.
+    /// A KubeletConfiguration file (kubelet.config.k8s.io/v1beta1); flags given explicitly override it.
+    #[arg(long = "config")]
+    pub config: Option<PathBuf>,
+    /// Directory of static pod manifests (YAML or JSON Pods), watched for changes [config: staticPodPath].
     #[arg(long = "pod-manifest-path")]
     pub pod_manifest_path: Option<PathBuf>,
     /// Directory for the agent's state (pod directories, caches).
     #[arg(long = "root-dir", default_value = "/var/lib/rkubelet")]
     pub root_dir: PathBuf,
-    /// containerd's gRPC endpoint.
-    #[arg(long = "container-runtime-endpoint", default_value = "unix:///run/containerd/containerd.sock")]
-    pub container_runtime_endpoint: String,
+    /// containerd's gRPC endpoint [default: unix:///run/containerd/containerd.sock] [config: containerRuntimeEndpoint].
+    #[arg(long = "container-runtime-endpoint")]
+    pub container_runtime_endpoint: Option<String>,
     /// The image of the pause container that holds each pod's namespaces.
     #[arg(long = "pod-infra-container-image", default_value = "registry.k8s.io/pause:3.10")]
     pub pod_infra_container_image: String,
@@ -106,42 +136,214 @@ pub struct AgentArgs {
     /// containerd snapshotter for container root filesystems.
     #[arg(long = "snapshotter", default_value = "overlayfs")]
     pub snapshotter: String,
-    /// Directory under which container logs are written.
-    #[arg(long = "pod-logs-dir", default_value = "/var/log/pods", hide = true)]
-    pub pod_logs_dir: PathBuf,
-    /// How often the manifest directory is fully re-read (changes are also picked up by inotify).
-    #[arg(long = "file-check-frequency", default_value = "20s", value_parser = parse_duration)]
-    pub file_check_frequency: Duration,
-    /// How often every pod is re-synced even without events.
-    #[arg(long = "sync-frequency", default_value = "1m", value_parser = parse_duration)]
-    pub sync_frequency: Duration,
-    /// kubeconfig for the API server; without it the agent runs standalone.
+    /// Directory under which container logs are written [default: /var/log/pods] [config: podLogsDir].
+    #[arg(long = "pod-logs-dir", hide = true)]
+    pub pod_logs_dir: Option<PathBuf>,
+    /// How often the manifest directory is fully re-read (changes are also picked up by inotify) [default: 20s] [config: fileCheckFrequency].
+    #[arg(long = "file-check-frequency", value_parser = parse_duration)]
+    pub file_check_frequency: Option<Duration>,
+    /// How often every pod is re-synced even without events [default: 1m] [config: syncFrequency].
+    #[arg(long = "sync-frequency", value_parser = parse_duration)]
+    pub sync_frequency: Option<Duration>,
+    /// kubeconfig for the API server; without it the agent runs standalone. With
+    /// --bootstrap-kubeconfig, it is written by the TLS bootstrap when missing or expired.
     #[arg(long = "kubeconfig")]
     pub kubeconfig: Option<PathBuf>,
+    /// kubeconfig (usually a bootstrap token) used to request a client certificate when
+    /// --kubeconfig is missing or its certificate has expired.
+    #[arg(long = "bootstrap-kubeconfig")]
+    pub bootstrap_kubeconfig: Option<PathBuf>,
+    /// Where the client certificate and key are kept (default: <root-dir>/pki).
+    #[arg(long = "cert-dir")]
+    pub cert_dir: Option<PathBuf>,
+    /// Rotate the client certificate at 70-90% of its lifetime [default: false] [config: rotateCertificates].
+    #[arg(long = "rotate-certificates", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_go_bool)]
+    pub rotate_certificates: Option<bool>,
+    /// Request the serving certificate with a CSR [default: false] [config: serverTLSBootstrap].
+    #[arg(long = "rotate-server-certificates", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_go_bool)]
+    pub rotate_server_certificates: Option<bool>,
+    /// How long the TLS bootstrap waits for its CertificateSigningRequest to be approved and signed (upstream: 1h).
+    #[arg(long = "tls-bootstrap-timeout", default_value = "1h", value_parser = parse_duration)]
+    pub tls_bootstrap_timeout: Duration,
     /// The node's IP address (InternalIP); default: the address of the default route's interface.
     #[arg(long = "node-ip")]
     pub node_ip: Option<String>,
     /// Labels to add when registering the node: key=value,key2=value2.
     #[arg(long = "node-labels", value_delimiter = ',')]
     pub node_labels: Vec<String>,
-    /// Taints to register the node with: key=value:Effect,key:Effect.
+    /// Taints to register the node with: key=value:Effect,key:Effect [config: registerWithTaints].
     #[arg(long = "register-with-taints", value_delimiter = ',')]
     pub register_with_taints: Vec<String>,
-    /// Maximum number of pods on this node.
-    #[arg(long = "max-pods", default_value_t = 110)]
-    pub max_pods: u32,
-    /// How often the node status is computed (and patched if it changed).
-    #[arg(long = "node-status-update-frequency", default_value = "10s", value_parser = parse_duration)]
-    pub node_status_update_frequency: Duration,
-    /// How often the node status is patched even if unchanged.
-    #[arg(long = "node-status-report-frequency", default_value = "5m", value_parser = parse_duration)]
-    pub node_status_report_frequency: Duration,
-    /// Duration of the node Lease; it is renewed every quarter of it.
-    #[arg(long = "node-lease-duration-seconds", default_value_t = 40)]
-    pub node_lease_duration_seconds: i32,
+    /// Maximum number of pods on this node [default: 110] [config: maxPods].
+    #[arg(long = "max-pods")]
+    pub max_pods: Option<u32>,
+    /// How often the node status is computed (and patched if it changed) [default: 10s] [config: nodeStatusUpdateFrequency].
+    #[arg(long = "node-status-update-frequency", value_parser = parse_duration)]
+    pub node_status_update_frequency: Option<Duration>,
+    /// How often the node status is patched even if unchanged [default: 5m] [config: nodeStatusReportFrequency].
+    #[arg(long = "node-status-report-frequency", value_parser = parse_duration)]
+    pub node_status_report_frequency: Option<Duration>,
+    /// Duration of the node Lease; it is renewed every quarter of it [default: 40] [config: nodeLeaseDurationSeconds].
+    #[arg(long = "node-lease-duration-seconds")]
+    pub node_lease_duration_seconds: Option<i32>,
+    /// DNS server IPs for pods, comma separated [config: clusterDNS].
+    #[arg(long = "cluster-dns", value_delimiter = ',')]
+    pub cluster_dns: Vec<String>,
+    /// The cluster's DNS domain, e.g. cluster.local [config: clusterDomain].
+    #[arg(long = "cluster-domain")]
+    pub cluster_domain: Option<String>,
+    /// cgroupfs or systemd [default: cgroupfs] [config: cgroupDriver].
+    #[arg(long = "cgroup-driver")]
+    pub cgroup_driver: Option<String>,
+    /// Allow anonymous requests to the kubelet server [default: false] [config: authentication.anonymous.enabled].
+    #[arg(long = "anonymous-auth", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_go_bool)]
+    pub anonymous_auth: Option<bool>,
+    /// Check bearer tokens with TokenReviews [default: true] [config: authentication.webhook.enabled].
+    #[arg(long = "authentication-token-webhook", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_go_bool)]
+    pub authentication_token_webhook: Option<bool>,
+    /// CA bundle for client certificates on the kubelet server [config: authentication.x509.clientCAFile].
+    #[arg(long = "client-ca-file")]
+    pub client_ca_file: Option<PathBuf>,
+    /// AlwaysAllow or Webhook [default: Webhook] [config: authorization.mode].
+    #[arg(long = "authorization-mode")]
+    pub authorization_mode: Option<String>,
+    /// Maximum number of processes per pod; -1 for no limit [default: -1] [config: podPidsLimit].
+    #[arg(long = "pod-max-pids", allow_hyphen_values = true)]
+    pub pod_max_pids: Option<i64>,
+    /// Hard eviction thresholds: memory.available<100Mi,nodefs.available<10% [config: evictionHard].
+    #[arg(long = "eviction-hard")]
+    pub eviction_hard: Option<String>,
+    /// Resources reserved for Kubernetes daemons: cpu=100m,memory=100Mi [config: kubeReserved].
+    #[arg(long = "kube-reserved")]
+    pub kube_reserved: Option<String>,
+    /// Resources reserved for the OS: cpu=100m,memory=100Mi [config: systemReserved].
+    #[arg(long = "system-reserved")]
+    pub system_reserved: Option<String>,
+    /// Cancel an image pull that makes no progress for this long [default: 1m] [config: imagePullProgressDeadline].
+    #[arg(long = "image-pull-progress-deadline", value_parser = parse_duration)]
+    pub image_pull_progress_deadline: Option<Duration>,
+    /// Port of the healthz endpoint, 0 disables it [default: 10248] [config: healthzPort].
+    #[arg(long = "healthz-port")]
+    pub healthz_port: Option<i32>,
+    /// Address of the healthz endpoint [default: 127.0.0.1] [config: healthzBindAddress].
+    #[arg(long = "healthz-bind-address")]
+    pub healthz_bind_address: Option<String>,
+    /// Port of the kubelet server [default: 10250] [config: port].
+    #[arg(long = "port")]
+    pub port: Option<i32>,
+    /// Address of the kubelet server [default: 0.0.0.0] [config: address].
+    #[arg(long = "address")]
+    pub address: Option<String>,
+    /// resolv.conf for pods with dnsPolicy Default; "" disables [default: /etc/resolv.conf] [config: resolvConf].
+    #[arg(long = "resolv-conf")]
+    pub resolv_conf: Option<String>,
     /// Log verbosity like upstream's -v: 0-1 info, 2-3 debug, 4+ trace. RUST_LOG overrides.
     #[arg(short = 'v', long = "v", default_value_t = 0)]
     pub verbosity: u8,
+    #[command(flatten)]
+    pub ignored: IgnoredFlags,
+}
+
+/// Parses a Go boolean flag value (`strconv.ParseBool`): 1, t, T, TRUE, true, True, 0, f, F, FALSE, false, False.
+pub fn parse_go_bool(s: &str) -> Result<bool, String> {
+    match s {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
+        _ => Err(format!("invalid boolean {s:?}")),
+    }
+}
+
+/// Declares upstream kubelet flags that kubeadm and distribution setups commonly pass
+/// (through `KUBELET_KUBEADM_ARGS` or `KUBELET_EXTRA_ARGS`) but rkubelet does not
+/// implement. They are accepted, so such setups start, and listed in a debug log.
+macro_rules! ignored_flags {
+    ($($field:ident => $name:literal),* $(,)?) => {
+        /// Upstream kubelet flags accepted and ignored (see [`IgnoredFlags::given`]).
+        #[derive(Debug, Args, Clone, Default)]
+        pub struct IgnoredFlags {
+            $(
+                #[arg(long = $name, hide = true, num_args = 0..=1, default_missing_value = "true")]
+                pub $field: Option<String>,
+            )*
+        }
+
+        impl IgnoredFlags {
+            /// The ignored flags that were given, as `(name, value)`.
+            pub fn given(&self) -> Vec<(&'static str, &str)> {
+                let mut v = Vec::new();
+                $(
+                    if let Some(x) = &self.$field {
+                        v.push(($name, x.as_str()));
+                    }
+                )*
+                v
+            }
+        }
+    };
+}
+
+ignored_flags! {
+    container_runtime => "container-runtime",
+    network_plugin => "network-plugin",
+    image_service_endpoint => "image-service-endpoint",
+    runtime_request_timeout => "runtime-request-timeout",
+    fail_swap_on => "fail-swap-on",
+    cgroups_per_qos => "cgroups-per-qos",
+    cgroup_root => "cgroup-root",
+    enforce_node_allocatable => "enforce-node-allocatable",
+    runtime_cgroups => "runtime-cgroups",
+    kubelet_cgroups => "kubelet-cgroups",
+    system_cgroups => "system-cgroups",
+    feature_gates => "feature-gates",
+    cloud_provider => "cloud-provider",
+    provider_id => "provider-id",
+    register_node => "register-node",
+    read_only_port => "read-only-port",
+    tls_cert_file => "tls-cert-file",
+    tls_private_key_file => "tls-private-key-file",
+    tls_cipher_suites => "tls-cipher-suites",
+    tls_min_version => "tls-min-version",
+    protect_kernel_defaults => "protect-kernel-defaults",
+    streaming_connection_idle_timeout => "streaming-connection-idle-timeout",
+    make_iptables_util_chains => "make-iptables-util-chains",
+    event_qps => "event-qps",
+    event_burst => "event-burst",
+    kube_api_qps => "kube-api-qps",
+    kube_api_burst => "kube-api-burst",
+    kube_api_content_type => "kube-api-content-type",
+    serialize_image_pulls => "serialize-image-pulls",
+    max_parallel_image_pulls => "max-parallel-image-pulls",
+    registry_qps => "registry-qps",
+    registry_burst => "registry-burst",
+    image_gc_high_threshold => "image-gc-high-threshold",
+    image_gc_low_threshold => "image-gc-low-threshold",
+    minimum_image_ttl_duration => "minimum-image-ttl-duration",
+    eviction_soft => "eviction-soft",
+    eviction_soft_grace_period => "eviction-soft-grace-period",
+    eviction_pressure_transition_period => "eviction-pressure-transition-period",
+    eviction_max_pod_grace_period => "eviction-max-pod-grace-period",
+    eviction_minimum_reclaim => "eviction-minimum-reclaim",
+    container_log_max_size => "container-log-max-size",
+    container_log_max_files => "container-log-max-files",
+    volume_plugin_dir => "volume-plugin-dir",
+    volume_stats_agg_period => "volume-stats-agg-period",
+    cpu_manager_policy => "cpu-manager-policy",
+    topology_manager_policy => "topology-manager-policy",
+    seccomp_default => "seccomp-default",
+    node_status_max_images => "node-status-max-images",
+    pod_cidr => "pod-cidr",
+    hairpin_mode => "hairpin-mode",
+    oom_score_adj => "oom-score-adj",
+    max_open_files => "max-open-files",
+    lock_file => "lock-file",
+    exit_on_lock_contention => "exit-on-lock-contention",
+    logging_format => "logging-format",
+    log_dir => "log-dir",
+    log_file => "log-file",
+    logtostderr => "logtostderr",
+    alsologtostderr => "alsologtostderr",
+    experimental_allocatable_ignore_eviction => "experimental-allocatable-ignore-eviction",
+    dynamic_config_dir => "dynamic-config-dir",
 }
 
 /// Parses Go-style durations as the kubelet accepts them: `20s`, `1m`, `1m30s`, `500ms`.
@@ -199,6 +401,166 @@ pub struct Config {
     pub node_status_update_frequency: Duration,
     pub node_status_report_frequency: Duration,
     pub node_lease_duration_seconds: i32,
+    /// The `--config` KubeletConfiguration file, if any.
+    pub config_file: Option<PathBuf>,
+    /// `--bootstrap-kubeconfig`: credentials for the TLS bootstrap.
+    pub bootstrap_kubeconfig: Option<PathBuf>,
+    /// `--cert-dir`: the client certificate store (`<root-dir>/pki` by default).
+    pub cert_dir: PathBuf,
+    /// `rotateCertificates`: renew the client certificate before it expires.
+    pub rotate_certificates: bool,
+    /// `serverTLSBootstrap`: request the serving certificate with a CSR (not implemented yet).
+    pub server_tls_bootstrap: bool,
+    /// How long the TLS bootstrap waits for its CSR to be signed.
+    pub tls_bootstrap_timeout: Duration,
+    /// `clusterDNS`: nameservers for ClusterFirst pods.
+    pub cluster_dns: Vec<IpAddr>,
+    /// `clusterDomain`, e.g. `cluster.local`.
+    pub cluster_domain: Option<String>,
+    /// `cgroupDriver`.
+    pub cgroup_driver: CgroupDriver,
+    /// `authentication` of the kubelet server.
+    pub authentication: AuthenticationConfig,
+    /// `authorization` of the kubelet server.
+    pub authorization: AuthorizationConfig,
+    /// `podPidsLimit` (-1: unlimited).
+    pub pod_pids_limit: i64,
+    /// `evictionHard`: signal → threshold.
+    pub eviction_hard: BTreeMap<String, Threshold>,
+    /// `kubeReserved`: resource → quantity.
+    pub kube_reserved: BTreeMap<String, String>,
+    /// `systemReserved`: resource → quantity.
+    pub system_reserved: BTreeMap<String, String>,
+    /// `imagePullProgressDeadline`.
+    pub image_pull_progress_deadline: Duration,
+    /// `healthzPort` (0 disables the endpoint).
+    pub healthz_port: i32,
+    /// `healthzBindAddress`.
+    pub healthz_bind_address: String,
+    /// `port` of the kubelet server (the node's daemonEndpoints.kubeletEndpoint).
+    pub port: i32,
+    /// `address` the kubelet server binds.
+    pub address: String,
+    /// `resolvConf` for dnsPolicy Default pods; `None` when set to "" (disabled).
+    pub resolv_conf: Option<PathBuf>,
+}
+
+/// The cgroup driver (`cgroupDriver`, `--cgroup-driver`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupDriver {
+    /// cgroups managed through the cgroup filesystem (upstream's default).
+    Cgroupfs,
+    /// cgroups managed through systemd slices and scopes.
+    Systemd,
+}
+
+/// The kubelet server's authentication settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthenticationConfig {
+    /// `x509.clientCAFile`.
+    pub client_ca_file: Option<PathBuf>,
+    /// `webhook.enabled` (default true).
+    pub webhook_enabled: bool,
+    /// `webhook.cacheTTL` (default 2m).
+    pub webhook_cache_ttl: Duration,
+    /// `anonymous.enabled` (default false).
+    pub anonymous_enabled: bool,
+}
+
+/// The kubelet server's authorization settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorizationConfig {
+    /// `mode`: AlwaysAllow or Webhook (default).
+    pub mode: AuthorizationMode,
+    /// `webhook.cacheAuthorizedTTL` (default 5m).
+    pub webhook_cache_authorized_ttl: Duration,
+    /// `webhook.cacheUnauthorizedTTL` (default 30s).
+    pub webhook_cache_unauthorized_ttl: Duration,
+}
+
+/// `authorization.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthorizationMode {
+    /// Every authenticated request is allowed.
+    AlwaysAllow,
+    /// SubjectAccessReviews decide.
+    Webhook,
+}
+
+/// A hard eviction threshold: an absolute quantity or a share of capacity.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Threshold {
+    /// Bytes (or inodes, or PIDs, depending on the signal).
+    Quantity(i64),
+    /// A fraction of capacity in [0, 1] (`10%` → 0.10).
+    Fraction(f64),
+}
+
+impl Threshold {
+    /// Parses `100Mi` or `10%`.
+    pub fn parse(s: &str) -> Result<Threshold, String> {
+        let s = s.trim();
+        if let Some(p) = s.strip_suffix('%') {
+            let v: f64 = p.trim().parse().map_err(|_| format!("invalid percentage {s:?}"))?;
+            if !(0.0..=100.0).contains(&v) {
+                return Err(format!("percentage {s:?} is not between 0% and 100%"));
+            }
+            return Ok(Threshold::Fraction(v / 100.0));
+        }
+        let q = crate::quantity::to_value(s).map_err(|e| e.to_string())?;
+        if q < 0 {
+            return Err(format!("threshold {s:?} is negative"));
+        }
+        Ok(Threshold::Quantity(q))
+    }
+
+    /// The threshold in absolute units, against `capacity`.
+    pub fn amount(&self, capacity: i64) -> i64 {
+        match *self {
+            Threshold::Quantity(q) => q,
+            Threshold::Fraction(f) => (capacity.max(0) as f64 * f) as i64,
+        }
+    }
+
+    /// The threshold as a fraction of `capacity` (capped to 1).
+    pub fn fraction(&self, capacity: i64) -> f64 {
+        match *self {
+            Threshold::Fraction(f) => f,
+            Threshold::Quantity(_) if capacity <= 0 => 0.0,
+            Threshold::Quantity(q) => (q as f64 / capacity as f64).min(1.0),
+        }
+    }
+}
+
+/// Upstream's eviction signals (`pkg/kubelet/eviction/api`).
+const EVICTION_SIGNALS: &[&str] = &[
+    "memory.available",
+    "allocatableMemory.available",
+    "nodefs.available",
+    "nodefs.inodesFree",
+    "imagefs.available",
+    "imagefs.inodesFree",
+    "containerfs.available",
+    "containerfs.inodesFree",
+    "pid.available",
+];
+
+/// Upstream's default `evictionHard` (Linux).
+pub const DEFAULT_EVICTION_HARD: &[(&str, &str)] =
+    &[("memory.available", "100Mi"), ("nodefs.available", "10%"), ("nodefs.inodesFree", "5%"), ("imagefs.available", "15%"), ("imagefs.inodesFree", "5%")];
+
+impl Config {
+    /// The `memory.available` hard eviction threshold in bytes for a node with
+    /// `memory_capacity` bytes (0 when there is none); allocatable memory excludes it.
+    pub fn eviction_memory_bytes(&self, memory_capacity: i64) -> i64 {
+        self.eviction_hard.get("memory.available").map(|t| t.amount(memory_capacity)).unwrap_or(0)
+    }
+
+    /// The `nodefs.available` hard eviction threshold as a fraction of the node's
+    /// filesystem (`nodefs_capacity` bytes); allocatable ephemeral storage excludes it.
+    pub fn eviction_nodefs_fraction(&self, nodefs_capacity: i64) -> f64 {
+        self.eviction_hard.get("nodefs.available").map(|t| t.fraction(nodefs_capacity)).unwrap_or(0.0)
+    }
 }
 
 /// `key=value:Effect` / `key:Effect` → Taint.
@@ -218,10 +580,53 @@ pub fn parse_taint(s: &str) -> Result<k8s_openapi::api::core::v1::Taint, ConfigE
     Ok(k8s_openapi::api::core::v1::Taint { key: key.into(), value, effect: effect.into(), time_added: None })
 }
 
+/// `k=v,k2=v2` (or `k<v,…` for eviction thresholds) → map, for the map-valued flags.
+fn parse_map_flag(flag: &str, s: &str, sep: char) -> Result<BTreeMap<String, String>, ConfigError> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            kv.split_once(sep)
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .filter(|(k, _)| !k.is_empty())
+                .ok_or_else(|| ConfigError::Invalid { field: flag.to_string(), value: kv.to_string(), message: format!("want key{sep}value") })
+        })
+        .collect()
+}
+
+/// Where a value came from, to name it in errors: the flag or the file's field.
+fn source_name(flag_given: bool, flag: &str, field: &str) -> String {
+    if flag_given {
+        format!("--{flag}")
+    } else {
+        field.to_string()
+    }
+}
+
 impl Config {
-    /// Resolves flags into a config: node name from `--hostname-override` or the
-    /// hostname (lowercased, like upstream), socket path from the endpoint URL.
+    /// Resolves flags (and the `--config` file, if any) into a config: node name from
+    /// `--hostname-override` or the hostname (lowercased, like upstream), socket path
+    /// from the endpoint URL. For settings both can give, an explicit flag wins over
+    /// the file, and the file over upstream's default.
     pub fn from_args(a: &AgentArgs) -> Result<Self, ConfigError> {
+        use crate::kubelet_config::{GoDuration, KubeletConfiguration};
+        let file = match &a.config {
+            Some(p) => {
+                let f = KubeletConfiguration::load(p)?;
+                let unknown = f.unknown_fields();
+                if !unknown.is_empty() {
+                    tracing::debug!(file = %p.display(), fields = ?unknown, "ignoring KubeletConfiguration fields rkubelet does not implement");
+                }
+                f
+            }
+            None => KubeletConfiguration::default(),
+        };
+        for (flag, value) in a.ignored.given() {
+            tracing::debug!(flag = %format!("--{flag}"), value, "ignoring an upstream kubelet flag rkubelet does not implement");
+        }
+        let dur = |d: Option<GoDuration>| d.and_then(GoDuration::non_zero);
+        let non_zero = |n: Option<i32>| n.filter(|n| *n != 0);
+
         let node_name = match &a.hostname_override {
             Some(h) if !h.trim().is_empty() => h.trim().to_lowercase(),
             _ => nix::unistd::gethostname()
@@ -233,15 +638,132 @@ impl Config {
         if !is_dns_subdomain(&node_name) {
             return Err(ConfigError::InvalidNodeName(node_name));
         }
-        let ep = &a.container_runtime_endpoint;
+        let ep = a
+            .container_runtime_endpoint
+            .clone()
+            .or_else(|| file.container_runtime_endpoint.clone().filter(|e| !e.is_empty()))
+            .unwrap_or_else(|| DEFAULT_RUNTIME_ENDPOINT.to_string());
         let socket = ep
             .strip_prefix("unix://")
             .or_else(|| ep.starts_with('/').then_some(ep.as_str()))
             .filter(|p| p.starts_with('/'))
             .ok_or_else(|| ConfigError::Endpoint(ep.clone()))?;
+
+        let max_pods = match (a.max_pods, non_zero(file.max_pods)) {
+            (Some(n), _) => n,
+            (None, Some(n)) => u32::try_from(n).map_err(|_| ConfigError::Invalid { field: "maxPods".into(), value: n.to_string(), message: "must not be negative".into() })?,
+            (None, None) => 110,
+        };
+        let lease = a.node_lease_duration_seconds.or(non_zero(file.node_lease_duration_seconds)).unwrap_or(40);
+        if lease <= 0 {
+            let field = source_name(a.node_lease_duration_seconds.is_some(), "node-lease-duration-seconds", "nodeLeaseDurationSeconds");
+            return Err(ConfigError::Invalid { field, value: lease.to_string(), message: "must be greater than 0".into() });
+        }
+        // Upstream: the report frequency defaults to the update frequency when the file sets
+        // only the latter, and to 5m otherwise.
+        let file_update = dur(file.node_status_update_frequency);
+        let node_status_update_frequency = a.node_status_update_frequency.or(file_update).unwrap_or(Duration::from_secs(10));
+        let node_status_report_frequency = a
+            .node_status_report_frequency
+            .or(dur(file.node_status_report_frequency))
+            .or(file_update)
+            .unwrap_or(Duration::from_secs(300));
+
+        let taints = if !a.register_with_taints.is_empty() {
+            a.register_with_taints.iter().filter(|t| !t.is_empty()).map(|t| parse_taint(t)).collect::<Result<_, _>>()?
+        } else {
+            file.register_with_taints.clone().unwrap_or_default()
+        };
+
+        let cluster_dns_given = !a.cluster_dns.is_empty();
+        let cluster_dns = if cluster_dns_given { a.cluster_dns.clone() } else { file.cluster_dns.clone().unwrap_or_default() }
+            .iter()
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.trim().parse::<IpAddr>().map_err(|_| ConfigError::Invalid {
+                    field: source_name(cluster_dns_given, "cluster-dns", "clusterDNS"),
+                    value: s.clone(),
+                    message: "not an IP address".into(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let driver = a.cgroup_driver.clone().or_else(|| file.cgroup_driver.clone().filter(|d| !d.is_empty())).unwrap_or_else(|| "cgroupfs".into());
+        let cgroup_driver = match driver.as_str() {
+            "cgroupfs" => CgroupDriver::Cgroupfs,
+            "systemd" => CgroupDriver::Systemd,
+            _ => {
+                let field = source_name(a.cgroup_driver.is_some(), "cgroup-driver", "cgroupDriver");
+                return Err(ConfigError::Invalid { field, value: driver, message: "want cgroupfs or systemd".into() });
+            }
+        };
+
+        let fauth = file.authentication.clone().unwrap_or_default();
+        let authentication = AuthenticationConfig {
+            client_ca_file: a
+                .client_ca_file
+                .clone()
+                .or_else(|| fauth.x509.as_ref().and_then(|x| x.client_ca_file.clone()).filter(|f| !f.is_empty()).map(PathBuf::from)),
+            webhook_enabled: a.authentication_token_webhook.or(fauth.webhook.as_ref().and_then(|w| w.enabled)).unwrap_or(true),
+            webhook_cache_ttl: dur(fauth.webhook.as_ref().and_then(|w| w.cache_ttl)).unwrap_or(Duration::from_secs(120)),
+            anonymous_enabled: a.anonymous_auth.or(fauth.anonymous.as_ref().and_then(|an| an.enabled)).unwrap_or(false),
+        };
+        let fauthz = file.authorization.clone().unwrap_or_default();
+        let mode = a.authorization_mode.clone().or_else(|| fauthz.mode.clone().filter(|m| !m.is_empty())).unwrap_or_else(|| "Webhook".into());
+        let authorization = AuthorizationConfig {
+            mode: match mode.as_str() {
+                "Webhook" => AuthorizationMode::Webhook,
+                "AlwaysAllow" => AuthorizationMode::AlwaysAllow,
+                _ => {
+                    let field = source_name(a.authorization_mode.is_some(), "authorization-mode", "authorization.mode");
+                    return Err(ConfigError::Invalid { field, value: mode, message: "want AlwaysAllow or Webhook".into() });
+                }
+            },
+            webhook_cache_authorized_ttl: dur(fauthz.webhook.as_ref().and_then(|w| w.cache_authorized_ttl)).unwrap_or(Duration::from_secs(300)),
+            webhook_cache_unauthorized_ttl: dur(fauthz.webhook.as_ref().and_then(|w| w.cache_unauthorized_ttl)).unwrap_or(Duration::from_secs(30)),
+        };
+
+        // evictionHard: the flag replaces the file's map; either replaces the defaults
+        // unless mergeDefaultEvictionSettings is set.
+        let (eviction_raw, eviction_field) = match (&a.eviction_hard, &file.eviction_hard) {
+            (Some(f), _) => (Some(parse_map_flag("--eviction-hard", f, '<')?), "--eviction-hard"),
+            (None, Some(m)) => (Some(m.clone()), "evictionHard"),
+            (None, None) => (None, "evictionHard"),
+        };
+        let mut eviction_src: BTreeMap<String, String> = BTreeMap::new();
+        if eviction_raw.is_none() || file.merge_default_eviction_settings == Some(true) {
+            eviction_src.extend(DEFAULT_EVICTION_HARD.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        }
+        eviction_src.extend(eviction_raw.unwrap_or_default());
+        let mut eviction_hard = BTreeMap::new();
+        for (signal, v) in eviction_src {
+            let field = format!("{eviction_field}[{signal}]");
+            if !EVICTION_SIGNALS.contains(&signal.as_str()) {
+                return Err(ConfigError::Invalid { field, value: v, message: format!("unsupported eviction signal; want one of {}", EVICTION_SIGNALS.join(", ")) });
+            }
+            let t = Threshold::parse(&v).map_err(|message| ConfigError::Invalid { field, value: v.clone(), message })?;
+            eviction_hard.insert(signal, t);
+        }
+        let reserved = |flag: &Option<String>, flag_name: &str, file_map: &Option<BTreeMap<String, String>>, field: &str| -> Result<BTreeMap<String, String>, ConfigError> {
+            let (m, name) = match flag {
+                Some(f) => (parse_map_flag(flag_name, f, '=')?, flag_name.to_string()),
+                None => (file_map.clone().unwrap_or_default(), field.to_string()),
+            };
+            for (k, v) in &m {
+                crate::quantity::to_value(v).map_err(|e| ConfigError::Invalid { field: format!("{name}[{k}]"), value: v.clone(), message: e.to_string() })?;
+            }
+            Ok(m)
+        };
+        let kube_reserved = reserved(&a.kube_reserved, "--kube-reserved", &file.kube_reserved, "kubeReserved")?;
+        let system_reserved = reserved(&a.system_reserved, "--system-reserved", &file.system_reserved, "systemReserved")?;
+
+        if a.bootstrap_kubeconfig.is_some() && a.kubeconfig.is_none() {
+            return Err(ConfigError::BootstrapWithoutKubeconfig);
+        }
+        let pod_manifest_path = a.pod_manifest_path.clone().or_else(|| file.static_pod_path.clone().filter(|p| !p.is_empty()).map(PathBuf::from));
         Ok(Config {
             node_name,
-            pod_manifest_path: a.pod_manifest_path.clone(),
+            pod_manifest_path,
             root_dir: a.root_dir.clone(),
             containerd_socket: PathBuf::from(socket),
             pause_image: a.pod_infra_container_image.clone(),
@@ -250,9 +772,13 @@ impl Config {
             cni_cache_dir: a.cni_cache_dir.clone().unwrap_or_else(|| a.root_dir.join("cni-cache")),
             namespace: a.runtime_namespace.clone(),
             snapshotter: a.snapshotter.clone(),
-            pod_logs_dir: a.pod_logs_dir.clone(),
-            file_check_frequency: a.file_check_frequency,
-            sync_frequency: a.sync_frequency,
+            pod_logs_dir: a
+                .pod_logs_dir
+                .clone()
+                .or_else(|| file.pod_logs_dir.clone().filter(|p| !p.is_empty()).map(PathBuf::from))
+                .unwrap_or_else(|| PathBuf::from("/var/log/pods")),
+            file_check_frequency: a.file_check_frequency.or(dur(file.file_check_frequency)).unwrap_or(Duration::from_secs(20)),
+            sync_frequency: a.sync_frequency.or(dur(file.sync_frequency)).unwrap_or(Duration::from_secs(60)),
             kubeconfig: a.kubeconfig.clone(),
             node_ip: match &a.node_ip {
                 Some(ip) => match ip.parse::<std::net::IpAddr>() {
@@ -267,14 +793,42 @@ impl Config {
                 .filter(|l| !l.is_empty())
                 .map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| ConfigError::NodeLabel(l.clone())))
                 .collect::<Result<_, _>>()?,
-            taints: a.register_with_taints.iter().filter(|t| !t.is_empty()).map(|t| parse_taint(t)).collect::<Result<_, _>>()?,
-            max_pods: a.max_pods,
-            node_status_update_frequency: a.node_status_update_frequency,
-            node_status_report_frequency: a.node_status_report_frequency,
-            node_lease_duration_seconds: a.node_lease_duration_seconds,
+            taints,
+            max_pods,
+            node_status_update_frequency,
+            node_status_report_frequency,
+            node_lease_duration_seconds: lease,
+            config_file: a.config.clone(),
+            bootstrap_kubeconfig: a.bootstrap_kubeconfig.clone(),
+            cert_dir: a.cert_dir.clone().unwrap_or_else(|| a.root_dir.join("pki")),
+            rotate_certificates: a.rotate_certificates.or(file.rotate_certificates).unwrap_or(false),
+            server_tls_bootstrap: a.rotate_server_certificates.or(file.server_tls_bootstrap).unwrap_or(false),
+            tls_bootstrap_timeout: a.tls_bootstrap_timeout,
+            cluster_dns,
+            cluster_domain: a.cluster_domain.clone().or_else(|| file.cluster_domain.clone()).filter(|d| !d.is_empty()),
+            cgroup_driver,
+            authentication,
+            authorization,
+            pod_pids_limit: a.pod_max_pids.or(file.pod_pids_limit).filter(|n| *n >= 0).unwrap_or(-1),
+            eviction_hard,
+            kube_reserved,
+            system_reserved,
+            image_pull_progress_deadline: a.image_pull_progress_deadline.or(dur(file.image_pull_progress_deadline)).unwrap_or(Duration::from_secs(60)),
+            healthz_port: a.healthz_port.or(file.healthz_port).unwrap_or(10248),
+            healthz_bind_address: a.healthz_bind_address.clone().or_else(|| file.healthz_bind_address.clone()).filter(|s| !s.is_empty()).unwrap_or_else(|| "127.0.0.1".into()),
+            port: a.port.or(non_zero(file.port)).unwrap_or(10250),
+            address: a.address.clone().or_else(|| file.address.clone()).filter(|s| !s.is_empty()).unwrap_or_else(|| "0.0.0.0".into()),
+            resolv_conf: match a.resolv_conf.clone().or_else(|| file.resolv_conf.clone()) {
+                None => Some(PathBuf::from("/etc/resolv.conf")),
+                Some(s) if s.is_empty() => None,
+                Some(s) => Some(PathBuf::from(s)),
+            },
         })
     }
 }
+
+/// containerd's default socket, upstream's default `containerRuntimeEndpoint`.
+pub const DEFAULT_RUNTIME_ENDPOINT: &str = "unix:///run/containerd/containerd.sock";
 
 /// RFC 1123 subdomain: lowercase alphanumerics, '-' and '.', at most 253 characters,
 /// each label starting and ending alphanumeric.
@@ -315,7 +869,7 @@ mod tests {
     fn endpoint_must_be_a_unix_socket() {
         let mut a = Cli::parse_from(["rkubelet", "--hostname-override", "n1"]).agent;
         assert_eq!(Config::from_args(&a).unwrap().containerd_socket, PathBuf::from("/run/containerd/containerd.sock"));
-        a.container_runtime_endpoint = "tcp://1.2.3.4:1".into();
+        a.container_runtime_endpoint = Some("tcp://1.2.3.4:1".into());
         assert!(matches!(Config::from_args(&a), Err(ConfigError::Endpoint(_))));
     }
 
@@ -339,5 +893,186 @@ mod tests {
         assert_eq!(Config::from_args(&a).unwrap().node_name, "node-a");
         let a = Cli::parse_from(["rkubelet", "--hostname-override", "bad_name"]).agent;
         assert!(matches!(Config::from_args(&a), Err(ConfigError::InvalidNodeName(_))));
+    }
+
+    fn write_config(name: &str, body: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("rkubelet-config-test-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("config.yaml");
+        std::fs::write(&p, body).unwrap();
+        p
+    }
+
+    fn with_file(name: &str, body: &str, extra: &[&str]) -> Result<Config, ConfigError> {
+        let p = write_config(name, body);
+        let mut args = vec!["rkubelet", "--hostname-override", "n1", "--config", p.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        Config::from_args(&Cli::parse_from(args).agent)
+    }
+
+    const HEAD: &str = "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n";
+
+    #[test]
+    fn upstream_defaults_apply_without_file_or_flags() {
+        let c = Config::from_args(&Cli::parse_from(["rkubelet", "--hostname-override", "n1", "--root-dir", "/r"]).agent).unwrap();
+        assert_eq!(c.max_pods, 110);
+        assert_eq!(c.sync_frequency, Duration::from_secs(60));
+        assert_eq!(c.file_check_frequency, Duration::from_secs(20));
+        assert_eq!((c.node_status_update_frequency, c.node_status_report_frequency), (Duration::from_secs(10), Duration::from_secs(300)));
+        assert_eq!(c.node_lease_duration_seconds, 40);
+        assert_eq!(c.cgroup_driver, CgroupDriver::Cgroupfs);
+        assert_eq!(c.cert_dir, PathBuf::from("/r/pki"));
+        assert!(!c.rotate_certificates && !c.server_tls_bootstrap);
+        assert_eq!(c.tls_bootstrap_timeout, Duration::from_secs(3600));
+        assert!(c.authentication.webhook_enabled && !c.authentication.anonymous_enabled);
+        assert_eq!(c.authorization.mode, AuthorizationMode::Webhook);
+        assert_eq!((c.port, c.healthz_port, c.healthz_bind_address.as_str(), c.address.as_str()), (10250, 10248, "127.0.0.1", "0.0.0.0"));
+        assert_eq!(c.pod_pids_limit, -1);
+        assert_eq!(c.resolv_conf, Some(PathBuf::from("/etc/resolv.conf")));
+        assert_eq!(c.eviction_hard.len(), 5);
+        assert_eq!(c.eviction_memory_bytes(1 << 30), 100 << 20);
+        assert!((c.eviction_nodefs_fraction(1000) - 0.10).abs() < 1e-9);
+        assert_eq!(c.pod_logs_dir, PathBuf::from("/var/log/pods"));
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let body = format!(
+            "{HEAD}maxPods: 50\nsyncFrequency: 30s\nnodeStatusUpdateFrequency: 4s\nnodeLeaseDurationSeconds: 12\nstaticPodPath: /file/manifests\ncontainerRuntimeEndpoint: unix:///file.sock\nclusterDNS: [10.0.0.10]\nrotateCertificates: true\ncgroupDriver: systemd\nevictionHard: {{memory.available: 200Mi}}\n"
+        );
+        // File only: its values, and the report frequency follows the update frequency.
+        let c = with_file("prec1", &body, &[]).unwrap();
+        assert_eq!(c.max_pods, 50);
+        assert_eq!(c.sync_frequency, Duration::from_secs(30));
+        assert_eq!((c.node_status_update_frequency, c.node_status_report_frequency), (Duration::from_secs(4), Duration::from_secs(4)));
+        assert_eq!(c.node_lease_duration_seconds, 12);
+        assert_eq!(c.pod_manifest_path, Some(PathBuf::from("/file/manifests")));
+        assert_eq!(c.containerd_socket, PathBuf::from("/file.sock"));
+        assert_eq!(c.cluster_dns, vec!["10.0.0.10".parse::<IpAddr>().unwrap()]);
+        assert!(c.rotate_certificates);
+        assert_eq!(c.cgroup_driver, CgroupDriver::Systemd);
+        // evictionHard replaces the defaults: only memory.available is left.
+        assert_eq!(c.eviction_memory_bytes(1 << 30), 200 << 20);
+        assert_eq!(c.eviction_nodefs_fraction(1000), 0.0);
+        // Flags given explicitly win.
+        let c = with_file(
+            "prec2",
+            &body,
+            &[
+                "--max-pods", "7", "--sync-frequency", "5s", "--node-lease-duration-seconds", "9", "--pod-manifest-path", "/flag/m",
+                "--container-runtime-endpoint", "unix:///flag.sock", "--cluster-dns", "10.1.0.10,10.1.0.11", "--rotate-certificates=false",
+                "--cgroup-driver", "cgroupfs", "--eviction-hard", "memory.available<1Gi,nodefs.available<20%",
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.max_pods, 7);
+        assert_eq!(c.sync_frequency, Duration::from_secs(5));
+        assert_eq!(c.node_status_update_frequency, Duration::from_secs(4), "not given as a flag: the file's");
+        assert_eq!(c.node_lease_duration_seconds, 9);
+        assert_eq!(c.pod_manifest_path, Some(PathBuf::from("/flag/m")));
+        assert_eq!(c.containerd_socket, PathBuf::from("/flag.sock"));
+        assert_eq!(c.cluster_dns.len(), 2);
+        assert!(!c.rotate_certificates);
+        assert_eq!(c.cgroup_driver, CgroupDriver::Cgroupfs);
+        assert_eq!(c.eviction_memory_bytes(4 << 30), 1 << 30);
+        assert!((c.eviction_nodefs_fraction(1000) - 0.20).abs() < 1e-9);
+        // A bare boolean flag means true.
+        let c = with_file("prec3", HEAD, &["--rotate-certificates"]).unwrap();
+        assert!(c.rotate_certificates);
+    }
+
+    #[test]
+    fn zero_values_in_the_file_mean_default_and_unknown_fields_are_ignored() {
+        let c = with_file(
+            "zero",
+            &format!("{HEAD}maxPods: 0\nsyncFrequency: 0s\nnodeStatusUpdateFrequency: 0s\nnodeStatusReportFrequency: 0s\nfailCgroupV1: false\nsomethingNew: {{a: [1, 2]}}\nlogging: {{verbosity: 0}}\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.max_pods, 110);
+        assert_eq!(c.sync_frequency, Duration::from_secs(60));
+        assert_eq!((c.node_status_update_frequency, c.node_status_report_frequency), (Duration::from_secs(10), Duration::from_secs(300)));
+    }
+
+    #[test]
+    fn wrong_types_and_values_are_errors_naming_the_field() {
+        let e = with_file("bad1", &format!("{HEAD}maxPods: many\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("maxPods"), "{e}");
+        let e = with_file("bad2", &format!("{HEAD}rotateCertificates: sometimes\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("rotateCertificates"), "{e}");
+        let e = with_file("bad3", &format!("{HEAD}evictionHard:\n  memory.available: lots\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("evictionHard[memory.available]"), "{e}");
+        let e = with_file("bad4", &format!("{HEAD}clusterDNS: [dns.example]\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("clusterDNS") && e.contains("dns.example"), "{e}");
+        let e = with_file("bad5", &format!("{HEAD}cgroupDriver: cgroupv3\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("cgroupDriver"), "{e}");
+        let e = with_file("bad6", &format!("{HEAD}kubeReserved: {{memory: huge}}\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("kubeReserved[memory]"), "{e}");
+        let e = with_file("bad7", &format!("{HEAD}authorization: {{mode: Maybe}}\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("authorization.mode"), "{e}");
+        let e = with_file("bad8", &format!("{HEAD}evictionHard: {{disk.available: 1Gi}}\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("evictionHard[disk.available]") && e.contains("unsupported eviction signal"), "{e}");
+        let e = Config::from_args(&Cli::parse_from(["rkubelet", "--hostname-override", "n", "--config", "/nonexistent/config.yaml"]).agent).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/config.yaml"), "{e}");
+        assert!(matches!(
+            Config::from_args(&Cli::parse_from(["rkubelet", "--hostname-override", "n", "--bootstrap-kubeconfig", "/b"]).agent),
+            Err(ConfigError::BootstrapWithoutKubeconfig)
+        ));
+    }
+
+    #[test]
+    fn the_kubeadm_1_36_config_parses_with_its_values() {
+        let body = include_str!("../tests/data/kubeadm-1.36/config.yaml");
+        // Repeated flags keep the last value, as with Go's flag package.
+        let c = with_file("kubeadm", body, &["--hostname-override=n2"]).unwrap();
+        assert_eq!(c.node_name, "n2");
+        assert_eq!(c.cgroup_driver, CgroupDriver::Cgroupfs);
+        assert_eq!(c.cluster_dns, vec!["10.96.0.10".parse::<IpAddr>().unwrap()]);
+        assert_eq!(c.cluster_domain.as_deref(), Some("cluster.local"));
+        assert_eq!(c.pod_manifest_path, Some(PathBuf::from("/etc/kubernetes/manifests")));
+        assert_eq!(c.containerd_socket, PathBuf::from("/var/run/containerd/containerd.sock"));
+        assert!(c.rotate_certificates);
+        assert!(!c.server_tls_bootstrap);
+        assert_eq!(c.authentication.client_ca_file, Some(PathBuf::from("/etc/kubernetes/pki/ca.crt")));
+        assert!(c.authentication.webhook_enabled && !c.authentication.anonymous_enabled);
+        assert_eq!(c.authentication.webhook_cache_ttl, Duration::from_secs(120), "0s means the default");
+        assert_eq!(c.authorization.mode, AuthorizationMode::Webhook);
+        assert_eq!((c.healthz_port, c.healthz_bind_address.as_str()), (10248, "127.0.0.1"));
+        // kubeadm leaves the frequencies at 0s: upstream's defaults.
+        assert_eq!(c.sync_frequency, Duration::from_secs(60));
+        assert_eq!(c.file_check_frequency, Duration::from_secs(20));
+        assert_eq!((c.node_status_update_frequency, c.node_status_report_frequency), (Duration::from_secs(10), Duration::from_secs(300)));
+        assert_eq!(c.node_lease_duration_seconds, 40);
+        assert_eq!(c.max_pods, 110);
+        assert_eq!(c.eviction_memory_bytes(1 << 30), 100 << 20);
+        // The file's unknown fields (failCgroupV1, logging, crashLoopBackOff, ...) are ignored.
+        let kc = crate::kubelet_config::KubeletConfiguration::parse(body, std::path::Path::new("config.yaml")).unwrap();
+        let unknown = kc.unknown_fields();
+        for f in ["failCgroupV1", "logging", "crashLoopBackOff", "memorySwap", "cpuManagerReconcilePeriod"] {
+            assert!(unknown.iter().any(|u| u == f), "{f} in {unknown:?}");
+        }
+    }
+
+    #[test]
+    fn kubeadm_style_flags_are_accepted() {
+        let env = include_str!("../tests/data/kubeadm-1.36/kubeadm-flags.env");
+        let args = env.trim().strip_prefix("KUBELET_KUBEADM_ARGS=").unwrap().trim_matches('"').replace("<node>", "node-1");
+        let mut argv = vec!["rkubelet".to_string()];
+        argv.extend(args.split_whitespace().map(String::from));
+        let c = Config::from_args(&Cli::parse_from(&argv).agent).unwrap();
+        assert_eq!(c.node_name, "node-1");
+        // Flags older kubeadm versions and distributions pass, accepted and ignored.
+        let a = Cli::parse_from([
+            "rkubelet", "--hostname-override=n1", "--container-runtime=remote", "--network-plugin=cni", "--fail-swap-on=false", "--cgroups-per-qos",
+            "--feature-gates=A=true,B=false", "--read-only-port", "0", "--pod-infra-container-image=registry.k8s.io/pause:3.10", "--node-ip=192.0.2.7",
+            "--register-with-taints=node-role.kubernetes.io/control-plane:NoSchedule", "--resolv-conf=/run/systemd/resolve/resolv.conf", "--cgroup-driver=systemd",
+        ])
+        .agent;
+        let given = a.ignored.given();
+        assert!(given.contains(&("fail-swap-on", "false")) && given.contains(&("cgroups-per-qos", "true")) && given.contains(&("read-only-port", "0")), "{given:?}");
+        let c = Config::from_args(&a).unwrap();
+        assert_eq!(c.taints[0].key, "node-role.kubernetes.io/control-plane");
+        assert_eq!(c.resolv_conf, Some(PathBuf::from("/run/systemd/resolve/resolv.conf")));
+        assert_eq!(c.cgroup_driver, CgroupDriver::Systemd);
     }
 }

@@ -9,6 +9,7 @@ pub mod cgroups;
 pub mod cli;
 pub mod config;
 pub mod events;
+pub mod kubelet_config;
 pub mod memory;
 pub mod network;
 pub mod pod;

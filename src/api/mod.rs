@@ -3,6 +3,7 @@
 //! to this node), the pod status manager and the event sink. Mirrors
 //! pkg/kubelet/{kubelet_node_status.go,nodelease,config/apiserver.go,status,events}.
 
+pub mod bootstrap;
 pub mod events;
 pub mod lease;
 pub mod node;

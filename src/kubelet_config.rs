@@ -1,0 +1,324 @@
+//! The kubelet's configuration file (`--config`): a `kubelet.config.k8s.io/v1beta1`
+//! `KubeletConfiguration`, as `kubeadm` writes it to `/var/lib/kubelet/config.yaml`.
+//!
+//! This module only reads the file. Every field is optional here: [`crate::config`]
+//! merges it with the command line (a flag given explicitly wins, like upstream's
+//! `kubeletConfigFlagPrecedence`) and applies upstream's defaults
+//! (`pkg/kubelet/apis/config/v1beta1/defaults.go`) where neither says anything. As in
+//! upstream's defaulting, a zero duration or count in the file (`syncFrequency: 0s`,
+//! `maxPods: 0`, which kubeadm writes for everything it leaves to the kubelet) means
+//! "use the default".
+//!
+//! Fields rkubelet does not know (`failCgroupV1`, `logging`, `cpuManagerReconcilePeriod`…)
+//! are ignored, and listed at debug level. A known field with the wrong type is an error
+//! naming the field's path (`authentication.webhook.enabled`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use thiserror::Error;
+
+/// The only `apiVersion` accepted (upstream's kubelet 1.36 reads only v1beta1 from a file).
+pub const API_VERSION: &str = "kubelet.config.k8s.io/v1beta1";
+/// The only `kind` accepted.
+pub const KIND: &str = "KubeletConfiguration";
+
+/// Errors reading a KubeletConfiguration file.
+#[derive(Debug, Error)]
+pub enum KubeletConfigError {
+    /// The file could not be read.
+    #[error("cannot read the kubelet config file {}: {source}", path.display())]
+    Read {
+        /// The `--config` path.
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a YAML (or JSON) mapping.
+    #[error("invalid kubelet config file {}: {message}", path.display())]
+    Syntax {
+        /// The `--config` path.
+        path: PathBuf,
+        /// What the YAML parser said.
+        message: String,
+    },
+    /// A field has the wrong type or an invalid value.
+    #[error("invalid kubelet config file {}: field {field}: {message}", path.display())]
+    Field {
+        /// The `--config` path.
+        path: PathBuf,
+        /// The field's path in the document, e.g. `authentication.webhook.enabled`.
+        field: String,
+        /// Why its value was refused.
+        message: String,
+    },
+    /// `apiVersion`/`kind` are missing or not `kubelet.config.k8s.io/v1beta1` `KubeletConfiguration`.
+    #[error(
+        "kubelet config file {} has apiVersion {api_version:?} and kind {kind:?}; want apiVersion {API_VERSION:?} and kind {KIND:?}",
+        path.display()
+    )]
+    Kind {
+        /// The `--config` path.
+        path: PathBuf,
+        /// The file's `apiVersion` ("" when missing).
+        api_version: String,
+        /// The file's `kind` ("" when missing).
+        kind: String,
+    },
+}
+
+/// A Go `time.Duration` as `metav1.Duration` serializes it: a string like `10s`, `1m0s`, `500ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GoDuration(pub Duration);
+
+impl GoDuration {
+    /// The duration, or `None` for zero (upstream's defaulting treats zero as unset).
+    pub fn non_zero(self) -> Option<Duration> {
+        (!self.0.is_zero()).then_some(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for GoDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = GoDuration;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a duration string such as \"10s\", \"1m30s\" or \"500ms\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<GoDuration, E> {
+                crate::config::parse_duration(v).map(GoDuration).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// Fields rkubelet does not read, kept only to be listed in a debug log.
+pub type Unknown = BTreeMap<String, serde_yaml::Value>;
+
+/// `authentication.x509`.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct X509Authentication {
+    /// `clientCAFile`: the CA bundle that verifies client certificates on the kubelet's server.
+    #[serde(rename = "clientCAFile")]
+    pub client_ca_file: Option<String>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+/// `authentication.webhook`.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct WebhookAuthentication {
+    /// `enabled`: bearer tokens are checked with TokenReviews.
+    pub enabled: Option<bool>,
+    /// `cacheTTL`: how long TokenReview answers are cached.
+    #[serde(rename = "cacheTTL")]
+    pub cache_ttl: Option<GoDuration>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+/// `authentication.anonymous`.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct AnonymousAuthentication {
+    /// `enabled`: unauthenticated requests are user `system:anonymous`.
+    pub enabled: Option<bool>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+/// `authentication`: how the kubelet's own server authenticates its clients.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct Authentication {
+    pub x509: Option<X509Authentication>,
+    pub webhook: Option<WebhookAuthentication>,
+    pub anonymous: Option<AnonymousAuthentication>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+/// `authorization.webhook`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookAuthorization {
+    /// `cacheAuthorizedTTL`.
+    #[serde(rename = "cacheAuthorizedTTL")]
+    pub cache_authorized_ttl: Option<GoDuration>,
+    /// `cacheUnauthorizedTTL`.
+    #[serde(rename = "cacheUnauthorizedTTL")]
+    pub cache_unauthorized_ttl: Option<GoDuration>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+/// `authorization`: how the kubelet's own server authorizes requests.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct Authorization {
+    /// `mode`: `AlwaysAllow` or `Webhook` (SubjectAccessReviews).
+    pub mode: Option<String>,
+    pub webhook: Option<WebhookAuthorization>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+/// The fields of a v1beta1 KubeletConfiguration that rkubelet reads.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeletConfiguration {
+    pub api_version: Option<String>,
+    pub kind: Option<String>,
+    /// Directory of static pod manifests (`--pod-manifest-path`).
+    pub static_pod_path: Option<String>,
+    pub sync_frequency: Option<GoDuration>,
+    pub file_check_frequency: Option<GoDuration>,
+    /// The kubelet server's bind address.
+    pub address: Option<String>,
+    /// The kubelet server's port (10250).
+    pub port: Option<i32>,
+    /// The healthz endpoint's port (10248; 0 disables it).
+    pub healthz_port: Option<i32>,
+    pub healthz_bind_address: Option<String>,
+    pub authentication: Option<Authentication>,
+    pub authorization: Option<Authorization>,
+    /// DNS server IPs for pods with `dnsPolicy: ClusterFirst`.
+    #[serde(rename = "clusterDNS")]
+    pub cluster_dns: Option<Vec<String>>,
+    pub cluster_domain: Option<String>,
+    /// `cgroupfs` or `systemd`.
+    pub cgroup_driver: Option<String>,
+    /// Rotate the client certificate before it expires.
+    pub rotate_certificates: Option<bool>,
+    /// Request the serving certificate through a CSR.
+    #[serde(rename = "serverTLSBootstrap")]
+    pub server_tls_bootstrap: Option<bool>,
+    pub node_status_update_frequency: Option<GoDuration>,
+    pub node_status_report_frequency: Option<GoDuration>,
+    pub node_lease_duration_seconds: Option<i32>,
+    pub max_pods: Option<i32>,
+    pub pod_pids_limit: Option<i64>,
+    /// Hard eviction thresholds: signal → quantity or percentage (`memory.available: 100Mi`).
+    pub eviction_hard: Option<BTreeMap<String, String>>,
+    /// Merge upstream's default eviction thresholds under `evictionHard`.
+    pub merge_default_eviction_settings: Option<bool>,
+    pub kube_reserved: Option<BTreeMap<String, String>>,
+    pub system_reserved: Option<BTreeMap<String, String>>,
+    pub container_runtime_endpoint: Option<String>,
+    /// Kept from older kubelets (dockershim); rkubelet stores it for image pulls.
+    pub image_pull_progress_deadline: Option<GoDuration>,
+    /// The resolv.conf pods with `dnsPolicy: Default` get ("" disables).
+    pub resolv_conf: Option<String>,
+    pub register_with_taints: Option<Vec<k8s_openapi::api::core::v1::Taint>>,
+    pub pod_logs_dir: Option<String>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+impl KubeletConfiguration {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<KubeletConfiguration, KubeletConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| KubeletConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses a configuration document; `path` only names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<KubeletConfiguration, KubeletConfigError> {
+        let de = serde_yaml::Deserializer::from_str(text);
+        let cfg: KubeletConfiguration = serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = e.path().to_string();
+            let message = e.inner().to_string();
+            if field == "." || field.is_empty() {
+                KubeletConfigError::Syntax { path: path.to_path_buf(), message }
+            } else {
+                KubeletConfigError::Field { path: path.to_path_buf(), field, message }
+            }
+        })?;
+        let (av, kind) = (cfg.api_version.clone().unwrap_or_default(), cfg.kind.clone().unwrap_or_default());
+        if av != API_VERSION || kind != KIND {
+            return Err(KubeletConfigError::Kind { path: path.to_path_buf(), api_version: av, kind });
+        }
+        Ok(cfg)
+    }
+
+    /// Paths of the fields that were present but are not read (`failCgroupV1`,
+    /// `authentication.webhook.foo`), sorted.
+    pub fn unknown_fields(&self) -> Vec<String> {
+        fn add(out: &mut Vec<String>, prefix: &str, u: &Unknown) {
+            out.extend(u.keys().map(|k| format!("{prefix}{k}")));
+        }
+        let mut out = Vec::new();
+        add(&mut out, "", &self.unknown);
+        if let Some(a) = &self.authentication {
+            add(&mut out, "authentication.", &a.unknown);
+            if let Some(x) = &a.x509 {
+                add(&mut out, "authentication.x509.", &x.unknown);
+            }
+            if let Some(w) = &a.webhook {
+                add(&mut out, "authentication.webhook.", &w.unknown);
+            }
+            if let Some(an) = &a.anonymous {
+                add(&mut out, "authentication.anonymous.", &an.unknown);
+            }
+        }
+        if let Some(a) = &self.authorization {
+            add(&mut out, "authorization.", &a.unknown);
+            if let Some(w) = &a.webhook {
+                add(&mut out, "authorization.webhook.", &w.unknown);
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<KubeletConfiguration, KubeletConfigError> {
+        KubeletConfiguration::parse(s, Path::new("/etc/kubelet.yaml"))
+    }
+
+    const HEAD: &str = "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n";
+
+    #[test]
+    fn known_fields_are_read_and_unknown_ones_listed() {
+        let c = parse(&format!(
+            "{HEAD}maxPods: 42\nsyncFrequency: 1m30s\nfailCgroupV1: false\nlogging: {{verbosity: 0}}\nauthentication:\n  webhook: {{enabled: true, cacheTTL: 0s, extra: 1}}\n  x509: {{clientCAFile: /ca.crt}}\n"
+        ))
+        .unwrap();
+        assert_eq!(c.max_pods, Some(42));
+        assert_eq!(c.sync_frequency, Some(GoDuration(Duration::from_secs(90))));
+        let a = c.authentication.as_ref().unwrap();
+        assert_eq!(a.webhook.as_ref().unwrap().enabled, Some(true));
+        assert_eq!(a.webhook.as_ref().unwrap().cache_ttl.unwrap().non_zero(), None);
+        assert_eq!(a.x509.as_ref().unwrap().client_ca_file.as_deref(), Some("/ca.crt"));
+        assert_eq!(c.unknown_fields(), vec!["authentication.webhook.extra", "failCgroupV1", "logging"]);
+    }
+
+    #[test]
+    fn wrong_types_name_the_field() {
+        let e = parse(&format!("{HEAD}maxPods: lots\n")).unwrap_err().to_string();
+        assert!(e.contains("field maxPods:") && e.contains("invalid type"), "{e}");
+        let e = parse(&format!("{HEAD}authentication:\n  anonymous:\n    enabled: maybe\n")).unwrap_err().to_string();
+        assert!(e.contains("field authentication.anonymous.enabled:"), "{e}");
+        let e = parse(&format!("{HEAD}nodeStatusUpdateFrequency: 10\n")).unwrap_err().to_string();
+        assert!(e.contains("field nodeStatusUpdateFrequency:") && e.contains("duration"), "{e}");
+        let e = parse(&format!("{HEAD}syncFrequency: 3 fortnights\n")).unwrap_err().to_string();
+        assert!(e.contains("field syncFrequency:"), "{e}");
+        let e = parse(&format!("{HEAD}clusterDNS: 10.96.0.10\n")).unwrap_err().to_string();
+        assert!(e.contains("field clusterDNS:"), "{e}");
+    }
+
+    #[test]
+    fn kind_and_api_version_are_checked() {
+        assert!(matches!(parse("kind: KubeletConfiguration\nmaxPods: 1\n"), Err(KubeletConfigError::Kind { .. })));
+        assert!(matches!(parse("apiVersion: kubelet.config.k8s.io/v1\nkind: KubeletConfiguration\n"), Err(KubeletConfigError::Kind { .. })));
+        assert!(matches!(parse("- a\n- b\n"), Err(KubeletConfigError::Syntax { .. })));
+        let e = parse("maxPods: [1, 2\n").unwrap_err();
+        assert!(matches!(e, KubeletConfigError::Syntax { .. } | KubeletConfigError::Field { .. }), "{e:?}");
+    }
+}

@@ -1,0 +1,245 @@
+//! The agent started the way `kubeadm join` v1.36 leaves a node (issue 8): the golden
+//! files a real `kubeadm join` wrote (`tests/data/kubeadm-1.36/`: `config.yaml`,
+//! `kubeadm-flags.env`, `instance-config.yaml`) are laid out in a temporary
+//! `/etc/kubernetes` + `/var/lib/kubelet`, with their paths rewritten into it and the
+//! test's containerd socket, next to a bootstrap kubeconfig from the test API server.
+//! The agent is then started exactly as kubeadm's systemd drop-in does:
+//! `kubelet $KUBELET_KUBECONFIG_ARGS $KUBELET_CONFIG_ARGS $KUBELET_KUBEADM_ARGS $KUBELET_EXTRA_ARGS`,
+//! with `KUBELET_KUBEADM_ARGS` read from the env file and `KUBELET_EXTRA_ARGS` holding
+//! only what this test machine needs (its own root dir, CNI network and pause image).
+//! It must bootstrap its certificate, register, and apply the config file's settings.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use common::{BUSYBOX, NODE, PAUSE};
+use rkubelet_test_apiserver::{Options, TestApiServer, User};
+use serde_json::Value;
+
+const GOLDEN_CONFIG: &str = include_str!("data/kubeadm-1.36/config.yaml");
+const GOLDEN_FLAGS_ENV: &str = include_str!("data/kubeadm-1.36/kubeadm-flags.env");
+const GOLDEN_INSTANCE_CONFIG: &str = include_str!("data/kubeadm-1.36/instance-config.yaml");
+
+/// A node laid out like kubeadm's: `<root>/etc/kubernetes` and `<root>/var/lib/kubelet`.
+struct KubeadmNode {
+    root: PathBuf,
+    etc: PathBuf,
+    var_lib: PathBuf,
+    manifests: PathBuf,
+    log: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+/// Values of a systemd EnvironmentFile (`KEY="value"` lines).
+fn parse_env_file(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().trim_matches('"').to_string()))
+        .collect()
+}
+
+impl KubeadmNode {
+    fn new(name: &str, srv: &TestApiServer) -> KubeadmNode {
+        let root = PathBuf::from("/var/lib/rkubelet-test/agents").join(name);
+        let _ = std::fs::remove_dir_all(&root);
+        let etc = root.join("etc/kubernetes");
+        let var_lib = root.join("var/lib/kubelet");
+        let manifests = etc.join("manifests");
+        for d in [&manifests, &etc.join("pki"), &var_lib, &root.join("net.d")] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        // What kubeadm writes before starting the kubelet.
+        std::fs::write(etc.join("pki/ca.crt"), srv.ca_pem()).unwrap();
+        srv.write_kubeconfig(&etc.join("bootstrap-kubelet.conf"), &User::BootstrapToken).unwrap();
+        // The cluster's KubeletConfiguration as kubeadm wrote it, its paths moved into the
+        // test root, plus settings a cluster may carry (to see them take effect).
+        let config = GOLDEN_CONFIG
+            .replace("/etc/kubernetes/", &format!("{}/", etc.display()))
+            .replace("unix:///var/run/containerd/containerd.sock", "unix:///run/containerd/containerd.sock")
+            .replace("fileCheckFrequency: 0s", "fileCheckFrequency: 2s")
+            + "maxPods: 33\nnodeLeaseDurationSeconds: 12\nevictionHard:\n  memory.available: 300Mi\n  nodefs.available: 5%\n";
+        std::fs::write(var_lib.join("config.yaml"), config).unwrap();
+        std::fs::write(var_lib.join("kubeadm-flags.env"), GOLDEN_FLAGS_ENV.replace("<node>", NODE)).unwrap();
+        std::fs::write(
+            var_lib.join("instance-config.yaml"),
+            GOLDEN_INSTANCE_CONFIG.replace("unix:///var/run/containerd/containerd.sock", "unix:///run/containerd/containerd.sock"),
+        )
+        .unwrap();
+        // The test network (as the common harness's).
+        let conf = format!(
+            r#"{{"cniVersion":"1.0.0","name":"rktest","plugins":[
+ {{"type":"bridge","bridge":"{}","isGateway":true,"ipMasq":false,"hairpinMode":true,
+  "ipam":{{"type":"host-local","dataDir":"{}","ranges":[[{{"subnet":"10.244.77.0/24"}}]],"routes":[{{"dst":"0.0.0.0/0"}}]}}}},
+ {{"type":"portmap","capabilities":{{"portMappings":true}}}}]}}"#,
+            common::BRIDGE,
+            root.join("ipam").display()
+        );
+        std::fs::write(root.join("net.d/10-test.conflist"), conf).unwrap();
+
+        // The drop-in's command line.
+        let env = parse_env_file(&std::fs::read_to_string(var_lib.join("kubeadm-flags.env")).unwrap());
+        let kubeadm_args = env.iter().find(|(k, _)| k == "KUBELET_KUBEADM_ARGS").map(|(_, v)| v.clone()).expect("KUBELET_KUBEADM_ARGS");
+        let extra_args = format!(
+            "--root-dir={} --cni-conf-dir={} --pod-infra-container-image={PAUSE} --v=2",
+            var_lib.display(),
+            root.join("net.d").display()
+        );
+        let mut args = vec![
+            format!("--bootstrap-kubeconfig={}", etc.join("bootstrap-kubelet.conf").display()),
+            format!("--kubeconfig={}", etc.join("kubelet.conf").display()),
+            format!("--config={}", var_lib.join("config.yaml").display()),
+        ];
+        args.extend(kubeadm_args.split_whitespace().map(String::from));
+        args.extend(extra_args.split_whitespace().map(String::from));
+        let log = root.join("agent.log");
+        let mut n = KubeadmNode { root, etc, var_lib, manifests, log, args, child: None };
+        n.start();
+        n
+    }
+
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_rkubelet")).args(&self.args).stdout(log.try_clone().unwrap()).stderr(log).spawn().expect("start rkubelet");
+        self.child = Some(child);
+    }
+
+    fn log_tail(&self, n: usize) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    fn wait_for<T>(&self, timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(v) = f() {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("timed out after {timeout:?} waiting for {what}\nagent log:\n{}", self.log_tail(60));
+    }
+
+    fn pods_dir(&self) -> PathBuf {
+        self.var_lib.join("pods")
+    }
+}
+
+impl Drop for KubeadmNode {
+    fn drop(&mut self) {
+        // Remove the static pods and let the agent clean them up, then stop it.
+        if let Ok(rd) = std::fs::read_dir(&self.manifests) {
+            for e in rd.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let running = self.child.as_mut().map(|c| c.try_wait().ok().flatten().is_none()).unwrap_or(false);
+        if running {
+            let deadline = Instant::now() + Duration::from_secs(90);
+            while Instant::now() < deadline && std::fs::read_dir(self.pods_dir()).map(|mut d| d.next().is_some()).unwrap_or(false) {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn quantity_ki(v: &Value) -> i64 {
+    v.as_str().and_then(|s| s.strip_suffix("Ki")).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("not a Ki quantity: {v}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k1_the_agent_joins_with_the_files_kubeadm_writes() {
+    let srv = TestApiServer::start(Options::default()).await.expect("test API server");
+    let node = tokio::task::block_in_place(|| KubeadmNode::new("k1-kubeadm", &srv));
+    let kubelet_conf = node.etc.join("kubelet.conf");
+    let bootstrap_conf = node.etc.join("bootstrap-kubelet.conf");
+    tokio::task::block_in_place(|| {
+        // kubeadm waits for the TLS bootstrap: kubelet.conf appears, pointing at the
+        // certificate store under the kubelet's root dir; then it deletes the bootstrap kubeconfig.
+        node.wait_for(Duration::from_secs(60), "kubelet.conf", || kubelet_conf.exists().then_some(()));
+        let kc: Value = serde_yaml::from_str(&std::fs::read_to_string(&kubelet_conf).unwrap()).unwrap();
+        let current = node.var_lib.join("pki/kubelet-client-current.pem");
+        assert_eq!(kc["users"][0]["user"]["client-certificate"], current.to_str().unwrap());
+        assert!(std::fs::symlink_metadata(&current).unwrap().file_type().is_symlink());
+        std::fs::remove_file(&bootstrap_conf).unwrap();
+        let csr = srv.list("certificatesigningrequests", None).into_iter().next().expect("a CSR");
+        assert_eq!(csr["spec"]["username"], "system:bootstrap:abcdef");
+        assert_eq!(csr["spec"]["signerName"], "kubernetes.io/kube-apiserver-client-kubelet");
+
+        // Registered under --hostname-override from kubeadm-flags.env, as the node itself.
+        let n = node.wait_for(Duration::from_secs(30), "the Node with its status", || {
+            srv.get("nodes", None, NODE).filter(|n| n["status"]["capacity"]["pods"].is_string())
+        });
+        let create = srv.requests().into_iter().find(|r| r.verb == "create" && r.resource == "nodes").unwrap();
+        assert_eq!(create.user, format!("system:node:{NODE}"));
+        // maxPods and evictionHard from the config file.
+        assert_eq!(n["status"]["capacity"]["pods"], "33");
+        let (cap, alloc) = (quantity_ki(&n["status"]["capacity"]["memory"]), quantity_ki(&n["status"]["allocatable"]["memory"]));
+        assert_eq!(cap - alloc, 300 * 1024, "allocatable = capacity - evictionHard memory.available (300Mi)");
+        // nodeLeaseDurationSeconds.
+        let lease = node.wait_for(Duration::from_secs(30), "the Lease", || srv.get("leases", Some("kube-node-lease"), NODE));
+        assert_eq!(lease["spec"]["leaseDurationSeconds"], 12);
+
+        // staticPodPath: a manifest there runs as a static pod.
+        let manifest = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: kubeadm-static, namespace: kube-system}}\nspec:\n  terminationGracePeriodSeconds: 2\n  containers:\n  - name: c\n    image: {BUSYBOX}\n    command: [sleep, '3600']\n"
+        );
+        std::fs::write(node.manifests.join("kubeadm-static.yaml"), manifest).unwrap();
+        let full = format!("kubeadm-static-{NODE}");
+        node.wait_for(Duration::from_secs(60), "the static pod Running", || {
+            rkubelet::pod::store::load_all(&node.var_lib).into_iter().find(|p| {
+                p.metadata.name.as_deref() == Some(full.as_str()) && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+            })
+        });
+        let mirror = node.wait_for(Duration::from_secs(30), "the mirror pod", || srv.get("pods", Some("kube-system"), &full));
+        assert!(mirror["metadata"]["annotations"]["kubernetes.io/config.mirror"].is_string(), "{mirror}");
+
+        // rotateCertificates: true in the file starts the certificate manager; unknown
+        // fields of the file (failCgroupV1, logging, ...) are ignored, not fatal.
+        let log = std::fs::read_to_string(&node.log).unwrap();
+        assert!(log.contains("waiting for the next client certificate rotation"), "{}", node.log_tail(40));
+        assert!(log.contains("ignoring KubeletConfiguration fields") && log.contains("failCgroupV1"), "{}", node.log_tail(40));
+        assert!(!log.contains("panicked"));
+    });
+    let root = node.root.clone();
+    tokio::task::block_in_place(|| drop(node));
+    assert!(
+        std::fs::read_dir(root.join("var/lib/kubelet/pods")).map(|mut d| d.next().is_none()).unwrap_or(true),
+        "static pods cleaned up"
+    );
+    assert!(srv.violations().is_empty(), "requests the real server would reject: {:?}", srv.violations());
+}
+
+#[test]
+fn k2_a_config_file_with_a_wrongly_typed_field_is_exit_64_naming_the_field() {
+    let dir = PathBuf::from("/var/lib/rkubelet-test/agents/k2-config");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("config.yaml");
+    std::fs::write(&config, GOLDEN_CONFIG.to_string() + "maxPods: plenty\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rkubelet"))
+        .args(["--hostname-override", NODE, "--root-dir", dir.join("root").to_str().unwrap(), "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("invalid configuration") && stderr.contains("field maxPods:") && stderr.contains(config.to_str().unwrap()), "{stderr}");
+}
