@@ -22,9 +22,9 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/rkubelet-target}"
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 
 if [ "${RK_SKIP_SETUP:-0}" = 1 ]; then
-    log "step 1/2: scripts/setup.sh skipped (RK_SKIP_SETUP=1)"
+    log "step 1/3: scripts/setup.sh skipped (RK_SKIP_SETUP=1)"
 else
-    log "step 1/2: scripts/setup.sh (packages, containerd, registry, CNI config, test images)"
+    log "step 1/3: scripts/setup.sh (packages, containerd, registry, CNI config, test images)"
     bash "$RK_REPO_ROOT/scripts/setup.sh"
 fi
 
@@ -53,7 +53,7 @@ full_suite=0
 if [ "${RK_SKIP_BENCH:-0}" = 1 ] || [ "$full_suite" = 0 ]; then
     log "step 3/3: scripts/bench.sh skipped"
 else
-    log "step 3/3: scripts/bench.sh (pod start vs the no-agent floor, RSS, CPU)"
+    log "step 3/3: scripts/bench.sh (pod start vs the no-agent floor and against the test API server, RSS, CPU)"
     # The test API server built by step 2 (debug) serves the API phase; building a
     # release copy would cost CI minutes for a test double.
     RK_SKIP_SETUP=1 RK_APISERVER_BIN="${RK_APISERVER_BIN:-$CARGO_TARGET_DIR/debug/rk-apiserver}" \
