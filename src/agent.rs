@@ -113,6 +113,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         PullOptions { docker_config: docker_config(&cfg.root_dir), insecure_registries: vec![] },
     );
     let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let memory_capacity = crate::cgroups::memory_capacity();
+    let cpu_capacity_milli = std::thread::available_parallelism().map(|n| n.get() as i64 * 1000).unwrap_or(1000);
     let ctx = Arc::new(Context {
         containers: Containers::new(channel.clone(), cfg.namespace.clone(), cfg.snapshotter.clone()),
         images,
@@ -120,14 +122,15 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         recorder,
         router: Router::default(),
         oom: crate::cgroups::own_oom_restriction(),
-        memory_capacity: crate::cgroups::memory_capacity(),
+        memory_capacity,
         capabilities: crate::runtime::spec::current_capabilities(),
-        cpu_capacity_milli: std::thread::available_parallelism().map(|n| n.get() as i64 * 1000).unwrap_or(1000),
+        cpu_capacity_milli,
         host_ip: cfg.node_ip.clone().or_else(host_ip),
         host_resolv,
         node: crate::pod::admission::NodeResources {
-            cpu_milli: std::thread::available_parallelism().map(|n| n.get() as i64 * 1000).unwrap_or(1000),
-            memory_bytes: crate::cgroups::memory_capacity() - (100 << 20),
+            // The same allocatable the Node reports: capacity minus the hard eviction threshold.
+            cpu_milli: cpu_capacity_milli,
+            memory_bytes: memory_capacity - cfg.eviction_memory_bytes(memory_capacity),
             pods: cfg.max_pods as i64,
             labels: crate::api::node::node_labels(&crate::api::node::NodeOptions {
                 name: cfg.node_name.clone(),
