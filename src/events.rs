@@ -49,12 +49,8 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// A recorder whose events are logged and appended to `file` by a background task.
-    pub fn to_file(file: PathBuf) -> (Recorder, tokio::task::JoinHandle<()>) {
-        Self::new(file, None)
-    }
-
-    /// Events go to `file` and, with a client, to the API server as core/v1 Events
+    /// Events are logged and appended to `file` by a background task and, with a
+    /// client, go to the API server as core/v1 Events
     /// (`api` = client and node name).
     pub fn new(file: PathBuf, api: Option<(kube::Client, String)>) -> (Recorder, tokio::task::JoinHandle<()>) {
         let (tx, mut rx) = mpsc::channel::<PodEvent>(1024);

@@ -101,13 +101,7 @@ pub fn own_oom_restriction() -> (i32, bool) {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(0);
-    let cap = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
-        })
+    let cap = crate::runtime::spec::effective_capability_mask()
         .map(|bits| bits & (1 << 24) != 0) // CAP_SYS_RESOURCE = 24
         .unwrap_or(false);
     (own, cap)

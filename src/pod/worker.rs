@@ -984,9 +984,7 @@ pub fn resolve_user(pod: &Pod, c: &Container, image_user: &str) -> Result<UserId
 /// Mounts the pod's shared /dev/shm tmpfs (64 MiB, as containerd's CRI) if needed.
 fn ensure_shm(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let target = dir.to_string_lossy();
-    if info.lines().any(|l| l.split_whitespace().nth(4) == Some(target.as_ref())) {
+    if crate::volume::is_mountpoint(dir) {
         return Ok(());
     }
     mount(Some("shm"), dir, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, Some("mode=1777,size=67108864"))

@@ -66,11 +66,14 @@ pub fn capabilities_from_mask(mask: u64) -> Vec<String> {
 /// privileged container (containerd's WithAllCurrentCapabilities), so that a node
 /// without e.g. CAP_SYS_RESOURCE can still run privileged pods.
 pub fn current_capabilities() -> Vec<String> {
-    let mask = std::fs::read_to_string("/proc/self/status")
+    capabilities_from_mask(effective_capability_mask().unwrap_or(0))
+}
+
+/// The agent's `CapEff` mask from /proc/self/status.
+pub fn effective_capability_mask() -> Option<u64> {
+    std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| s.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|h| u64::from_str_radix(h.trim(), 16).ok()))
-        .unwrap_or(0);
-    capabilities_from_mask(mask)
 }
 
 const MASKED_PATHS: &[&str] = &[

@@ -7,16 +7,10 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::core::v1::EmptyDirVolumeSource;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
-use super::VolumeError;
+use super::{is_mountpoint, VolumeError};
 
 /// The plugin directory name upstream uses.
 pub const PLUGIN_DIR: &str = "kubernetes.io~empty-dir";
-
-fn is_mountpoint(p: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
-    let target = p.to_string_lossy();
-    info.lines().any(|l| l.split_whitespace().nth(4) == Some(target.as_ref()))
-}
 
 /// Creates the volume directory (mode 0777 like upstream) and mounts tmpfs for `Memory`.
 pub fn setup(pod_dir: &Path, name: &str, src: &EmptyDirVolumeSource) -> Result<PathBuf, VolumeError> {

@@ -34,6 +34,13 @@ pub enum VolumeError {
     TearDown { volume: String, #[source] source: std::io::Error },
 }
 
+/// True when `p` is a mount point (listed in /proc/self/mountinfo).
+pub fn is_mountpoint(p: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let target = p.to_string_lossy();
+    info.lines().any(|l| l.split_whitespace().nth(4) == Some(target.as_ref()))
+}
+
 /// A prepared volume: its host path and whether containers get it read-only.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Prepared {
