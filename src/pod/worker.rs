@@ -264,16 +264,7 @@ impl Worker {
         let mut wake: Option<DateTime<Utc>> = None;
         // A pod already reported Succeeded/Failed stays so: nothing is started again.
         let reported = self.last_status.as_ref().and_then(|s| s.phase.clone()).or_else(|| pod.status.as_ref().and_then(|s| s.phase.clone()));
-        if matches!(reported.as_deref(), Some("Succeeded") | Some("Failed")) {
-            let (sandbox, records, instances) = self.observe().await?;
-            if let Some(sb) = sandbox.as_ref().filter(|s| s.ready) {
-                self.kill_pod_containers(pod, &records, Duration::from_secs(2)).await;
-                self.stop_sandbox(&records, &sb.id).await;
-            }
-            let sb = sandbox.map(|s| SandboxState { ready: false, ..s });
-            self.write_status_with_phase(pod, sb.as_ref(), &instances, reported.as_deref())?;
-            return Ok(None);
-        }
+        let pinned = reported.filter(|p| p == "Succeeded" || p == "Failed");
         // A sync may create the sandbox and then go on to start containers.
         for _round in 0..3 {
             let (sandbox, records, instances) = self.observe().await?;
@@ -281,13 +272,15 @@ impl Worker {
             let p = plan(&spec, &format_pod(pod), &instances, sandbox.as_ref(), &mut self.backoff, now());
             debug!(?p, "plan");
 
-            if let Some(phase) = p.terminal {
+            if let Some(phase) = pinned.as_deref().or(p.terminal) {
                 if let Some(sb) = sandbox.as_ref().filter(|s| s.ready) {
                     info!(phase, "pod finished; stopping its sandbox");
+                    // Only a pinned phase can find containers still running.
+                    self.kill_pod_containers(pod, &records, Duration::from_secs(2)).await;
                     self.stop_sandbox(&records, &sb.id).await;
                 }
                 let sb = sandbox.map(|s| SandboxState { ready: false, ..s });
-                self.write_status(pod, sb.as_ref(), &instances)?;
+                self.write_status_with_phase(pod, sb.as_ref(), &instances, pinned.as_deref())?;
                 return Ok(None);
             }
 
