@@ -115,6 +115,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let memory_capacity = crate::cgroups::memory_capacity();
     let cpu_capacity_milli = std::thread::available_parallelism().map(|n| n.get() as i64 * 1000).unwrap_or(1000);
+    let node_opts = node_options(&cfg, memory_capacity);
     let ctx = Arc::new(Context {
         containers: Containers::new(channel.clone(), cfg.namespace.clone(), cfg.snapshotter.clone()),
         images,
@@ -127,21 +128,20 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         cpu_capacity_milli,
         host_ip: cfg.node_ip.clone().or_else(host_ip),
         host_resolv,
+        // The same allocatable the Node reports.
         node: crate::pod::admission::NodeResources {
-            // The same allocatable the Node reports: capacity minus the hard eviction threshold.
-            cpu_milli: cpu_capacity_milli,
-            memory_bytes: memory_capacity - cfg.eviction_memory_bytes(memory_capacity),
+            name: cfg.node_name.clone(),
+            cpu_milli: (cpu_capacity_milli - node_opts.reserved_cpu_milli).max(0),
+            memory_bytes: (memory_capacity - node_opts.reserved_memory_bytes - node_opts.eviction_memory_bytes).max(0),
             pods: cfg.max_pods as i64,
-            labels: crate::api::node::node_labels(&crate::api::node::NodeOptions {
-                name: cfg.node_name.clone(),
-                labels: cfg.node_labels.clone(),
-                ..Default::default()
-            }),
+            labels: crate::api::node::node_labels(&node_opts),
         },
         status: crate::api::status::StatusManager::new(client.clone()),
+        objects: client.clone().map(crate::api::objects::ObjectCache::new),
         client: client.clone(),
         config: cfg.clone(),
     });
+    node_startup(&ctx, &node_opts, cpu_capacity_milli, memory_capacity);
     let mut manager = Manager::new(ctx.clone(), cancel.clone());
 
     let (ev_tx, mut ev_rx) = mpsc::channel(256);
@@ -223,6 +223,48 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     Ok(())
 }
 
+/// Upstream's CgroupV1 warning text.
+const CGROUP_V1_MESSAGE: &str = "cgroup v1 detected. cgroup v1 support is deprecated and will be removed in a future release. Please migrate to cgroup v2. More information at https://git.k8s.io/enhancements/keps/sig-node/5573-remove-cgroup-v1";
+
+/// What the kubelet does once at start: the `Starting` event, the cgroup v1
+/// warning, and node allocatable enforced on the `kubepods` cgroup.
+fn node_startup(ctx: &Context, o: &crate::api::node::NodeOptions, cpu_milli: i64, memory: i64) {
+    use crate::events::reason;
+    let node = &ctx.config.node_name;
+    ctx.recorder.node(node, "Normal", reason::STARTING, "Starting kubelet.");
+    if crate::cgroups::uses_v1() {
+        ctx.recorder.node(node, "Warning", reason::CGROUP_V1, CGROUP_V1_MESSAGE);
+    }
+    // Enforced against capacity minus reservations (eviction thresholds stay usable).
+    match crate::cgroups::enforce_node_allocatable(memory - o.reserved_memory_bytes, cpu_milli - o.reserved_cpu_milli) {
+        Ok(dir) => {
+            info!(cgroup = %dir.display(), "node allocatable enforced on the pods cgroup");
+            ctx.recorder.node(node, "Normal", reason::NODE_ALLOCATABLE_ENFORCED, "Updated Node Allocatable limit across pods");
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot enforce node allocatable on the pods cgroup");
+            ctx.recorder.node(node, "Warning", reason::FAILED_NODE_ALLOCATABLE_ENFORCEMENT, format!("Failed to update Node Allocatable Limits [\"kubepods\"]: {e}"));
+        }
+    }
+}
+
+/// How the node registers and what it keeps back from pods, from the configuration.
+fn node_options(cfg: &Config, memory_capacity: i64) -> crate::api::node::NodeOptions {
+    crate::api::node::NodeOptions {
+        name: cfg.node_name.clone(),
+        node_ip: cfg.node_ip.clone(),
+        labels: cfg.node_labels.clone(),
+        taints: cfg.taints.clone(),
+        max_pods: cfg.max_pods,
+        eviction_memory_bytes: cfg.eviction_memory_bytes(memory_capacity),
+        eviction_nodefs_fraction: 0.0,
+        reserved_cpu_milli: cfg.reserved("cpu"),
+        reserved_memory_bytes: cfg.reserved("memory"),
+        reserved_storage_bytes: cfg.reserved("ephemeral-storage"),
+        kubelet_port: cfg.port,
+    }
+}
+
 /// Starts the node, lease, pod-watch and status tasks.
 fn start_api(
     client: &kube::Client,
@@ -233,19 +275,11 @@ fn start_api(
     pods_tx: tokio::sync::watch::Sender<crate::api::pods::PodSet>,
     cancel: &CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    use crate::api::node::{MachineInfo, NodeOptions, Readiness};
+    use crate::api::node::{MachineInfo, Readiness};
     let machine = MachineInfo::read(&cfg.root_dir, runtime_version);
-    let opts = NodeOptions {
-        name: cfg.node_name.clone(),
-        node_ip: cfg.node_ip.clone(),
-        labels: cfg.node_labels.clone(),
-        taints: cfg.taints.clone(),
-        max_pods: cfg.max_pods,
-        eviction_memory_bytes: cfg.eviction_memory_bytes(machine.memory_bytes),
-        eviction_nodefs_fraction: cfg.eviction_nodefs_fraction(machine.ephemeral_storage_bytes),
-        kubelet_port: cfg.port,
-    };
-    let (ready_tx, ready_rx) = tokio::sync::watch::channel(Readiness { runtime_ok: true, network_error: Some("not checked yet".into()) });
+    let mut opts = node_options(cfg, machine.memory_bytes);
+    opts.eviction_nodefs_fraction = cfg.eviction_nodefs_fraction(machine.ephemeral_storage_bytes);
+    let (ready_tx, ready_rx) = tokio::sync::watch::channel(Readiness { runtime_ok: true, network_error: Some(crate::api::node::NOT_CHECKED.into()) });
     let (uid_tx, uid_rx) = tokio::sync::watch::channel(None);
     let mut tasks = Vec::new();
     // Runtime and network readiness, re-checked every few seconds (upstream: 5 s).
@@ -277,6 +311,7 @@ fn start_api(
         uid_tx,
         cfg.node_status_update_frequency,
         cfg.node_status_report_frequency,
+        ctx.recorder.clone(),
         cancel.clone(),
     )));
     tasks.push(tokio::spawn(crate::api::lease::run(client.clone(), cfg.node_name.clone(), cfg.node_lease_duration_seconds, uid_rx, cancel.clone())));

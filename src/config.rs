@@ -556,6 +556,16 @@ impl Config {
         self.eviction_hard.get("memory.available").map(|t| t.amount(memory_capacity)).unwrap_or(0)
     }
 
+    /// `kubeReserved` + `systemReserved` of one resource: millicores for `cpu`,
+    /// plain units (bytes, PIDs) otherwise; 0 when neither reserves it.
+    pub fn reserved(&self, resource: &str) -> i64 {
+        [&self.kube_reserved, &self.system_reserved]
+            .iter()
+            .filter_map(|m| m.get(resource))
+            .filter_map(|q| if resource == "cpu" { crate::quantity::to_milli(q).ok() } else { crate::quantity::to_value(q).ok() })
+            .sum()
+    }
+
     /// The `nodefs.available` hard eviction threshold as a fraction of the node's
     /// filesystem (`nodefs_capacity` bytes); allocatable ephemeral storage excludes it.
     pub fn eviction_nodefs_fraction(&self, nodefs_capacity: i64) -> f64 {

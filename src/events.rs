@@ -1,6 +1,6 @@
-//! Kubernetes-style events about pods (reason, message, type, field path), with
-//! upstream's reasons and texts (pkg/kubelet/events). In standalone mode they go to
-//! the log and to `<root-dir>/events.jsonl`; a later sink posts them to the API.
+//! Kubernetes-style events about pods and the node (reason, message, type, field
+//! path), with upstream's reasons and texts (pkg/kubelet/events). They go to the
+//! log and to `<root-dir>/events.jsonl` and, with an API server, to core/v1 Events.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -23,12 +23,33 @@ pub mod reason {
     pub const SANDBOX_CHANGED: &str = "SandboxChanged";
     pub const FAILED_MOUNT: &str = "FailedMount";
     pub const FAILED_KILL_POD: &str = "FailedKillPod";
+    pub const STARTING: &str = "Starting";
+    pub const NODE_ALLOCATABLE_ENFORCED: &str = "NodeAllocatableEnforced";
+    pub const FAILED_NODE_ALLOCATABLE_ENFORCEMENT: &str = "FailedNodeAllocatableEnforcement";
+    pub const CGROUP_V1: &str = "CgroupV1";
+    pub const NODE_READY: &str = "NodeReady";
+    pub const NODE_NOT_READY: &str = "NodeNotReady";
 }
 
-/// One event as recorded.
+/// The kind of object an event is about.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub enum InvolvedKind {
+    #[default]
+    Pod,
+    Node,
+}
+
+fn is_pod(k: &InvolvedKind) -> bool {
+    *k == InvolvedKind::Pod
+}
+
+/// One event as recorded. For a node event, `pod` holds the node's name and
+/// `namespace`/`uid` are empty.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PodEvent {
+    #[serde(default, skip_serializing_if = "is_pod")]
+    pub kind: InvolvedKind,
     pub time: String,
     pub namespace: String,
     pub pod: String,
@@ -77,6 +98,7 @@ impl Recorder {
 
     fn emit(&self, pod: &Pod, field_path: Option<String>, type_: &str, reason: &str, message: String) {
         let ev = PodEvent {
+            kind: InvolvedKind::Pod,
             time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             namespace: pod.metadata.namespace.clone().unwrap_or_default(),
             pod: pod.metadata.name.clone().unwrap_or_default(),
@@ -87,9 +109,35 @@ impl Recorder {
             message,
         };
         info!(pod = %format!("{}/{}", ev.namespace, ev.pod), field = ev.field_path.as_deref().unwrap_or(""), event_type = %ev.type_, reason = %ev.reason, "{}", ev.message);
+        self.send(ev);
+    }
+
+    fn send(&self, ev: PodEvent) {
         if self.tx.try_send(ev).is_err() {
             warn!("event sink is full; event dropped");
         }
+    }
+
+    /// An event about the node itself (`Starting`, `NodeReady`, …).
+    pub fn node(&self, node: &str, type_: &str, reason: &str, message: impl Into<String>) {
+        let ev = PodEvent {
+            kind: InvolvedKind::Node,
+            time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            namespace: String::new(),
+            pod: node.into(),
+            uid: String::new(),
+            field_path: None,
+            type_: type_.into(),
+            reason: reason.into(),
+            message: message.into(),
+        };
+        info!(node = %node, event_type = %ev.type_, reason = %ev.reason, "{}", ev.message);
+        self.send(ev);
+    }
+
+    /// `Node <name> status is now: <reason>`: upstream's recordNodeStatusEvent.
+    pub fn node_status(&self, node: &str, reason: &str) {
+        self.node(node, "Normal", reason, format!("Node {node} status is now: {reason}"))
     }
 
     /// A Normal event about the pod or one of its containers.

@@ -5,65 +5,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
+use common::api::*;
 use common::*;
-use rkubelet_test_apiserver::{Options, TestApiServer, User};
 use serde_json::Value;
-
-struct Api {
-    srv: TestApiServer,
-    admin: PathBuf,
-    node: PathBuf,
-}
-
-async fn api_server(dir: &Path) -> Api {
-    std::fs::create_dir_all(dir).unwrap();
-    let srv = TestApiServer::start(Options::default()).await.expect("test API server");
-    let admin = dir.join("admin.kubeconfig");
-    let node = dir.join("node.kubeconfig");
-    srv.write_kubeconfig(&admin, &User::Admin).unwrap();
-    srv.write_kubeconfig(&node, &User::Node(NODE.to_string())).unwrap();
-    Api { srv, admin, node }
-}
-
-fn kubectl(kubeconfig: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new("kubectl").arg("--kubeconfig").arg(kubeconfig).args(args).output().expect("kubectl");
-    let mut s = String::from_utf8_lossy(&out.stdout).to_string();
-    s.push_str(&String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), s)
-}
-
-fn kubectl_json(kubeconfig: &Path, args: &[&str]) -> Option<Value> {
-    let mut a = args.to_vec();
-    a.extend(["-o", "json"]);
-    let out = Command::new("kubectl").arg("--kubeconfig").arg(kubeconfig).args(&a).output().ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    serde_json::from_slice(&out.stdout).ok()
-}
-
-fn wait_for<T>(timeout: Duration, what: &str, agent: &Agent, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Some(v) = f() {
-            return v;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("timed out after {timeout:?} waiting for {what}\nagent log:\n{}", agent.log_tail(40));
-}
-
-/// Deletes every pod through the API (so the agent cleans up) before the agent is dropped.
-struct DeletePods(PathBuf);
-impl Drop for DeletePods {
-    fn drop(&mut self) {
-        let _ = kubectl(&self.0, &["delete", "pods", "--all", "-n", "default", "--wait=false"]);
-    }
-}
 
 fn node_ready(n: &Value) -> Option<(String, String)> {
     let c = n["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Ready")?;
@@ -194,17 +141,6 @@ async fn a3_a_pod_bound_to_the_node_runs_reports_status_and_is_deleted_cleanly()
     assert!(v.is_empty(), "requests the real server would reject: {v:?}");
     let reqs = api.srv.requests();
     assert!(!reqs.iter().any(|r| r.verb == "get" && r.path.ends_with("/status")), "a node may not GET status subresources");
-}
-
-fn create(admin: &Path, dir: &Path, file: &str, yaml: &str) {
-    let f = dir.join(file);
-    std::fs::write(&f, yaml).unwrap();
-    let (ok, out) = kubectl(admin, &["create", "--validate=false", "-f", f.to_str().unwrap()]);
-    assert!(ok, "{out}");
-}
-
-fn pod_phase(admin: &Path, name: &str) -> Option<Value> {
-    kubectl_json(admin, &["get", "pod", name])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -345,6 +281,157 @@ async fn a9_static_pods_get_mirror_pods_with_status() {
         assert_eq!(agent.pods().len(), 1);
         agent.remove_manifest("static.yaml");
         wait_for(Duration::from_secs(30), "mirror pod deleted", &agent, || kubectl_json(&admin, &["get", "pod", &name]).is_none().then_some(()));
+    });
+    assert!(api.srv.violations().is_empty(), "{:?}", api.srv.violations());
+}
+
+fn sleeper(name: &str, extra_spec: &str, extra_container: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  nodeName: {NODE}\n  terminationGracePeriodSeconds: 1\n{extra_spec}  containers:\n  - name: c\n    image: {BUSYBOX}\n    command: [sleep, \"3600\"]\n{extra_container}"
+    )
+}
+
+fn condition(p: &Value, t: &str) -> Option<(String, String, String)> {
+    let c = p["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == t)?;
+    Some((c["status"].as_str()?.into(), c["reason"].as_str().unwrap_or("").into(), c["message"].as_str().unwrap_or("").into()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a10_node_events_reserved_allocatable_readiness_gates_and_admission() {
+    let api = api_server(Path::new("/var/lib/rkubelet-test/agents/a10-api")).await;
+    let node_kc = api.node.to_str().unwrap().to_string();
+    let agent = tokio::task::block_in_place(|| {
+        Agent::with_options("a10", &[], &["--kubeconfig", &node_kc, "--kube-reserved", "cpu=300m,memory=256Mi", "--system-reserved", "cpu=200m"])
+    });
+    let _cleanup = DeletePods(api.admin.clone());
+    let admin = api.admin.clone();
+    tokio::task::block_in_place(|| {
+        // Allocatable = capacity - kubeReserved - systemReserved - hard eviction.
+        let n = wait_for(Duration::from_secs(30), "node Ready", &agent, || {
+            kubectl_json(&admin, &["get", "node", NODE]).filter(|n| node_ready(n).map(|(s, _)| s == "True").unwrap_or(false))
+        });
+        let ki = |v: &Value| v.as_str().unwrap().trim_end_matches("Ki").parse::<i64>().unwrap();
+        let cap_cpu: i64 = n["status"]["capacity"]["cpu"].as_str().unwrap().parse().unwrap();
+        assert_eq!(n["status"]["allocatable"]["cpu"].as_str().unwrap(), format!("{}m", cap_cpu * 1000 - 500));
+        assert_eq!(ki(&n["status"]["allocatable"]["memory"]), ki(&n["status"]["capacity"]["memory"]) - 256 * 1024 - 100 * 1024);
+        // ... and enforced on the pods cgroup (capacity minus the reservations).
+        let limit = ["/sys/fs/cgroup/memory/kubepods/memory.limit_in_bytes", "/sys/fs/cgroup/kubepods/memory.max"]
+            .iter()
+            .find_map(|p| std::fs::read_to_string(p).ok())
+            .expect("a kubepods memory limit");
+        assert_eq!(limit.trim().parse::<i64>().unwrap(), ki(&n["status"]["capacity"]["memory"]) * 1024 - (256 << 20));
+
+        // Node events as upstream records them.
+        let node_events = || -> Vec<(String, String)> {
+            kubectl_json(&admin, &["get", "events", "-n", "default", "--field-selector", "involvedObject.kind=Node"])
+                .and_then(|v| v["items"].as_array().cloned())
+                .unwrap_or_default()
+                .iter()
+                .map(|e| (e["reason"].as_str().unwrap_or("").to_string(), e["message"].as_str().unwrap_or("").to_string()))
+                .collect()
+        };
+        let evs = wait_for(Duration::from_secs(20), "node events", &agent, || {
+            let evs = node_events();
+            evs.iter().any(|(r, _)| r == "NodeReady").then_some(evs)
+        });
+        for (reason, msg) in [
+            ("Starting", "Starting kubelet.".to_string()),
+            ("NodeAllocatableEnforced", "Updated Node Allocatable limit across pods".to_string()),
+            ("NodeHasSufficientMemory", format!("Node {NODE} status is now: NodeHasSufficientMemory")),
+            ("NodeHasNoDiskPressure", format!("Node {NODE} status is now: NodeHasNoDiskPressure")),
+            ("NodeHasSufficientPID", format!("Node {NODE} status is now: NodeHasSufficientPID")),
+            ("NodeReady", format!("Node {NODE} status is now: NodeReady")),
+        ] {
+            assert!(evs.iter().any(|(r, m)| r == reason && *m == msg), "{reason}: {msg:?} in {evs:?}");
+        }
+        // Like a 1.36 kubelet's, the reference is kind+name only (no uid), so the
+        // events show in `kubectl get events`, not under `kubectl describe node`.
+        let (ok, out) = kubectl(&admin, &["get", "events", "-n", "default"]);
+        assert!(ok && out.contains("node/rk-test") && out.contains("Starting kubelet."), "{out}");
+
+        // A readiness gate holds Ready until its condition is True.
+        create(&admin, &agent.root, "gated.yaml", &sleeper("gated", "  readinessGates:\n  - conditionType: example.com/lb\n", ""));
+        let p = wait_for(Duration::from_secs(60), "gated pod Running, containers ready", &agent, || {
+            let p = pod_phase(&admin, "gated")?;
+            (condition(&p, "ContainersReady")?.0 == "True").then_some(p)
+        });
+        let (status, reason, msg) = condition(&p, "Ready").unwrap();
+        assert_eq!((status.as_str(), reason.as_str()), ("False", "ReadinessGatesNotReady"));
+        assert_eq!(msg, "corresponding condition of pod readiness gate \"example.com/lb\" does not exist.");
+        let (ok, out) = kubectl(
+            &admin,
+            &["patch", "pod", "gated", "--subresource=status", "--type=strategic", "-p", r#"{"status":{"conditions":[{"type":"example.com/lb","status":"True"}]}}"#],
+        );
+        assert!(ok, "{out}");
+        let p = wait_for(Duration::from_secs(20), "gated pod Ready", &agent, || {
+            let p = pod_phase(&admin, "gated")?;
+            (condition(&p, "Ready")?.0 == "True").then_some(p)
+        });
+        assert_eq!(condition(&p, "example.com/lb").map(|c| c.0), Some("True".into()), "the gate's condition survives the kubelet's patches");
+
+        // A host port already taken: NodePorts. Required node affinity that does not match: NodeAffinity.
+        let port = "    ports:\n    - {containerPort: 80, hostPort: 18080}\n";
+        create(&admin, &agent.root, "port1.yaml", &sleeper("port1", "", port));
+        wait_for(Duration::from_secs(60), "port1 Running", &agent, || pod_phase(&admin, "port1").filter(|p| p["status"]["phase"] == "Running"));
+        create(&admin, &agent.root, "port2.yaml", &sleeper("port2", "", port));
+        let affinity = "  affinity:\n    nodeAffinity:\n      requiredDuringSchedulingIgnoredDuringExecution:\n        nodeSelectorTerms:\n        - matchExpressions:\n          - {key: kubernetes.io/hostname, operator: In, values: [elsewhere]}\n";
+        create(&admin, &agent.root, "away.yaml", &sleeper("away", affinity, ""));
+        for (pod, reason, msg) in [
+            ("port2", "NodePorts", "Pod was rejected: Predicate NodePorts failed: node(s) didn't have free ports for the requested pod ports"),
+            ("away", "NodeAffinity", "Pod was rejected: Predicate NodeAffinity failed: node(s) didn't match Pod's node affinity/selector"),
+        ] {
+            let p = wait_for(Duration::from_secs(30), "rejected pod Failed", &agent, || pod_phase(&admin, pod).filter(|p| p["status"]["phase"] == "Failed"));
+            assert_eq!((p["status"]["reason"].as_str(), p["status"]["message"].as_str()), (Some(reason), Some(msg)));
+            assert!(containerd_containers(p["metadata"]["uid"].as_str().unwrap()).is_empty(), "{pod}: no container ran");
+        }
+        // Deleting a rejected pod completes: the node has nothing to stop.
+        let (ok, out) = kubectl(&admin, &["delete", "pod", "port2", "away", "--wait=false"]);
+        assert!(ok, "{out}");
+        wait_for(Duration::from_secs(20), "rejected pods gone from the API", &agent, || {
+            (pod_phase(&admin, "port2").is_none() && pod_phase(&admin, "away").is_none()).then_some(())
+        });
+    });
+    assert!(api.srv.violations().is_empty(), "{:?}", api.srv.violations());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a11_pods_deleted_while_the_agent_was_down_are_cleaned_up_when_it_returns() {
+    let api = api_server(Path::new("/var/lib/rkubelet-test/agents/a11-api")).await;
+    let node_kc = api.node.to_str().unwrap().to_string();
+    let mut agent = tokio::task::block_in_place(|| Agent::with_options("a11", &[], &["--kubeconfig", &node_kc]));
+    let _cleanup = DeletePods(api.admin.clone());
+    let admin = api.admin.clone();
+    let uids: Vec<String> = tokio::task::block_in_place(|| {
+        ["graceful", "forced", "kept"]
+            .iter()
+            .map(|name| {
+                create(&admin, &agent.root, &format!("{name}.yaml"), &sleeper(name, "", ""));
+                let p = wait_for(Duration::from_secs(60), "pod Running", &agent, || pod_phase(&admin, name).filter(|p| p["status"]["phase"] == "Running"));
+                p["metadata"]["uid"].as_str().unwrap().to_string()
+            })
+            .collect()
+    });
+    assert!(tokio::task::block_in_place(|| agent.terminate(Duration::from_secs(10))));
+    tokio::task::block_in_place(|| {
+        // While the agent is down: one graceful delete (the object waits for the node), one forced.
+        let (ok, out) = kubectl(&admin, &["delete", "pod", "graceful", "--wait=false"]);
+        assert!(ok, "{out}");
+        let (ok, out) = kubectl(&admin, &["delete", "pod", "forced", "--force", "--grace-period=0"]);
+        assert!(ok, "{out}");
+        assert!(pod_phase(&admin, "graceful").map(|p| p["metadata"]["deletionTimestamp"].is_string()).unwrap_or(false));
+        assert!(!containerd_containers(&uids[0]).is_empty() && !containerd_containers(&uids[1]).is_empty(), "pods kept running without the agent");
+        agent.start();
+        wait_for(Duration::from_secs(30), "graceful delete finished", &agent, || pod_phase(&admin, "graceful").is_none().then_some(()));
+        wait_for(Duration::from_secs(30), "containers of both deleted pods removed", &agent, || {
+            (containerd_containers(&uids[0]).is_empty() && containerd_containers(&uids[1]).is_empty()).then_some(())
+        });
+        for uid in &uids[..2] {
+            assert!(!agent.state_dir().join("pods").join(uid).exists(), "pod dir of {uid} left");
+        }
+        let kept = pod_phase(&admin, "kept").unwrap();
+        assert_eq!(kept["status"]["phase"], "Running");
+        assert_eq!(kept["status"]["containerStatuses"][0]["restartCount"], 0, "the surviving pod was adopted, not restarted");
+        assert!(!containerd_containers(&uids[2]).is_empty());
     });
     assert!(api.srv.violations().is_empty(), "{:?}", api.srv.violations());
 }

@@ -17,17 +17,6 @@ use serde_json::Value;
 
 const GOLDEN_CSR: &str = include_str!("data/upstream-kubelet-1.36/create-certificatesigningrequests.json");
 
-fn wait_for<T>(timeout: Duration, what: &str, agent: &Agent, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Some(v) = f() {
-            return v;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("timed out after {timeout:?} waiting for {what}\nagent log:\n{}", agent.log_tail(60));
-}
-
 /// A directory for the kubeconfigs (like /etc/kubernetes), outside the agent's root.
 fn etc_dir(name: &str) -> PathBuf {
     let d = PathBuf::from("/var/lib/rkubelet-test/agents").join(format!("{name}-etc"));

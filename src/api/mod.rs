@@ -7,6 +7,7 @@ pub mod bootstrap;
 pub mod events;
 pub mod lease;
 pub mod node;
+pub mod objects;
 pub mod pods;
 pub mod status;
 

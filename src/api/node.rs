@@ -88,10 +88,17 @@ pub struct NodeOptions {
     pub max_pods: u32,
     /// memory.available hard eviction threshold in bytes (default 100Mi).
     pub eviction_memory_bytes: i64,
+    /// kubeReserved + systemReserved: cpu (millicores), memory and ephemeral-storage (bytes).
+    pub reserved_cpu_milli: i64,
+    pub reserved_memory_bytes: i64,
+    pub reserved_storage_bytes: i64,
     /// nodefs.available hard eviction threshold as a fraction (default 0.10).
     pub eviction_nodefs_fraction: f64,
     pub kubelet_port: i32,
 }
+
+/// The network error the readiness watch starts with, before the first check.
+pub const NOT_CHECKED: &str = "not checked yet";
 
 /// What the node's readiness depends on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,6 +154,20 @@ fn cond(type_: &str, status: bool, reason: &str, message: &str, prev: Option<&No
     }
 }
 
+/// Allocatable memory in bytes: capacity - reserved - the hard eviction threshold.
+pub fn allocatable_memory(o: &NodeOptions, m: &MachineInfo) -> i64 {
+    (m.memory_bytes - o.reserved_memory_bytes - o.eviction_memory_bytes).max(0)
+}
+
+/// Bytes as upstream prints a BinarySI memory quantity: `Ki` when it divides, else bytes.
+fn memory_quantity(bytes: i64) -> String {
+    if bytes % 1024 == 0 {
+        format!("{}Ki", bytes / 1024)
+    } else {
+        bytes.to_string()
+    }
+}
+
 /// The node's status (upstream's setters: capacity/allocatable, nodeInfo,
 /// addresses, daemon endpoints and the four conditions).
 pub fn node_status(o: &NodeOptions, m: &MachineInfo, host_ip: Option<&str>, r: &Readiness, prev: Option<&NodeStatus>, now: DateTime<Utc>) -> NodeStatus {
@@ -158,10 +179,13 @@ pub fn node_status(o: &NodeOptions, m: &MachineInfo, host_ip: Option<&str>, r: &
     capacity.insert("ephemeral-storage".to_string(), q(format!("{}Ki", m.ephemeral_storage_bytes / 1024)));
     capacity.insert("hugepages-1Gi".to_string(), q("0"));
     capacity.insert("hugepages-2Mi".to_string(), q("0"));
+    // Upstream's allocatable: capacity - kubeReserved - systemReserved - hard eviction.
     let mut allocatable = capacity.clone();
-    allocatable.insert("memory".to_string(), q(format!("{}Ki", (m.memory_bytes - o.eviction_memory_bytes).max(0) / 1024)));
-    let storage_alloc = (m.ephemeral_storage_bytes as f64 * (1.0 - o.eviction_nodefs_fraction)) as i64;
-    allocatable.insert("ephemeral-storage".to_string(), q(storage_alloc.to_string()));
+    let cpu_milli = (m.cpus as i64 * 1000 - o.reserved_cpu_milli).max(0);
+    allocatable.insert("cpu".to_string(), q(if cpu_milli % 1000 == 0 { (cpu_milli / 1000).to_string() } else { format!("{cpu_milli}m") }));
+    allocatable.insert("memory".to_string(), q(memory_quantity(allocatable_memory(o, m))));
+    let storage_alloc = (m.ephemeral_storage_bytes as f64 * (1.0 - o.eviction_nodefs_fraction)) as i64 - o.reserved_storage_bytes;
+    allocatable.insert("ephemeral-storage".to_string(), q(storage_alloc.max(0).to_string()));
 
     let ready_msg = if !r.runtime_ok {
         Some("container runtime is down".to_string())
@@ -230,14 +254,15 @@ pub fn status_patch(s: &NodeStatus) -> serde_json::Value {
 }
 
 /// Registers the node: create it, or on 409 adopt the existing one (making sure the
-/// default labels are there), like upstream's tryRegisterWithAPIServer.
-pub async fn register(client: &kube::Client, node: &Node) -> Result<Node> {
+/// default labels are there), like upstream's tryRegisterWithAPIServer. Returns
+/// the Node and whether this call created it.
+pub async fn register(client: &kube::Client, node: &Node) -> Result<(Node, bool)> {
     let api: Api<Node> = Api::all(client.clone());
     let name = node.metadata.name.clone().unwrap_or_default();
     match api.create(&PostParams::default(), node).await {
         Ok(n) => {
             info!(node = %name, "node registered");
-            Ok(n)
+            Ok((n, true))
         }
         Err(e) if is_conflict(&e) => {
             let existing = api.get(&name).await.map_err(|source| ApiError::Request { op: format!("get node {name}"), source })?;
@@ -246,7 +271,7 @@ pub async fn register(client: &kube::Client, node: &Node) -> Result<Node> {
             let missing: BTreeMap<_, _> = want.into_iter().filter(|(k, v)| have.get(k) != Some(v)).collect();
             if missing.is_empty() {
                 info!(node = %name, "node already registered; adopting it");
-                return Ok(existing);
+                return Ok((existing, false));
             }
             let patch = json!({"metadata": {"labels": missing}});
             let n = api
@@ -254,7 +279,7 @@ pub async fn register(client: &kube::Client, node: &Node) -> Result<Node> {
                 .await
                 .map_err(|source| ApiError::Request { op: format!("patch node {name} labels"), source })?;
             info!(node = %name, "node already registered; labels reconciled");
-            Ok(n)
+            Ok((n, false))
         }
         Err(source) => Err(ApiError::Request { op: format!("register node {name}"), source }),
     }
@@ -273,16 +298,17 @@ pub async fn run(
     node_uid: watch::Sender<Option<String>>,
     update_every: Duration,
     report_every: Duration,
+    recorder: crate::events::Recorder,
     cancel: CancellationToken,
 ) {
     let api: Api<Node> = Api::all(client.clone());
     let mut readiness = readiness;
     let mut delay = Duration::from_millis(200);
     // Register, retrying until it works.
-    let registered = loop {
+    let (registered, created) = loop {
         let node = initial_node(&opts, &machine, host_ip.as_deref());
         match register(&client, &node).await {
-            Ok(n) => break n,
+            Ok(r) => break r,
             Err(e) => warn!(error = %e, "node registration failed; retrying"),
         }
         tokio::select! {
@@ -292,6 +318,17 @@ pub async fn run(
         delay = (delay * 2).min(Duration::from_secs(7));
     };
     let _ = node_uid.send(registered.metadata.uid.clone());
+    // What the API server holds: ours if we created it, the old status if adopted.
+    let mut known: Option<NodeStatus> = registered.status.clone();
+    if let (true, Some(k)) = (created, known.as_ref()) {
+        for reason in condition_events(None, k) {
+            recorder.node_status(&opts.name, reason);
+        }
+    }
+    // The first report waits (briefly) for the first runtime/network check.
+    if readiness.borrow().network_error.as_deref() == Some(NOT_CHECKED) {
+        let _ = tokio::time::timeout(Duration::from_secs(3), readiness.changed()).await;
+    }
     let mut last_sent: Option<NodeStatus> = None;
     let mut last_report = tokio::time::Instant::now();
     loop {
@@ -303,6 +340,10 @@ pub async fn run(
             match api.patch_status(&opts.name, &PatchParams::default(), &Patch::Strategic(&patch)).await {
                 Ok(_) => {
                     debug!(ready = r.network_error.is_none() && r.runtime_ok, "node status patched");
+                    for reason in condition_events(known.as_ref(), &status) {
+                        recorder.node_status(&opts.name, reason);
+                    }
+                    known = Some(status.clone());
                     if last_sent.as_ref().map(|l| ready_of(l) != ready_of(&status)).unwrap_or(true) {
                         info!(node = %opts.name, ready = ready_of(&status), "node readiness");
                     }
@@ -312,8 +353,9 @@ pub async fn run(
                 Err(e) if super::is_not_found(&e) => {
                     warn!(node = %opts.name, "node object is gone; registering again");
                     let node = initial_node(&opts, &machine, host_ip.as_deref());
-                    if let Ok(n) = register(&client, &node).await {
+                    if let Ok((n, _)) = register(&client, &node).await {
                         let _ = node_uid.send(n.metadata.uid.clone());
+                        known = n.status.clone();
                     }
                     last_sent = None;
                 }
@@ -326,6 +368,31 @@ pub async fn run(
             r = readiness.changed() => if r.is_err() { return },
         }
     }
+}
+
+/// The node events upstream's condition setters record going from `prev` to `new`:
+/// a pressure condition that is new or changed (`NodeHasSufficientMemory`, …), and
+/// a Ready condition that changed (`NodeReady` / `NodeNotReady`).
+pub fn condition_events(prev: Option<&NodeStatus>, new: &NodeStatus) -> Vec<&'static str> {
+    let status_of = |s: Option<&NodeStatus>, t: &str| {
+        s.and_then(|s| s.conditions.as_ref()).and_then(|cs| cs.iter().find(|c| c.type_ == t)).map(|c| c.status.clone())
+    };
+    let mut out = Vec::new();
+    for (t, on_true, on_false) in [
+        ("MemoryPressure", "NodeHasInsufficientMemory", "NodeHasSufficientMemory"),
+        ("DiskPressure", "NodeHasDiskPressure", "NodeHasNoDiskPressure"),
+        ("PIDPressure", "NodeHasInsufficientPID", "NodeHasSufficientPID"),
+    ] {
+        let now = status_of(Some(new), t);
+        if now.is_some() && status_of(prev, t) != now {
+            out.push(if now.as_deref() == Some("True") { on_true } else { on_false });
+        }
+    }
+    let (before, now) = (status_of(prev, "Ready"), status_of(Some(new), "Ready"));
+    if before.is_some() && now.is_some() && before != now {
+        out.push(if now.as_deref() == Some("True") { crate::events::reason::NODE_READY } else { crate::events::reason::NODE_NOT_READY });
+    }
+    out
 }
 
 fn ready_of(s: &NodeStatus) -> bool {
@@ -355,8 +422,23 @@ mod tests {
         assert_eq!(cap["pods"].0, "110");
         let alloc = s.allocatable.unwrap();
         assert_eq!(alloc["memory"].0, "24581256Ki", "capacity minus the 100Mi hard eviction threshold");
+        assert_eq!(alloc["cpu"].0, "2");
         assert_eq!(s.addresses.unwrap()[0].address, "192.0.2.7");
         assert_eq!(s.daemon_endpoints.unwrap().kubelet_endpoint.unwrap().port, 10250);
+    }
+
+    #[test]
+    fn reserved_resources_come_off_allocatable() {
+        let mut o = opts();
+        o.reserved_cpu_milli = 250;
+        o.reserved_memory_bytes = 512 << 20;
+        o.reserved_storage_bytes = 1024;
+        let s = node_status(&o, &machine(), None, &Readiness { runtime_ok: true, network_error: None }, None, t(0));
+        let (cap, alloc) = (s.capacity.unwrap(), s.allocatable.unwrap());
+        assert_eq!(cap["cpu"].0, "2", "capacity is untouched");
+        assert_eq!(alloc["cpu"].0, "1750m");
+        assert_eq!(alloc["memory"].0, format!("{}Ki", 24683656 - 100 * 1024 - 512 * 1024));
+        assert_eq!(alloc["ephemeral-storage"].0, (1000 * 1024 * 9 / 10 - 1024).to_string());
     }
 
     #[test]
@@ -382,6 +464,19 @@ mod tests {
         assert!(status_changed(&b, &c));
         let ready = c.conditions.unwrap().into_iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!(ready.last_transition_time, Some(crate::pod::k8s_time(t(20))));
+    }
+
+    #[test]
+    fn node_events_follow_upstream_setters() {
+        let ok = Readiness { runtime_ok: true, network_error: None };
+        let not_ready = Readiness { runtime_ok: true, network_error: Some("no conf".into()) };
+        let first = node_status(&opts(), &machine(), None, &not_ready, None, t(0));
+        assert_eq!(condition_events(None, &first), vec!["NodeHasSufficientMemory", "NodeHasNoDiskPressure", "NodeHasSufficientPID"], "a new Ready condition is no event");
+        let ready = node_status(&opts(), &machine(), None, &ok, Some(&first), t(1));
+        assert_eq!(condition_events(Some(&first), &ready), vec!["NodeReady"]);
+        assert!(condition_events(Some(&ready), &ready).is_empty());
+        let down = node_status(&opts(), &machine(), None, &not_ready, Some(&ready), t(2));
+        assert_eq!(condition_events(Some(&ready), &down), vec!["NodeNotReady"]);
     }
 
     #[test]

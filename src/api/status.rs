@@ -10,9 +10,13 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use serde_json::json;
+use futures::StreamExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+
+/// Status patches sent concurrently.
+const MAX_IN_FLIGHT: usize = 8;
 
 #[derive(Clone)]
 struct Pending {
@@ -81,8 +85,16 @@ pub fn is_api_pod(pod: &Pod) -> bool {
 /// type, so the scheduler's own fields survive; the kubelet reports PodScheduled
 /// True itself, keeping its transition time), with `$setElementOrder/conditions`
 /// and the pod's UID as a precondition.
+///
+/// Conditions other components own (readiness gates) are left out: they merge by
+/// type, so the server keeps its current copy and a controller's concurrent
+/// update is never overwritten with an older one.
 pub fn status_patch(uid: &str, status: &PodStatus) -> serde_json::Value {
-    let mut v = serde_json::to_value(status).unwrap_or(json!({}));
+    let mut status = status.clone();
+    if let Some(cs) = status.conditions.as_mut() {
+        cs.retain(|c| crate::pod::status::KUBELET_CONDITIONS.contains(&c.type_.as_str()));
+    }
+    let mut v = serde_json::to_value(&status).unwrap_or(json!({}));
     if let (Some(o), Some(conds)) = (v.as_object_mut(), status.conditions.as_ref()) {
         let order: Vec<_> = conds.iter().map(|c| json!({"type": c.type_})).collect();
         o.insert("$setElementOrder/conditions".into(), json!(order));
@@ -211,6 +223,59 @@ impl StatusManager {
         Ok((ns, name, created.metadata.uid.unwrap_or_default()))
     }
 
+    /// Patches one pod's status (creating a static pod's mirror first); false when
+    /// it must be retried (it is queued again).
+    async fn send(&self, client: &kube::Client, node: &str, p: Pending) -> bool {
+        // Static pods report on their mirror pod.
+        let statik = self.inner.lock().ok().and_then(|g| g.static_pods.get(&p.uid).cloned());
+        let mut target_uid = p.uid.clone();
+        if let Some(sp) = statik {
+            match Self::ensure_mirror(client, node, &sp).await {
+                Ok(m) => {
+                    if let Ok(mut g) = self.inner.lock() {
+                        g.static_pods.remove(&p.uid);
+                        g.mirrors.insert(p.uid.clone(), m);
+                    }
+                }
+                Err(e) => {
+                    warn!(pod = %format!("{}/{}", p.namespace, p.name), error = %e, "cannot create the mirror pod; will retry");
+                    self.requeue(p);
+                    return false;
+                }
+            }
+        }
+        if let Some((_, _, muid)) = self.inner.lock().ok().and_then(|g| g.mirrors.get(&p.uid).cloned()) {
+            target_uid = muid;
+        }
+        let api: Api<Pod> = Api::namespaced(client.clone(), &p.namespace);
+        let patch = status_patch(&target_uid, &p.status);
+        match api.patch_status(&p.name, &PatchParams::default(), &Patch::Strategic(&patch)).await {
+            Ok(_) => {
+                debug!(pod = %format!("{}/{}", p.namespace, p.name), phase = p.status.phase.as_deref().unwrap_or(""), "pod status patched");
+                if let Ok(mut g) = self.inner.lock() {
+                    g.sent.insert(p.uid.clone(), p.status);
+                }
+                true
+            }
+            Err(e) if super::is_not_found(&e) || super::is_conflict(&e) => {
+                debug!(pod = %format!("{}/{}", p.namespace, p.name), error = %e, "pod gone or replaced; status dropped");
+                true
+            }
+            Err(e) => {
+                warn!(pod = %format!("{}/{}", p.namespace, p.name), error = %e, "pod status update failed; will retry");
+                self.requeue(p);
+                false
+            }
+        }
+    }
+
+    /// Queues a status again unless a newer one arrived meanwhile.
+    fn requeue(&self, p: Pending) {
+        if let Ok(mut g) = self.inner.lock() {
+            g.pending.entry(p.uid.clone()).or_insert(p);
+        }
+    }
+
     /// Sends queued statuses until `cancel`. `node` is this node's name (mirror pods).
     pub async fn run(self, node: String, cancel: CancellationToken) {
         let Some(client) = self.client.clone() else { return };
@@ -228,53 +293,13 @@ impl StatusManager {
                 if batch.is_empty() {
                     break;
                 }
-                let mut failed = false;
-                for p in batch {
-                    // Static pods report on their mirror pod.
-                    let statik = self.inner.lock().ok().and_then(|g| g.static_pods.get(&p.uid).cloned());
-                    let mut target_uid = p.uid.clone();
-                    if let Some(sp) = statik {
-                        match Self::ensure_mirror(&client, &node, &sp).await {
-                            Ok(m) => {
-                                if let Ok(mut g) = self.inner.lock() {
-                                    g.static_pods.remove(&p.uid);
-                                    g.mirrors.insert(p.uid.clone(), m);
-                                }
-                            }
-                            Err(e) => {
-                                warn!(pod = %format!("{}/{}", p.namespace, p.name), error = %e, "cannot create the mirror pod; will retry");
-                                failed = true;
-                                if let Ok(mut g) = self.inner.lock() {
-                                    g.pending.entry(p.uid.clone()).or_insert(p);
-                                }
-                                continue;
-                            }
-                        }
-                    }
-                    if let Some((_, _, muid)) = self.inner.lock().ok().and_then(|g| g.mirrors.get(&p.uid).cloned()) {
-                        target_uid = muid;
-                    }
-                    let api: Api<Pod> = Api::namespaced(client.clone(), &p.namespace);
-                    let patch = status_patch(&target_uid, &p.status);
-                    match api.patch_status(&p.name, &PatchParams::default(), &Patch::Strategic(&patch)).await {
-                        Ok(_) => {
-                            debug!(pod = %format!("{}/{}", p.namespace, p.name), phase = p.status.phase.as_deref().unwrap_or(""), "pod status patched");
-                            if let Ok(mut g) = self.inner.lock() {
-                                g.sent.insert(p.uid.clone(), p.status);
-                            }
-                        }
-                        Err(e) if super::is_not_found(&e) || super::is_conflict(&e) => {
-                            debug!(pod = %format!("{}/{}", p.namespace, p.name), error = %e, "pod gone or replaced; status dropped");
-                        }
-                        Err(e) => {
-                            warn!(pod = %format!("{}/{}", p.namespace, p.name), error = %e, "pod status update failed; will retry");
-                            failed = true;
-                            if let Ok(mut g) = self.inner.lock() {
-                                g.pending.entry(p.uid.clone()).or_insert(p);
-                            }
-                        }
-                    }
-                }
+                // Several pods' patches in flight at once: under a burst, one pod's
+                // Ready does not wait behind every other pod's update.
+                let failed = futures::stream::iter(batch)
+                    .map(|p| self.send(&client, &node, p))
+                    .buffer_unordered(MAX_IN_FLIGHT)
+                    .fold(false, |acc, ok| async move { acc || !ok })
+                    .await;
                 if failed {
                     tokio::select! {
                         _ = cancel.cancelled() => return,
@@ -304,6 +329,9 @@ mod tests {
             ]),
             ..Default::default()
         };
+        let mut with_gate = s.clone();
+        with_gate.conditions.as_mut().unwrap().insert(0, PodCondition { type_: "example.com/gate".into(), status: "False".into(), ..Default::default() });
+        assert_eq!(status_patch("u-1", &with_gate), status_patch("u-1", &s), "a readiness gate's condition is not ours to send");
         let p = status_patch("u-1", &s);
         assert_eq!(p["metadata"]["uid"], "u-1");
         let conds = p["status"]["conditions"].as_array().unwrap();

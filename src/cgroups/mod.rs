@@ -167,6 +167,68 @@ fn remove_under(roots: &[PathBuf], parent: &str) -> Vec<PathBuf> {
     left
 }
 
+/// The v1 hierarchies by controller (`memory` → /sys/fs/cgroup/memory), from mountinfo.
+fn v1_controller_roots() -> Vec<(String, PathBuf)> {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else { return vec![] };
+    let mut out = Vec::new();
+    for line in mounts.lines() {
+        let Some((pre, post)) = line.split_once(" - ") else { continue };
+        let mut post = post.split_whitespace();
+        if post.next() != Some("cgroup") {
+            continue;
+        }
+        let (Some(mp), Some(opts)) = (pre.split_whitespace().nth(4), post.nth(1)) else { continue };
+        for o in opts.split(',') {
+            out.push((o.to_string(), PathBuf::from(mp)));
+        }
+    }
+    out
+}
+
+/// True when the pods' cgroups are cgroup v1 (a v1 memory hierarchy is mounted),
+/// which is what runc picks on a hybrid system.
+pub fn uses_v1() -> bool {
+    v1_controller_roots().iter().any(|(c, _)| c == "memory")
+}
+
+/// CPU shares for millicores, as upstream's MilliCPUToShares (min 2).
+pub fn milli_cpu_to_shares(milli: i64) -> u64 {
+    ((milli.max(0) as u64) * 1024 / 1000).max(2)
+}
+
+/// Enforces node allocatable on the `kubepods` cgroup, like upstream with
+/// `enforceNodeAllocatable: [pods]`: its memory limit is capacity minus
+/// kubeReserved and systemReserved, its CPU weight the allocatable CPU.
+pub fn enforce_node_allocatable(memory_limit: i64, cpu_milli: i64) -> std::io::Result<PathBuf> {
+    let shares = milli_cpu_to_shares(cpu_milli);
+    if uses_v1() {
+        let roots = v1_controller_roots();
+        let root = |c: &str| roots.iter().find(|(n, _)| n == c).map(|(_, p)| p.join("kubepods"));
+        let mem = root("memory").ok_or_else(|| std::io::Error::other("no memory cgroup hierarchy"))?;
+        std::fs::create_dir_all(&mem)?;
+        std::fs::write(mem.join("memory.limit_in_bytes"), memory_limit.to_string())?;
+        if let Some(cpu) = root("cpu") {
+            std::fs::create_dir_all(&cpu)?;
+            std::fs::write(cpu.join("cpu.shares"), shares.to_string())?;
+        }
+        for c in ["pids", "cpuset", "hugetlb", "blkio", "devices", "freezer", "perf_event", "net_cls", "net_prio", "cpuacct"] {
+            if let Some(d) = root(c) {
+                let _ = std::fs::create_dir_all(d);
+            }
+        }
+        return Ok(mem);
+    }
+    let root = Path::new("/sys/fs/cgroup");
+    let _ = std::fs::write(root.join("cgroup.subtree_control"), "+cpu +memory +pids");
+    let dir = root.join("kubepods");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("memory.max"), memory_limit.to_string())?;
+    // cgroup v2 weight from shares, as runc converts it.
+    let weight = 1 + ((shares.clamp(2, 262144) - 2) * 9999) / 262142;
+    let _ = std::fs::write(dir.join("cpu.weight"), weight.to_string());
+    Ok(dir)
+}
+
 /// True when a path is on a cgroup v2 (unified) mount.
 pub fn is_unified(path: &Path) -> bool {
     nix::sys::statfs::statfs(path)
@@ -195,6 +257,13 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn cpu_shares_follow_upstream() {
+        assert_eq!(milli_cpu_to_shares(2000), 2048);
+        assert_eq!(milli_cpu_to_shares(1), 2);
+        assert_eq!(milli_cpu_to_shares(250), 256);
     }
 
     #[test]

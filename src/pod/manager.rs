@@ -40,6 +40,8 @@ pub struct Context {
     pub node: super::admission::NodeResources,
     /// The API server, when the agent has a kubeconfig.
     pub client: Option<kube::Client>,
+    /// ConfigMaps and Secrets referenced by pods, watched (with an API server).
+    pub objects: Option<crate::api::objects::ObjectCache>,
     /// Pod status to the API server (a no-op standalone).
     pub status: crate::api::status::StatusManager,
 }
@@ -153,7 +155,15 @@ impl Manager {
             self.ctx.status.forget(uid);
         }
         self.finished.retain(|uid| want.contains_key(uid));
-        self.rejected.retain(|uid| want.contains_key(uid));
+        // A rejected pod never ran: only its saved status is left to remove.
+        let root = self.ctx.config.root_dir.clone();
+        self.rejected.retain(|uid| {
+            let keep = want.contains_key(uid);
+            if !keep {
+                let _ = std::fs::remove_dir_all(super::store::pod_dir(&root, uid));
+            }
+            keep
+        });
         // New pods are admitted in creation order, like upstream's HandlePodAdditions.
         let mut want: Vec<(String, Arc<Pod>)> = want.into_iter().collect();
         want.sort_by(|a, b| {
@@ -161,6 +171,15 @@ impl Manager {
             (t(&a.1), &a.0).cmp(&(t(&b.1), &b.0))
         });
         for (uid, pod) in want {
+            if self.rejected.contains(&uid) && pod.metadata.deletion_timestamp.is_some() {
+                // Deleting a rejected pod: nothing to stop, so finish the delete now.
+                self.rejected.remove(&uid);
+                self.finished.insert(uid.clone());
+                let _ = std::fs::remove_dir_all(super::store::pod_dir(&self.ctx.config.root_dir, &uid));
+                let status = self.ctx.status.clone();
+                tokio::spawn(async move { status.finish_deletion(&pod).await });
+                continue;
+            }
             if self.finished.contains(&uid) || self.rejected.contains(&uid) {
                 continue;
             }
@@ -170,7 +189,12 @@ impl Manager {
                         .tx
                         .borrow()
                         .as_ref()
-                        .map(|p| p.spec == pod.spec && p.metadata.labels == pod.metadata.labels && p.metadata.deletion_timestamp == pod.metadata.deletion_timestamp)
+                        .map(|p| {
+                            p.spec == pod.spec
+                                && p.metadata.labels == pod.metadata.labels
+                                && p.metadata.deletion_timestamp == pod.metadata.deletion_timestamp
+                                && super::status::readiness_gate_conditions(p) == super::status::readiness_gate_conditions(&pod)
+                        })
                         .unwrap_or(false);
                     if !same {
                         let _ = h.tx.send(Some(pod));

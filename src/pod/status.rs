@@ -129,6 +129,36 @@ fn condition(prev: Option<&PodStatus>, type_: &str, ok: bool, reason: Option<Str
     }
 }
 
+/// The condition types the kubelet sets; any other condition belongs to someone else.
+pub const KUBELET_CONDITIONS: &[&str] = &["PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady", "PodScheduled"];
+
+/// Upstream's messages for the pod's readiness gates that are not `True` (empty
+/// when every gate is satisfied).
+pub fn readiness_gate_messages(spec: &k8s_openapi::api::core::v1::PodSpec, conditions: &[PodCondition]) -> Vec<String> {
+    spec.readiness_gates
+        .iter()
+        .flatten()
+        .filter_map(|g| match conditions.iter().find(|c| c.type_ == g.condition_type) {
+            None => Some(format!("corresponding condition of pod readiness gate {:?} does not exist.", g.condition_type)),
+            Some(c) if c.status != "True" => Some(format!("the status of pod readiness gate {:?} is not \"True\", but {}", g.condition_type, c.status)),
+            Some(_) => None,
+        })
+        .collect()
+}
+
+/// The conditions of the pod's readiness gates, as the API last showed them.
+pub fn readiness_gate_conditions(pod: &Pod) -> Vec<PodCondition> {
+    let gates: Vec<&str> = pod.spec.as_ref().and_then(|s| s.readiness_gates.as_ref()).into_iter().flatten().map(|g| g.condition_type.as_str()).collect();
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|c| gates.contains(&c.type_.as_str()))
+        .cloned()
+        .collect()
+}
+
 /// Computes the pod's status.
 pub fn compute(i: &StatusInput<'_>) -> PodStatus {
     let Some(spec) = i.pod.spec.as_ref() else { return PodStatus::default() };
@@ -153,8 +183,27 @@ pub fn compute(i: &StatusInput<'_>) -> PodStatus {
     } else {
         (Some("ContainersNotReady".to_string()), Some(format!("containers with unready status: {}", list(&unready))))
     };
-    let ready = unready.is_empty() && !terminal;
-    let conditions = vec![
+    let containers_ready = unready.is_empty() && !terminal;
+    // Conditions other components own (readiness gates among them) are kept, first,
+    // as upstream's mergePodStatus does.
+    let external: Vec<PodCondition> = i
+        .pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|c| !KUBELET_CONDITIONS.contains(&c.type_.as_str()))
+        .cloned()
+        .collect();
+    let gates = readiness_gate_messages(spec, &external);
+    let (pod_ready, pod_ready_reason, pod_ready_msg) = if !containers_ready || gates.is_empty() {
+        (containers_ready, ready_reason.clone(), ready_msg.clone())
+    } else {
+        (false, Some("ReadinessGatesNotReady".to_string()), Some(gates.join(", ")))
+    };
+    let mut conditions = external;
+    conditions.extend([
         condition(i.previous, "PodReadyToStartContainers", sandbox_ready, None, None, i.now),
         condition(
             i.previous,
@@ -164,10 +213,10 @@ pub fn compute(i: &StatusInput<'_>) -> PodStatus {
             Some(format!("containers with incomplete status: {}", list(&uninit))),
             i.now,
         ),
-        condition(i.previous, "Ready", ready, ready_reason.clone(), ready_msg.clone(), i.now),
-        condition(i.previous, "ContainersReady", ready, ready_reason, ready_msg, i.now),
+        condition(i.previous, "Ready", pod_ready, pod_ready_reason, pod_ready_msg, i.now),
+        condition(i.previous, "ContainersReady", containers_ready, ready_reason, ready_msg, i.now),
         condition(i.previous, "PodScheduled", true, None, None, i.now),
-    ];
+    ]);
 
     let ips: Vec<String> = i
         .sandbox
@@ -271,6 +320,26 @@ mod tests {
     }
     fn cond<'a>(s: &'a PodStatus, t: &str) -> &'a PodCondition {
         s.conditions.as_ref().unwrap().iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    #[test]
+    fn readiness_gates_hold_ready_until_their_condition_is_true() {
+        let mut p = pod("Always", &[], &["a"]);
+        p.spec.as_mut().unwrap().readiness_gates = Some(vec![k8s_openapi::api::core::v1::PodReadinessGate { condition_type: "example.com/lb".into() }]);
+        let running = [inst("a", Kind::App, 0, InstanceState::Running { started_at: t(1) })];
+        let s = run(&p, &running, &HashMap::new());
+        assert_eq!(cond(&s, "ContainersReady").status, "True");
+        assert_eq!(cond(&s, "Ready").status, "False");
+        assert_eq!(cond(&s, "Ready").reason.as_deref(), Some("ReadinessGatesNotReady"));
+        assert_eq!(cond(&s, "Ready").message.as_deref(), Some("corresponding condition of pod readiness gate \"example.com/lb\" does not exist."));
+        let gate = |status: &str| PodCondition { type_: "example.com/lb".into(), status: status.into(), ..Default::default() };
+        p.status = Some(PodStatus { conditions: Some(vec![gate("False")]), ..Default::default() });
+        let s = run(&p, &running, &HashMap::new());
+        assert_eq!(cond(&s, "Ready").message.as_deref(), Some("the status of pod readiness gate \"example.com/lb\" is not \"True\", but False"));
+        p.status = Some(PodStatus { conditions: Some(vec![gate("True")]), ..Default::default() });
+        let s = run(&p, &running, &HashMap::new());
+        assert_eq!(cond(&s, "Ready").status, "True");
+        assert_eq!(s.conditions.as_ref().unwrap()[0].type_, "example.com/lb", "other owners' conditions are kept, first");
     }
 
     #[test]

@@ -107,6 +107,11 @@ impl Worker {
 
     /// The worker loop; returns when the pod is gone or the agent shuts down.
     pub async fn run(mut self) {
+        self.run_loop().await;
+        self.unregister_objects();
+    }
+
+    async fn run_loop(&mut self) {
         loop {
             let desired = self.spec_rx.borrow_and_update().clone();
             let Some(pod) = desired else {
@@ -151,6 +156,14 @@ impl Worker {
     fn register(&mut self, id: &str) {
         if self.registered.insert(id.to_string()) {
             self.ctx.router.register(id, self.notify.clone());
+        }
+    }
+
+    /// Stops watching the ConfigMaps and Secrets only this pod referenced: it sets
+    /// up no more volumes (upstream: SyncTerminatedPod, pod manager RemovePod).
+    fn unregister_objects(&self) {
+        if let Some(objects) = &self.ctx.objects {
+            objects.unregister_pod(&self.uid);
         }
     }
 
@@ -280,6 +293,7 @@ impl Worker {
                     self.stop_sandbox(&records, &sb.id).await;
                 }
                 let sb = sandbox.map(|s| SandboxState { ready: false, ..s });
+                self.unregister_objects();
                 self.write_status_with_phase(pod, sb.as_ref(), &instances, pinned.as_deref())?;
                 return Ok(None);
             }
@@ -310,9 +324,13 @@ impl Worker {
             }
             let sandbox = sandbox.expect("plan creates the sandbox when there is none");
 
-            // Volumes before any container (idempotent).
+            // Volumes before any container (idempotent). The ConfigMaps and Secrets the pod
+            // references are registered first, so the cache watches them (no-op if unchanged).
+            if let Some(objects) = &self.ctx.objects {
+                objects.register_pod(pod);
+            }
             let pod_dir = super::store::pod_dir(&self.ctx.config.root_dir, &self.uid);
-            let volumes = match crate::volume::setup(pod, &pod_dir, self.ctx.client.as_ref()).await {
+            let volumes = match crate::volume::setup(pod, &pod_dir, self.ctx.client.as_ref(), self.ctx.objects.as_ref()).await {
                 Ok(v) => v,
                 Err(e) => {
                     self.ctx.recorder.warning(pod, None, reason::FAILED_MOUNT, e.to_string());

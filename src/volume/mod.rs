@@ -52,14 +52,15 @@ pub struct Prepared {
 pub type VolumeMap = HashMap<String, Prepared>;
 
 /// Sets up every volume of the pod under `pod_dir/volumes`. Idempotent.
-/// API-backed sources need `client`.
-pub async fn setup(pod: &Pod, pod_dir: &Path, client: Option<&kube::Client>) -> Result<VolumeMap, VolumeError> {
+/// API-backed sources need `client` (tokens) and `objects` (ConfigMaps, Secrets;
+/// the pod registered in it).
+pub async fn setup(pod: &Pod, pod_dir: &Path, client: Option<&kube::Client>, objects: Option<&crate::api::objects::ObjectCache>) -> Result<VolumeMap, VolumeError> {
     let mut out = HashMap::new();
     for v in pod.spec.as_ref().and_then(|s| s.volumes.as_ref()).into_iter().flatten() {
         let prepared = if let Some(ed) = &v.empty_dir {
             Prepared { path: empty_dir::setup(pod_dir, &v.name, ed)?, read_only: false }
         } else if let Some(p) = &v.projected {
-            Prepared { path: projected::setup(pod, pod_dir, &v.name, p, client).await?, read_only: true }
+            Prepared { path: projected::setup(pod, pod_dir, &v.name, p, client, objects).await?, read_only: true }
         } else {
             return Err(VolumeError::Unsupported { volume: v.name.clone() });
         };

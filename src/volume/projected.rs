@@ -1,17 +1,19 @@
 //! `projected` volumes — what the API server's ServiceAccount admission injects as
 //! `kube-api-access-*`: a bound service-account token (TokenRequest), the
 //! `kube-root-ca.crt` ConfigMap and the namespace via downwardAPI — plus plain
-//! `configMap`, `secret` and `downwardAPI` sources inside it. Written with the
-//! atomic writer, read-only to containers.
+//! `configMap`, `secret` and `downwardAPI` sources inside it (ConfigMaps and
+//! Secrets read from the watch-based [`ObjectCache`]). Written with the atomic
+//! writer, read-only to containers.
 
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, ProjectedVolumeSource, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Pod, ProjectedVolumeSource, ServiceAccount};
 use kube::api::{Api, PostParams};
 
 use super::atomic_writer::{self, Payload};
 use super::VolumeError;
+use crate::api::objects::ObjectCache;
 
 pub const PLUGIN_DIR: &str = "kubernetes.io~projected";
 
@@ -19,8 +21,16 @@ fn err(volume: &str, msg: impl Into<String>) -> VolumeError {
     VolumeError::Source { volume: volume.into(), message: msg.into() }
 }
 
-/// Builds and writes the volume's files. Needs the API for tokens, ConfigMaps and Secrets.
-pub async fn setup(pod: &Pod, pod_dir: &Path, name: &str, src: &ProjectedVolumeSource, client: Option<&kube::Client>) -> Result<PathBuf, VolumeError> {
+/// Builds and writes the volume's files. Needs the API for tokens (`client`) and
+/// the object cache for ConfigMaps and Secrets (the pod must be registered in it).
+pub async fn setup(
+    pod: &Pod,
+    pod_dir: &Path,
+    name: &str,
+    src: &ProjectedVolumeSource,
+    client: Option<&kube::Client>,
+    objects: Option<&ObjectCache>,
+) -> Result<PathBuf, VolumeError> {
     let dir = pod_dir.join("volumes").join(PLUGIN_DIR).join(name);
     let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
     let default_mode = src.default_mode.unwrap_or(0o644) as u32;
@@ -51,29 +61,28 @@ pub async fn setup(pod: &Pod, pod_dir: &Path, name: &str, src: &ProjectedVolumeS
             payload.insert(t.path.clone(), (token.into_bytes(), default_mode));
         }
         if let Some(c) = &s.config_map {
-            let client = client.ok_or_else(|| err(name, "configMap sources need an API server"))?;
+            let objects = objects.ok_or_else(|| err(name, "configMap sources need an API server"))?;
             let cm_name = c.name.clone();
-            match Api::<ConfigMap>::namespaced(client.clone(), &ns).get_opt(&cm_name).await {
-                Ok(Some(cm)) => {
+            // Cache errors are reported as upstream's projected volume reports them: their own text.
+            match objects.config_map(&ns, &cm_name).await.map_err(|e| err(name, e.to_string()))? {
+                Some(cm) => {
                     let data = cm.data.unwrap_or_default();
                     add_items(&mut payload, name, &data.into_iter().map(|(k, v)| (k, v.into_bytes())).collect(), c.items.as_deref(), default_mode, "configmap", &cm_name)?;
                 }
-                Ok(None) if c.optional == Some(true) => {}
-                Ok(None) => return Err(err(name, format!("configmap {cm_name:?} not found"))),
-                Err(e) => return Err(err(name, format!("failed to get configmap {cm_name:?}: {e}"))),
+                None if c.optional == Some(true) => {}
+                None => return Err(err(name, format!("configmap {cm_name:?} not found"))),
             }
         }
         if let Some(sec) = &s.secret {
-            let client = client.ok_or_else(|| err(name, "secret sources need an API server"))?;
+            let objects = objects.ok_or_else(|| err(name, "secret sources need an API server"))?;
             let sname = sec.name.clone();
-            match Api::<Secret>::namespaced(client.clone(), &ns).get_opt(&sname).await {
-                Ok(Some(obj)) => {
+            match objects.secret(&ns, &sname).await.map_err(|e| err(name, e.to_string()))? {
+                Some(obj) => {
                     let data = obj.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
                     add_items(&mut payload, name, &data, sec.items.as_deref(), default_mode, "secret", &sname)?;
                 }
-                Ok(None) if sec.optional == Some(true) => {}
-                Ok(None) => return Err(err(name, format!("secret {sname:?} not found"))),
-                Err(e) => return Err(err(name, format!("failed to get secret {sname:?}: {e}"))),
+                None if sec.optional == Some(true) => {}
+                None => return Err(err(name, format!("secret {sname:?} not found"))),
             }
         }
         if let Some(d) = &s.downward_api {

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 
+pub mod api;
+
 pub const BUSYBOX: &str = "localhost/test/busybox:1.0";
 pub const PAUSE: &str = "localhost/rkubelet/pause:1.0";
 pub const NODE: &str = "rk-test";
@@ -292,4 +294,17 @@ pub fn http_get(ip: &str, port: u16, path: &str) -> Option<String> {
 
 pub fn netns_exists(path: &Path) -> bool {
     path.exists()
+}
+
+/// Polls `f` every 200 ms until it yields a value; panics after `timeout` with the
+/// agent's log tail.
+pub fn wait_for<T>(timeout: Duration, what: &str, agent: &Agent, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(v) = f() {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}\nagent log:\n{}", agent.log_tail(60));
 }

@@ -1,0 +1,62 @@
+//! Helpers for tests against the in-repo test API server: start it with an admin
+//! and a node kubeconfig, drive it with the real `kubectl`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use rkubelet_test_apiserver::{Options, TestApiServer, User};
+use serde_json::Value;
+
+use super::NODE;
+
+pub struct Api {
+    pub srv: TestApiServer,
+    pub admin: PathBuf,
+    pub node: PathBuf,
+}
+
+pub async fn api_server(dir: &Path) -> Api {
+    std::fs::create_dir_all(dir).unwrap();
+    let srv = TestApiServer::start(Options::default()).await.expect("test API server");
+    let admin = dir.join("admin.kubeconfig");
+    let node = dir.join("node.kubeconfig");
+    srv.write_kubeconfig(&admin, &User::Admin).unwrap();
+    srv.write_kubeconfig(&node, &User::Node(NODE.to_string())).unwrap();
+    Api { srv, admin, node }
+}
+
+pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new("kubectl").arg("--kubeconfig").arg(kubeconfig).args(args).output().expect("kubectl");
+    let mut s = String::from_utf8_lossy(&out.stdout).to_string();
+    s.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), s)
+}
+
+pub fn kubectl_json(kubeconfig: &Path, args: &[&str]) -> Option<Value> {
+    let mut a = args.to_vec();
+    a.extend(["-o", "json"]);
+    let out = Command::new("kubectl").arg("--kubeconfig").arg(kubeconfig).args(&a).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// Deletes every pod through the API (so the agent cleans up) before the agent is dropped.
+pub struct DeletePods(pub PathBuf);
+impl Drop for DeletePods {
+    fn drop(&mut self) {
+        let _ = kubectl(&self.0, &["delete", "pods", "--all", "-n", "default", "--wait=false"]);
+    }
+}
+
+pub fn create(admin: &Path, dir: &Path, file: &str, yaml: &str) {
+    let f = dir.join(file);
+    std::fs::write(&f, yaml).unwrap();
+    let (ok, out) = kubectl(admin, &["create", "--validate=false", "-f", f.to_str().unwrap()]);
+    assert!(ok, "{out}");
+}
+
+pub fn pod_phase(admin: &Path, name: &str) -> Option<Value> {
+    kubectl_json(admin, &["get", "pod", name])
+}
