@@ -200,6 +200,20 @@ api_event_times() {
 
 # api_wait_events KIND TIMEOUT INTERVAL NAME...: waits until every NAME has a
 # KIND event; sets API_TIMES (µs per name, in the order found).
+# api_ready_lag NAMES...: for each pod, ms from its last container start (the
+# agent's "Container started" event line, timestamped by its log) to the watch
+# seeing the pod Ready; prints a JSON array of the lags.
+api_ready_lag() {
+    local ready started
+    ready="$(api_event_times ready "$@" | jq -R -s '[split("\n")[] | select(length > 0) | split(" ") | {(.[0]): (.[1] | tonumber)}] | add // {}')"
+    started="$(sed -nE 's/^([0-9T:.-]+Z) .*Container started pod='"$API_K8S_NS"'\/([^ ]+) .*reason=Started.*/\2 \1/p' "$API_AGENT_LOG" |
+        jq -R -s '[split("\n")[] | select(length > 0) | split(" ")
+                   | {name: .[0], us: ((.[1] | sub("\\.[0-9]+Z$"; "Z") | fromdateiso8601) * 1000000
+                                     + ((.[1] | capture("\\.(?<f>[0-9]+)Z$").f // "0") + "000000" | .[0:6] | tonumber))}]
+                  | group_by(.name) | map({(.[0].name): (map(.us) | max)}) | add // {}')"
+    jq -n --argjson r "$ready" --argjson s "$started" '[$r | to_entries[] | select($s[.key]) | ((.value - $s[.key]) / 1000 | round)]'
+}
+
 api_wait_events() {
     local kind="$1" timeout="$2" interval="$3" deadline now out
     shift 3
@@ -389,6 +403,7 @@ api_phase() {
     API_MANY_TIMES=("${times[@]}")
     API_MANY_P50="$(median "${times[@]}")"
     API_MANY_LAST=$((max - t0))
+    API_READY_LAG="$(api_ready_lag "${API_MANY_NAMES[@]}")"
     log "API phase: $PODS pods Ready: p50 $(us_to_s "$API_MANY_P50") s, last $(us_to_s "$API_MANY_LAST") s (kubectl create returned after $(us_to_s "$API_MANY_CREATE_US") s); CPU and RSS over ${API_CPU_SECS}s"
     read -r API_CPU_MANY API_CPU_MANY_SCHED < <(cpu_window "$API_CPU_SECS")
     RSS_API_MANY_KIB="$(proc_status_kib "$AGENT_PID" VmRSS)"
@@ -455,7 +470,7 @@ api_json() {
         --argjson pods_one "$((RUNS + 1))" --argjson pods "$PODS" --argjson window "$API_WINDOW_MANY_S" \
         --argjson violations "$API_VIOLATIONS" --arg leaks "$API_LEAKS" \
         --argjson log_warnings "$API_AGENT_ERRORS" --arg stop "$API_AGENT_STOP" --arg node_re "$API_NODE_KEYS_RE" \
-        --argjson ref_gets "$API_REF_GETS" --argjson ref_patches "$API_REF_PATCHES" '
+        --argjson ref_gets "$API_REF_GETS" --argjson ref_patches "$API_REF_PATCHES" --argjson lag "$API_READY_LAG" '
         def r3: . * 1000 | round / 1000; def s: . / 1e6 | r3; def mib: . / 1024 * 10 | round / 10;
         def med: sort | if length % 2 == 1 then .[(length - 1) / 2] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
         def per($n): with_entries(select(.key | test($node_re) | not) | .value = (.value / $n * 100 | round / 100));
@@ -469,6 +484,8 @@ api_json() {
             pods_p50: ($many | med | s), pods_last: ($many | max | s), pods_each: ($many | sort | map(s)),
             pods_kubectl_create_returned: ($many_create | s)
           },
+          ready_after_last_container_start_ms: {pods: ($lag | length), p50: (if ($lag | length) > 0 then ($lag | med) else null end),
+                                                max: ($lag | max), over_100: ($lag | map(select(. > 100)) | length), each: ($lag | sort)},
           delete_seconds: {one_pod_runs: ($one_delete | map(s)), pods: ($many_delete | s)},
           rss_mib: {idle: ($rss_idle | mib), pods: ($rss_many | mib), peak_vmhwm: ($hwm | mib), after_delete: ($rss_after | mib)},
           cpu: {pods_ms_per_s: $cpu_many, pods_ms_per_s_schedstat: $cpu_many_sched,
@@ -500,12 +517,17 @@ api_report() {
     printf '%-34s %10s %14s %10s %5s\n' "1 pod (median of $RUNS), s" "$(us_to_s "$one_med")" "$API_REF_ONE" "<= $API_TARGET_ONE" "$(meets "$(us_to_s "$one_med")" "$API_TARGET_ONE")"
     printf '%-34s %10s %14s %10s %5s\n' "$PODS pods at once, p50, s" "$(us_to_s "$API_MANY_P50")" "$API_REF_P50" "<= $API_TARGET_P50" "$(meets "$(us_to_s "$API_MANY_P50")" "$API_TARGET_P50")"
     printf '%-34s %10s %14s %10s %5s\n' "$PODS pods at once, last, s" "$(us_to_s "$API_MANY_LAST")" "$API_REF_LAST" "<= $API_TARGET_LAST" "$(meets "$(us_to_s "$API_MANY_LAST")" "$API_TARGET_LAST")"
+    local lag_max
+    lag_max="$(jq -r '.ready_after_last_container_start_ms.max // "-"' <<<"$API_JSON")"
+    printf '%-34s %10s %14s %10s %5s\n' "Ready after last start, max ms" "$lag_max" "-" "<= 100" "$(meets "$lag_max" 100)"
     printf '%-34s %10s %14s %10s %5s\n' "delete $PODS pods (none listed), s" "$(us_to_s "$API_MANY_DELETE")" "$API_REF_DELETE" "<= $API_TARGET_DELETE" "$(meets "$(us_to_s "$API_MANY_DELETE")" "$API_TARGET_DELETE")"
     printf '%-34s %10s %14s %10s %5s\n' "RSS with $PODS API pods, MiB" "$(kib_to_mib "$RSS_API_MANY_KIB")" "97-100" "<= 30" "$(meets "$(kib_to_mib "$RSS_API_MANY_KIB")" 30)"
     echo "  1-pod runs [$(list_s "${API_ONE[@]}")] s; from the pod's ADDED event: median $(us_to_s "$added_med") s;" \
         "kubectl create returned after $(us_to_s "$create_med") s (median); 1-pod delete -> gone [$(list_s "${API_ONE_DELETE[@]}")] s"
     echo "  $PODS pods: kubectl create returned after $(us_to_s "$API_MANY_CREATE_US") s; Ready at" \
         "[$(printf '%s\n' "${API_MANY_TIMES[@]}" | sort -n | awk '{ printf "%s%.2f", (NR > 1 ? " " : ""), $1 / 1e6 }')] s"
+    echo "  Ready after each pod's last container start ($PODS pods, ms, agent log to watch):" \
+        "$(jq -r '.ready_after_last_container_start_ms | "p50 \(.p50), max \(.max), over 100 ms: \(.over_100) of \(.pods); \(.each | map(tostring) | join(" "))"' <<<"$API_JSON")"
     echo "  Node Ready $(us_to_s "$API_NODE_READY_US") s after rkubelet started; RSS idle $(kib_to_mib "$RSS_API_IDLE_KIB") MiB," \
         "peak $(kib_to_mib "$HWM_API_MANY_KIB") MiB, after the delete $(kib_to_mib "$RSS_API_AFTER_KIB") MiB;" \
         "CPU with $PODS pods $API_CPU_MANY ms/s (schedstat $API_CPU_MANY_SCHED)"
