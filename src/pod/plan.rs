@@ -1,10 +1,13 @@
 //! What to do next for a pod, as a pure function of its spec and what was observed
 //! (upstream: kuberuntime `computePodActions`): create the sandbox, start the next
 //! init container, (re)start app containers per `restartPolicy` and back-off, or
-//! conclude that the pod has finished.
+//! conclude that the pod has finished. Init containers with `restartPolicy:
+//! Always` are sidecars (upstream's SidecarContainers): started in order, each
+//! one started before the next init container, restarted whenever they exit,
+//! and not counted when deciding whether the pod has finished.
 
 use chrono::{DateTime, Utc};
-use k8s_openapi::api::core::v1::PodSpec;
+use k8s_openapi::api::core::v1::{Container, PodSpec};
 
 use super::backoff::{go_duration, Backoff};
 use super::{Instance, InstanceState, Kind, SandboxState};
@@ -36,6 +39,17 @@ pub fn latest<'a>(instances: &'a [Instance], name: &str, kind: Kind) -> Option<&
     instances.iter().filter(|i| i.name == name && i.kind == kind).max_by_key(|i| i.attempt)
 }
 
+/// An init container with `restartPolicy: Always`: a sidecar.
+pub fn is_sidecar(c: &Container) -> bool {
+    c.restart_policy.as_deref() == Some("Always")
+}
+
+/// Whether a sidecar instance counts as started: running (its startup probe, when
+/// it has one, must also have passed; `started` holds the containers that did).
+fn sidecar_started(i: &Instance, started: &dyn Fn(&str) -> bool) -> bool {
+    i.is_running() && started(&i.name)
+}
+
 fn should_restart(policy: &str, exit_code: i32) -> bool {
     match policy {
         "Always" => true,
@@ -52,6 +66,20 @@ pub fn plan(
     sandbox: Option<&SandboxState>,
     backoff: &mut Backoff,
     now: DateTime<Utc>,
+) -> Plan {
+    plan_with(spec, pod_name, instances, sandbox, backoff, now, &|_| true)
+}
+
+/// [`plan`] with `started`: whether a running container has passed its startup
+/// probe (sidecars gate the next init container on it).
+pub fn plan_with(
+    spec: &PodSpec,
+    pod_name: &str,
+    instances: &[Instance],
+    sandbox: Option<&SandboxState>,
+    backoff: &mut Backoff,
+    now: DateTime<Utc>,
+    started: &dyn Fn(&str) -> bool,
 ) -> Plan {
     let mut p = Plan::default();
     let policy = spec.restart_policy.as_deref().unwrap_or("Always");
@@ -80,7 +108,34 @@ pub fn plan(
         }
     };
 
-    for c in spec.init_containers.iter().flatten() {
+    let inits = spec.init_containers.as_deref().unwrap_or(&[]);
+    for (idx, c) in inits.iter().enumerate() {
+        if is_sidecar(c) {
+            // Past this sidecar already (something after it ran): a restart never
+            // holds the rest of the pod back.
+            let later_ran = inits[idx + 1..].iter().any(|n| latest(instances, &n.name, Kind::Init).is_some())
+                || spec.containers.iter().any(|n| latest(instances, &n.name, Kind::App).is_some());
+            match latest(instances, &c.name, Kind::Init) {
+                None => {
+                    p.start.push(Start { name: c.name.clone(), kind: Kind::Init });
+                    return p;
+                }
+                Some(i) if i.is_running() => {
+                    if !later_ran && !sidecar_started(i, started) {
+                        return p;
+                    }
+                }
+                Some(i) => {
+                    // A sidecar restarts whatever the pod's restartPolicy, with back-off.
+                    let finished = i.finished_at().unwrap_or(now);
+                    restart_or_backoff(&mut p, &c.name, Kind::Init, finished);
+                    if !later_ran {
+                        return p;
+                    }
+                }
+            }
+            continue;
+        }
         match latest(instances, &c.name, Kind::Init) {
             None => {
                 p.start.push(Start { name: c.name.clone(), kind: Kind::Init });
@@ -119,7 +174,7 @@ pub fn plan(
 pub fn terminal_phase(spec: &PodSpec, instances: &[Instance]) -> Option<&'static str> {
     let policy = spec.restart_policy.as_deref().unwrap_or("Always");
     if policy == "Never" {
-        for c in spec.init_containers.iter().flatten() {
+        for c in spec.init_containers.iter().flatten().filter(|c| !is_sidecar(c)) {
             if let Some(code) = latest(instances, &c.name, Kind::Init).and_then(|i| i.exit_code()) {
                 if code != 0 {
                     return Some("Failed");
@@ -195,6 +250,47 @@ mod tests {
         let done = [exited("i1", Kind::Init, 0, 0, 1), exited("i2", Kind::Init, 0, 0, 2)];
         let p = plan(&s, "p", &done, Some(&sb()), &mut b, t(3));
         assert_eq!(p.start, vec![Start { name: "a".into(), kind: Kind::App }]);
+    }
+
+    fn with_sidecar(policy: &str) -> PodSpec {
+        let mut s = spec(policy, &["side", "i2"], &["a"]);
+        s.init_containers.as_mut().unwrap()[0].restart_policy = Some("Always".into());
+        s
+    }
+
+    #[test]
+    fn a_sidecar_starts_first_and_keeps_running_next_to_the_app() {
+        let s = with_sidecar("Never");
+        let mut b = Backoff::default();
+        let p = plan(&s, "p", &[], Some(&sb()), &mut b, t(0));
+        assert_eq!(p.start, vec![Start { name: "side".into(), kind: Kind::Init }]);
+        // Running but its startup probe has not passed: the next init container waits.
+        let side = running("side", Kind::Init);
+        let p = plan_with(&s, "p", std::slice::from_ref(&side), Some(&sb()), &mut b, t(1), &|_| false);
+        assert!(p.start.is_empty());
+        let p = plan(&s, "p", std::slice::from_ref(&side), Some(&sb()), &mut b, t(1));
+        assert_eq!(p.start, vec![Start { name: "i2".into(), kind: Kind::Init }]);
+        let p = plan(&s, "p", &[side.clone(), exited("i2", Kind::Init, 0, 0, 2)], Some(&sb()), &mut b, t(3));
+        assert_eq!(p.start, vec![Start { name: "a".into(), kind: Kind::App }]);
+    }
+
+    #[test]
+    fn an_exited_sidecar_restarts_even_under_never_and_does_not_block_the_app() {
+        let s = with_sidecar("Never");
+        let mut b = Backoff::default();
+        let inst = [exited("side", Kind::Init, 0, 1, 5), exited("i2", Kind::Init, 0, 0, 2), running("a", Kind::App)];
+        let p = plan(&s, "p", &inst, Some(&sb()), &mut b, t(6));
+        assert_eq!(p.start, vec![Start { name: "side".into(), kind: Kind::Init }]);
+        assert_eq!(p.terminal, None);
+    }
+
+    #[test]
+    fn sidecars_do_not_keep_a_finished_pod_alive() {
+        let s = with_sidecar("Never");
+        let inst = [running("side", Kind::Init), exited("i2", Kind::Init, 0, 0, 2), exited("a", Kind::App, 0, 0, 9)];
+        assert_eq!(terminal_phase(&s, &inst), Some("Succeeded"));
+        let failed_side = [exited("side", Kind::Init, 0, 1, 9), exited("i2", Kind::Init, 0, 0, 2), exited("a", Kind::App, 0, 0, 9)];
+        assert_eq!(terminal_phase(&s, &failed_side), Some("Succeeded"), "a sidecar's exit code does not decide the phase");
     }
 
     #[test]

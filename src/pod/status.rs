@@ -105,6 +105,7 @@ fn container_status(
     st.started = Some(running);
     st.ready = match kind {
         Kind::App => running,
+        Kind::Init if super::plan::is_sidecar(c) => running,
         Kind::Init => succeeded,
     };
     st.state = Some(state);
@@ -170,11 +171,17 @@ pub fn compute(i: &StatusInput<'_>) -> PodStatus {
     let app_statuses: Vec<ContainerStatus> =
         spec.containers.iter().map(|c| container_status(c, Kind::App, i.instances, i.waiting, default_reason)).collect();
 
-    let initialized = init_statuses.iter().all(|s| s.ready);
+    // Initialized once every regular init container succeeded and every sidecar
+    // started; it stays so once app containers have run (a sidecar restart later
+    // does not un-initialize the pod).
+    let apps_ran = spec.containers.iter().any(|c| latest(i.instances, &c.name, Kind::App).is_some());
+    let initialized = apps_ran || init_statuses.iter().all(|s| s.ready);
     let phase = phase(spec, i.instances, &app_statuses, initialized);
 
     let sandbox_ready = i.sandbox.map(|s| s.ready).unwrap_or(false);
-    let unready: Vec<&str> = app_statuses.iter().filter(|s| !s.ready).map(|s| s.name.as_str()).collect();
+    // Sidecars count for ContainersReady like app containers (upstream, SidecarContainers).
+    let sidecar_unready = inits.iter().zip(&init_statuses).filter(|(c, s)| super::plan::is_sidecar(c) && !s.ready).map(|(_, s)| s.name.as_str());
+    let unready: Vec<&str> = sidecar_unready.chain(app_statuses.iter().filter(|s| !s.ready).map(|s| s.name.as_str())).collect();
     let uninit: Vec<&str> = init_statuses.iter().filter(|s| !s.ready).map(|s| s.name.as_str()).collect();
     let terminal = phase == "Succeeded" || phase == "Failed";
     let list = |v: &[&str]| format!("[{}]", v.join(" "));

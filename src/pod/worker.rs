@@ -34,6 +34,8 @@ const KIND_SANDBOX: &str = "sandbox";
 const KIND_INIT: &str = "init";
 const KIND_APP: &str = "app";
 const STOP_SIGNAL: &str = "io.rkubelet.stop-signal";
+/// Upstream's message for a pod past its activeDeadlineSeconds.
+const DEADLINE_MESSAGE: &str = "Pod was active on the node longer than the specified deadline";
 
 /// A pod worker's inputs and its in-memory cache (back-off, waiting reasons).
 pub struct Worker {
@@ -277,9 +279,21 @@ impl Worker {
         let mut wake: Option<DateTime<Utc>> = None;
         // A pod already reported Succeeded/Failed stays so: nothing is started again.
         let reported = self.last_status.as_ref().and_then(|s| s.phase.clone()).or_else(|| pod.status.as_ref().and_then(|s| s.phase.clone()));
-        let pinned = reported.filter(|p| p == "Succeeded" || p == "Failed");
+        let mut pinned = reported.filter(|p| p == "Succeeded" || p == "Failed");
+        // activeDeadlineSeconds: counted from the pod's startTime (upstream's activeDeadlineHandler).
+        let mut pod_reason = None;
+        if let (Some(deadline), None) = (self.active_deadline(pod), pinned.as_ref()) {
+            if now() >= deadline {
+                self.ctx.recorder.warning(pod, None, reason::DEADLINE_EXCEEDED, DEADLINE_MESSAGE);
+                pinned = Some("Failed".into());
+                pod_reason = Some((reason::DEADLINE_EXCEEDED, DEADLINE_MESSAGE));
+            } else {
+                wake = Some(deadline);
+            }
+        }
         // A sync may create the sandbox and then go on to start containers.
-        for _round in 0..3 {
+        let rounds = 3 + spec.init_containers.as_ref().map(Vec::len).unwrap_or(0);
+        for _round in 0..rounds {
             let (sandbox, records, instances) = self.observe().await?;
             self.gc_instances(&records, &instances).await;
             let p = plan(&spec, &format_pod(pod), &instances, sandbox.as_ref(), &mut self.backoff, now());
@@ -288,13 +302,14 @@ impl Worker {
             if let Some(phase) = pinned.as_deref().or(p.terminal) {
                 if let Some(sb) = sandbox.as_ref().filter(|s| s.ready) {
                     info!(phase, "pod finished; stopping its sandbox");
-                    // Only a pinned phase can find containers still running.
-                    self.kill_pod_containers(pod, &records, Duration::from_secs(2)).await;
+                    // Sidecars (and, for a pinned phase, anything else) may still run.
+                    let grace = spec.termination_grace_period_seconds.unwrap_or(30).clamp(1, 300) as u64;
+                    self.kill_pod_containers(pod, &records, Duration::from_secs(grace)).await;
                     self.stop_sandbox(&records, &sb.id).await;
                 }
                 let sb = sandbox.map(|s| SandboxState { ready: false, ..s });
                 self.unregister_objects();
-                self.write_status_with_phase(pod, sb.as_ref(), &instances, pinned.as_deref())?;
+                self.write_status_with_phase(pod, sb.as_ref(), &instances, pinned.as_deref(), pod_reason)?;
                 return Ok(None);
             }
 
@@ -352,8 +367,12 @@ impl Worker {
                 }
                 self.waiting.insert(name.clone(), Waiting { reason: "CrashLoopBackOff".into(), message: msg.clone() });
             }
-            wake = p.wake_at;
+            wake = match (wake, p.wake_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
 
+            let mut started_sidecar = false;
             for Start { name, kind } in &p.start {
                 self.waiting.remove(name);
                 let attempt = latest(&instances, name, *kind).map(|i| i.attempt + 1).unwrap_or(0);
@@ -361,14 +380,30 @@ impl Worker {
                     wake = Some(wake.map_or(retry, |w| w.min(retry)));
                 }
                 if *kind == Kind::Init {
+                    // A sidecar keeps running (no exit wakes us): plan again right away.
+                    started_sidecar = container_of(pod, name, Kind::Init).map(super::plan::is_sidecar).unwrap_or(false);
                     break;
                 }
+            }
+            if started_sidecar {
+                continue;
             }
             let (sandbox, _, instances) = self.observe().await?;
             self.write_status(pod, sandbox.as_ref(), &instances)?;
             break;
         }
+        // The first status may have just set startTime: wake at the deadline.
+        if let Some(d) = self.active_deadline(pod) {
+            wake = Some(wake.map_or(d, |w| w.min(d)));
+        }
         Ok(wake.map(|w| (w - now()).to_std().unwrap_or(Duration::ZERO) + Duration::from_millis(50)))
+    }
+
+    /// When the pod passes its `activeDeadlineSeconds`, counted from its startTime.
+    fn active_deadline(&self, pod: &Pod) -> Option<DateTime<Utc>> {
+        let secs = pod.spec.as_ref()?.active_deadline_seconds?;
+        let start = self.last_status.as_ref().or(pod.status.as_ref())?.start_time.as_ref()?;
+        DateTime::from_timestamp(start.0.as_second(), 0).map(|s| s + chrono::Duration::seconds(secs))
     }
 
     /// Keeps the newest two instances of each container (current + lastState),
@@ -385,11 +420,19 @@ impl Worker {
     }
 
     fn write_status(&mut self, pod: &Pod, sandbox: Option<&SandboxState>, instances: &[Instance]) -> std::io::Result<()> {
-        self.write_status_with_phase(pod, sandbox, instances, None)
+        self.write_status_with_phase(pod, sandbox, instances, None, None)
     }
 
-    /// Computes, saves and reports the status; `phase` pins a terminal phase.
-    fn write_status_with_phase(&mut self, pod: &Pod, sandbox: Option<&SandboxState>, instances: &[Instance], phase: Option<&str>) -> std::io::Result<()> {
+    /// Computes, saves and reports the status; `phase` pins a terminal phase and
+    /// `pod_reason` gives the pod its reason and message (kept once reported).
+    fn write_status_with_phase(
+        &mut self,
+        pod: &Pod,
+        sandbox: Option<&SandboxState>,
+        instances: &[Instance],
+        phase: Option<&str>,
+        pod_reason: Option<(&str, &str)>,
+    ) -> std::io::Result<()> {
         let mut status = compute(&StatusInput {
             pod,
             sandbox,
@@ -402,6 +445,11 @@ impl Worker {
         });
         if let Some(p) = phase {
             status.phase = Some(p.to_string());
+            let before = self.last_status.as_ref().or(pod.status.as_ref()).filter(|s| s.phase.as_deref() == Some(p));
+            match pod_reason {
+                Some((r, m)) => (status.reason, status.message) = (Some(r.into()), Some(m.into())),
+                None => (status.reason, status.message) = (before.and_then(|s| s.reason.clone()), before.and_then(|s| s.message.clone())),
+            }
         }
         if self.last_status.as_ref() == Some(&status) && self.status_saved {
             return Ok(());
@@ -796,16 +844,41 @@ impl Worker {
         Ok((oci, stop))
     }
 
-    /// SIGTERM (or the image's STOPSIGNAL) to every running container, SIGKILL after
-    /// `grace`, then delete their tasks.
+    /// SIGTERM (or the image's STOPSIGNAL) to every running container, SIGKILL once
+    /// `grace` has passed. App (and regular init) containers stop first; sidecars
+    /// after them, one at a time in reverse order, within the same grace period
+    /// (upstream's termination order for SidecarContainers).
     async fn kill_pod_containers(&self, pod: &Pod, records: &[ContainerRecord], grace: Duration) {
-        let rt = &self.ctx.containers;
+        let deadline = tokio::time::Instant::now() + grace;
         let running: Vec<&ContainerRecord> = records
             .iter()
             .filter(|r| r.label(labels::KIND) != Some(KIND_SANDBOX) && matches!(r.task, TaskState::Running { .. } | TaskState::Created))
             .collect();
+        let sidecars: Vec<String> = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.init_containers.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|c| super::plan::is_sidecar(c))
+            .map(|c| c.name.clone())
+            .collect();
+        let is_sidecar = |r: &ContainerRecord| r.label(labels::KIND) == Some(KIND_INIT) && r.label(labels::CONTAINER_NAME).map(|n| sidecars.iter().any(|s| s == n)).unwrap_or(false);
+        let mut phases: Vec<Vec<&ContainerRecord>> = vec![running.iter().copied().filter(|r| !is_sidecar(r)).collect()];
+        for name in sidecars.iter().rev() {
+            phases.push(running.iter().copied().filter(|r| is_sidecar(r) && r.label(labels::CONTAINER_NAME) == Some(name.as_str())).collect());
+        }
+        for phase in phases.into_iter().filter(|p| !p.is_empty()) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            self.kill_containers(pod, &phase, left).await;
+        }
+    }
+
+    /// Stops `containers` together: stop signal, then SIGKILL after `grace`.
+    async fn kill_containers(&self, pod: &Pod, containers: &[&ContainerRecord], grace: Duration) {
+        let rt = &self.ctx.containers;
         let mut waits = Vec::new();
-        for r in &running {
+        for r in containers {
             let name = r.label(labels::CONTAINER_NAME).unwrap_or("").to_string();
             let init = r.label(labels::KIND) == Some(KIND_INIT);
             self.ctx.recorder.normal(pod, field_path(&name, init), reason::KILLING, format!("Stopping container {name}"));
