@@ -25,6 +25,7 @@ pub mod reason {
     pub const FAILED_KILL_POD: &str = "FailedKillPod";
     pub const STARTING: &str = "Starting";
     pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
+    pub const EVICTED: &str = "Evicted";
     pub const NODE_ALLOCATABLE_ENFORCED: &str = "NodeAllocatableEnforced";
     pub const FAILED_NODE_ALLOCATABLE_ENFORCEMENT: &str = "FailedNodeAllocatableEnforcement";
     pub const CGROUP_V1: &str = "CgroupV1";

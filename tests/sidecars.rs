@@ -116,3 +116,20 @@ fn s2_active_deadline_fails_the_pod_with_deadline_exceeded() {
         !ctr(&["tasks", "ls"]).lines().any(|l| l.contains("RUNNING") && ids.iter().any(|id| l.starts_with(id.as_str())))
     });
 }
+
+#[test]
+fn s3_a_disk_empty_dir_over_its_size_limit_evicts_the_pod() {
+    let agent = Agent::new("s3");
+    agent.write_manifest(
+        "hog.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: hog}}\nspec:\n  terminationGracePeriodSeconds: 30\n  volumes: [{{name: scratch, emptyDir: {{sizeLimit: 1Mi}}}}]\n  containers:\n  - name: c\n    image: \"{BUSYBOX}\"\n    command: [sh, -c, \"sleep 1; dd if=/dev/zero of=/scratch/big bs=1024 count=3072; sleep 3600\"]\n    volumeMounts: [{{name: scratch, mountPath: /scratch}}]\n"
+        ),
+    );
+    let p = agent.wait_pod("hog", Duration::from_secs(60), "evicted", |p| (p.status.as_ref()?.phase.as_deref() == Some("Failed")).then(|| p.clone()));
+    let st = p.status.unwrap();
+    assert_eq!(st.reason.as_deref(), Some("Evicted"));
+    assert_eq!(st.message.as_deref(), Some("Usage of EmptyDir volume \"scratch\" exceeds the limit \"1Mi\". "));
+    assert!(st.container_statuses.unwrap()[0].state.as_ref().unwrap().terminated.is_some(), "the container was killed");
+    assert!(agent.events().iter().any(|e| e.reason == "Evicted" && e.type_ == "Warning"));
+}

@@ -55,6 +55,8 @@ pub struct Worker {
     status_saved: bool,
     last_pod: Option<Arc<Pod>>,
     registered: HashSet<String>,
+    /// Why the pod was evicted (emptyDir over its sizeLimit), once it was.
+    eviction: Option<String>,
 }
 
 fn now() -> DateTime<Utc> {
@@ -104,6 +106,7 @@ impl Worker {
             status_saved: false,
             last_pod: None,
             registered: HashSet::new(),
+            eviction: None,
         }
     }
 
@@ -282,6 +285,19 @@ impl Worker {
         let mut pinned = reported.filter(|p| p == "Succeeded" || p == "Failed");
         // activeDeadlineSeconds: counted from the pod's startTime (upstream's activeDeadlineHandler).
         let mut pod_reason = None;
+        // A disk-backed emptyDir over its sizeLimit evicts the pod (upstream's eviction manager).
+        if pinned.is_none() && crate::volume::empty_dir::has_disk_limit(pod) {
+            let pod_dir = super::store::pod_dir(&self.ctx.config.root_dir, &self.uid);
+            if let Some(msg) = crate::volume::empty_dir::over_limit(pod, &pod_dir) {
+                self.ctx.recorder.warning(pod, None, reason::EVICTED, msg.clone());
+                self.eviction = Some(msg);
+            }
+        }
+        let eviction = self.eviction.clone();
+        if let (Some(msg), None) = (eviction.as_deref(), pinned.as_ref()) {
+            pinned = Some("Failed".into());
+            pod_reason = Some((reason::EVICTED, msg));
+        }
         if let (Some(deadline), None) = (self.active_deadline(pod), pinned.as_ref()) {
             if now() >= deadline {
                 self.ctx.recorder.warning(pod, None, reason::DEADLINE_EXCEEDED, DEADLINE_MESSAGE);
@@ -303,10 +319,17 @@ impl Worker {
                 if let Some(sb) = sandbox.as_ref().filter(|s| s.ready) {
                     info!(phase, "pod finished; stopping its sandbox");
                     // Sidecars (and, for a pinned phase, anything else) may still run.
-                    let grace = spec.termination_grace_period_seconds.unwrap_or(30).clamp(1, 300) as u64;
+                    // An eviction for local storage kills at once (upstream: grace period 0).
+                    let evicting = pod_reason.map(|(r, _)| r == reason::EVICTED).unwrap_or(false);
+                    let grace = if evicting { 1 } else { spec.termination_grace_period_seconds.unwrap_or(30).clamp(1, 300) as u64 };
                     self.kill_pod_containers(pod, &records, Duration::from_secs(grace)).await;
                     self.stop_sandbox(&records, &sb.id).await;
                 }
+                // Report what the kill left: containers terminated, sandbox not ready.
+                let (sandbox, instances) = match self.observe().await {
+                    Ok((sb, _, inst)) => (sb.or(sandbox), inst),
+                    Err(_) => (sandbox, instances),
+                };
                 let sb = sandbox.map(|s| SandboxState { ready: false, ..s });
                 self.unregister_objects();
                 self.write_status_with_phase(pod, sb.as_ref(), &instances, pinned.as_deref(), pod_reason)?;
@@ -391,6 +414,11 @@ impl Worker {
             let (sandbox, _, instances) = self.observe().await?;
             self.write_status(pod, sandbox.as_ref(), &instances)?;
             break;
+        }
+        // Disk-backed emptyDirs with a sizeLimit are measured every 10 s (upstream's housekeeping).
+        if crate::volume::empty_dir::has_disk_limit(pod) {
+            let next = now() + chrono::Duration::seconds(10);
+            wake = Some(wake.map_or(next, |w| w.min(next)));
         }
         // The first status may have just set startTime: wake at the deadline.
         if let Some(d) = self.active_deadline(pod) {
