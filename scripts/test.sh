@@ -2,7 +2,7 @@
 # The one command that runs rkubelet's whole test suite (CI runs it through
 # .ci/run):
 #   1. scripts/setup.sh   packages, containerd, registry, CNI config, test images
-#   2. cargo test --workspace --all-targets -- --test-threads=1 (the agent and
+#   2. cargo test --workspace --all-targets --no-fail-fast -- --test-threads=1 (the agent and
 #      the test API server crate in tests/apiserver)
 #   3. scripts/bench.sh (figures only, no thresholds; RK_SKIP_BENCH=1 skips)
 # Integration tests share host resources (containerd namespace k8s.io, the
@@ -30,7 +30,7 @@ fi
 
 have cargo || die "cargo not found (looked on PATH, including ${HOME:-/root}/.cargo/bin)"
 if [ "$#" -eq 0 ]; then
-    set -- --workspace --all-targets
+    set -- --workspace --all-targets --no-fail-fast
 fi
 log "step 2/3: cargo test $* -- --test-threads=1 (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
 rc=0

@@ -142,6 +142,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         config: cfg.clone(),
     });
     node_startup(&ctx, &node_opts, cpu_capacity_milli, memory_capacity);
+    let server_tasks = start_server(&cfg, client.clone(), ctx.host_ip.clone(), &cancel);
     let mut manager = Manager::new(ctx.clone(), cancel.clone());
 
     let (ev_tx, mut ev_rx) = mpsc::channel(256);
@@ -209,7 +210,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         }
     }
     cancel.cancel();
-    for t in api_tasks {
+    for t in api_tasks.into_iter().chain(server_tasks) {
         let _ = t.await;
     }
     manager.drain().await;
@@ -221,6 +222,54 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     drop(ctx);
     events_task.abort();
     Ok(())
+}
+
+/// Starts `/healthz` on healthzBindAddress:healthzPort and the authenticated
+/// kubelet API on address:port. The API needs the API server for webhook
+/// authentication/authorization, so standalone it runs only with AlwaysAllow.
+fn start_server(cfg: &Config, client: Option<kube::Client>, host_ip: Option<String>, cancel: &CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+    use crate::config::AuthorizationMode;
+    let mut tasks = Vec::new();
+    let addr = |host: &str, port: i32| format!("{}:{port}", if host.contains(':') { format!("[{host}]") } else { host.to_string() }).parse::<std::net::SocketAddr>();
+    if cfg.healthz_port > 0 {
+        match addr(&cfg.healthz_bind_address, cfg.healthz_port) {
+            Ok(a) => tasks.push(tokio::spawn(crate::server::serve_healthz(a, cancel.clone()))),
+            Err(e) => warn!(error = %e, "invalid healthz address; /healthz is off"),
+        }
+    }
+    let webhook = cfg.authorization.mode == AuthorizationMode::Webhook || cfg.authentication.webhook_enabled;
+    if cfg.port <= 0 || (client.is_none() && cfg.authorization.mode == AuthorizationMode::Webhook) {
+        if cfg.port > 0 {
+            info!("kubelet API (port {}) needs an API server for webhook authorization; not serving it", cfg.port);
+        }
+        return tasks;
+    }
+    let ips: Vec<String> = cfg.node_ip.iter().cloned().chain(host_ip).collect();
+    let tls = crate::server::tls::serving_files(None, &cfg.cert_dir, &cfg.node_name, &ips)
+        .and_then(|f| crate::server::tls::server_config(&f, cfg.authentication.client_ca_file.as_deref()));
+    let (tls, a) = match (tls, addr(&cfg.address, cfg.port)) {
+        (Ok(t), Ok(a)) => (t, a),
+        (Err(e), _) => {
+            error!(error = %e, "kubelet API TLS setup failed; not serving it");
+            return tasks;
+        }
+        (_, Err(e)) => {
+            error!(error = %e, "invalid kubelet API address; not serving it");
+            return tasks;
+        }
+    };
+    let sar = (cfg.authorization.mode == AuthorizationMode::Webhook).then_some((cfg.authorization.webhook_cache_authorized_ttl, cfg.authorization.webhook_cache_unauthorized_ttl));
+    let auth = crate::server::auth::Auth::new(
+        cfg.node_name.clone(),
+        client.filter(|_| webhook),
+        cfg.authentication.anonymous_enabled,
+        cfg.authentication.webhook_enabled,
+        cfg.authentication.webhook_cache_ttl,
+        sar,
+    );
+    let state = Arc::new(crate::server::State { auth, root_dir: cfg.root_dir.clone(), pod_logs_dir: cfg.pod_logs_dir.clone() });
+    tasks.push(tokio::spawn(crate::server::serve(a, tls, state, cancel.clone())));
+    tasks
 }
 
 /// Upstream's CgroupV1 warning text.

@@ -15,4 +15,5 @@ pub mod network;
 pub mod pod;
 pub mod quantity;
 pub mod runtime;
+pub mod server;
 pub mod volume;

@@ -232,7 +232,10 @@ async fn a7_events_for_start_crash_loop_and_image_errors_carry_upstream_reasons(
         };
         let evs = wait_for(Duration::from_secs(90), "crash-loop and image-error events", &agent, || {
             let evs = events();
-            (has(&evs, "crash", "BackOff", "Back-off restarting failed container c in pod crash_default(") && has(&evs, "noimg", "BackOff", "Back-off pulling image")).then_some(evs)
+            (has(&evs, "crash", "BackOff", "Back-off restarting failed container c in pod crash_default(")
+                && has(&evs, "noimg", "BackOff", "Back-off pulling image")
+                && has(&evs, "noimg", "Failed", "Error: ImagePullBackOff"))
+            .then_some(evs)
         });
         for (pod, reason, msg) in [
             ("crash", "Pulled", "Container image \"localhost/test/busybox:1.0\" already present on machine"),
@@ -252,6 +255,16 @@ async fn a7_events_for_start_crash_loop_and_image_errors_carry_upstream_reasons(
         assert!(started["count"].as_i64().unwrap() >= 2, "repeats are aggregated into count");
         let p = pod_phase(&admin, "crash").unwrap();
         assert!(p["status"]["containerStatuses"][0]["restartCount"].as_i64().unwrap() >= 1);
+        // `kubectl describe pod` finds them (by the pod's uid) and reads like upstream's.
+        let (ok, out) = kubectl(&admin, &["describe", "pod", "crash"]);
+        assert!(ok, "{out}");
+        let events = out.split("Events:").nth(1).unwrap_or("");
+        for needle in ["Type", "Reason", "From", "Message", "Normal   Started", "kubelet", "Container started", "Warning  BackOff", "Back-off restarting failed container c in pod crash_default("] {
+            assert!(events.contains(needle), "{needle:?} in the describe events:\n{out}");
+        }
+        assert!(out.contains("Restart Count:") && out.contains("Last State:     Terminated"), "{out}");
+        let (ok, out) = kubectl(&admin, &["get", "events", "-n", "default", "--sort-by=.lastTimestamp"]);
+        assert!(ok && out.lines().next().map(|h| h.contains("LAST SEEN") && h.contains("REASON")).unwrap_or(false), "{out}");
     });
 }
 

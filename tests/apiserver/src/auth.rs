@@ -135,6 +135,9 @@ fn node_role_allows(verb: &str, def: &ResourceDef, sub: &str) -> bool {
         ("storage.k8s.io", "csidrivers", "") => v(&["get", "list", "watch"]),
         ("node.k8s.io", "runtimeclasses", "") => v(&["get", "list", "watch"]),
         ("resource.k8s.io", "resourceslices", "") => true,
+        // system:node may delegate authn/authz of its own API (kubelet's webhook modes).
+        ("authentication.k8s.io", "tokenreviews", "") => v(&["create"]),
+        ("authorization.k8s.io", "subjectaccessreviews", "") => v(&["create"]),
         _ => false,
     }
 }
@@ -495,4 +498,19 @@ pub fn admit(user: &UserInfo, a: &Admission<'_>, store: &Store) -> Result<(), Ap
         }
         _ => Ok(()),
     }
+}
+
+/// The answer to a SubjectAccessReview about the kubelet API (`nodes/proxy`,
+/// `nodes/log`, …): RBAC's `system:kubelet-api-admin` for `kubelet_api_users`,
+/// everything for `system:masters`, nothing else.
+pub fn review_kubelet_access(user: &UserInfo, kubelet_api_users: &[String], resource: &Value) -> (bool, String) {
+    let group = resource.get("group").and_then(Value::as_str).unwrap_or("");
+    let plural = resource.get("resource").and_then(Value::as_str).unwrap_or("");
+    if user.is_admin() {
+        return (true, "allowed by group system:masters".into());
+    }
+    if group.is_empty() && plural == "nodes" && kubelet_api_users.contains(&user.name) {
+        return (true, format!("RBAC: allowed by ClusterRoleBinding \"kubelet-api\" of ClusterRole \"system:kubelet-api-admin\" to User \"{}\"", user.name));
+    }
+    (false, String::new())
 }

@@ -79,6 +79,9 @@ pub struct Options {
     pub bootstrap_token: String,
     /// Extra bearer tokens.
     pub static_tokens: Vec<StaticToken>,
+    /// Users that SubjectAccessReviews allow to use the kubelet API (`nodes/proxy`,
+    /// `nodes/log`, …), like a binding to `system:kubelet-api-admin`.
+    pub kubelet_api_users: Vec<String>,
 }
 
 impl Default for Options {
@@ -93,6 +96,7 @@ impl Default for Options {
             service_account_admission: true,
             bootstrap_token: "abcdef.0123456789abcdef".into(),
             static_tokens: Vec::new(),
+            kubelet_api_users: Vec::new(),
         }
     }
 }

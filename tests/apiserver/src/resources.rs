@@ -205,6 +205,15 @@ pub static RESOURCES: &[ResourceDef] = &[
         &[],
         &[],
     ),
+    // Review APIs: create only, never stored (the kubelet's delegated authn/authz).
+    ResourceDef {
+        verbs: &["create"],
+        ..def("authentication.k8s.io", "tokenreviews", "tokenreview", "TokenReview", false, &[], &[])
+    },
+    ResourceDef {
+        verbs: &["create"],
+        ..def("authorization.k8s.io", "subjectaccessreviews", "subjectaccessreview", "SubjectAccessReview", false, &[], &[])
+    },
     def(
         "resource.k8s.io",
         "resourceslices",

@@ -574,6 +574,7 @@ async fn dispatch(
                     201,
                     &shared.token_request(user, ns, &rp.name, obj)?,
                 )),
+                _ if matches!(def.plural, "tokenreviews" | "subjectaccessreviews") => Ok(json_resp(201, &shared.review(def, obj)?)),
                 _ => Ok(json_resp(201, &shared.create(user, def, ns, obj)?)),
             }
         }

@@ -952,6 +952,37 @@ impl Shared {
         )
     }
 
+    /// POST tokenreviews / subjectaccessreviews: answered, never stored.
+    pub fn review(&self, def: &ResourceDef, body: Value) -> Result<Value, ApiError> {
+        let (obj, dropped) = typed::decode(&def.api_version(), def.kind, &body)?;
+        if !dropped.is_empty() {
+            lock(&self.violations).extend(dropped.into_iter().map(|d| format!("create {}: unknown field {d:?} is dropped by the real server", def.plural)));
+        }
+        let mut out = obj.clone();
+        out["metadata"] = json!({"creationTimestamp": null});
+        match def.plural {
+            "tokenreviews" => {
+                let token = obj.pointer("/spec/token").and_then(Value::as_str).unwrap_or("");
+                if token.is_empty() {
+                    return Err(ApiError::invalid(def, "", vec![crate::error::FieldError::required("spec.token", "")]));
+                }
+                out["status"] = match self.token_user(token) {
+                    Some(u) => json!({"authenticated": true, "user": {"username": u.name, "groups": u.groups}, "audiences": obj.pointer("/spec/audiences").cloned().unwrap_or(json!([]))}),
+                    None => json!({"user": {}, "error": "invalid bearer token"}),
+                };
+            }
+            _ => {
+                let user = obj.pointer("/spec/user").and_then(Value::as_str).unwrap_or("");
+                let groups: Vec<&str> = obj.pointer("/spec/groups").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+                let ra = obj.pointer("/spec/resourceAttributes").cloned().unwrap_or(json!({}));
+                let info = crate::auth::UserInfo::new(user, &groups);
+                let (allowed, reason) = crate::auth::review_kubelet_access(&info, &self.opts.kubelet_api_users, &ra);
+                out["status"] = if allowed { json!({"allowed": true, "reason": reason}) } else { json!({"allowed": false}) };
+            }
+        }
+        Ok(out)
+    }
+
     /// POST serviceaccounts/<name>/token: a TokenRequest.
     pub fn token_request(
         &self,

@@ -115,6 +115,12 @@ pub fn decode(api_version: &str, kind: &str, v: &Value) -> Result<(Value, Vec<St
         ("authentication.k8s.io/v1", "TokenRequest") => {
             roundtrip::<api::authentication::v1::TokenRequest>(&input)
         }
+        ("authentication.k8s.io/v1", "TokenReview") => {
+            roundtrip::<api::authentication::v1::TokenReview>(&input)
+        }
+        ("authorization.k8s.io/v1", "SubjectAccessReview") => {
+            roundtrip::<api::authorization::v1::SubjectAccessReview>(&input)
+        }
         _ => return Ok((input, Vec::new())),
     };
     let out = r.map_err(|e| {

@@ -1,0 +1,245 @@
+//! The kubelet's own HTTP API (pkg/kubelet/server): HTTPS on `address:port`
+//! (10250) behind authentication and authorization, and the plain `/healthz` on
+//! `healthzBindAddress:healthzPort` (127.0.0.1:10248) that kubeadm waits on.
+//! Endpoints so far: `/healthz`, `/pods`, `/containerLogs/{ns}/{pod}/{container}`.
+//! A slow or broken client only holds its own connection task.
+
+pub mod auth;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use self::auth::{Auth, Attributes};
+
+type Body = Full<Bytes>;
+
+/// What the handlers read.
+pub struct State {
+    pub auth: Auth,
+    pub root_dir: PathBuf,
+    pub pod_logs_dir: PathBuf,
+}
+
+fn text(code: StatusCode, body: impl Into<String>) -> Response<Body> {
+    let mut body = body.into();
+    if !body.ends_with('\n') && code != StatusCode::OK {
+        body.push('\n');
+    }
+    Response::builder()
+        .status(code)
+        .header("Content-Type", "text/plain; charset=utf-8")
+        .header("X-Content-Type-Options", "nosniff")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap_or_default()
+}
+
+fn json(v: &serde_json::Value) -> Response<Body> {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("Content-Type", "application/json")
+        .body(Full::new(Bytes::from(serde_json::to_vec(v).unwrap_or_default())))
+        .unwrap_or_default()
+}
+
+/// Binds `addr`, retrying every 5 s (a port still held must not stop the agent).
+async fn bind(addr: SocketAddr, what: &str, cancel: &CancellationToken) -> Option<TcpListener> {
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => {
+                info!(%addr, "{what} listening");
+                return Some(l);
+            }
+            Err(e) => warn!(%addr, error = %e, "{what}: cannot listen; retrying in 5s"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return None,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+/// The plain-HTTP healthz endpoint (`ok`), until `cancel`.
+pub async fn serve_healthz(addr: SocketAddr, cancel: CancellationToken) {
+    let Some(listener) = bind(addr, "healthz", &cancel).await else { return };
+    loop {
+        let (tcp, _) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
+        };
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                Ok::<_, std::convert::Infallible>(match req.uri().path() {
+                    "/healthz" => text(StatusCode::OK, "ok"),
+                    _ => text(StatusCode::NOT_FOUND, "404 page not found"),
+                })
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
+
+/// The authenticated HTTPS API, until `cancel`.
+pub async fn serve(addr: SocketAddr, tls: Arc<rustls::ServerConfig>, state: Arc<State>, cancel: CancellationToken) {
+    let Some(listener) = bind(addr, "kubelet server", &cancel).await else { return };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
+        };
+        let (acceptor, state) = (acceptor.clone(), state.clone());
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => return debug!(%peer, "TLS handshake timed out"),
+            };
+            let cert: Option<Arc<Vec<u8>>> = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| Arc::new(c.to_vec()));
+            let svc = hyper::service::service_fn(move |req| {
+                let (state, cert) = (state.clone(), cert.clone());
+                async move { Ok::<_, std::convert::Infallible>(handle(&state, cert.as_deref().map(Vec::as_slice), req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+async fn handle<B>(state: &State, cert: Option<&[u8]>, req: Request<B>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let authz = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let Some(user) = state.auth.authenticate(cert, authz).await else {
+        debug!(path, "unauthenticated request");
+        return text(StatusCode::UNAUTHORIZED, "Unauthorized");
+    };
+    let attrs: Attributes = auth::attributes(req.method(), &path);
+    if !state.auth.authorize(&user, &attrs).await {
+        debug!(path, user = %user.name, "forbidden request");
+        return text(StatusCode::FORBIDDEN, auth::forbidden_message(&user, &attrs));
+    }
+    let query: Vec<(String, String)> = req
+        .uri()
+        .query()
+        .map(url_pairs)
+        .unwrap_or_default();
+    match path.as_str() {
+        "/healthz" => text(StatusCode::OK, "ok"),
+        "/pods" | "/pods/" => pods(state),
+        p if p.starts_with("/containerLogs/") => container_logs(state, p, &query),
+        _ => text(StatusCode::NOT_FOUND, "404 page not found"),
+    }
+}
+
+/// `a=1&b=x%20y` → pairs (percent-decoded).
+fn url_pairs(q: &str) -> Vec<(String, String)> {
+    fn dec(s: &str) -> String {
+        let b = s.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                b'%' if i + 2 < b.len() => {
+                    match u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                        Ok(v) => {
+                            out.push(v);
+                            i += 3;
+                            continue;
+                        }
+                        Err(_) => out.push(b'%'),
+                    }
+                }
+                b'+' => out.push(b' '),
+                c => out.push(c),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    q.split('&').filter(|p| !p.is_empty()).map(|p| match p.split_once('=') {
+        Some((k, v)) => (dec(k), dec(v)),
+        None => (dec(p), String::new()),
+    }).collect()
+}
+
+/// `/pods`: the pods on this node with their last status, as a PodList.
+fn pods(state: &State) -> Response<Body> {
+    let items = crate::pod::store::load_all(&state.root_dir);
+    json(&serde_json::json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}))
+}
+
+/// `/containerLogs/{namespace}/{pod}/{container}` with `tailLines`, `limitBytes`
+/// and `previous` (the log of the instance before the current one).
+fn container_logs(state: &State, path: &str, query: &[(String, String)]) -> Response<Body> {
+    let parts: Vec<&str> = path.trim_start_matches("/containerLogs/").split('/').collect();
+    let [ns, name, container] = parts[..] else {
+        return text(StatusCode::BAD_REQUEST, "Missing container name.");
+    };
+    let q = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let Some(pod) = crate::pod::store::load_all(&state.root_dir)
+        .into_iter()
+        .find(|p| p.metadata.namespace.as_deref() == Some(ns) && p.metadata.name.as_deref() == Some(name))
+    else {
+        return text(StatusCode::NOT_FOUND, format!("pod {ns}/{name} does not exist"));
+    };
+    let st = pod.status.as_ref();
+    let statuses = st.and_then(|s| s.container_statuses.clone()).into_iter().flatten().chain(st.and_then(|s| s.init_container_statuses.clone()).into_iter().flatten());
+    let Some(cs) = statuses.into_iter().find(|c| c.name == container) else {
+        return text(StatusCode::NOT_FOUND, format!("container {container} is not valid for pod {name}"));
+    };
+    let previous = q("previous") == Some("true");
+    let attempt = if previous {
+        if cs.restart_count == 0 {
+            return text(StatusCode::BAD_REQUEST, format!("previous terminated container {container:?} in pod {name:?} not found"));
+        }
+        cs.restart_count - 1
+    } else {
+        cs.restart_count
+    };
+    let file = state
+        .pod_logs_dir
+        .join(format!("{ns}_{name}_{}", pod.metadata.uid.as_deref().unwrap_or("")))
+        .join(container)
+        .join(format!("{attempt}.log"));
+    let data = match std::fs::read(&file) {
+        Ok(d) => d,
+        Err(e) => return text(StatusCode::NOT_FOUND, format!("failed to open log file {}: {e}", file.display())),
+    };
+    let mut out: &[u8] = &data;
+    if let Some(n) = q("tailLines").and_then(|v| v.parse::<usize>().ok()) {
+        let body = out.strip_suffix(b"\n").unwrap_or(out);
+        let start = body.iter().enumerate().rev().filter(|(_, b)| **b == b'\n').nth(n.saturating_sub(1)).map(|(i, _)| i + 1);
+        out = if n == 0 { &[] } else { &out[start.unwrap_or(0)..] };
+    }
+    if let Some(limit) = q("limitBytes").and_then(|v| v.parse::<usize>().ok()) {
+        out = &out[..out.len().min(limit)];
+    }
+    text(StatusCode::OK, String::from_utf8_lossy(out).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings_are_decoded() {
+        assert_eq!(url_pairs("tailLines=2&x=a%20b+c&flag"), vec![("tailLines".into(), "2".into()), ("x".into(), "a b c".into()), ("flag".into(), String::new())]);
+    }
+}

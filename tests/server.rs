@@ -1,0 +1,102 @@
+//! The kubelet API (issue 5, first slice): `/healthz` on 127.0.0.1:10248 and the
+//! authenticated HTTPS API on :10250 — x509 client certificates against
+//! `--client-ca-file`, bearer tokens through the test API server's TokenReview,
+//! SubjectAccessReview authorization, `/pods` and `/containerLogs`. Requests are
+//! made with curl to 127.0.0.1 only.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::api::*;
+use common::*;
+use rkubelet_test_apiserver::{Options, TestApiServer, User};
+
+/// curl to the kubelet API: (HTTP code, body).
+fn curl(url: &str, extra: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-sk", "--noproxy", "*", "--max-time", "10", "-w", "\n%{http_code}"])
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("curl");
+    let s = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = s.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+fn write_cert(srv: &TestApiServer, dir: &Path, cn: &str) -> (PathBuf, PathBuf) {
+    let (c, k) = srv.issue_client_cert(cn, &[], Duration::from_secs(3600)).unwrap();
+    let (cp, kp) = (dir.join(format!("{cn}.crt")), dir.join(format!("{cn}.key")));
+    std::fs::write(&cp, c).unwrap();
+    std::fs::write(&kp, k).unwrap();
+    (cp, kp)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k1_the_kubelet_api_authenticates_authorizes_and_serves_pods_and_logs() {
+    let dir = PathBuf::from("/var/lib/rkubelet-test/agents/k1-api");
+    std::fs::create_dir_all(&dir).unwrap();
+    let srv = TestApiServer::start(Options { kubelet_api_users: vec!["apiserver-kubelet-client".into()], ..Options::default() }).await.unwrap();
+    let (admin, node) = (dir.join("admin.kubeconfig"), dir.join("node.kubeconfig"));
+    srv.write_kubeconfig(&admin, &User::Admin).unwrap();
+    srv.write_kubeconfig(&node, &User::Node(NODE.to_string())).unwrap();
+    let ca = dir.join("ca.crt");
+    std::fs::write(&ca, srv.ca_pem()).unwrap();
+    let (node_s, ca_s) = (node.to_str().unwrap().to_string(), ca.to_str().unwrap().to_string());
+    let agent = tokio::task::block_in_place(|| Agent::with_options("k1", &[], &["--kubeconfig", &node_s, "--client-ca-file", &ca_s]));
+    let _cleanup = DeletePods(admin.clone());
+    let (allowed_crt, allowed_key) = write_cert(&srv, &dir, "apiserver-kubelet-client");
+    let (viewer_crt, viewer_key) = write_cert(&srv, &dir, "viewer");
+    let cert_args = |c: &Path, k: &Path| vec!["--cert".to_string(), c.display().to_string(), "--key".to_string(), k.display().to_string()];
+    let allowed = cert_args(&allowed_crt, &allowed_key);
+    let allowed: Vec<&str> = allowed.iter().map(String::as_str).collect();
+    let viewer = cert_args(&viewer_crt, &viewer_key);
+    let viewer: Vec<&str> = viewer.iter().map(String::as_str).collect();
+    let admin_token = format!("Authorization: Bearer {}", srv.admin_token());
+    tokio::task::block_in_place(|| {
+        // kubeadm's health check: plain HTTP on 127.0.0.1:10248.
+        agent.wait_until(Duration::from_secs(20), "healthz ok", || curl("http://127.0.0.1:10248/healthz", &[]) == (200, "ok".into()));
+        let api = "https://127.0.0.1:10250";
+        agent.wait_until(Duration::from_secs(20), "kubelet API up", || curl(&format!("{api}/healthz"), &[]).0 != 0);
+
+        // No credentials: 401. An unknown token: 401.
+        assert_eq!(curl(&format!("{api}/pods"), &[]), (401, "Unauthorized\n".into()));
+        assert_eq!(curl(&format!("{api}/pods"), &["-H", "Authorization: Bearer nope"]).0, 401);
+        // A valid certificate the SubjectAccessReview denies: 403 in upstream's words.
+        assert_eq!(
+            curl(&format!("{api}/pods"), &viewer),
+            (403, "Forbidden (user=viewer, verb=get, resource=nodes, subresource=pods)\n".into())
+        );
+        assert_eq!(curl(&format!("{api}/containerLogs/default/x/c"), &viewer).1, "Forbidden (user=viewer, verb=get, resource=nodes, subresource=proxy)\n");
+        // Allowed: a certificate bound to the kubelet API role, and the admin's token (TokenReview).
+        assert_eq!(curl(&format!("{api}/healthz"), &allowed), (200, "ok".into()));
+        assert_eq!(curl(&format!("{api}/healthz"), &["-H", &admin_token]), (200, "ok".into()));
+
+        let pod = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: talker, namespace: default}}\nspec:\n  nodeName: {NODE}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: {BUSYBOX}\n    command: [sh, -c, \"for i in 1 2 3 4 5; do echo line-$i; done; exec sleep 3600\"]\n"
+        );
+        create(&admin, &dir, "talker.yaml", &pod);
+        wait_for(Duration::from_secs(60), "talker Running", &agent, || pod_phase(&admin, "talker").filter(|p| p["status"]["phase"] == "Running"));
+        let (code, body) = curl(&format!("{api}/pods"), &allowed);
+        assert_eq!(code, 200, "{body}");
+        let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(list["kind"], "PodList");
+        assert!(list["items"].as_array().unwrap().iter().any(|p| p["metadata"]["name"] == "talker" && p["status"]["phase"] == "Running"), "{body}");
+        let mut logs = String::new();
+        agent.wait_until(Duration::from_secs(15), "logs", || {
+            logs = curl(&format!("{api}/containerLogs/default/talker/c"), &allowed).1;
+            logs.contains("line-5")
+        });
+        assert_eq!(curl(&format!("{api}/containerLogs/default/talker/c?tailLines=2"), &allowed), (200, "line-4\nline-5\n".into()));
+        assert_eq!(curl(&format!("{api}/containerLogs/default/talker/c?limitBytes=7"), &allowed).1, "line-1\n");
+        assert_eq!(curl(&format!("{api}/containerLogs/default/talker/c?previous=true"), &allowed).0, 400, "no previous instance yet");
+        assert_eq!(curl(&format!("{api}/containerLogs/default/nope/c"), &allowed).0, 404);
+        assert_eq!(curl(&format!("{api}/no/such/path"), &allowed).0, 404);
+    });
+    let reviews = srv.requests().iter().filter(|r| r.resource == "subjectaccessreviews" && r.verb == "create").count();
+    assert!(reviews >= 2, "authorization went through SubjectAccessReviews ({reviews})");
+    assert!(srv.violations().is_empty(), "{:?}", srv.violations());
+}
