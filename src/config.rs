@@ -177,6 +177,12 @@ pub struct AgentArgs {
     /// Maximum number of pods on this node [default: 110] [config: maxPods].
     #[arg(long = "max-pods")]
     pub max_pods: Option<u32>,
+    /// Rotate a container's log file at this size [default: 10Mi] [config: containerLogMaxSize].
+    #[arg(long = "container-log-max-size")]
+    pub container_log_max_size: Option<String>,
+    /// Log files kept per container, the current one included [default: 5] [config: containerLogMaxFiles].
+    #[arg(long = "container-log-max-files")]
+    pub container_log_max_files: Option<u32>,
     /// How often the node status is computed (and patched if it changed) [default: 10s] [config: nodeStatusUpdateFrequency].
     #[arg(long = "node-status-update-frequency", value_parser = parse_duration)]
     pub node_status_update_frequency: Option<Duration>,
@@ -323,8 +329,6 @@ ignored_flags! {
     eviction_pressure_transition_period => "eviction-pressure-transition-period",
     eviction_max_pod_grace_period => "eviction-max-pod-grace-period",
     eviction_minimum_reclaim => "eviction-minimum-reclaim",
-    container_log_max_size => "container-log-max-size",
-    container_log_max_files => "container-log-max-files",
     volume_plugin_dir => "volume-plugin-dir",
     volume_stats_agg_period => "volume-stats-agg-period",
     cpu_manager_policy => "cpu-manager-policy",
@@ -398,6 +402,10 @@ pub struct Config {
     pub node_labels: std::collections::BTreeMap<String, String>,
     pub taints: Vec<k8s_openapi::api::core::v1::Taint>,
     pub max_pods: u32,
+    /// `containerLogMaxSize` in bytes.
+    pub container_log_max_size: u64,
+    /// `containerLogMaxFiles` (at least 2, as upstream validates).
+    pub container_log_max_files: u32,
     pub node_status_update_frequency: Duration,
     pub node_status_report_frequency: Duration,
     pub node_lease_duration_seconds: i32,
@@ -659,6 +667,19 @@ impl Config {
             .filter(|p| p.starts_with('/'))
             .ok_or_else(|| ConfigError::Endpoint(ep.clone()))?;
 
+        let (log_size_raw, log_size_name) = match (&a.container_log_max_size, &file.container_log_max_size) {
+            (Some(v), _) => (v.clone(), "--container-log-max-size"),
+            (None, Some(v)) => (v.clone(), "containerLogMaxSize"),
+            (None, None) => ("10Mi".to_string(), "containerLogMaxSize"),
+        };
+        let container_log_max_size = crate::quantity::to_value(&log_size_raw)
+            .ok()
+            .filter(|v| *v > 0)
+            .ok_or_else(|| ConfigError::Invalid { field: log_size_name.into(), value: log_size_raw.clone(), message: "want a positive quantity such as 10Mi".into() })? as u64;
+        let container_log_max_files = a.container_log_max_files.or(file.container_log_max_files.map(|v| v.max(0) as u32)).unwrap_or(5);
+        if container_log_max_files < 2 {
+            return Err(ConfigError::Invalid { field: "containerLogMaxFiles".into(), value: container_log_max_files.to_string(), message: "must be at least 2".into() });
+        }
         let max_pods = match (a.max_pods, non_zero(file.max_pods)) {
             (Some(n), _) => n,
             (None, Some(n)) => u32::try_from(n).map_err(|_| ConfigError::Invalid { field: "maxPods".into(), value: n.to_string(), message: "must not be negative".into() })?,
@@ -805,6 +826,8 @@ impl Config {
                 .collect::<Result<_, _>>()?,
             taints,
             max_pods,
+            container_log_max_size,
+            container_log_max_files,
             node_status_update_frequency,
             node_status_report_frequency,
             node_lease_duration_seconds: lease,

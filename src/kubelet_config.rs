@@ -199,6 +199,8 @@ pub struct KubeletConfiguration {
     pub node_status_report_frequency: Option<GoDuration>,
     pub node_lease_duration_seconds: Option<i32>,
     pub max_pods: Option<i32>,
+    pub container_log_max_size: Option<String>,
+    pub container_log_max_files: Option<i32>,
     pub pod_pids_limit: Option<i64>,
     /// Hard eviction thresholds: signal → quantity or percentage (`memory.available: 100Mi`).
     pub eviction_hard: Option<BTreeMap<String, String>>,

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod events;
 pub mod kubelet_config;
+pub mod logs;
 pub mod memory;
 pub mod network;
 pub mod pod;

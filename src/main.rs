@@ -20,6 +20,11 @@ fn init_tracing(verbosity: u8) {
 }
 
 fn main() -> std::process::ExitCode {
+    // Started by the containerd shim as a container's logger (binary:// task IO).
+    let mut args = std::env::args();
+    if args.nth(1).as_deref() == Some(rkubelet::logs::driver::ARG) {
+        return rkubelet::logs::driver::run(args.next().as_deref());
+    }
     let cli = Cli::parse();
     if cli.version {
         println!("{}", rkubelet::config::version_line());

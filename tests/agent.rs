@@ -247,6 +247,10 @@ fn t5_removing_the_manifest_leaves_nothing_behind() {
     assert!(netns_after.len() < netns_before.len() || netns_before.is_empty(), "netns removed: {netns_before:?} -> {netns_after:?}");
     assert!(!agent.state_dir().join("pods").join(&uid).exists(), "pod dir left");
     assert!(!std::path::Path::new(&format!("/sys/fs/cgroup/memory/kubepods/besteffort/pod{uid}")).exists(), "pod cgroup left");
+    let loggers = std::process::Command::new("pgrep").args(["-af", "rkubelet-cri-log"]).output().map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
+    assert!(!loggers.contains(&uid), "container logger left: {loggers}");
+    let links: Vec<String> = std::fs::read_dir("/var/log/containers").map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().to_string()).filter(|n| ids.iter().any(|id| n.contains(id.as_str()))).collect()).unwrap_or_default();
+    assert!(links.is_empty(), "/var/log/containers links left: {links:?}");
 }
 
 fn run_ip_netns() -> Vec<String> {
@@ -345,12 +349,15 @@ spec:
     let ip = agent.wait_pod("sec", Duration::from_secs(60), "Running", running_pod_ip);
     let p = agent.pod("sec").unwrap();
     assert_eq!(p.status.as_ref().unwrap().qos_class.as_deref(), Some("Guaranteed"));
-    let log = agent.container_log(&p, "c", 0);
     let mut out = String::new();
     agent.wait_until(Duration::from_secs(10), "container output in its log file", || {
-        out = std::fs::read_to_string(&log).unwrap_or_default();
+        out = agent.container_output(&p, "c", 0);
         out.contains("env=")
     });
+    let raw = std::fs::read_to_string(agent.container_log(&p, "c", 0)).unwrap_or_default();
+    let first = raw.lines().next().unwrap_or("");
+    assert!(first.split(' ').nth(1) == Some("stdout") && first.split(' ').nth(2) == Some("F"), "CRI log format: {first:?}");
+    assert!(chrono::DateTime::parse_from_rfc3339(first.split(' ').next().unwrap_or("")).is_ok(), "CRI timestamp: {first:?}");
     assert!(out.contains("uid=1000 gid=2000"), "{out}");
     assert!(out.contains("rootfs=ro"), "{out}");
     assert!(out.contains("CapEff:\t0000000000000000"), "{out}");
@@ -388,10 +395,9 @@ spec:
     );
     let p = agent.wait_pod("priv", Duration::from_secs(60), "Running", |p| (phase(p) == "Running").then(|| p.clone()));
     let own = std::fs::read_to_string("/proc/self/status").unwrap().lines().find(|l| l.starts_with("CapEff:")).unwrap().to_string();
-    let log = agent.container_log(&p, "c", 0);
     let mut out = String::new();
     agent.wait_until(Duration::from_secs(10), "privileged container output", || {
-        out = std::fs::read_to_string(&log).unwrap_or_default();
+        out = agent.container_output(&p, "c", 0);
         out.contains("CapEff")
     });
     assert_eq!(out.trim(), own, "a privileged container gets the node's capabilities");

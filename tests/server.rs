@@ -46,7 +46,9 @@ async fn k1_the_kubelet_api_authenticates_authorizes_and_serves_pods_and_logs() 
     let ca = dir.join("ca.crt");
     std::fs::write(&ca, srv.ca_pem()).unwrap();
     let (node_s, ca_s) = (node.to_str().unwrap().to_string(), ca.to_str().unwrap().to_string());
-    let agent = tokio::task::block_in_place(|| Agent::with_options("k1", &[], &["--kubeconfig", &node_s, "--client-ca-file", &ca_s]));
+    let agent = tokio::task::block_in_place(|| {
+        Agent::with_options("k1", &[], &["--kubeconfig", &node_s, "--client-ca-file", &ca_s, "--container-log-max-size", "20Ki", "--container-log-max-files", "3"])
+    });
     let _cleanup = DeletePods(admin.clone());
     let (allowed_crt, allowed_key) = write_cert(&srv, &dir, "apiserver-kubelet-client");
     let (viewer_crt, viewer_key) = write_cert(&srv, &dir, "viewer");
@@ -76,7 +78,7 @@ async fn k1_the_kubelet_api_authenticates_authorizes_and_serves_pods_and_logs() 
         assert_eq!(curl(&format!("{api}/healthz"), &["-H", &admin_token]), (200, "ok".into()));
 
         let pod = format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: talker, namespace: default}}\nspec:\n  nodeName: {NODE}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: {BUSYBOX}\n    command: [sh, -c, \"for i in 1 2 3 4 5; do echo line-$i; done; exec sleep 3600\"]\n"
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: talker, namespace: default}}\nspec:\n  nodeName: {NODE}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: {BUSYBOX}\n    command: [sh, -c, \"for i in 1 2 3 4 5; do echo line-$i; done; exec sleep 3600\"]\n  - name: ticker\n    image: {BUSYBOX}\n    command: [sh, -c, \"i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.3; done\"]\n  - name: chatty\n    image: {BUSYBOX}\n    command: [sh, -c, \"i=0; while [ $i -lt 3000 ]; do i=$((i+1)); echo chatty-$i-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx; done; exec sleep 3600\"]\n"
         );
         create(&admin, &dir, "talker.yaml", &pod);
         wait_for(Duration::from_secs(60), "talker Running", &agent, || pod_phase(&admin, "talker").filter(|p| p["status"]["phase"] == "Running"));
@@ -94,6 +96,28 @@ async fn k1_the_kubelet_api_authenticates_authorizes_and_serves_pods_and_logs() 
         assert_eq!(curl(&format!("{api}/containerLogs/default/talker/c?limitBytes=7"), &allowed).1, "line-1\n");
         assert_eq!(curl(&format!("{api}/containerLogs/default/talker/c?previous=true"), &allowed).0, 400, "no previous instance yet");
         assert_eq!(curl(&format!("{api}/containerLogs/default/nope/c"), &allowed).0, 404);
+        // timestamps=true: each line starts with the entry's RFC3339 time.
+        let (_, ts) = curl(&format!("{api}/containerLogs/default/talker/c?timestamps=true&tailLines=1"), &allowed);
+        let (t, rest) = ts.split_once(' ').unwrap_or_default();
+        assert!(chrono::DateTime::parse_from_rfc3339(t).is_ok() && rest == "line-5\n", "{ts:?}");
+        // follow: what was there, then new lines as they are written.
+        let before = curl(&format!("{api}/containerLogs/default/talker/ticker"), &allowed).1.lines().count();
+        let (code, followed) = curl(&format!("{api}/containerLogs/default/talker/ticker?follow=true"), &[&allowed[..], &["--max-time", "3"]].concat());
+        assert_eq!(code, 200, "{followed}");
+        let ticks: Vec<&str> = followed.lines().filter(|l| l.starts_with("tick-")).collect();
+        assert!(ticks.len() >= before + 4, "followed {ticks:?} after {before} lines");
+        // Rotation: at most containerLogMaxFiles files of about containerLogMaxSize.
+        let uid = pod_phase(&admin, "talker").unwrap()["metadata"]["uid"].as_str().unwrap().to_string();
+        let dir = PathBuf::from(format!("/var/log/pods/default_talker_{uid}/chatty"));
+        agent.wait_until(Duration::from_secs(30), "chatty done", || curl(&format!("{api}/containerLogs/default/talker/chatty?tailLines=1"), &allowed).1.starts_with("chatty-3000-"));
+        let files: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| (e.file_name().to_string_lossy().to_string(), e.metadata().unwrap().len())).collect();
+        assert!(files.len() <= 3 && files.len() >= 2, "rotated files: {files:?}");
+        assert!(files.iter().all(|(_, len)| *len < 22 * 1024), "{files:?}");
+        assert!(files.iter().any(|(n, _)| n == "0.log") && files.iter().any(|(n, _)| n.starts_with("0.log.")), "{files:?}");
+        // /var/log/containers links, as upstream names them.
+        let cid = pod_phase(&admin, "talker").unwrap()["status"]["containerStatuses"].as_array().unwrap().iter().find(|c| c["name"] == "c").unwrap()["containerID"].as_str().unwrap().trim_start_matches("containerd://").to_string();
+        let link = PathBuf::from(format!("/var/log/containers/talker_default_c-{cid}.log"));
+        assert_eq!(std::fs::read_link(&link).unwrap(), PathBuf::from(format!("/var/log/pods/default_talker_{uid}/c/0.log")));
         assert_eq!(curl(&format!("{api}/no/such/path"), &allowed).0, 404);
     });
     let reviews = srv.requests().iter().filter(|r| r.resource == "subjectaccessreviews" && r.verb == "create").count();

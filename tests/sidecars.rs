@@ -70,7 +70,7 @@ spec:
     let app_started = app_status(&p, "app").unwrap().state.unwrap().running.unwrap().started_at.unwrap().0;
     assert!(side_started <= app_started, "the sidecar started before the app");
     let side_id = side.container_id.clone().unwrap();
-    let log = std::fs::read_to_string(agent.container_log(&p, "app", 0)).unwrap_or_default();
+    let log = agent.container_output(&p, "app", 0);
     assert!(log.contains("saw-sidecar"), "the app saw the sidecar's file: {log:?}");
 
     // The app exits 1 every 3 s and restarts; the sidecar keeps running, untouched.

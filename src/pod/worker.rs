@@ -441,6 +441,7 @@ impl Worker {
             let newer = instances.iter().filter(|o| o.name == i.name && o.kind == i.kind && o.attempt > i.attempt).count();
             if newer >= 2 && records.iter().any(|r| r.id == i.id) {
                 let _ = self.ctx.containers.delete_container(&i.id).await;
+                crate::logs::unlink_container_logs(|id| id == i.id);
                 self.ctx.router.unregister(&i.id);
                 self.registered.remove(&i.id);
             }
@@ -664,7 +665,15 @@ impl Worker {
         };
         rec.normal(pod, fp.clone(), reason::CREATED, "Container created");
         self.register(&id);
-        let log_uri = format!("file://{}", log_path.display());
+        // The shim runs our logger next to the container (CRI format, rotation).
+        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/usr/local/bin/rkubelet"));
+        let spec = crate::logs::driver::Spec {
+            path: log_path.clone(),
+            max_size: self.ctx.config.container_log_max_size,
+            max_files: self.ctx.config.container_log_max_files as usize,
+        };
+        let log_uri = crate::logs::driver::uri(&exe, &spec);
+        crate::logs::link_container_log(pod, name, &id, &log_path);
         match self.ctx.containers.start_task(&id, mounts, &log_uri).await {
             Ok(pid) => {
                 let _ = self.ctx.containers.set_labels(&id, &[(labels::STARTED_AT, now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))]).await;
@@ -973,6 +982,7 @@ impl Worker {
                     for r in records.iter().filter(|r| r.label(labels::KIND) == Some(KIND_SANDBOX)) {
                         self.stop_sandbox(&records, &r.id).await;
                     }
+                    crate::logs::unlink_container_logs(|id| records.iter().any(|r| r.id == id));
                     for r in &records {
                         let _ = self.ctx.containers.delete_task(&r.id).await;
                         if let Err(e) = self.ctx.containers.delete_container(&r.id).await {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
@@ -22,7 +22,11 @@ use tracing::{debug, info, warn};
 
 use self::auth::{Auth, Attributes};
 
-type Body = Full<Bytes>;
+type Body = BoxBody<Bytes, std::convert::Infallible>;
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).boxed()
+}
 
 /// What the handlers read.
 pub struct State {
@@ -40,16 +44,16 @@ fn text(code: StatusCode, body: impl Into<String>) -> Response<Body> {
         .status(code)
         .header("Content-Type", "text/plain; charset=utf-8")
         .header("X-Content-Type-Options", "nosniff")
-        .body(Full::new(Bytes::from(body)))
-        .unwrap_or_default()
+        .body(full(body))
+        .unwrap_or_else(|_| Response::new(full("")))
 }
 
 fn json(v: &serde_json::Value) -> Response<Body> {
     Response::builder()
         .status(StatusCode::OK)
         .header("Content-Type", "application/json")
-        .body(Full::new(Bytes::from(serde_json::to_vec(v).unwrap_or_default())))
-        .unwrap_or_default()
+        .body(full(serde_json::to_vec(v).unwrap_or_default()))
+        .unwrap_or_else(|_| Response::new(full("")))
 }
 
 /// Binds `addr`, retrying every 5 s (a port still held must not stop the agent).
@@ -185,14 +189,29 @@ fn pods(state: &State) -> Response<Body> {
     json(&serde_json::json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}))
 }
 
-/// `/containerLogs/{namespace}/{pod}/{container}` with `tailLines`, `limitBytes`
-/// and `previous` (the log of the instance before the current one).
+/// `/containerLogs/{namespace}/{pod}/{container}` with `tailLines`, `sinceSeconds`,
+/// `sinceTime`, `timestamps`, `limitBytes`, `previous` (the instance before the
+/// current one) and `follow` (stream until the container stops or the client goes).
 fn container_logs(state: &State, path: &str, query: &[(String, String)]) -> Response<Body> {
     let parts: Vec<&str> = path.trim_start_matches("/containerLogs/").split('/').collect();
     let [ns, name, container] = parts[..] else {
         return text(StatusCode::BAD_REQUEST, "Missing container name.");
     };
     let q = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let flag = |k: &str| matches!(q(k), Some("true") | Some("1"));
+    let int = |k: &str| q(k).and_then(|v| v.parse::<i64>().ok());
+    let mut opts = crate::logs::Options {
+        tail_lines: int("tailLines").filter(|n| *n >= 0).map(|n| n as usize),
+        since: int("sinceSeconds").map(|s| chrono::Utc::now() - chrono::Duration::seconds(s)),
+        timestamps: flag("timestamps"),
+        limit_bytes: int("limitBytes").filter(|n| *n > 0).map(|n| n as usize),
+    };
+    if let Some(t) = q("sinceTime") {
+        match chrono::DateTime::parse_from_rfc3339(t) {
+            Ok(t) => opts.since = Some(t.with_timezone(&chrono::Utc)),
+            Err(e) => return text(StatusCode::BAD_REQUEST, format!("invalid sinceTime {t:?}: {e}")),
+        }
+    }
     let Some(pod) = crate::pod::store::load_all(&state.root_dir)
         .into_iter()
         .find(|p| p.metadata.namespace.as_deref() == Some(ns) && p.metadata.name.as_deref() == Some(name))
@@ -202,9 +221,9 @@ fn container_logs(state: &State, path: &str, query: &[(String, String)]) -> Resp
     let st = pod.status.as_ref();
     let statuses = st.and_then(|s| s.container_statuses.clone()).into_iter().flatten().chain(st.and_then(|s| s.init_container_statuses.clone()).into_iter().flatten());
     let Some(cs) = statuses.into_iter().find(|c| c.name == container) else {
-        return text(StatusCode::NOT_FOUND, format!("container {container} is not valid for pod {name}"));
+        return text(StatusCode::BAD_REQUEST, format!("container {container} is not valid for pod {name}"));
     };
-    let previous = q("previous") == Some("true");
+    let previous = flag("previous");
     let attempt = if previous {
         if cs.restart_count == 0 {
             return text(StatusCode::BAD_REQUEST, format!("previous terminated container {container:?} in pod {name:?} not found"));
@@ -222,16 +241,90 @@ fn container_logs(state: &State, path: &str, query: &[(String, String)]) -> Resp
         Ok(d) => d,
         Err(e) => return text(StatusCode::NOT_FOUND, format!("failed to open log file {}: {e}", file.display())),
     };
-    let mut out: &[u8] = &data;
-    if let Some(n) = q("tailLines").and_then(|v| v.parse::<usize>().ok()) {
-        let body = out.strip_suffix(b"\n").unwrap_or(out);
-        let start = body.iter().enumerate().rev().filter(|(_, b)| **b == b'\n').nth(n.saturating_sub(1)).map(|(i, _)| i + 1);
-        out = if n == 0 { &[] } else { &out[start.unwrap_or(0)..] };
+    let first = crate::logs::render(&data, &opts);
+    let running = cs.state.as_ref().map(|s| s.running.is_some()).unwrap_or(false);
+    if !flag("follow") || previous || !running {
+        return Response::builder()
+            .status(StatusCode::OK)
+            .header("Content-Type", "text/plain")
+            .body(full(first))
+            .unwrap_or_else(|_| Response::new(full("")));
     }
-    if let Some(limit) = q("limitBytes").and_then(|v| v.parse::<usize>().ok()) {
-        out = &out[..out.len().min(limit)];
+    // follow: what is there, then new whole entries as they are written.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>>(16);
+    let (root, uid, cname) = (state.root_dir.clone(), pod.metadata.uid.clone().unwrap_or_default(), container.to_string());
+    let mut offset = data.iter().rposition(|b| *b == b'\n').map(|i| i + 1).unwrap_or(0) as u64;
+    let mut left = opts.limit_bytes.map(|l| l.saturating_sub(first.len()));
+    let follow_opts = crate::logs::Options { tail_lines: None, since: None, timestamps: opts.timestamps, limit_bytes: None };
+    tokio::spawn(async move {
+        if tx.send(Ok(hyper::body::Frame::data(Bytes::from(first)))).await.is_err() {
+            return;
+        }
+        let mut ticks = 0u32;
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            ticks = ticks.wrapping_add(1);
+            let chunk = read_from(&file, &mut offset);
+            if !chunk.is_empty() {
+                let mut out = crate::logs::render(&chunk, &follow_opts);
+                if let Some(l) = left.as_mut() {
+                    out.truncate(*l);
+                    *l -= out.len();
+                }
+                if !out.is_empty() && tx.send(Ok(hyper::body::Frame::data(Bytes::from(out)))).await.is_err() {
+                    return;
+                }
+                if left == Some(0) {
+                    return;
+                }
+            } else if tx.is_closed() {
+                return;
+            }
+            // Every second: stop once this instance no longer runs.
+            if ticks.is_multiple_of(4) && !still_running(&root, &uid, &cname, attempt) {
+                let tail = read_from(&file, &mut offset);
+                let _ = tx.send(Ok(hyper::body::Frame::data(Bytes::from(crate::logs::render(&tail, &follow_opts))))).await;
+                return;
+            }
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("Content-Type", "text/plain")
+        .body(StreamBody::new(stream).boxed())
+        .unwrap_or_else(|_| Response::new(full("")))
+}
+
+/// Whole lines appended to `file` since `offset` (which advances past them).
+fn read_from(file: &std::path::Path, offset: &mut u64) -> Vec<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(file) else { return Vec::new() };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if len < *offset {
+        *offset = 0; // rotated: start over on the new file
     }
-    text(StatusCode::OK, String::from_utf8_lossy(out).into_owned())
+    let mut buf = Vec::new();
+    if f.seek(SeekFrom::Start(*offset)).is_err() || f.take(4 << 20).read_to_end(&mut buf).is_err() {
+        return Vec::new();
+    }
+    let end = buf.iter().rposition(|b| *b == b'\n').map(|i| i + 1).unwrap_or(0);
+    buf.truncate(end);
+    *offset += end as u64;
+    buf
+}
+
+/// Whether the pod's saved status still shows instance `attempt` of the container running.
+fn still_running(root: &std::path::Path, uid: &str, container: &str, attempt: i32) -> bool {
+    let Some(pod) = crate::pod::store::load_pod(root, uid) else { return false };
+    let st = pod.status.unwrap_or_default();
+    st.container_statuses
+        .into_iter()
+        .flatten()
+        .chain(st.init_container_statuses.into_iter().flatten())
+        .find(|c| c.name == container)
+        .map(|c| c.restart_count == attempt && c.state.map(|s| s.running.is_some()).unwrap_or(false))
+        .unwrap_or(false)
 }
 
 #[cfg(test)]

@@ -168,6 +168,12 @@ impl Agent {
         ))
     }
 
+    /// What a container wrote, as `kubectl logs` shows it (the file is in the CRI format).
+    pub fn container_output(&self, pod: &Pod, container: &str, attempt: u32) -> String {
+        let raw = std::fs::read(self.container_log(pod, container, attempt)).unwrap_or_default();
+        String::from_utf8_lossy(&rkubelet::logs::render(&raw, &Default::default())).into_owned()
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.root.join("state")
     }
