@@ -267,7 +267,7 @@ fn start_server(cfg: &Config, client: Option<kube::Client>, host_ip: Option<Stri
         cfg.authentication.webhook_cache_ttl,
         sar,
     );
-    let state = Arc::new(crate::server::State { auth, root_dir: cfg.root_dir.clone(), pod_logs_dir: cfg.pod_logs_dir.clone() });
+    let state = Arc::new(crate::server::State { auth, node: cfg.node_name.clone(), sampler: Default::default(), root_dir: cfg.root_dir.clone(), pod_logs_dir: cfg.pod_logs_dir.clone() });
     tasks.push(tokio::spawn(crate::server::serve(a, tls, state, cancel.clone())));
     tasks
 }

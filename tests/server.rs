@@ -78,7 +78,7 @@ async fn k1_the_kubelet_api_authenticates_authorizes_and_serves_pods_and_logs() 
         assert_eq!(curl(&format!("{api}/healthz"), &["-H", &admin_token]), (200, "ok".into()));
 
         let pod = format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: talker, namespace: default}}\nspec:\n  nodeName: {NODE}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: {BUSYBOX}\n    command: [sh, -c, \"for i in 1 2 3 4 5; do echo line-$i; done; exec sleep 3600\"]\n  - name: ticker\n    image: {BUSYBOX}\n    command: [sh, -c, \"i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.3; done\"]\n  - name: chatty\n    image: {BUSYBOX}\n    command: [sh, -c, \"i=0; while [ $i -lt 3000 ]; do i=$((i+1)); echo chatty-$i-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx; done; exec sleep 3600\"]\n"
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: talker, namespace: default}}\nspec:\n  nodeName: {NODE}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: {BUSYBOX}\n    command: [sh, -c, \"for i in 1 2 3 4 5; do echo line-$i; done; exec sleep 3600\"]\n  - name: ticker\n    image: {BUSYBOX}\n    command: [sh, -c, \"i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.3; done\"]\n  - name: busy\n    image: {BUSYBOX}\n    command: [sh, -c, \"while true; do :; done\"]\n    resources: {{limits: {{cpu: 100m}}}}\n  - name: chatty\n    image: {BUSYBOX}\n    command: [sh, -c, \"i=0; while [ $i -lt 3000 ]; do i=$((i+1)); echo chatty-$i-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx; done; exec sleep 3600\"]\n"
         );
         create(&admin, &dir, "talker.yaml", &pod);
         wait_for(Duration::from_secs(60), "talker Running", &agent, || pod_phase(&admin, "talker").filter(|p| p["status"]["phase"] == "Running"));
@@ -118,6 +118,41 @@ async fn k1_the_kubelet_api_authenticates_authorizes_and_serves_pods_and_logs() 
         let cid = pod_phase(&admin, "talker").unwrap()["status"]["containerStatuses"].as_array().unwrap().iter().find(|c| c["name"] == "c").unwrap()["containerID"].as_str().unwrap().trim_start_matches("containerd://").to_string();
         let link = PathBuf::from(format!("/var/log/containers/talker_default_c-{cid}.log"));
         assert_eq!(std::fs::read_link(&link).unwrap(), PathBuf::from(format!("/var/log/pods/default_talker_{uid}/c/0.log")));
+
+        // /stats/summary: the busy pod's CPU and memory, as its cgroup files show them.
+        let cg = |ctrl: &str, file: &str| -> u64 {
+            let v1 = format!("/sys/fs/cgroup/{ctrl}/kubepods/burstable/pod{uid}/{file}");
+            std::fs::read_to_string(&v1).unwrap_or_else(|e| panic!("{v1}: {e}")).trim().parse().unwrap()
+        };
+        let cpu_before = cg("cpuacct", "cpuacct.usage");
+        assert!(cpu_before > 0);
+        let (code, body) = curl(&format!("{api}/stats/summary"), &allowed);
+        let mem_after = cg("memory", "memory.usage_in_bytes");
+        let cpu_after = cg("cpuacct", "cpuacct.usage");
+        assert_eq!(code, 200, "{body}");
+        let sum: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(sum["node"]["nodeName"], NODE);
+        assert!(sum["node"]["cpu"]["usageCoreNanoSeconds"].as_u64().unwrap() > 0 && sum["node"]["memory"]["workingSetBytes"].as_u64().unwrap() > 0);
+        let p = sum["pods"].as_array().unwrap().iter().find(|p| p["podRef"]["name"] == "talker").expect("talker in the summary").clone();
+        let cpu = p["cpu"]["usageCoreNanoSeconds"].as_u64().unwrap();
+        assert!(cpu_before <= cpu && cpu <= cpu_after, "pod CPU {cpu} between the cgroup's {cpu_before} and {cpu_after}");
+        let mem = p["memory"]["usageBytes"].as_u64().unwrap();
+        assert!(mem > 0 && mem.abs_diff(mem_after) < 4 << 20, "pod memory {mem} vs cgroup {mem_after}");
+        assert!(p["memory"]["workingSetBytes"].as_u64().unwrap() > 0);
+        let busy = p["containers"].as_array().unwrap().iter().find(|c| c["name"] == "busy").expect("busy container").clone();
+        assert!(busy["cpu"]["usageCoreNanoSeconds"].as_u64().unwrap() > 10_000_000, "{busy}");
+        assert!(p["network"]["name"] == "eth0" && p["network"]["rxBytes"].is_u64(), "{}", p["network"]);
+        // A second scrape has a rate: about 0.1 core (the limit) for the busy container.
+        std::thread::sleep(Duration::from_secs(2));
+        let sum: serde_json::Value = serde_json::from_str(&curl(&format!("{api}/stats/summary"), &allowed).1).unwrap();
+        let p = sum["pods"].as_array().unwrap().iter().find(|p| p["podRef"]["name"] == "talker").unwrap().clone();
+        let rate = p["containers"].as_array().unwrap().iter().find(|c| c["name"] == "busy").unwrap()["cpu"]["usageNanoCores"].as_u64().expect("usageNanoCores");
+        assert!((20_000_000..200_000_000).contains(&rate), "busy container at {rate} nanocores under a 100m limit");
+        let (code, m) = curl(&format!("{api}/metrics/resource"), &allowed);
+        assert_eq!(code, 200);
+        assert!(m.lines().any(|l| l.starts_with("container_cpu_usage_seconds_total{container=\"busy\",namespace=\"default\",pod=\"talker\"}")), "{m}");
+        assert!(m.contains("pod_memory_working_set_bytes{namespace=\"default\",pod=\"talker\"}"), "{m}");
+        assert_eq!(curl(&format!("{api}/stats/summary"), &viewer).1, "Forbidden (user=viewer, verb=get, resource=nodes, subresource=stats)\n");
         assert_eq!(curl(&format!("{api}/no/such/path"), &allowed).0, 404);
     });
     let reviews = srv.requests().iter().filter(|r| r.resource == "subjectaccessreviews" && r.verb == "create").count();

@@ -185,6 +185,11 @@ fn v1_controller_roots() -> Vec<(String, PathBuf)> {
     out
 }
 
+/// The mount point of a v1 controller's hierarchy (`cpuacct`, `memory`, …).
+pub fn v1_root(controller: &str) -> Option<PathBuf> {
+    v1_controller_roots().into_iter().find(|(c, _)| c == controller).map(|(_, p)| p)
+}
+
 /// True when the pods' cgroups are cgroup v1 (a v1 memory hierarchy is mounted),
 /// which is what runc picks on a hybrid system.
 pub fn uses_v1() -> bool {

@@ -1,10 +1,12 @@
 //! The kubelet's own HTTP API (pkg/kubelet/server): HTTPS on `address:port`
 //! (10250) behind authentication and authorization, and the plain `/healthz` on
 //! `healthzBindAddress:healthzPort` (127.0.0.1:10248) that kubeadm waits on.
-//! Endpoints so far: `/healthz`, `/pods`, `/containerLogs/{ns}/{pod}/{container}`.
+//! Endpoints so far: `/healthz`, `/pods`, `/containerLogs/{ns}/{pod}/{container}`,
+//! `/stats/summary`, `/metrics/resource`.
 //! A slow or broken client only holds its own connection task.
 
 pub mod auth;
+pub mod stats;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -31,6 +33,8 @@ fn full(b: impl Into<Bytes>) -> Body {
 /// What the handlers read.
 pub struct State {
     pub auth: Auth,
+    pub node: String,
+    pub sampler: stats::Sampler,
     pub root_dir: PathBuf,
     pub pod_logs_dir: PathBuf,
 }
@@ -147,6 +151,15 @@ async fn handle<B>(state: &State, cert: Option<&[u8]>, req: Request<B>) -> Respo
     match path.as_str() {
         "/healthz" => text(StatusCode::OK, "ok"),
         "/pods" | "/pods/" => pods(state),
+        "/stats/summary" | "/stats/summary/" => json(&stats::summary(&state.node, &state.root_dir, &crate::pod::store::load_all(&state.root_dir), &state.sampler)),
+        "/metrics/resource" => {
+            let s = stats::summary(&state.node, &state.root_dir, &crate::pod::store::load_all(&state.root_dir), &state.sampler);
+            Response::builder()
+                .status(StatusCode::OK)
+                .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                .body(full(stats::resource_metrics(&s)))
+                .unwrap_or_else(|_| Response::new(full("")))
+        }
         p if p.starts_with("/containerLogs/") => container_logs(state, p, &query),
         _ => text(StatusCode::NOT_FOUND, "404 page not found"),
     }

@@ -1,0 +1,313 @@
+//! `/stats/summary` and `/metrics/resource`: CPU, memory, network and filesystem
+//! usage of the node, its pods and their containers, read from the cgroups
+//! (v1 or v2), /proc and statfs — what metrics-server and `kubectl top` read
+//! (pkg/kubelet/apis/stats/v1alpha1, pkg/kubelet/metrics/collectors).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+
+/// One reading of a cgroup.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Usage {
+    /// Cumulative CPU time, ns.
+    pub cpu_ns: Option<u64>,
+    pub memory_bytes: Option<u64>,
+    pub working_set_bytes: Option<u64>,
+    pub rss_bytes: Option<u64>,
+    pub page_faults: Option<u64>,
+    pub major_page_faults: Option<u64>,
+}
+
+fn read_u64(p: &Path) -> Option<u64> {
+    std::fs::read_to_string(p).ok()?.trim().parse().ok()
+}
+
+fn stat_field(p: &Path, key: &str) -> Option<u64> {
+    std::fs::read_to_string(p).ok()?.lines().find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+}
+
+/// Reads the cgroup at `rel` (e.g. `/kubepods/besteffort/pod<uid>`).
+pub fn cgroup_usage(rel: &str) -> Usage {
+    let rel = rel.trim_start_matches('/');
+    if crate::cgroups::uses_v1() {
+        let cpu = crate::cgroups::v1_root("cpuacct").map(|r| r.join(rel));
+        let mem = crate::cgroups::v1_root("memory").map(|r| r.join(rel));
+        let usage = mem.as_ref().and_then(|m| read_u64(&m.join("memory.usage_in_bytes")));
+        let stat = mem.as_ref().map(|m| m.join("memory.stat"));
+        let inactive = stat.as_ref().and_then(|s| stat_field(s, "total_inactive_file")).unwrap_or(0);
+        Usage {
+            cpu_ns: cpu.and_then(|c| read_u64(&c.join("cpuacct.usage"))),
+            memory_bytes: usage,
+            working_set_bytes: usage.map(|u| u.saturating_sub(inactive)),
+            rss_bytes: stat.as_ref().and_then(|s| stat_field(s, "total_rss")),
+            page_faults: stat.as_ref().and_then(|s| stat_field(s, "total_pgfault")),
+            major_page_faults: stat.as_ref().and_then(|s| stat_field(s, "total_pgmajfault")),
+        }
+    } else {
+        let d = Path::new("/sys/fs/cgroup").join(rel);
+        let usage = read_u64(&d.join("memory.current"));
+        let stat = d.join("memory.stat");
+        let inactive = stat_field(&stat, "inactive_file").unwrap_or(0);
+        Usage {
+            cpu_ns: stat_field(&d.join("cpu.stat"), "usage_usec").map(|u| u * 1000),
+            memory_bytes: usage,
+            working_set_bytes: usage.map(|u| u.saturating_sub(inactive)),
+            rss_bytes: stat_field(&stat, "anon"),
+            page_faults: stat_field(&stat, "pgfault"),
+            major_page_faults: stat_field(&stat, "pgmajfault"),
+        }
+    }
+}
+
+/// A process in the cgroup (for its network namespace's counters).
+fn a_pid(rel: &str) -> Option<u32> {
+    let rel = rel.trim_start_matches('/');
+    let dir = if crate::cgroups::uses_v1() { crate::cgroups::v1_root("memory")?.join(rel) } else { Path::new("/sys/fs/cgroup").join(rel) };
+    let mut stack = vec![dir];
+    while let Some(d) = stack.pop() {
+        if let Some(pid) = std::fs::read_to_string(d.join("cgroup.procs")).ok().and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok())) {
+            return Some(pid);
+        }
+        stack.extend(std::fs::read_dir(&d).into_iter().flatten().flatten().filter(|e| e.path().is_dir()).map(|e| e.path()));
+    }
+    None
+}
+
+/// `/proc/<pid>/net/dev` (or the host's): (interface, rx bytes, rx errors, tx bytes, tx errors).
+fn net_dev(pid: Option<u32>) -> Vec<(String, u64, u64, u64, u64)> {
+    let p = pid.map(|p| PathBuf::from(format!("/proc/{p}/net/dev"))).unwrap_or_else(|| PathBuf::from("/proc/net/dev"));
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .skip(2)
+        .filter_map(|l| {
+            let (name, rest) = l.split_once(':')?;
+            let f: Vec<u64> = rest.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+            (f.len() >= 12 && name.trim() != "lo").then(|| (name.trim().to_string(), f[0], f[2], f[8], f[10]))
+        })
+        .collect()
+}
+
+fn network(time: &str, pid: Option<u32>, default_if: &str) -> Value {
+    let ifs: Vec<Value> = net_dev(pid)
+        .into_iter()
+        .map(|(n, rx, rxe, tx, txe)| json!({"name": n, "rxBytes": rx, "rxErrors": rxe, "txBytes": tx, "txErrors": txe}))
+        .collect();
+    let main = ifs.iter().find(|i| i["name"] == default_if).or(ifs.first()).cloned().unwrap_or(json!({}));
+    let mut v = main.clone();
+    v["time"] = json!(time);
+    v["interfaces"] = json!(ifs);
+    v
+}
+
+/// Remembers the last CPU reading per cgroup to report usageNanoCores.
+#[derive(Default)]
+pub struct Sampler {
+    last: Mutex<HashMap<String, (DateTime<Utc>, u64)>>,
+}
+
+impl Sampler {
+    /// The CPU rate since the previous reading of `key` (None on the first).
+    fn rate(&self, key: &str, now: DateTime<Utc>, cpu_ns: u64) -> Option<u64> {
+        let mut g = self.last.lock().ok()?;
+        let prev = g.insert(key.to_string(), (now, cpu_ns));
+        let (t, v) = prev?;
+        let dt = (now - t).num_nanoseconds()?.max(1) as f64;
+        Some(((cpu_ns.saturating_sub(v)) as f64 / dt * 1e9) as u64)
+    }
+}
+
+fn cpu_json(s: &Sampler, key: &str, time: &str, now: DateTime<Utc>, u: &Usage) -> Value {
+    let mut v = json!({"time": time});
+    if let Some(ns) = u.cpu_ns {
+        v["usageCoreNanoSeconds"] = json!(ns);
+        if let Some(r) = s.rate(key, now, ns) {
+            v["usageNanoCores"] = json!(r);
+        }
+    }
+    v
+}
+
+fn memory_json(time: &str, u: &Usage, limit: Option<u64>) -> Value {
+    let mut v = json!({"time": time});
+    for (k, val) in [("usageBytes", u.memory_bytes), ("workingSetBytes", u.working_set_bytes), ("rssBytes", u.rss_bytes), ("pageFaults", u.page_faults), ("majorPageFaults", u.major_page_faults)] {
+        if let Some(x) = val {
+            v[k] = json!(x);
+        }
+    }
+    if let (Some(l), Some(ws)) = (limit, u.working_set_bytes) {
+        v["availableBytes"] = json!(l.saturating_sub(ws));
+    }
+    v
+}
+
+fn fs_json(time: &str, path: &Path) -> Value {
+    match nix::sys::statvfs::statvfs(path) {
+        Ok(s) => {
+            let f = s.fragment_size();
+            let (cap, avail, free) = (s.blocks() * f, s.blocks_available() * f, s.blocks_free() * f);
+            json!({"time": time, "capacityBytes": cap, "availableBytes": avail, "usedBytes": cap.saturating_sub(free),
+                   "inodes": s.files(), "inodesFree": s.files_free(), "inodesUsed": s.files().saturating_sub(s.files_free())})
+        }
+        Err(_) => json!({"time": time}),
+    }
+}
+
+/// The node's CPU time (all CPUs, non-idle) in ns, from /proc/stat.
+fn node_cpu_ns() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let f: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let busy: u64 = f.iter().enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| *v).sum();
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as u64;
+    Some(busy * 1_000_000_000 / hz.max(1))
+}
+
+fn meminfo(key: &str) -> Option<u64> {
+    std::fs::read_to_string("/proc/meminfo").ok()?.lines().find_map(|l| l.strip_prefix(key)?.trim().trim_end_matches("kB").trim().parse::<u64>().ok()).map(|k| k * 1024)
+}
+
+/// The Summary API object (stats/v1alpha1) for the node and `pods`.
+pub fn summary(node: &str, root_dir: &Path, pods: &[k8s_openapi::api::core::v1::Pod], sampler: &Sampler) -> Value {
+    let now = Utc::now();
+    let time = crate::logs::timestamp(now);
+    let total = meminfo("MemTotal:").unwrap_or(0);
+    let node_mem = Usage {
+        memory_bytes: Some(total.saturating_sub(meminfo("MemFree:").unwrap_or(0))),
+        working_set_bytes: Some(total.saturating_sub(meminfo("MemAvailable:").unwrap_or(0))),
+        ..Default::default()
+    };
+    let node_cpu = Usage { cpu_ns: node_cpu_ns(), ..Default::default() };
+    let default_if = std::fs::read_to_string("/proc/net/route")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 2 && f[1] == "00000000")
+        .map(|f| f[0].to_string())
+        .unwrap_or_default();
+    let pods_json: Vec<Value> = pods
+        .iter()
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .map(|p| {
+            let uid = p.metadata.uid.clone().unwrap_or_default();
+            let parent = crate::cgroups::pod_cgroup_parent(crate::cgroups::qos_class(p), &uid);
+            let st = p.status.clone().unwrap_or_default();
+            let containers: Vec<Value> = st
+                .container_statuses
+                .iter()
+                .flatten()
+                .filter(|c| c.state.as_ref().map(|s| s.running.is_some()).unwrap_or(false))
+                .filter_map(|c| {
+                    let id = c.container_id.as_deref()?.trim_start_matches("containerd://");
+                    let rel = format!("{parent}/{id}");
+                    let u = cgroup_usage(&rel);
+                    let started = c.state.as_ref()?.running.as_ref()?.started_at.as_ref().map(|t| t.0.to_string());
+                    Some(json!({"name": c.name, "startTime": started, "cpu": cpu_json(sampler, &rel, &time, now, &u), "memory": memory_json(&time, &u, None),
+                                "logs": fs_json(&time, Path::new("/var/log/pods")), "rootfs": fs_json(&time, root_dir)}))
+                })
+                .collect();
+            let u = cgroup_usage(&parent);
+            json!({
+                "podRef": {"name": p.metadata.name, "namespace": p.metadata.namespace, "uid": uid},
+                "startTime": st.start_time.as_ref().map(|t| t.0.to_string()),
+                "containers": containers,
+                "cpu": cpu_json(sampler, &parent, &time, now, &u),
+                "memory": memory_json(&time, &u, None),
+                "network": network(&time, a_pid(&parent), "eth0"),
+                "ephemeral-storage": fs_json(&time, root_dir),
+                "process_stats": {"process_count": count_procs(&parent)},
+            })
+        })
+        .collect();
+    json!({
+        "node": {
+            "nodeName": node,
+            "startTime": boot_time().map(crate::logs::timestamp),
+            "cpu": cpu_json(sampler, "/", &time, now, &node_cpu),
+            "memory": memory_json(&time, &node_mem, Some(total)),
+            "network": network(&time, None, &default_if),
+            "fs": fs_json(&time, root_dir),
+            "runtime": {"imageFs": fs_json(&time, Path::new("/var/lib/containerd"))},
+            "rlimit": {"time": time, "maxpid": std::fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|s| s.trim().parse::<u64>().ok()), "curproc": std::fs::read_dir("/proc").map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit())).count()).unwrap_or(0)},
+        },
+        "pods": pods_json,
+    })
+}
+
+fn count_procs(rel: &str) -> usize {
+    let rel = rel.trim_start_matches('/');
+    let Some(dir) = (if crate::cgroups::uses_v1() { crate::cgroups::v1_root("pids").map(|r| r.join(rel)) } else { Some(Path::new("/sys/fs/cgroup").join(rel)) }) else { return 0 };
+    let mut n = 0;
+    let mut stack = vec![dir];
+    while let Some(d) = stack.pop() {
+        n += std::fs::read_to_string(d.join("cgroup.procs")).map(|s| s.lines().count()).unwrap_or(0);
+        stack.extend(std::fs::read_dir(&d).into_iter().flatten().flatten().filter(|e| e.path().is_dir()).map(|e| e.path()));
+    }
+    n
+}
+
+fn boot_time() -> Option<DateTime<Utc>> {
+    let secs: u64 = std::fs::read_to_string("/proc/stat").ok()?.lines().find_map(|l| l.strip_prefix("btime ")?.trim().parse().ok())?;
+    DateTime::from_timestamp(secs as i64, 0)
+}
+
+/// `/metrics/resource` (Prometheus text) from a summary: the series metrics-server reads.
+pub fn resource_metrics(summary: &Value) -> String {
+    let ms = Utc::now().timestamp_millis();
+    let mut out = String::new();
+    let mut family = |name: &str, help: &str, kind: &str, rows: Vec<(String, f64)>| {
+        out.push_str(&format!("# HELP {name} [STABLE] {help}\n# TYPE {name} {kind}\n"));
+        for (labels, v) in rows {
+            out.push_str(&format!("{name}{labels} {v} {ms}\n"));
+        }
+    };
+    let secs = |v: &Value| v["cpu"]["usageCoreNanoSeconds"].as_f64().map(|n| n / 1e9);
+    let ws = |v: &Value| v["memory"]["workingSetBytes"].as_f64();
+    let pods = summary["pods"].as_array().cloned().unwrap_or_default();
+    let pl = |p: &Value| format!("namespace=\"{}\",pod=\"{}\"", p["podRef"]["namespace"].as_str().unwrap_or(""), p["podRef"]["name"].as_str().unwrap_or(""));
+    let containers = |f: &dyn Fn(&Value) -> Option<f64>| -> Vec<(String, f64)> {
+        pods.iter()
+            .flat_map(|p| {
+                let l = pl(p);
+                p["containers"].as_array().cloned().unwrap_or_default().into_iter().filter_map(move |c| f(&c).map(|v| (format!("{{container=\"{}\",{l}}}", c["name"].as_str().unwrap_or("")), v)))
+            })
+            .collect()
+    };
+    family("container_cpu_usage_seconds_total", "Cumulative cpu time consumed by the container in core-seconds", "counter", containers(&secs));
+    family("container_memory_working_set_bytes", "Current working set of the container in bytes", "gauge", containers(&ws));
+    family("node_cpu_usage_seconds_total", "Cumulative cpu time consumed by the node in core-seconds", "counter", secs(&summary["node"]).map(|v| vec![(String::new(), v)]).unwrap_or_default());
+    family("node_memory_working_set_bytes", "Current working set of the node in bytes", "gauge", ws(&summary["node"]).map(|v| vec![(String::new(), v)]).unwrap_or_default());
+    family("pod_cpu_usage_seconds_total", "Cumulative cpu time consumed by the pod in core-seconds", "counter", pods.iter().filter_map(|p| secs(p).map(|v| (format!("{{{}}}", pl(p)), v))).collect());
+    family("pod_memory_working_set_bytes", "Current working set of the pod in bytes", "gauge", pods.iter().filter_map(|p| ws(p).map(|v| (format!("{{{}}}", pl(p)), v))).collect());
+    out.push_str("# HELP resource_scrape_error [STABLE] 1 if there was an error while getting container metrics, 0 otherwise\n# TYPE resource_scrape_error gauge\nresource_scrape_error 0\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_rates_come_from_consecutive_readings() {
+        let s = Sampler::default();
+        let t0 = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        assert_eq!(s.rate("a", t0, 1_000_000_000), None);
+        assert_eq!(s.rate("a", t0 + chrono::Duration::seconds(2), 2_000_000_000), Some(500_000_000), "1 s of CPU in 2 s = half a core");
+    }
+
+    #[test]
+    fn resource_metrics_name_the_series_metrics_server_reads() {
+        let sum = json!({"node": {"cpu": {"usageCoreNanoSeconds": 2_000_000_000u64}, "memory": {"workingSetBytes": 1024}},
+                         "pods": [{"podRef": {"name": "p", "namespace": "ns"}, "cpu": {"usageCoreNanoSeconds": 500_000_000u64}, "memory": {"workingSetBytes": 10},
+                                   "containers": [{"name": "c", "cpu": {"usageCoreNanoSeconds": 500_000_000u64}, "memory": {"workingSetBytes": 10}}]}]});
+        let m = resource_metrics(&sum);
+        assert!(m.contains("container_cpu_usage_seconds_total{container=\"c\",namespace=\"ns\",pod=\"p\"} 0.5 "), "{m}");
+        assert!(m.contains("node_memory_working_set_bytes 1024 "), "{m}");
+        assert!(m.contains("pod_memory_working_set_bytes{namespace=\"ns\",pod=\"p\"} 10 "), "{m}");
+        assert!(m.ends_with("resource_scrape_error 0\n"));
+    }
+}
