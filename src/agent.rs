@@ -245,8 +245,25 @@ fn start_server(cfg: &Config, client: Option<kube::Client>, host_ip: Option<Stri
         return tasks;
     }
     let ips: Vec<String> = cfg.node_ip.iter().cloned().chain(host_ip).collect();
-    let tls = crate::server::tls::serving_files(None, &cfg.cert_dir, &cfg.node_name, &ips)
-        .and_then(|f| crate::server::tls::server_config(&f, cfg.authentication.client_ca_file.as_deref()));
+    let resolver = Arc::new(crate::server::tls::Resolver::default());
+    let certificate = match (&client, cfg.server_tls_bootstrap) {
+        // The cluster signs the serving certificate (serverTLSBootstrap).
+        (Some(c), true) => {
+            let ip_addrs = ips.iter().filter_map(|i| i.parse().ok()).collect();
+            tasks.push(tokio::spawn(crate::server::serving::run(
+                resolver.clone(),
+                crate::api::bootstrap::CertStore::serving(&cfg.cert_dir),
+                c.clone(),
+                cfg.node_name.clone(),
+                vec![cfg.node_name.clone()],
+                ip_addrs,
+                cancel.clone(),
+            )));
+            Ok(())
+        }
+        _ => crate::server::tls::serving_files(None, &cfg.cert_dir, &cfg.node_name, &ips).and_then(|f| resolver.set_files(&f)),
+    };
+    let tls = certificate.and_then(|_| crate::server::tls::server_config(resolver, cfg.authentication.client_ca_file.as_deref()));
     let (tls, a) = match (tls, addr(&cfg.address, cfg.port)) {
         (Ok(t), Ok(a)) => (t, a),
         (Err(e), _) => {
@@ -267,7 +284,8 @@ fn start_server(cfg: &Config, client: Option<kube::Client>, host_ip: Option<Stri
         cfg.authentication.webhook_cache_ttl,
         sar,
     );
-    let state = Arc::new(crate::server::State { auth, node: cfg.node_name.clone(), sampler: Default::default(), root_dir: cfg.root_dir.clone(), pod_logs_dir: cfg.pod_logs_dir.clone() });
+    let configz = serde_json::json!({ "kubeletconfig": cfg.to_kubelet_configuration() });
+    let state = Arc::new(crate::server::State { auth, configz, node: cfg.node_name.clone(), sampler: Default::default(), root_dir: cfg.root_dir.clone(), pod_logs_dir: cfg.pod_logs_dir.clone() });
     tasks.push(tokio::spawn(crate::server::serve(a, tls, state, cancel.clone())));
     tasks
 }

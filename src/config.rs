@@ -417,7 +417,7 @@ pub struct Config {
     pub cert_dir: PathBuf,
     /// `rotateCertificates`: renew the client certificate before it expires.
     pub rotate_certificates: bool,
-    /// `serverTLSBootstrap`: request the serving certificate with a CSR (not implemented yet).
+    /// `serverTLSBootstrap`: the serving certificate comes from a `kubernetes.io/kubelet-serving` CSR.
     pub server_tls_bootstrap: bool,
     /// How long the TLS bootstrap waits for its CSR to be signed.
     pub tls_bootstrap_timeout: Duration,
@@ -578,6 +578,77 @@ impl Config {
     /// filesystem (`nodefs_capacity` bytes); allocatable ephemeral storage excludes it.
     pub fn eviction_nodefs_fraction(&self, nodefs_capacity: i64) -> f64 {
         self.eviction_hard.get("nodefs.available").map(|t| t.fraction(nodefs_capacity)).unwrap_or(0.0)
+    }
+}
+
+/// Go's `time.Duration.String()`: `1h0m0s`, `5m0s`, `10s`, `500ms`, `0s`.
+pub fn go_duration_string(d: Duration) -> String {
+    let ms = d.as_millis() as u64;
+    if ms == 0 {
+        return "0s".into();
+    }
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let (h, m) = (ms / 3_600_000, (ms / 60_000) % 60);
+    let secs = (ms % 60_000) as f64 / 1000.0;
+    let s = if ms % 1000 == 0 { format!("{}s", secs as u64) } else { format!("{secs}s") };
+    match (h, m) {
+        (0, 0) => s,
+        (0, m) => format!("{m}m{s}"),
+        (h, m) => format!("{h}h{m}m{s}"),
+    }
+}
+
+impl Config {
+    /// The effective configuration as a `KubeletConfiguration` (what `/configz` serves
+    /// under `kubeletconfig`, as upstream does).
+    pub fn to_kubelet_configuration(&self) -> serde_json::Value {
+        use serde_json::json;
+        let d = |d: Duration| go_duration_string(d);
+        let threshold = |t: &Threshold| match t {
+            Threshold::Quantity(q) => q.to_string(),
+            Threshold::Fraction(f) => format!("{}%", (f * 100.0 * 1000.0).round() / 1000.0),
+        };
+        json!({
+            "kind": "KubeletConfiguration",
+            "apiVersion": "kubelet.config.k8s.io/v1beta1",
+            "staticPodPath": self.pod_manifest_path,
+            "syncFrequency": d(self.sync_frequency),
+            "fileCheckFrequency": d(self.file_check_frequency),
+            "address": self.address,
+            "port": self.port,
+            "healthzPort": self.healthz_port,
+            "healthzBindAddress": self.healthz_bind_address,
+            "rotateCertificates": self.rotate_certificates,
+            "serverTLSBootstrap": self.server_tls_bootstrap,
+            "authentication": {
+                "x509": {"clientCAFile": self.authentication.client_ca_file},
+                "webhook": {"enabled": self.authentication.webhook_enabled, "cacheTTL": d(self.authentication.webhook_cache_ttl)},
+                "anonymous": {"enabled": self.authentication.anonymous_enabled},
+            },
+            "authorization": {
+                "mode": match self.authorization.mode { AuthorizationMode::Webhook => "Webhook", AuthorizationMode::AlwaysAllow => "AlwaysAllow" },
+                "webhook": {"cacheAuthorizedTTL": d(self.authorization.webhook_cache_authorized_ttl), "cacheUnauthorizedTTL": d(self.authorization.webhook_cache_unauthorized_ttl)},
+            },
+            "clusterDomain": self.cluster_domain,
+            "clusterDNS": self.cluster_dns,
+            "nodeStatusUpdateFrequency": d(self.node_status_update_frequency),
+            "nodeStatusReportFrequency": d(self.node_status_report_frequency),
+            "nodeLeaseDurationSeconds": self.node_lease_duration_seconds,
+            "imagePullProgressDeadline": d(self.image_pull_progress_deadline),
+            "cgroupDriver": match self.cgroup_driver { CgroupDriver::Cgroupfs => "cgroupfs", CgroupDriver::Systemd => "systemd" },
+            "maxPods": self.max_pods,
+            "podPidsLimit": self.pod_pids_limit,
+            "resolvConf": self.resolv_conf.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            "evictionHard": self.eviction_hard.iter().map(|(k, v)| (k.clone(), threshold(v))).collect::<std::collections::BTreeMap<_, _>>(),
+            "kubeReserved": self.kube_reserved,
+            "systemReserved": self.system_reserved,
+            "containerLogMaxSize": self.container_log_max_size.to_string(),
+            "containerLogMaxFiles": self.container_log_max_files,
+            "containerRuntimeEndpoint": format!("unix://{}", self.containerd_socket.display()),
+            "enforceNodeAllocatable": ["pods"],
+        })
     }
 }
 
@@ -881,6 +952,15 @@ pub fn is_dns_label(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn go_durations_print_like_go() {
+        assert_eq!(go_duration_string(Duration::from_secs(3600)), "1h0m0s");
+        assert_eq!(go_duration_string(Duration::from_secs(300)), "5m0s");
+        assert_eq!(go_duration_string(Duration::from_secs(10)), "10s");
+        assert_eq!(go_duration_string(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(go_duration_string(Duration::from_millis(200)), "200ms");
+    }
 
     #[test]
     fn go_durations_parse() {

@@ -152,10 +152,59 @@ async fn k1_the_kubelet_api_authenticates_authorizes_and_serves_pods_and_logs() 
         assert_eq!(code, 200);
         assert!(m.lines().any(|l| l.starts_with("container_cpu_usage_seconds_total{container=\"busy\",namespace=\"default\",pod=\"talker\"}")), "{m}");
         assert!(m.contains("pod_memory_working_set_bytes{namespace=\"default\",pod=\"talker\"}"), "{m}");
+        let (code, cz) = curl(&format!("{api}/configz"), &allowed);
+        let cz: serde_json::Value = serde_json::from_str(&cz).unwrap_or_default();
+        assert_eq!(code, 200);
+        let kc = &cz["kubeletconfig"];
+        assert_eq!((kc["port"].as_i64(), kc["maxPods"].as_i64(), kc["containerLogMaxFiles"].as_i64()), (Some(10250), Some(110), Some(3)), "{cz}");
+        assert_eq!(kc["authentication"]["x509"]["clientCAFile"], ca_s.as_str());
+        assert_eq!(kc["authorization"]["mode"], "Webhook");
         assert_eq!(curl(&format!("{api}/stats/summary"), &viewer).1, "Forbidden (user=viewer, verb=get, resource=nodes, subresource=stats)\n");
         assert_eq!(curl(&format!("{api}/no/such/path"), &allowed).0, 404);
     });
     let reviews = srv.requests().iter().filter(|r| r.resource == "subjectaccessreviews" && r.verb == "create").count();
     assert!(reviews >= 2, "authorization went through SubjectAccessReviews ({reviews})");
+    assert!(srv.violations().is_empty(), "{:?}", srv.violations());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k2_server_tls_bootstrap_serves_a_cluster_signed_certificate_once_approved() {
+    let dir = PathBuf::from("/var/lib/rkubelet-test/agents/k2-api");
+    std::fs::create_dir_all(&dir).unwrap();
+    let srv = TestApiServer::start(Options { kubelet_api_users: vec!["apiserver-kubelet-client".into()], ..Options::default() }).await.unwrap();
+    let node = dir.join("node.kubeconfig");
+    srv.write_kubeconfig(&node, &User::Node(NODE.to_string())).unwrap();
+    let ca = dir.join("ca.crt");
+    std::fs::write(&ca, srv.ca_pem()).unwrap();
+    let (node_s, ca_s) = (node.to_str().unwrap().to_string(), ca.to_str().unwrap().to_string());
+    let agent = tokio::task::block_in_place(|| Agent::with_options("k2", &[], &["--kubeconfig", &node_s, "--client-ca-file", &ca_s, "--rotate-server-certificates"]));
+    let (crt, key) = write_cert(&srv, &dir, "apiserver-kubelet-client");
+    let verified = |path: &str| -> (u16, String) {
+        // Verified against the cluster CA, for the node's DNS name: no -k.
+        let out = Command::new("curl")
+            .args(["-s", "--noproxy", "*", "--max-time", "5", "-w", "\n%{http_code}", "--cacert", &ca_s, "--resolve", &format!("{NODE}:10250:127.0.0.1")])
+            .args(["--cert", crt.to_str().unwrap(), "--key", key.to_str().unwrap()])
+            .arg(format!("https://{NODE}:10250{path}"))
+            .output()
+            .expect("curl");
+        let s = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = s.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    };
+    tokio::task::block_in_place(|| {
+        let csr = wait_for(Duration::from_secs(30), "a kubelet-serving CSR", &agent, || {
+            srv.list("certificatesigningrequests", None).into_iter().find(|c| c["spec"]["signerName"] == "kubernetes.io/kubelet-serving")
+        });
+        let usages: Vec<&str> = csr["spec"]["usages"].as_array().unwrap().iter().filter_map(|u| u.as_str()).collect();
+        assert_eq!(usages, ["digital signature", "server auth"]);
+        assert_eq!(csr["spec"]["username"], format!("system:node:{NODE}"));
+        // Not approved yet: no certificate to present, the handshake fails.
+        assert_eq!(verified("/healthz").0, 0);
+        srv.approve_csr(csr["metadata"]["name"].as_str().unwrap()).unwrap();
+        agent.wait_until(Duration::from_secs(20), "the cluster-signed serving certificate", || verified("/healthz") == (200, "ok".into()));
+        let current = agent.state_dir().join("pki/kubelet-server-current.pem");
+        let target = std::fs::read_link(&current).expect("kubelet-server-current.pem is a symlink");
+        assert!(target.file_name().unwrap().to_string_lossy().starts_with("kubelet-server-20"), "{target:?}");
+    });
     assert!(srv.violations().is_empty(), "{:?}", srv.violations());
 }

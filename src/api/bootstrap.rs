@@ -48,6 +48,10 @@ use crate::config::Config;
 pub const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
 /// The store's file name prefix: `kubelet-client-current.pem`, `kubelet-client-<date>.pem`.
 pub const PAIR_PREFIX: &str = "kubelet-client";
+/// The serving certificate store's file prefix (`serverTLSBootstrap`).
+pub const SERVING_PREFIX: &str = "kubelet-server";
+/// The signer of kubelet serving certificates.
+pub const KUBELET_SERVING_SIGNER: &str = "kubernetes.io/kubelet-serving";
 /// Where the bootstrap key waits for its certificate (reused if the agent restarts meanwhile).
 const TMP_KEY_FILE: &str = "kubelet-client.key.tmp";
 /// How long a rotation waits for its CSR (upstream's `certificateWaitTimeout`).
@@ -258,20 +262,27 @@ impl CertPair {
 #[derive(Debug, Clone)]
 pub struct CertStore {
     dir: PathBuf,
+    prefix: &'static str,
 }
 
 impl CertStore {
+    /// The client certificate store (`kubelet-client-*`).
     pub fn new(dir: &Path) -> CertStore {
-        CertStore { dir: dir.to_path_buf() }
+        CertStore { dir: dir.to_path_buf(), prefix: PAIR_PREFIX }
+    }
+
+    /// The serving certificate store (`kubelet-server-*`).
+    pub fn serving(dir: &Path) -> CertStore {
+        CertStore { dir: dir.to_path_buf(), prefix: SERVING_PREFIX }
     }
 
     /// `<dir>/kubelet-client-current.pem`, the path kubeconfigs point at.
     pub fn current_path(&self) -> PathBuf {
-        self.dir.join(format!("{PAIR_PREFIX}-current.pem"))
+        self.dir.join(format!("{}-current.pem", self.prefix))
     }
 
     fn updated_path(&self) -> PathBuf {
-        self.dir.join(format!("{PAIR_PREFIX}-updated.pem"))
+        self.dir.join(format!("{}-updated.pem", self.prefix))
     }
 
     /// Finishes a swap interrupted between creating `-updated` and renaming it (upstream's `recover`).
@@ -306,11 +317,11 @@ impl CertStore {
         let pair = CertPair::parse(format!("{certs_pem}\n{key_pem}").as_bytes(), SystemTime::now())
             .map_err(|message| BootstrapError::Store { path: self.dir.clone(), message })?;
         std::fs::create_dir_all(&self.dir).map_err(io_err("create", &self.dir))?;
-        let name = format!("{PAIR_PREFIX}-{}.pem", chrono::Local::now().format("%Y-%m-%d-%H-%M-%S"));
+        let name = format!("{}-{}.pem", self.prefix, chrono::Local::now().format("%Y-%m-%d-%H-%M-%S"));
         let path = self.dir.join(&name);
         write_private(&self.dir.join(format!(".{name}.tmp")), &path, pair.file_contents().as_bytes())?;
         self.update_symlink(&path)?;
-        info!(path = %path.display(), expiration = %rfc3339(pair.not_after), "stored the client certificate");
+        info!(path = %path.display(), expiration = %rfc3339(pair.not_after), "stored the certificate");
         Ok(pair)
     }
 
@@ -625,13 +636,43 @@ async fn wait_for_certificate(client: &kube::Client, name: &str, uid: &str, time
 
 /// Sends the node's client CSR for `key` and waits for its certificate (PEM).
 pub async fn request_node_certificate(client: &kube::Client, server: &str, key: &rcgen::KeyPair, node: &str, timeout: Duration) -> Result<String> {
+    // "key encipherment" is for RSA keys only; this key is ECDSA.
+    request_certificate(client, server, node_csr_pem(key, node)?, KUBELET_CLIENT_SIGNER, &["digital signature", "client auth"], node, timeout).await
+}
+
+/// The PEM CSR for the node's serving certificate: the node subject plus DNS and IP
+/// SANs (upstream's serving certificate manager).
+pub fn serving_csr_pem(key: &rcgen::KeyPair, node: &str, dns: &[String], ips: &[std::net::IpAddr]) -> Result<String> {
+    let mut params = rcgen::CertificateParams::default();
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::OrganizationName, "system:nodes");
+    dn.push(rcgen::DnType::CommonName, format!("system:node:{node}"));
+    params.distinguished_name = dn;
+    for d in dns {
+        params.subject_alt_names.push(rcgen::SanType::DnsName(d.clone().try_into()?));
+    }
+    for ip in ips {
+        params.subject_alt_names.push(rcgen::SanType::IpAddress(*ip));
+    }
+    Ok(params.serialize_request(key)?.pem()?)
+}
+
+/// Requests a serving certificate (`kubernetes.io/kubelet-serving`) and waits up to
+/// `timeout` for it: (certificate PEM, key PEM).
+pub async fn request_serving_certificate(client: &kube::Client, node: &str, dns: &[String], ips: &[std::net::IpAddr], timeout: Duration) -> Result<(String, String)> {
+    let key = generate_key()?;
+    let csr = serving_csr_pem(&key, node, dns, ips)?;
+    let cert = request_certificate(client, "the API server", csr, KUBELET_SERVING_SIGNER, &["digital signature", "server auth"], node, timeout).await?;
+    Ok((cert, key.serialize_pem()))
+}
+
+async fn request_certificate(client: &kube::Client, server: &str, csr_pem: String, signer: &str, usages: &[&str], node: &str, timeout: Duration) -> Result<String> {
     let csr = CertificateSigningRequest {
         metadata: ObjectMeta { generate_name: Some("csr-".into()), ..Default::default() },
         spec: CertificateSigningRequestSpec {
-            request: ByteString(node_csr_pem(key, node)?.into_bytes()),
-            signer_name: KUBELET_CLIENT_SIGNER.into(),
-            // "key encipherment" is for RSA keys only; this key is ECDSA.
-            usages: Some(vec!["digital signature".into(), "client auth".into()]),
+            request: ByteString(csr_pem.into_bytes()),
+            signer_name: signer.into(),
+            usages: Some(usages.iter().map(|u| u.to_string()).collect()),
             ..Default::default()
         },
         status: None,
@@ -640,7 +681,7 @@ pub async fn request_node_certificate(client: &kube::Client, server: &str, key: 
     let created = api.create(&PostParams::default(), &csr).await.map_err(|source| BootstrapError::Create { server: server.to_string(), source })?;
     let name = created.metadata.name.clone().unwrap_or_default();
     let uid = created.metadata.uid.clone().unwrap_or_default();
-    info!(csr = %name, signer = KUBELET_CLIENT_SIGNER, subject = %format!("CN=system:node:{node},O=system:nodes"), "created a CertificateSigningRequest; waiting for its certificate");
+    info!(csr = %name, signer, subject = %format!("CN=system:node:{node},O=system:nodes"), "created a CertificateSigningRequest; waiting for its certificate");
     let cert = wait_for_certificate(client, &name, &uid, timeout).await?;
     match parse_certs(cert.as_bytes()) {
         Ok((_, _, not_after)) if SystemTime::now() > not_after => {

@@ -2,10 +2,11 @@
 //! (10250) behind authentication and authorization, and the plain `/healthz` on
 //! `healthzBindAddress:healthzPort` (127.0.0.1:10248) that kubeadm waits on.
 //! Endpoints so far: `/healthz`, `/pods`, `/containerLogs/{ns}/{pod}/{container}`,
-//! `/stats/summary`, `/metrics/resource`.
+//! `/stats/summary`, `/metrics/resource`, `/configz`.
 //! A slow or broken client only holds its own connection task.
 
 pub mod auth;
+pub mod serving;
 pub mod stats;
 pub mod tls;
 
@@ -33,6 +34,8 @@ fn full(b: impl Into<Bytes>) -> Body {
 /// What the handlers read.
 pub struct State {
     pub auth: Auth,
+    /// `/configz`: `{"kubeletconfig": <the effective KubeletConfiguration>}`.
+    pub configz: serde_json::Value,
     pub node: String,
     pub sampler: stats::Sampler,
     pub root_dir: PathBuf,
@@ -151,6 +154,7 @@ async fn handle<B>(state: &State, cert: Option<&[u8]>, req: Request<B>) -> Respo
     match path.as_str() {
         "/healthz" => text(StatusCode::OK, "ok"),
         "/pods" | "/pods/" => pods(state),
+        "/configz" => json(&state.configz),
         "/stats/summary" | "/stats/summary/" => json(&stats::summary(&state.node, &state.root_dir, &crate::pod::store::load_all(&state.root_dir), &state.sampler)),
         "/metrics/resource" => {
             let s = stats::summary(&state.node, &state.root_dir, &crate::pod::store::load_all(&state.root_dir), &state.sampler);

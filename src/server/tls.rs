@@ -82,12 +82,49 @@ fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     Ok(certs)
 }
 
-/// The rustls server configuration: the serving pair and, with a client CA,
-/// verification of client certificates (optional: bearer tokens still work).
-pub fn server_config(files: &ServingFiles, client_ca: Option<&Path>) -> Result<Arc<rustls::ServerConfig>> {
-    let chain = certs(&files.cert)?;
-    let key_pem = std::fs::read(&files.key).map_err(io(&files.key))?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::Pem { path: files.key.display().to_string(), message: e.to_string() })?;
+/// The serving certificate the server presents; replaced on rotation.
+#[derive(Debug, Default)]
+pub struct Resolver {
+    current: std::sync::RwLock<Option<Arc<rustls::sign::CertifiedKey>>>,
+}
+
+impl Resolver {
+    /// Presents the pair in PEM (certificates, key) from now on.
+    pub fn set_pem(&self, certs_pem: &[u8], key_pem: &[u8], what: &str) -> Result<()> {
+        let chain: Vec<_> = CertificateDer::pem_slice_iter(certs_pem).filter_map(|c| c.ok()).collect();
+        if chain.is_empty() {
+            return Err(TlsError::Pem { path: what.into(), message: "no certificate found".into() });
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsError::Pem { path: what.into(), message: e.to_string() })?;
+        let signer = rustls::crypto::ring::default_provider().key_provider.load_private_key(key).map_err(|e| TlsError::Config(e.to_string()))?;
+        if let Ok(mut g) = self.current.write() {
+            *g = Some(Arc::new(rustls::sign::CertifiedKey::new(chain, signer)));
+        }
+        Ok(())
+    }
+
+    /// Presents the pair in `files`.
+    pub fn set_files(&self, files: &ServingFiles) -> Result<()> {
+        let certs = std::fs::read(&files.cert).map_err(io(&files.cert))?;
+        let key = std::fs::read(&files.key).map_err(io(&files.key))?;
+        self.set_pem(&certs, &key, &files.cert.display().to_string())
+    }
+
+    /// Whether there is a certificate to present yet.
+    pub fn ready(&self) -> bool {
+        self.current.read().map(|g| g.is_some()).unwrap_or(false)
+    }
+}
+
+impl rustls::server::ResolvesServerCert for Resolver {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.current.read().ok()?.clone()
+    }
+}
+
+/// The rustls server configuration: the resolver's serving pair and, with a client
+/// CA, verification of client certificates (optional: bearer tokens still work).
+pub fn server_config(resolver: Arc<Resolver>, client_ca: Option<&Path>) -> Result<Arc<rustls::ServerConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -106,7 +143,7 @@ pub fn server_config(files: &ServingFiles, client_ca: Option<&Path>) -> Result<A
         }
         None => builder.with_no_client_auth(),
     };
-    let mut cfg = builder.with_single_cert(chain, key).map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut cfg = builder.with_cert_resolver(resolver);
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
@@ -124,7 +161,11 @@ mod tests {
         assert_eq!(std::fs::read(&b.cert).unwrap(), first, "reused, not regenerated");
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&a.key).unwrap().permissions().mode() & 0o777, 0o600);
-        server_config(&a, None).unwrap();
-        server_config(&a, Some(&a.cert)).unwrap();
+        let r = Arc::new(Resolver::default());
+        assert!(!r.ready());
+        r.set_files(&a).unwrap();
+        assert!(r.ready());
+        server_config(r.clone(), None).unwrap();
+        server_config(r, Some(&a.cert)).unwrap();
     }
 }
