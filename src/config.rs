@@ -592,7 +592,7 @@ pub fn go_duration_string(d: Duration) -> String {
     }
     let (h, m) = (ms / 3_600_000, (ms / 60_000) % 60);
     let secs = (ms % 60_000) as f64 / 1000.0;
-    let s = if ms % 1000 == 0 { format!("{}s", secs as u64) } else { format!("{secs}s") };
+    let s = if ms.is_multiple_of(1000) { format!("{}s", secs as u64) } else { format!("{secs}s") };
     match (h, m) {
         (0, 0) => s,
         (0, m) => format!("{m}m{s}"),
