@@ -2,8 +2,14 @@
 //! one stops (pkg/kubelet/volumemanager, pkg/volume). One file per volume type.
 
 pub mod atomic_writer;
+pub mod config_map;
+pub mod downward_api;
 pub mod empty_dir;
+pub mod host_path;
+pub mod mounts;
+pub mod persistent_claim;
 pub mod projected;
+pub mod secret;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,7 +27,7 @@ pub enum VolumeError {
     #[error("MountVolume.SetUp failed for volume {volume:?} : mount tmpfs: {source}")]
     Mount { volume: String, #[source] source: nix::Error },
     /// A volume source rkubelet does not support yet.
-    #[error("MountVolume.SetUp failed for volume {volume:?} : unsupported volume source (supported: emptyDir, projected)")]
+    #[error("MountVolume.SetUp failed for volume {volume:?} : unsupported volume source (supported: emptyDir, hostPath, configMap, secret, downwardAPI, projected, persistentVolumeClaim of a hostPath or local volume)")]
     Unsupported { volume: String },
     /// An API-backed source could not be read (missing object, key, API error).
     #[error("MountVolume.SetUp failed for volume {volume:?} : {message}")]
@@ -51,16 +57,45 @@ pub struct Prepared {
 /// The host paths of a pod's volumes, by volume name.
 pub type VolumeMap = HashMap<String, Prepared>;
 
-/// Sets up every volume of the pod under `pod_dir/volumes`. Idempotent.
-/// API-backed sources need `client` (tokens) and `objects` (ConfigMaps, Secrets;
-/// the pod registered in it).
-pub async fn setup(pod: &Pod, pod_dir: &Path, client: Option<&kube::Client>, objects: Option<&crate::api::objects::ObjectCache>) -> Result<VolumeMap, VolumeError> {
+/// What the node offers, for `resourceFieldRef` without a limit.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Host {
+    pub cpu_capacity_milli: i64,
+    pub memory_capacity: i64,
+}
+
+/// What volume setup needs besides the pod.
+pub struct SetupContext<'a> {
+    /// The API server, for tokens and PersistentVolumeClaims.
+    pub client: Option<&'a kube::Client>,
+    /// ConfigMaps and Secrets (the pod registered in it).
+    pub objects: Option<&'a crate::api::objects::ObjectCache>,
+    pub host: Host,
+}
+
+/// Sets up every volume of the pod under `pod_dir/volumes` (hostPath and PVCs are
+/// checked where they are). Idempotent; API-backed volumes are rewritten when
+/// their source changed.
+pub async fn setup(pod: &Pod, pod_dir: &Path, cx: &SetupContext<'_>) -> Result<VolumeMap, VolumeError> {
     let mut out = HashMap::new();
     for v in pod.spec.as_ref().and_then(|s| s.volumes.as_ref()).into_iter().flatten() {
+        let name = v.name.as_str();
+        let rw = |path: PathBuf| Prepared { path, read_only: false };
+        let ro = |path: PathBuf| Prepared { path, read_only: true };
         let prepared = if let Some(ed) = &v.empty_dir {
-            Prepared { path: empty_dir::setup(pod_dir, &v.name, ed)?, read_only: false }
+            rw(empty_dir::setup(pod_dir, name, ed)?)
+        } else if let Some(h) = &v.host_path {
+            rw(host_path::setup(name, h)?)
+        } else if let Some(c) = &v.config_map {
+            ro(config_map::setup(pod, pod_dir, name, c, cx.objects).await?)
+        } else if let Some(sec) = &v.secret {
+            ro(secret::setup(pod, pod_dir, name, sec, cx.objects).await?)
+        } else if let Some(d) = &v.downward_api {
+            ro(downward_api::setup(pod, pod_dir, name, d, &cx.host)?)
         } else if let Some(p) = &v.projected {
-            Prepared { path: projected::setup(pod, pod_dir, &v.name, p, client, objects).await?, read_only: true }
+            ro(projected::setup(pod, pod_dir, name, p, cx.client, cx.objects, &cx.host).await?)
+        } else if let Some(c) = &v.persistent_volume_claim {
+            persistent_claim::setup(pod, name, c, cx.client).await?
         } else {
             return Err(VolumeError::Unsupported { volume: v.name.clone() });
         };
@@ -69,12 +104,42 @@ pub async fn setup(pod: &Pod, pod_dir: &Path, client: Option<&kube::Client>, obj
     Ok(out)
 }
 
-/// Unmounts and removes every volume under `pod_dir/volumes`.
+/// Unmounts (tmpfs of memory emptyDirs and secrets) and removes every volume
+/// under `pod_dir/volumes`; hostPath volumes live elsewhere and are left alone.
 pub fn teardown(pod_dir: &Path) -> Result<(), VolumeError> {
-    empty_dir::teardown_all(pod_dir)?;
-    let projected = pod_dir.join("volumes").join(projected::PLUGIN_DIR);
-    match std::fs::remove_dir_all(&projected) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(VolumeError::TearDown { volume: projected::PLUGIN_DIR.into(), source: e }),
-        _ => Ok(()),
+    let base = pod_dir.join("volumes");
+    let Ok(plugins) = std::fs::read_dir(&base) else { return Ok(()) };
+    for plugin in plugins.flatten() {
+        let Ok(vols) = std::fs::read_dir(plugin.path()) else { continue };
+        for v in vols.flatten() {
+            let p = v.path();
+            let name = v.file_name().to_string_lossy().to_string();
+            if is_mountpoint(&p) {
+                nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH)
+                    .map_err(|e| VolumeError::TearDown { volume: name.clone(), source: e.into() })?;
+            }
+            match std::fs::remove_dir_all(&p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(VolumeError::TearDown { volume: name, source: e }),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Resolves when a ConfigMap or Secret the pod references changed (or when
+/// notifications were lost), so its worker rewrites the volumes; never resolves
+/// without a cache.
+pub async fn referenced_change(rx: &mut Option<tokio::sync::broadcast::Receiver<crate::api::objects::ObjectKey>>, pod: &Pod) {
+    use tokio::sync::broadcast::error::RecvError;
+    let Some(rx) = rx.as_mut() else { return std::future::pending().await };
+    let refs = crate::api::objects::pod_references(pod);
+    loop {
+        match rx.recv().await {
+            Ok(key) if refs.contains(&key) => return,
+            Ok(_) => {}
+            Err(RecvError::Lagged(_)) => return,
+            Err(RecvError::Closed) => return std::future::pending().await,
+        }
     }
 }

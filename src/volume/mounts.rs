@@ -1,0 +1,165 @@
+//! A container's volume mounts (pkg/kubelet/kubelet_pods.go `makeMounts`):
+//! `subPath` and `subPathExpr` (expanded from the container's env), `readOnly`,
+//! and `mountPropagation` mapped like upstream (`translateMountPropagation`) and
+//! containerd's CRI (None → rprivate, HostToContainer → rslave, Bidirectional →
+//! rshared, only for privileged containers).
+
+use std::collections::{BTreeSet, HashMap};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+
+use k8s_openapi::api::core::v1::{Container, VolumeMount};
+
+use super::VolumeMap;
+use crate::runtime::spec::{expand, BindMount, Propagation};
+
+/// The propagation a mount asks for; privileged containers only for Bidirectional.
+pub fn propagation(mode: Option<&str>, privileged: bool) -> Result<Propagation, String> {
+    match mode {
+        None | Some("None") => Ok(Propagation::Private),
+        Some("HostToContainer") => Ok(Propagation::HostToContainer),
+        Some("Bidirectional") if privileged => Ok(Propagation::Bidirectional),
+        Some("Bidirectional") => Err("Bidirectional mount propagation is available only to privileged containers".into()),
+        Some(other) => Err(format!("invalid MountPropagation mode: {other:?}")),
+    }
+}
+
+/// The `$(VAR)` names `s` refers to (`$$` escapes a `$`), as upstream's expansion reads them.
+fn references(s: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    let b = s.as_bytes();
+    while i < b.len() {
+        if b[i] == b'$' && i + 1 < b.len() {
+            if b[i + 1] == b'$' {
+                i += 2;
+                continue;
+            }
+            if b[i + 1] == b'(' {
+                if let Some(end) = s[i + 2..].find(')') {
+                    out.push(&s[i + 2..i + 2 + end]);
+                    i += 3 + end;
+                    continue;
+                }
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+/// `subPathExpr` expanded from the container's env; a reference to a missing or
+/// empty variable fails (kubecontainer `ExpandContainerVolumeMounts`).
+pub fn expand_sub_path(expr: &str, env: &[(String, String)]) -> Result<String, String> {
+    let vars: HashMap<String, String> = env.iter().cloned().collect();
+    let missing: BTreeSet<&str> = references(expr).into_iter().filter(|k| vars.get(*k).is_none_or(|v| v.is_empty())).collect();
+    if !missing.is_empty() {
+        return Err(format!("missing value for {}", missing.into_iter().collect::<Vec<_>>().join(", ")));
+    }
+    Ok(expand(expr, &vars))
+}
+
+/// The sub path of a mount, validated (upstream's messages).
+pub fn sub_path(m: &VolumeMount, env: &[(String, String)]) -> Result<Option<String>, String> {
+    let sub = match m.sub_path_expr.as_deref().filter(|s| !s.is_empty()) {
+        Some(expr) => expand_sub_path(expr, env)?,
+        None => m.sub_path.clone().unwrap_or_default(),
+    };
+    if sub.is_empty() {
+        return Ok(None);
+    }
+    if sub.starts_with('/') {
+        return Err(format!("error SubPath `{sub}` must not be an absolute path"));
+    }
+    if sub.split('/').any(|p| p == "..") {
+        return Err(format!("unable to provision SubPath `{sub}`: must not contain '..'"));
+    }
+    Ok(Some(sub))
+}
+
+/// The bind mounts for the container's `volumeMounts`. Missing sub paths are
+/// created with the volume directory's mode. `env` is the container's resolved env.
+pub fn container_mounts(c: &Container, volumes: &VolumeMap, env: &[(String, String)], privileged: bool) -> Result<Vec<BindMount>, String> {
+    let mut out = Vec::new();
+    for m in c.volume_mounts.iter().flatten() {
+        let Some(vol) = volumes.get(&m.name) else {
+            return Err(format!("cannot find volume {:?} to mount into container {:?}", m.name, c.name));
+        };
+        let mut host = vol.path.clone();
+        if let Some(sub) = sub_path(m, env)? {
+            host = vol.path.join(&sub);
+            if std::fs::symlink_metadata(&host).is_err() {
+                let mode = std::fs::metadata(&vol.path).map(|md| md.permissions().mode() & 0o7777).unwrap_or(0o755);
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(mode)
+                    .create(&host)
+                    .and_then(|_| std::fs::set_permissions(&host, std::fs::Permissions::from_mode(mode)))
+                    .map_err(|_| format!("failed to create subPath directory for volumeMount {:?} of container {:?}", m.name, c.name))?;
+            }
+        }
+        out.push(BindMount {
+            host_path: host,
+            container_path: m.mount_path.clone(),
+            read_only: vol.read_only || m.read_only.unwrap_or(false),
+            propagation: propagation(m.mount_propagation.as_deref(), privileged)?,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::volume::Prepared;
+
+    fn env() -> Vec<(String, String)> {
+        vec![("POD".into(), "web-1".into()), ("EMPTY".into(), String::new())]
+    }
+
+    #[test]
+    fn sub_path_expr_expands_from_env_and_reports_missing_values() {
+        assert_eq!(expand_sub_path("logs/$(POD)", &env()).unwrap(), "logs/web-1");
+        assert_eq!(expand_sub_path("a$$(POD)", &env()).unwrap(), "a$(POD)");
+        assert_eq!(expand_sub_path("$(NOPE)/$(EMPTY)/$(POD)", &env()).unwrap_err(), "missing value for EMPTY, NOPE");
+        let m = |sub: Option<&str>, expr: Option<&str>| VolumeMount { name: "v".into(), mount_path: "/m".into(), sub_path: sub.map(String::from), sub_path_expr: expr.map(String::from), ..Default::default() };
+        assert_eq!(sub_path(&m(Some("x"), Some("$(POD)")), &env()).unwrap().as_deref(), Some("web-1"), "subPathExpr wins");
+        assert_eq!(sub_path(&m(Some("/abs"), None), &env()).unwrap_err(), "error SubPath `/abs` must not be an absolute path");
+        assert_eq!(sub_path(&m(Some("a/../b"), None), &env()).unwrap_err(), "unable to provision SubPath `a/../b`: must not contain '..'");
+        assert_eq!(sub_path(&m(None, None), &env()).unwrap(), None);
+    }
+
+    #[test]
+    fn propagation_maps_like_upstream_and_bidirectional_needs_privilege() {
+        assert_eq!(propagation(None, false), Ok(Propagation::Private));
+        assert_eq!(propagation(Some("None"), false), Ok(Propagation::Private));
+        assert_eq!(propagation(Some("HostToContainer"), false), Ok(Propagation::HostToContainer));
+        assert_eq!(propagation(Some("Bidirectional"), true), Ok(Propagation::Bidirectional));
+        assert!(propagation(Some("Bidirectional"), false).unwrap_err().contains("only to privileged containers"));
+        assert_eq!(propagation(Some("Shared"), true).unwrap_err(), "invalid MountPropagation mode: \"Shared\"");
+    }
+
+    #[test]
+    fn mounts_create_sub_paths_and_carry_read_only() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let mut vols = VolumeMap::new();
+        vols.insert("data".into(), Prepared { path: t.path().to_path_buf(), read_only: false });
+        vols.insert("cfg".into(), Prepared { path: "/cfg".into(), read_only: true });
+        let c = Container {
+            name: "c".into(),
+            volume_mounts: Some(vec![
+                VolumeMount { name: "data".into(), mount_path: "/d".into(), sub_path_expr: Some("pods/$(POD)".into()), read_only: Some(true), ..Default::default() },
+                VolumeMount { name: "cfg".into(), mount_path: "/etc/cfg".into(), mount_propagation: Some("HostToContainer".into()), ..Default::default() },
+            ]),
+            ..Default::default()
+        };
+        let m = container_mounts(&c, &vols, &env(), false).unwrap();
+        assert_eq!(m[0].host_path, t.path().join("pods/web-1"));
+        assert!(m[0].read_only);
+        assert_eq!(std::fs::metadata(t.path().join("pods/web-1")).unwrap().permissions().mode() & 0o777, 0o777);
+        assert!(m[1].read_only, "API data volumes are read-only");
+        assert_eq!(m[1].propagation, Propagation::HostToContainer);
+        let c = Container { name: "c".into(), volume_mounts: Some(vec![VolumeMount { name: "nope".into(), mount_path: "/x".into(), ..Default::default() }]), ..Default::default() };
+        assert_eq!(container_mounts(&c, &vols, &env(), false).unwrap_err(), "cannot find volume \"nope\" to mount into container \"c\"");
+    }
+}
