@@ -368,3 +368,48 @@ spec:
     let v = api.srv.violations();
     assert!(v.is_empty(), "requests the real server would reject: {v:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v6_a_claim_bound_to_a_host_path_volume_is_mounted_once_bound() {
+    let api = api_server(Path::new("/var/lib/rkubelet-test/agents/v6-api")).await;
+    let node_kc = api.node.to_str().unwrap().to_string();
+    let agent = tokio::task::block_in_place(|| Agent::with_options("v6", &[], &["--kubeconfig", &node_kc]));
+    let _cleanup = DeletePods(api.admin.clone());
+    let admin = api.admin.clone();
+    let data = agent.root.join("pv-data");
+    tokio::task::block_in_place(|| {
+        create(&admin, &agent.root, "pvc.yaml", "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: claim, namespace: default}\nspec:\n  accessModes: [ReadWriteOnce]\n  resources: {requests: {storage: 1Gi}}\n  volumeName: pv1\n");
+        let claim_uid = kubectl_json(&admin, &["get", "pvc", "claim"]).unwrap()["metadata"]["uid"].as_str().unwrap().to_string();
+        create(
+            &admin,
+            &agent.root,
+            "pv.yaml",
+            &format!(
+                "apiVersion: v1\nkind: PersistentVolume\nmetadata: {{name: pv1}}\nspec:\n  capacity: {{storage: 1Gi}}\n  accessModes: [ReadWriteOnce]\n  hostPath: {{path: {}, type: DirectoryOrCreate}}\n  claimRef: {{namespace: default, name: claim, uid: {claim_uid}}}\n",
+                data.display()
+            ),
+        );
+        create(
+            &admin,
+            &agent.root,
+            "pod.yaml",
+            &format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: pvcpod, namespace: default}}\nspec:\n  nodeName: {NODE}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: c, image: {BUSYBOX}, command: [sh, -c, 'echo stored > /data/f && sleep 3600'], volumeMounts: [{{name: data, mountPath: /data}}]}}\n  volumes: [{{name: data, persistentVolumeClaim: {{claimName: claim}}}}]\n"
+            ),
+        );
+        // Not bound yet: FailedMount, the pod waits.
+        wait_for(Duration::from_secs(60), "FailedMount for an unbound claim", &agent, || {
+            events(&admin)
+                .iter()
+                .any(|e| e["involvedObject"]["name"] == "pvcpod" && e["reason"] == "FailedMount" && e["message"].as_str().unwrap_or("").ends_with("error processing PVC default/claim: PVC is not bound"))
+                .then_some(())
+        });
+        assert_eq!(waiting(&admin, "pvcpod").unwrap().0, "ContainerCreating");
+        let (ok, out) = kubectl(&admin, &["patch", "pvc", "claim", "--subresource=status", "--type=merge", "-p", r#"{"status":{"phase":"Bound"}}"#]);
+        assert!(ok, "{out}");
+        wait_for(Duration::from_secs(60), "pvcpod running", &agent, || running_ip(&admin, "pvcpod"));
+        wait_for(Duration::from_secs(15), "file on the volume", &agent, || (std::fs::read_to_string(data.join("f")).ok()? == "stored\n").then_some(()));
+    });
+    let v = api.srv.violations();
+    assert!(v.is_empty(), "requests the real server would reject: {v:?}");
+}
