@@ -152,6 +152,22 @@ spec:
         std::thread::sleep(Duration::from_secs(2));
         assert_eq!(std::fs::read_link(vols.join("kubernetes.io~configmap/cfg/..data")).unwrap(), data, "unchanged content keeps its generation");
 
+        // fsGroup: a non-root container reads the 0400 secret through the group (0440, gid 2000).
+        create(
+            &admin,
+            &agent.root,
+            "fsg.yaml",
+            &format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: fsg, namespace: default}}\nspec:\n  nodeName: {NODE}\n  terminationGracePeriodSeconds: 1\n  securityContext: {{runAsUser: 1000, fsGroup: 2000}}\n  containers:\n  - {{name: c, image: {BUSYBOX}, command: [sh, -c, \"id -u; cat /sec/pw; echo; stat -L -c '%a %g' /sec/pw; sleep 3600\"], volumeMounts: [{{name: sec, mountPath: /sec}}]}}\n  volumes: [{{name: sec, secret: {{secretName: app-sec, defaultMode: 256}}}}]\n"
+            ),
+        );
+        wait_for(Duration::from_secs(60), "fsg running", &agent, || running_ip(&admin, "fsg"));
+        let lines = wait_for(Duration::from_secs(15), "fsg output", &agent, || {
+            let l = log_lines(&agent, &admin, "fsg");
+            (l.len() >= 3).then_some(l)
+        });
+        assert_eq!(lines[..3], ["1000", "hunter2", "440 2000"], "{lines:?}");
+
         // Deleting the pod unmounts the tmpfs.
         let (ok, out) = kubectl(&admin, &["delete", "pod", "cfgpod", "--wait=false"]);
         assert!(ok, "{out}");

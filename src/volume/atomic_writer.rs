@@ -11,12 +11,14 @@ use std::path::Path;
 pub type Payload = BTreeMap<String, (Vec<u8>, u32)>;
 
 /// Writes `payload` into `dir` atomically and returns whether anything changed:
-/// when the current generation already holds exactly this payload (same files,
-/// content and modes) nothing is written and `..data` is not swapped, like
-/// upstream's `shouldWritePayload`. Old generations are removed.
+/// when the current generation already holds the same files with the same content
+/// nothing is written and `..data` is not swapped. Like upstream's
+/// `shouldWritePayload`, modes are not compared (fsGroup ownership changes them
+/// after the write). Old generations are removed.
 pub fn write(dir: &Path, payload: &Payload) -> std::io::Result<bool> {
     std::fs::create_dir_all(dir)?;
-    if current(dir).as_ref() == Some(payload) {
+    let same = |cur: &Payload| cur.len() == payload.len() && cur.iter().all(|(k, (data, _))| payload.get(k).is_some_and(|(d, _)| d == data));
+    if current(dir).as_ref().is_some_and(same) {
         return Ok(false);
     }
     let stamp = chrono::Utc::now().format("..%Y_%m_%d_%H_%M_%S.%f").to_string();
@@ -117,8 +119,12 @@ mod tests {
         assert!(!write(t.path(), &p).unwrap(), "same content: no new generation");
         assert_eq!(std::fs::read_link(t.path().join("..data")).unwrap(), before);
         p.insert("k".into(), (b"v".to_vec(), 0o440));
-        assert!(write(t.path(), &p).unwrap(), "a mode change is a change");
+        assert!(!write(t.path(), &p).unwrap(), "modes alone are not compared, as upstream");
+        p.insert("k".into(), (b"v2".to_vec(), 0o440));
+        assert!(write(t.path(), &p).unwrap(), "new content is a change");
         assert_ne!(std::fs::read_link(t.path().join("..data")).unwrap(), before);
+        p.insert("new".into(), (b"".to_vec(), 0o644));
+        assert!(write(t.path(), &p).unwrap(), "a new file is a change");
         assert_eq!(read_current(t.path(), "d/e").unwrap(), b"w");
     }
 }

@@ -7,6 +7,7 @@ pub mod downward_api;
 pub mod empty_dir;
 pub mod host_path;
 pub mod mounts;
+pub mod ownership;
 pub mod persistent_claim;
 pub mod projected;
 pub mod secret;
@@ -78,6 +79,7 @@ pub struct SetupContext<'a> {
 /// their source changed.
 pub async fn setup(pod: &Pod, pod_dir: &Path, cx: &SetupContext<'_>) -> Result<VolumeMap, VolumeError> {
     let mut out = HashMap::new();
+    let fs_group = pod.spec.as_ref().and_then(|s| s.security_context.as_ref()).and_then(|s| s.fs_group).map(|g| g as u32);
     for v in pod.spec.as_ref().and_then(|s| s.volumes.as_ref()).into_iter().flatten() {
         let name = v.name.as_str();
         let rw = |path: PathBuf| Prepared { path, read_only: false };
@@ -99,6 +101,12 @@ pub async fn setup(pod: &Pod, pod_dir: &Path, cx: &SetupContext<'_>) -> Result<V
         } else {
             return Err(VolumeError::Unsupported { volume: v.name.clone() });
         };
+        let managed = v.empty_dir.is_some() || v.config_map.is_some() || v.secret.is_some() || v.downward_api.is_some() || v.projected.is_some();
+        if let (Some(gid), true) = (fs_group, managed) {
+            // emptyDirs once (their content is the app's); API volumes after each write.
+            ownership::apply(&prepared.path, gid, prepared.read_only, v.empty_dir.is_some())
+                .map_err(|source| VolumeError::Create { volume: v.name.clone(), source })?;
+        }
         out.insert(v.name.clone(), prepared);
     }
     Ok(out)
