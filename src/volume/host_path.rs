@@ -81,7 +81,14 @@ pub fn setup(name: &str, src: &HostPathVolumeSource) -> Result<PathBuf, VolumeEr
         return Err(err(format!("invalid HostPath `{path}`: must not contain '..'")));
     }
     let typ = src.type_.as_deref().unwrap_or("");
-    match check(path, typ, inspect(Path::new(path))).map_err(err)? {
+    let found = inspect(Path::new(path));
+    let mut action = check(path, typ, found).map_err(err)?;
+    if typ.is_empty() && found == Found::Missing {
+        // No check asked, but the runtime makes a missing source a directory
+        // (containerd's CRI `addOCIBindMounts`), so the container can start.
+        action = Action::MakeDir;
+    }
+    match action {
         Action::None => {}
         Action::MakeDir => {
             use std::os::unix::fs::DirBuilderExt;
@@ -150,5 +157,8 @@ mod tests {
         let e = setup("v", &HostPathVolumeSource { path: d.display().to_string(), type_: Some("File".into()) }).unwrap_err();
         assert_eq!(e.to_string(), format!("MountVolume.SetUp failed for volume \"v\" : hostPath type check failed: {} is not a file", d.display()));
         assert_eq!(inspect(Path::new("/dev/null")), Found::CharDevice);
+        let u = t.path().join("untyped");
+        setup("v", &HostPathVolumeSource { path: u.display().to_string(), type_: None }).unwrap();
+        assert_eq!(inspect(&u), Found::Dir, "a missing untyped path becomes a directory, as containerd does");
     }
 }

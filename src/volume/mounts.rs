@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::Path;
 
 use k8s_openapi::api::core::v1::{Container, VolumeMount};
 
@@ -76,6 +77,26 @@ pub fn sub_path(m: &VolumeMount, env: &[(String, String)]) -> Result<Option<Stri
     Ok(Some(sub))
 }
 
+/// Fails when `path` (or, if it does not exist yet, its deepest existing ancestor)
+/// resolves outside `volume` — a sub path through a symlink the container made
+/// (upstream opens each component with O_NOFOLLOW for the same reason, pkg/volume/util/subpath).
+pub fn ensure_within(volume: &Path, path: &Path, sub: &str) -> Result<(), String> {
+    let base = std::fs::canonicalize(volume).map_err(|e| format!("error resolving volume path {}: {e}", volume.display()))?;
+    let mut probe = path.to_path_buf();
+    let resolved = loop {
+        match std::fs::canonicalize(&probe) {
+            Ok(r) => break r,
+            Err(_) if probe.pop() && probe.starts_with(volume) => continue,
+            Err(e) => return Err(format!("error resolving subpath {sub:?}: {e}")),
+        }
+    };
+    if resolved.starts_with(&base) {
+        Ok(())
+    } else {
+        Err(format!("subpath {:?} not within volume path {:?}", resolved.display().to_string(), base.display().to_string()))
+    }
+}
+
 /// The bind mounts for the container's `volumeMounts`. Missing sub paths are
 /// created with the volume directory's mode. `env` is the container's resolved env.
 pub fn container_mounts(c: &Container, volumes: &VolumeMap, env: &[(String, String)], privileged: bool) -> Result<Vec<BindMount>, String> {
@@ -87,6 +108,8 @@ pub fn container_mounts(c: &Container, volumes: &VolumeMap, env: &[(String, Stri
         let mut host = vol.path.clone();
         if let Some(sub) = sub_path(m, env)? {
             host = vol.path.join(&sub);
+            // Symlinks the container wrote must not lead a sub path out of its volume.
+            ensure_within(&vol.path, &host, &sub)?;
             if std::fs::symlink_metadata(&host).is_err() {
                 let mode = std::fs::metadata(&vol.path).map(|md| md.permissions().mode() & 0o7777).unwrap_or(0o755);
                 std::fs::DirBuilder::new()
@@ -159,6 +182,19 @@ mod tests {
         assert_eq!(std::fs::metadata(t.path().join("pods/web-1")).unwrap().permissions().mode() & 0o777, 0o777);
         assert!(m[1].read_only, "API data volumes are read-only");
         assert_eq!(m[1].propagation, Propagation::HostToContainer);
+        // A symlink out of the volume is refused, before anything is created through it.
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), t.path().join("evil")).unwrap();
+        for sub in ["evil", "evil/deeper"] {
+            let c = Container { name: "c".into(), volume_mounts: Some(vec![VolumeMount { name: "data".into(), mount_path: "/e".into(), sub_path: Some(sub.into()), ..Default::default() }]), ..Default::default() };
+            let e = container_mounts(&c, &vols, &env(), false).unwrap_err();
+            assert!(e.starts_with("subpath ") && e.contains("not within volume path"), "{e}");
+        }
+        assert!(!outside.path().join("deeper").exists());
+        // Links inside the volume are fine (configMap keys are links through ..data).
+        std::fs::create_dir(t.path().join("real")).unwrap();
+        std::os::unix::fs::symlink("real", t.path().join("alias")).unwrap();
+        assert!(ensure_within(t.path(), &t.path().join("alias"), "alias").is_ok());
         let c = Container { name: "c".into(), volume_mounts: Some(vec![VolumeMount { name: "nope".into(), mount_path: "/x".into(), ..Default::default() }]), ..Default::default() };
         assert_eq!(container_mounts(&c, &vols, &env(), false).unwrap_err(), "cannot find volume \"nope\" to mount into container \"c\"");
     }
