@@ -3,7 +3,8 @@
 //! volumes updated in running pods, secrets on tmpfs with their mode, missing
 //! objects (FailedMount / CreateContainerConfigError, then the pod starts),
 //! hostPath type checks, subPathExpr, emptyDir `medium: Memory` with its size,
-//! and the projected service-account token (a JWT for the pod, refreshed).
+//! the projected service-account token (a JWT for the pod, refreshed), a PVC
+//! bound to a hostPath PV, and HostToContainer mount propagation.
 
 mod common;
 
@@ -428,4 +429,64 @@ async fn v6_a_claim_bound_to_a_host_path_volume_is_mounted_once_bound() {
     });
     let v = api.srv.violations();
     assert!(v.is_empty(), "requests the real server would reject: {v:?}");
+}
+
+/// Unmounts (lazily) what a test mounted on the host, even when it fails.
+struct HostMounts(Vec<std::path::PathBuf>);
+impl Drop for HostMounts {
+    fn drop(&mut self) {
+        for p in self.0.iter().rev() {
+            let _ = std::process::Command::new("umount").arg("-l").arg(p).status();
+        }
+    }
+}
+
+fn sh(cmd: &str) {
+    let st = std::process::Command::new("sh").args(["-c", cmd]).status().unwrap();
+    assert!(st.success(), "{cmd}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v7_host_to_container_propagation_shows_later_host_mounts_and_needs_a_shared_or_slave_source() {
+    let api = api_server(Path::new("/var/lib/rkubelet-test/agents/v7-api")).await;
+    let node_kc = api.node.to_str().unwrap().to_string();
+    let agent = tokio::task::block_in_place(|| Agent::with_options("v7", &[], &["--kubeconfig", &node_kc]));
+    let admin = api.admin.clone();
+    // A shared mount of our own (the kubelet makes its root dir rshared the same way).
+    let shared = agent.root.join("shared");
+    let plain = agent.root.join("plain");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::create_dir_all(&plain).unwrap();
+    let mut mounts = HostMounts(Vec::new());
+    sh(&format!("mount --bind {0} {0} && mount --make-rshared {0}", shared.display()));
+    mounts.0.push(shared.clone());
+    let cleanup = DeletePods(api.admin.clone());
+    tokio::task::block_in_place(|| {
+        let pod = |name: &str, dir: &Path, prop: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  nodeName: {NODE}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: c, image: {BUSYBOX}, command: [httpd, -f, -p, '8080', -h, /], volumeMounts: [{{name: h, mountPath: /h, mountPropagation: {prop}}}, {{name: h, mountPath: /p}}]}}\n  volumes: [{{name: h, hostPath: {{path: {}}}}}]\n",
+                dir.display()
+            )
+        };
+        create(&admin, &agent.root, "prop.yaml", &pod("prop", &shared, "HostToContainer"));
+        create(&admin, &agent.root, "bad.yaml", &pod("noprop", &plain, "HostToContainer"));
+        let ip = wait_for(Duration::from_secs(60), "prop running", &agent, || running_ip(&admin, "prop"));
+        // A mount made on the host after the start reaches /h (rslave), not /p (rprivate).
+        let sub = shared.join("sub");
+        std::fs::create_dir_all(&sub).unwrap();
+        sh(&format!("mount -t tmpfs tmpfs {0} && echo late > {0}/f", sub.display()));
+        mounts.0.push(sub.clone());
+        let got = wait_for(Duration::from_secs(15), "host mount visible in the container", &agent, || body(http_get(&ip, 8080, "/h/sub/f")));
+        assert_eq!(got, "late\n");
+        assert!(body(http_get(&ip, 8080, "/p/sub/f")).is_none(), "a private mount does not receive it");
+        // On a private host mount, HostToContainer is refused like containerd refuses it.
+        let (reason, msg) = wait_for(Duration::from_secs(30), "noprop refused", &agent, || waiting(&admin, "noprop").filter(|w| w.0 == "CreateContainerConfigError"));
+        assert_eq!(reason, "CreateContainerConfigError");
+        assert!(msg.ends_with("but it is not a shared or slave mount"), "{msg}");
+        let v = kubectl(&admin, &["delete", "pods", "--all", "--wait=false"]);
+        assert!(v.0, "{}", v.1);
+        wait_for(Duration::from_secs(30), "pods gone", &agent, || (kubectl_json(&admin, &["get", "pods"])?["items"].as_array()?.is_empty()).then_some(()));
+    });
+    drop(cleanup);
+    drop(mounts);
 }

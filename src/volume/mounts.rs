@@ -97,6 +97,39 @@ pub fn ensure_within(volume: &Path, path: &Path, sub: &str) -> Result<(), String
     }
 }
 
+/// The mount point holding `path` and its optional fields, from mountinfo text
+/// (the longest mount point that is a prefix; the last one mounted wins a tie).
+fn mount_of<'a>(mountinfo: &'a str, path: &Path) -> Option<(&'a str, Vec<&'a str>)> {
+    let mut best: Option<(&str, Vec<&str>)> = None;
+    for line in mountinfo.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let (Some(target), Some(sep)) = (fields.get(4), fields.iter().position(|f| *f == "-")) else { continue };
+        if path.starts_with(target) && best.as_ref().is_none_or(|(b, _)| target.len() >= b.len()) {
+            best = Some((target, fields.get(6..sep).map(<[&str]>::to_vec).unwrap_or_default()));
+        }
+    }
+    best
+}
+
+/// containerd's CRI checks (`ensureShared` / `ensureSharedOrSlave`): Bidirectional
+/// needs the source on a shared mount, HostToContainer on a shared or slave one.
+pub fn check_propagation(mountinfo: &str, source: &Path, p: Propagation) -> Result<(), String> {
+    if p == Propagation::Private {
+        return Ok(());
+    }
+    let Some((target, optional)) = mount_of(mountinfo, source) else {
+        return Err(format!("could not find the mount point of {:?}", source.display().to_string()));
+    };
+    let shared = optional.iter().any(|o| o.starts_with("shared:"));
+    let slave = optional.iter().any(|o| o.starts_with("master:"));
+    let src = source.display().to_string();
+    match p {
+        Propagation::Bidirectional if !shared => Err(format!("path {src:?} is mounted on {target:?} but it is not a shared mount")),
+        Propagation::HostToContainer if !shared && !slave => Err(format!("path {src:?} is mounted on {target:?} but it is not a shared or slave mount")),
+        _ => Ok(()),
+    }
+}
+
 /// The bind mounts for the container's `volumeMounts`. Missing sub paths are
 /// created with the volume directory's mode. `env` is the container's resolved env.
 pub fn container_mounts(c: &Container, volumes: &VolumeMap, env: &[(String, String)], privileged: bool) -> Result<Vec<BindMount>, String> {
@@ -120,12 +153,13 @@ pub fn container_mounts(c: &Container, volumes: &VolumeMap, env: &[(String, Stri
                     .map_err(|_| format!("failed to create subPath directory for volumeMount {:?} of container {:?}", m.name, c.name))?;
             }
         }
-        out.push(BindMount {
-            host_path: host,
-            container_path: m.mount_path.clone(),
-            read_only: vol.read_only || m.read_only.unwrap_or(false),
-            propagation: propagation(m.mount_propagation.as_deref(), privileged)?,
-        });
+        let prop = propagation(m.mount_propagation.as_deref(), privileged)?;
+        if prop != Propagation::Private {
+            let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("reading mountinfo: {e}"))?;
+            let real = std::fs::canonicalize(&host).unwrap_or_else(|_| host.clone());
+            check_propagation(&info, &real, prop)?;
+        }
+        out.push(BindMount { host_path: host, container_path: m.mount_path.clone(), read_only: vol.read_only || m.read_only.unwrap_or(false), propagation: prop });
     }
     Ok(out)
 }
@@ -162,6 +196,26 @@ mod tests {
     }
 
     #[test]
+    fn propagation_needs_a_shared_or_slave_source_mount_like_containerd() {
+        let info = "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n\
+                    30 22 0:5 / /var/lib/k rw master:7 - tmpfs tmpfs rw\n\
+                    31 22 0:6 / /srv rw - tmpfs tmpfs rw\n";
+        let p = |s: &str| Path::new(s).to_path_buf();
+        assert_eq!(check_propagation(info, &p("/home/x"), Propagation::Bidirectional), Ok(()));
+        assert_eq!(check_propagation(info, &p("/var/lib/k/pods"), Propagation::HostToContainer), Ok(()));
+        assert_eq!(
+            check_propagation(info, &p("/var/lib/k/pods"), Propagation::Bidirectional).unwrap_err(),
+            "path \"/var/lib/k/pods\" is mounted on \"/var/lib/k\" but it is not a shared mount"
+        );
+        assert_eq!(
+            check_propagation(info, &p("/srv/a"), Propagation::HostToContainer).unwrap_err(),
+            "path \"/srv/a\" is mounted on \"/srv\" but it is not a shared or slave mount"
+        );
+        assert_eq!(check_propagation(info, &p("/srv/a"), Propagation::Private), Ok(()));
+        assert_eq!(check_propagation(info, &p("/srvx"), Propagation::HostToContainer), Ok(()), "/srvx is on /, not /srv");
+    }
+
+    #[test]
     fn mounts_create_sub_paths_and_carry_read_only() {
         let t = tempfile::tempdir().unwrap();
         std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
@@ -172,7 +226,7 @@ mod tests {
             name: "c".into(),
             volume_mounts: Some(vec![
                 VolumeMount { name: "data".into(), mount_path: "/d".into(), sub_path_expr: Some("pods/$(POD)".into()), read_only: Some(true), ..Default::default() },
-                VolumeMount { name: "cfg".into(), mount_path: "/etc/cfg".into(), mount_propagation: Some("HostToContainer".into()), ..Default::default() },
+                VolumeMount { name: "cfg".into(), mount_path: "/etc/cfg".into(), mount_propagation: Some("None".into()), ..Default::default() },
             ]),
             ..Default::default()
         };
@@ -181,7 +235,7 @@ mod tests {
         assert!(m[0].read_only);
         assert_eq!(std::fs::metadata(t.path().join("pods/web-1")).unwrap().permissions().mode() & 0o777, 0o777);
         assert!(m[1].read_only, "API data volumes are read-only");
-        assert_eq!(m[1].propagation, Propagation::HostToContainer);
+        assert_eq!(m[1].propagation, Propagation::Private);
         // A symlink out of the volume is refused, before anything is created through it.
         let outside = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(outside.path(), t.path().join("evil")).unwrap();
