@@ -151,3 +151,31 @@ pub async fn referenced_change(rx: &mut Option<tokio::sync::broadcast::Receiver<
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::objects::{ObjectKey, ObjectKind};
+    use k8s_openapi::api::core::v1::{ConfigMapVolumeSource, PodSpec, Volume};
+
+    #[tokio::test]
+    async fn only_changes_of_referenced_objects_wake_the_pod() {
+        let mut pod = Pod::default();
+        pod.metadata.namespace = Some("ns".into());
+        pod.spec = Some(PodSpec {
+            volumes: Some(vec![Volume { name: "v".into(), config_map: Some(ConfigMapVolumeSource { name: "mine".into(), ..Default::default() }), ..Default::default() }]),
+            ..Default::default()
+        });
+        let (tx, rx) = tokio::sync::broadcast::channel(4);
+        let mut rx = Some(rx);
+        tx.send(ObjectKey::new(ObjectKind::ConfigMap, "ns", "other")).unwrap();
+        tx.send(ObjectKey::new(ObjectKind::Secret, "ns", "mine")).unwrap();
+        tx.send(ObjectKey::new(ObjectKind::ConfigMap, "ns", "mine")).unwrap();
+        referenced_change(&mut rx, &pod).await;
+        assert!(rx.as_mut().unwrap().try_recv().is_err(), "returned at the referenced key, after skipping the others");
+        let woke = futures::FutureExt::now_or_never(referenced_change(&mut rx, &pod));
+        assert!(woke.is_none(), "nothing referenced pending: keeps waiting");
+        let mut none = None;
+        assert!(futures::FutureExt::now_or_never(referenced_change(&mut none, &pod)).is_none(), "no cache: never wakes");
+    }
+}
