@@ -47,13 +47,19 @@ fn pod_of(admin: &Path, name: &str) -> k8s_openapi::api::core::v1::Pod {
     serde_json::from_value(pod_phase(admin, name).unwrap()).unwrap()
 }
 
-/// The lines a container wrote to its log file.
+/// The lines a container wrote to its log file (raw, or CRI format
+/// `<time> <stream> <F|P> <text>`, whose prefix is dropped).
 fn log_lines(agent: &Agent, admin: &Path, pod: &str) -> Vec<String> {
     let p = pod_of(admin, pod);
+    let cri = |l: &str| -> Option<String> {
+        let mut it = l.splitn(4, ' ');
+        let (t, stream, tag, text) = (it.next()?, it.next()?, it.next()?, it.next().unwrap_or(""));
+        (chrono::DateTime::parse_from_rfc3339(t).is_ok() && (stream == "stdout" || stream == "stderr") && (tag == "F" || tag == "P")).then(|| text.to_string())
+    };
     std::fs::read_to_string(agent.container_log(&p, "c", 0))
         .unwrap_or_default()
         .lines()
-        .map(String::from)
+        .map(|l| cri(l).unwrap_or_else(|| l.to_string()))
         .collect()
 }
 
