@@ -1,8 +1,10 @@
 //! Container environment from the pod spec: literal values with `$(VAR)`
-//! expansion, and `fieldRef` / `resourceFieldRef` downward-API values
+//! expansion, `fieldRef` / `resourceFieldRef` downward-API values, and
+//! `configMapKeyRef` / `secretKeyRef` / `envFrom` values read from the
+//! ConfigMap/Secret cache beforehand ([`fetch`])
 //! (pkg/kubelet/kubelet_pods.go `makeEnvironmentVariables`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 
@@ -16,6 +18,60 @@ pub struct EnvContext<'a> {
     /// Machine capacity, used when a container has no limit (`resourceFieldRef`).
     pub cpu_capacity_milli: i64,
     pub memory_capacity: i64,
+    /// The ConfigMaps and Secrets the container's env refers to ([`fetch`]); None
+    /// without an API server.
+    pub objects: Option<&'a EnvObjects>,
+}
+
+/// One object as env sees it: its data, `None` when it does not exist, or the
+/// cache's error text.
+pub type Fetched<T> = Result<Option<BTreeMap<String, T>>, String>;
+
+/// The ConfigMaps and Secrets a container's `env` and `envFrom` name, by name.
+#[derive(Debug, Default, Clone)]
+pub struct EnvObjects {
+    pub config_maps: HashMap<String, Fetched<String>>,
+    pub secrets: HashMap<String, Fetched<Vec<u8>>>,
+}
+
+/// Reads every ConfigMap and Secret the container's env refers to from the cache
+/// (the pod must be registered in it).
+pub async fn fetch(pod: &Pod, c: &Container, cache: &crate::api::objects::ObjectCache) -> EnvObjects {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let mut cms = std::collections::BTreeSet::new();
+    let mut secs = std::collections::BTreeSet::new();
+    for e in c.env.iter().flatten().filter_map(|e| e.value_from.as_ref()) {
+        cms.extend(e.config_map_key_ref.as_ref().map(|r| r.name.clone()));
+        secs.extend(e.secret_key_ref.as_ref().map(|r| r.name.clone()));
+    }
+    for e in c.env_from.iter().flatten() {
+        cms.extend(e.config_map_ref.as_ref().map(|r| r.name.clone()));
+        secs.extend(e.secret_ref.as_ref().map(|r| r.name.clone()));
+    }
+    let mut out = EnvObjects::default();
+    for name in cms {
+        let v = cache.config_map(ns, &name).await.map(|o| o.map(|cm| cm.data.unwrap_or_default())).map_err(|e| e.to_string());
+        out.config_maps.insert(name, v);
+    }
+    for name in secs {
+        let v = cache
+            .secret(ns, &name)
+            .await
+            .map(|o| o.map(|s| s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect()))
+            .map_err(|e| e.to_string());
+        out.secrets.insert(name, v);
+    }
+    out
+}
+
+/// Looks an object up: `Ok(None)` when it does not exist, Err with upstream's text
+/// (no API server, cache error).
+fn lookup<'o, T>(map: Option<&'o HashMap<String, Fetched<T>>>, kind: &str, ns: &str, name: &str) -> Result<Option<&'o BTreeMap<String, T>>, String> {
+    match map.and_then(|m| m.get(name)) {
+        None => Err(format!("couldn't get {kind} {ns}/{name}, no kubeClient defined")),
+        Some(Err(e)) => Err(e.clone()),
+        Some(Ok(o)) => Ok(o.as_ref()),
+    }
 }
 
 /// Resolves `env` into ordered (name, value) pairs. Errors are upstream-style
@@ -23,6 +79,39 @@ pub struct EnvContext<'a> {
 pub fn resolve(pod: &Pod, c: &Container, ctx: &EnvContext<'_>) -> Result<Vec<(String, String)>, String> {
     let mut out: Vec<(String, String)> = Vec::new();
     let mut vars: HashMap<String, String> = HashMap::new();
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let cms = ctx.objects.map(|o| &o.config_maps);
+    let secs = ctx.objects.map(|o| &o.secrets);
+    let set = |out: &mut Vec<(String, String)>, vars: &mut HashMap<String, String>, k: String, v: String| {
+        vars.insert(k.clone(), v.clone());
+        out.retain(|(n, _)| n != &k);
+        out.push((k, v));
+    };
+    for from in c.env_from.iter().flatten() {
+        let prefix = from.prefix.as_deref().unwrap_or("");
+        if let Some(r) = &from.config_map_ref {
+            match lookup(cms, "configMap", ns, &r.name)? {
+                Some(data) => {
+                    for (k, v) in data {
+                        set(&mut out, &mut vars, format!("{prefix}{k}"), v.clone());
+                    }
+                }
+                None if r.optional == Some(true) => {}
+                None => return Err(format!("configmap {:?} not found", r.name)),
+            }
+        }
+        if let Some(r) = &from.secret_ref {
+            match lookup(secs, "secret", ns, &r.name)? {
+                Some(data) => {
+                    for (k, v) in data {
+                        set(&mut out, &mut vars, format!("{prefix}{k}"), String::from_utf8_lossy(v).into_owned());
+                    }
+                }
+                None if r.optional == Some(true) => {}
+                None => return Err(format!("secret {:?} not found", r.name)),
+            }
+        }
+    }
     for e in c.env.iter().flatten() {
         let value = if let Some(src) = &e.value_from {
             if let Some(f) = &src.field_ref {
@@ -30,24 +119,34 @@ pub fn resolve(pod: &Pod, c: &Container, ctx: &EnvContext<'_>) -> Result<Vec<(St
             } else if let Some(r) = &src.resource_field_ref {
                 resource_value(c, &r.resource, r.divisor.as_ref().map(|d| d.0.as_str()), ctx)?
             } else if let Some(k) = &src.config_map_key_ref {
-                if k.optional == Some(true) {
-                    continue;
+                let optional = k.optional == Some(true);
+                match lookup(cms, "configMap", ns, &k.name)? {
+                    Some(data) => match data.get(&k.key) {
+                        Some(v) => v.clone(),
+                        None if optional => continue,
+                        None => return Err(format!("couldn't find key {} in ConfigMap {ns}/{}", k.key, k.name)),
+                    },
+                    None if optional => continue,
+                    None => return Err(format!("configmap {:?} not found", k.name)),
                 }
-                return Err(format!("configmap {:?} not found", k.name));
             } else if let Some(k) = &src.secret_key_ref {
-                if k.optional == Some(true) {
-                    continue;
+                let optional = k.optional == Some(true);
+                match lookup(secs, "secret", ns, &k.name)? {
+                    Some(data) => match data.get(&k.key) {
+                        Some(v) => String::from_utf8_lossy(v).into_owned(),
+                        None if optional => continue,
+                        None => return Err(format!("couldn't find key {} in Secret {ns}/{}", k.key, k.name)),
+                    },
+                    None if optional => continue,
+                    None => return Err(format!("secret {:?} not found", k.name)),
                 }
-                return Err(format!("secret {:?} not found", k.name));
             } else {
                 String::new()
             }
         } else {
             expand(e.value.as_deref().unwrap_or(""), &vars)
         };
-        vars.insert(e.name.clone(), value.clone());
-        out.retain(|(k, _)| k != &e.name);
-        out.push((e.name.clone(), value));
+        set(&mut out, &mut vars, e.name.clone(), value);
     }
     Ok(out)
 }
@@ -82,7 +181,7 @@ fn field_value(pod: &Pod, path: &str, ctx: &EnvContext<'_>) -> Result<String, St
     })
 }
 
-fn resource_value(c: &Container, resource: &str, divisor: Option<&str>, ctx: &EnvContext<'_>) -> Result<String, String> {
+pub fn resource_value(c: &Container, resource: &str, divisor: Option<&str>, ctx: &EnvContext<'_>) -> Result<String, String> {
     let r = c.resources.as_ref();
     let get = |kind: &str, name: &str| {
         let m = if kind == "limits" { r.and_then(|r| r.limits.as_ref()) } else { r.and_then(|r| r.requests.as_ref()) };
@@ -147,7 +246,7 @@ mod tests {
             ..Default::default()
         };
         let ips = vec!["10.0.0.9".to_string()];
-        let ctx = EnvContext { pod_ips: &ips, host_ip: None, node_name: "n1", cpu_capacity_milli: 2000, memory_capacity: 1 << 30 };
+        let ctx = EnvContext { pod_ips: &ips, host_ip: None, node_name: "n1", cpu_capacity_milli: 2000, memory_capacity: 1 << 30, objects: None };
         let v = resolve(&pod, &c, &ctx).unwrap();
         assert_eq!(v[0], ("NAME".into(), "web".into()));
         assert_eq!(v[2], ("MSG".into(), "web at 10.0.0.9 $(NOPE)".into()));
@@ -157,7 +256,62 @@ mod tests {
     #[test]
     fn unsupported_field_paths_are_config_errors() {
         let c = Container { name: "c".into(), env: Some(vec![env("X", None, Some("spec.bogus"))]), ..Default::default() };
-        let ctx = EnvContext { pod_ips: &[], host_ip: None, node_name: "n", cpu_capacity_milli: 1, memory_capacity: 1 };
+        let ctx = EnvContext { pod_ips: &[], host_ip: None, node_name: "n", cpu_capacity_milli: 1, memory_capacity: 1, objects: None };
         assert!(resolve(&Pod::default(), &c, &ctx).unwrap_err().contains("spec.bogus"));
+    }
+
+    #[test]
+    fn config_map_and_secret_refs_and_env_from_with_upstream_errors() {
+        use k8s_openapi::api::core::v1::{ConfigMapEnvSource, ConfigMapKeySelector, EnvFromSource, EnvVarSource, SecretEnvSource, SecretKeySelector};
+        let mut pod = Pod::default();
+        pod.metadata.namespace = Some("ns".into());
+        let cm_ref = |name: &str, key: &str, optional: Option<bool>| EnvVar {
+            name: "V".into(),
+            value: None,
+            value_from: Some(EnvVarSource { config_map_key_ref: Some(ConfigMapKeySelector { name: name.into(), key: key.into(), optional }), ..Default::default() }),
+        };
+        let mut objects = EnvObjects::default();
+        objects.config_maps.insert("cm".into(), Ok(Some([("a".to_string(), "1".to_string()), ("b".to_string(), "2".to_string())].into())));
+        objects.config_maps.insert("gone".into(), Ok(None));
+        objects.secrets.insert("s".into(), Ok(Some([("pw".to_string(), b"hunter2".to_vec())].into())));
+        let ctx = EnvContext { pod_ips: &[], host_ip: None, node_name: "n", cpu_capacity_milli: 1, memory_capacity: 1, objects: Some(&objects) };
+        let with = |env: Vec<EnvVar>, from: Vec<EnvFromSource>| Container { name: "c".into(), env: Some(env), env_from: Some(from), ..Default::default() };
+
+        let c = with(
+            vec![
+                EnvVar { name: "X_b".into(), value: Some("over $(X_a)".into()), value_from: None },
+                EnvVar {
+                    name: "PW".into(),
+                    value: None,
+                    value_from: Some(EnvVarSource { secret_key_ref: Some(SecretKeySelector { name: "s".into(), key: "pw".into(), optional: None }), ..Default::default() }),
+                },
+                cm_ref("gone", "a", Some(true)),
+                cm_ref("cm", "zz", Some(true)),
+            ],
+            vec![
+                EnvFromSource { prefix: Some("X_".into()), config_map_ref: Some(ConfigMapEnvSource { name: "cm".into(), optional: None }), secret_ref: None },
+                EnvFromSource { prefix: None, config_map_ref: None, secret_ref: Some(SecretEnvSource { name: "s".into(), optional: None }) },
+                EnvFromSource { prefix: None, config_map_ref: Some(ConfigMapEnvSource { name: "gone".into(), optional: Some(true) }), secret_ref: None },
+            ],
+        );
+        let v: HashMap<String, String> = resolve(&pod, &c, &ctx).unwrap().into_iter().collect();
+        assert_eq!(v["X_a"], "1");
+        assert_eq!(v["X_b"], "over 1");
+        assert_eq!(v["pw"], "hunter2");
+        assert_eq!(v["PW"], "hunter2");
+        assert!(!v.contains_key("V"), "optional refs to missing objects or keys are skipped");
+
+        let err = |env: Vec<EnvVar>, from: Vec<EnvFromSource>| resolve(&pod, &with(env, from), &ctx).unwrap_err();
+        assert_eq!(err(vec![cm_ref("gone", "a", None)], vec![]), "configmap \"gone\" not found");
+        assert_eq!(err(vec![cm_ref("cm", "zz", None)], vec![]), "couldn't find key zz in ConfigMap ns/cm");
+        assert_eq!(
+            err(vec![], vec![EnvFromSource { prefix: None, config_map_ref: None, secret_ref: Some(SecretEnvSource { name: "nope".into(), optional: Some(false) }) }]),
+            "couldn't get secret ns/nope, no kubeClient defined"
+        );
+        let mut objects = objects.clone();
+        objects.secrets.insert("nope".into(), Ok(None));
+        let ctx = EnvContext { objects: Some(&objects), ..ctx };
+        let c = with(vec![], vec![EnvFromSource { prefix: None, config_map_ref: None, secret_ref: Some(SecretEnvSource { name: "nope".into(), optional: None }) }]);
+        assert_eq!(resolve(&pod, &c, &ctx).unwrap_err(), "secret \"nope\" not found");
     }
 }

@@ -192,6 +192,8 @@ impl Manager {
                         .map(|p| {
                             p.spec == pod.spec
                                 && p.metadata.labels == pod.metadata.labels
+                                // downwardAPI volumes write annotations too.
+                                && p.metadata.annotations == pod.metadata.annotations
                                 && p.metadata.deletion_timestamp == pod.metadata.deletion_timestamp
                                 && super::status::readiness_gate_conditions(p) == super::status::readiness_gate_conditions(&pod)
                         })

@@ -117,6 +117,8 @@ impl Worker {
     }
 
     async fn run_loop(&mut self) {
+        // Changes of the ConfigMaps/Secrets the pod uses wake it to rewrite its volumes.
+        let mut object_changes = self.ctx.objects.as_ref().map(|o| o.subscribe());
         loop {
             let desired = self.spec_rx.borrow_and_update().clone();
             let Some(pod) = desired else {
@@ -153,6 +155,7 @@ impl Worker {
                 _ = self.cancel.cancelled() => { self.unregister_all(); return; }
                 r = self.spec_rx.changed() => if r.is_err() { self.unregister_all(); return; },
                 _ = self.notify.notified() => {}
+                _ = crate::volume::referenced_change(&mut object_changes, &pod) => {}
                 _ = tokio::time::sleep(sleep) => {}
             }
         }
@@ -368,7 +371,12 @@ impl Worker {
                 objects.register_pod(pod);
             }
             let pod_dir = super::store::pod_dir(&self.ctx.config.root_dir, &self.uid);
-            let volumes = match crate::volume::setup(pod, &pod_dir, self.ctx.client.as_ref(), self.ctx.objects.as_ref()).await {
+            let vcx = crate::volume::SetupContext {
+                client: self.ctx.client.as_ref(),
+                objects: self.ctx.objects.as_ref(),
+                host: crate::volume::Host { cpu_capacity_milli: self.ctx.cpu_capacity_milli, memory_capacity: self.ctx.memory_capacity },
+            };
+            let volumes = match crate::volume::setup(pod, &pod_dir, &vcx).await {
                 Ok(v) => v,
                 Err(e) => {
                     self.ctx.recorder.warning(pod, None, reason::FAILED_MOUNT, e.to_string());
@@ -625,9 +633,13 @@ impl Worker {
             Err(retry) => return retry,
         };
 
-        // Config: env, user, mounts, spec.
+        // Config: env (ConfigMaps/Secrets read first), user, mounts, spec.
         let id = random_id();
-        let built = self.build_container_spec(pod, sandbox, &c, &image, volumes, &id);
+        let env_objects = match &self.ctx.objects {
+            Some(o) => Some(super::env::fetch(pod, &c, o).await),
+            None => None,
+        };
+        let built = self.build_container_spec(pod, sandbox, &c, &image, volumes, &id, env_objects.as_ref());
         let (oci, stop_signal) = match built {
             Ok(v) => v,
             Err(msg) => {
@@ -780,6 +792,7 @@ impl Worker {
         Some(t + chrono::Duration::seconds(1))
     }
 
+    #[allow(clippy::too_many_arguments)] // one call site; the inputs are unrelated
     fn build_container_spec(
         &self,
         pod: &Pod,
@@ -788,6 +801,7 @@ impl Worker {
         image: &ImageInfo,
         volumes: &crate::volume::VolumeMap,
         id: &str,
+        env_objects: Option<&super::env::EnvObjects>,
     ) -> Result<(oci_spec::runtime::Spec, i32), String> {
         let default_cfg = oci_spec::image::Config::default();
         let img = image.config.config().as_ref().unwrap_or(&default_cfg);
@@ -799,6 +813,7 @@ impl Worker {
             node_name: &self.ctx.config.node_name,
             cpu_capacity_milli: self.ctx.cpu_capacity_milli,
             memory_capacity: self.ctx.memory_capacity,
+            objects: env_objects,
         };
         let mut pod_env = super::env::resolve(pod, c, &ctx)?;
         let hostname = super::store::pod_hostname(pod);
@@ -811,37 +826,26 @@ impl Worker {
         let user = resolve_user(pod, c, img.user().as_deref().unwrap_or(""))?;
 
         let pod_dir = super::store::pod_dir(&self.ctx.config.root_dir, &self.uid);
-        let mut mounts = Vec::new();
-        for m in c.volume_mounts.iter().flatten() {
-            let Some(vol) = volumes.get(&m.name) else { return Err(format!("volume {:?} not found", m.name)) };
-            let mut host = vol.path.clone();
-            if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
-                if sub.starts_with('/') || sub.split('/').any(|p| p == "..") {
-                    return Err(format!("subPath {sub:?} must be a relative path without '..'"));
-                }
-                host = host.join(sub);
-                std::fs::create_dir_all(&host).map_err(|e| format!("failed to create subPath directory for volumeMount {:?}: {e}", m.name))?;
-            }
-            mounts.push(BindMount { host_path: host, container_path: m.mount_path.clone(), read_only: vol.read_only || m.read_only.unwrap_or(false) });
-        }
+        let privileged = c.security_context.as_ref().and_then(|s| s.privileged).unwrap_or(false);
+        let mut mounts = crate::volume::mounts::container_mounts(c, volumes, &pod_env, privileged)?;
         let has = |mounts: &Vec<BindMount>, p: &str| mounts.iter().any(|m| m.container_path == p);
         if !host_network && !has(&mounts, "/etc/hosts") {
-            mounts.push(BindMount { host_path: pod_dir.join("etc-hosts"), container_path: "/etc/hosts".into(), read_only: false });
+            mounts.push(BindMount { host_path: pod_dir.join("etc-hosts"), container_path: "/etc/hosts".into(), read_only: false, propagation: Default::default() });
         }
         if !has(&mounts, "/etc/resolv.conf") {
-            mounts.push(BindMount { host_path: pod_dir.join("resolv.conf"), container_path: "/etc/resolv.conf".into(), read_only: false });
+            mounts.push(BindMount { host_path: pod_dir.join("resolv.conf"), container_path: "/etc/resolv.conf".into(), read_only: false, propagation: Default::default() });
         }
         if !host_network && !has(&mounts, "/etc/hostname") {
-            mounts.push(BindMount { host_path: pod_dir.join("hostname"), container_path: "/etc/hostname".into(), read_only: false });
+            mounts.push(BindMount { host_path: pod_dir.join("hostname"), container_path: "/etc/hostname".into(), read_only: false, propagation: Default::default() });
         }
-        mounts.push(BindMount { host_path: pod_dir.join("shm"), container_path: "/dev/shm".into(), read_only: false });
+        mounts.push(BindMount { host_path: pod_dir.join("shm"), container_path: "/dev/shm".into(), read_only: false, propagation: Default::default() });
         let tpath = c.termination_message_path.clone().unwrap_or_else(|| "/dev/termination-log".into());
         if !tpath.is_empty() {
             let dir = pod_dir.join("containers").join(&c.name);
             std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
             let f = dir.join(random_id().get(..8).unwrap_or("log"));
             std::fs::write(&f, b"").map_err(|e| e.to_string())?;
-            mounts.push(BindMount { host_path: f, container_path: tpath, read_only: false });
+            mounts.push(BindMount { host_path: f, container_path: tpath, read_only: false, propagation: Default::default() });
         }
 
         let qos = crate::cgroups::qos_class(pod);

@@ -97,6 +97,17 @@ pub struct BindMount {
     pub host_path: PathBuf,
     pub container_path: String,
     pub read_only: bool,
+    pub propagation: Propagation,
+}
+
+/// Mount propagation of a bind mount, as the CRI names it
+/// (containerd: rprivate, rslave, rshared).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Propagation {
+    #[default]
+    Private,
+    HostToContainer,
+    Bidirectional,
 }
 
 /// Everything the pause container's spec depends on.
@@ -419,7 +430,12 @@ pub fn container_spec(i: &ContainerInput<'_>) -> Result<Spec> {
 
     let mut mounts = default_mounts(privileged)?;
     for m in &i.mounts {
-        let mut opts = vec!["rbind".to_string(), "rprivate".to_string()];
+        let prop = match m.propagation {
+            Propagation::Private => "rprivate",
+            Propagation::HostToContainer => "rslave",
+            Propagation::Bidirectional => "rshared",
+        };
+        let mut opts = vec!["rbind".to_string(), prop.to_string()];
         opts.push(if m.read_only { "ro".into() } else { "rw".into() });
         mounts.push(
             MountBuilder::default()
@@ -460,6 +476,13 @@ pub fn container_spec(i: &ContainerInput<'_>) -> Result<Spec> {
         linux = linux
             .masked_paths(MASKED_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
             .readonly_paths(READONLY_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    }
+    // containerd's CRI: the root becomes rshared for Bidirectional mounts, rslave for
+    // HostToContainer ones, so propagation reaches the container.
+    if i.mounts.iter().any(|m| m.propagation == Propagation::Bidirectional) {
+        linux = linux.rootfs_propagation("rshared");
+    } else if i.mounts.iter().any(|m| m.propagation == Propagation::HostToContainer) {
+        linux = linux.rootfs_propagation("rslave");
     }
     if let Some(sysctls) = pod_spec.and_then(|s| s.security_context.as_ref()).and_then(|s| s.sysctls.as_ref()) {
         linux = linux.sysctl(sysctls.iter().map(|s| (s.name.clone(), s.value.clone())).collect::<HashMap<_, _>>());
@@ -604,7 +627,10 @@ mod tests {
             env: vec!["A=1".into()],
             args: vec!["/bin/sh".into()],
             user: UserIds { uid: 1000, gid: 1000, additional_gids: vec![] },
-            mounts: vec![BindMount { host_path: "/h".into(), container_path: "/data".into(), read_only: true }],
+            mounts: vec![
+                BindMount { host_path: "/h".into(), container_path: "/data".into(), read_only: true, propagation: Propagation::Private },
+                BindMount { host_path: "/k".into(), container_path: "/kubelet".into(), read_only: false, propagation: Propagation::HostToContainer },
+            ],
             cgroups_path: "/kubepods/podx/abc".into(),
             oom_score_adj: 1000,
             all_capabilities: &[],
@@ -626,5 +652,9 @@ mod tests {
         assert!(caps["inheritable"].as_array().map(|a| a.is_empty()).unwrap_or(true), "no inheritable caps: {caps}");
         let data = v["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/data").unwrap();
         assert!(data["options"].as_array().unwrap().iter().any(|o| o == "ro"));
+        assert!(data["options"].as_array().unwrap().iter().any(|o| o == "rprivate"));
+        let k = v["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/kubelet").unwrap();
+        assert!(k["options"].as_array().unwrap().iter().any(|o| o == "rslave"), "HostToContainer is rslave: {k}");
+        assert_eq!(v["linux"]["rootfsPropagation"], "rslave");
     }
 }

@@ -29,8 +29,12 @@ pub fn setup(pod_dir: &Path, name: &str, src: &EmptyDirVolumeSource) -> Result<P
         mount(Some("tmpfs"), &dir, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(opts.as_str()))
             .map_err(|source| VolumeError::Mount { volume: name.into(), source })?;
     }
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
-        .map_err(|source| VolumeError::Create { volume: name.into(), source })?;
+    // 0777 regardless of the umask; bits added later (fsGroup's setgid) are kept.
+    let mode = std::fs::metadata(&dir).map_err(|source| VolumeError::Create { volume: name.into(), source })?.permissions().mode();
+    if mode & 0o777 != 0o777 {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode((mode & 0o7000) | 0o777))
+            .map_err(|source| VolumeError::Create { volume: name.into(), source })?;
+    }
     Ok(dir)
 }
 
@@ -107,6 +111,11 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let p = setup(t.path(), "data", &EmptyDirVolumeSource::default()).unwrap();
         assert!(p.ends_with("volumes/kubernetes.io~empty-dir/data"));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o7777, 0o777);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o2777)).unwrap();
+        setup(t.path(), "data", &EmptyDirVolumeSource::default()).unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o7777, 0o2777, "setgid from fsGroup kept");
         std::fs::write(p.join("f"), "x").unwrap();
         teardown_all(t.path()).unwrap();
         assert!(!p.exists());

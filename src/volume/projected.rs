@@ -1,24 +1,46 @@
 //! `projected` volumes — what the API server's ServiceAccount admission injects as
 //! `kube-api-access-*`: a bound service-account token (TokenRequest), the
 //! `kube-root-ca.crt` ConfigMap and the namespace via downwardAPI — plus plain
-//! `configMap`, `secret` and `downwardAPI` sources inside it (ConfigMaps and
-//! Secrets read from the watch-based [`ObjectCache`]). Written with the atomic
-//! writer, read-only to containers.
+//! `configMap`, `secret` and `downwardAPI` sources inside it (the same code as
+//! those volume types). Written with the atomic writer, read-only to containers.
+//! Tokens are kept until 80% of their life (or 24 h) has passed
+//! (pkg/kubelet/token/token_manager.go `requiresRefresh`), read back from the
+//! volume, so a sync does not ask for a new token every time.
 
 use std::path::{Path, PathBuf};
 
+use base64::Engine;
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Pod, ProjectedVolumeSource, ServiceAccount};
 use kube::api::{Api, PostParams};
 
 use super::atomic_writer::{self, Payload};
-use super::VolumeError;
+use super::{Host, VolumeError};
 use crate::api::objects::ObjectCache;
 
 pub const PLUGIN_DIR: &str = "kubernetes.io~projected";
 
+/// Tokens live at most this long before a refresh (upstream's maxTTL).
+const MAX_TTL_SECS: i64 = 24 * 3600;
+
 fn err(volume: &str, msg: impl Into<String>) -> VolumeError {
     VolumeError::Source { volume: volume.into(), message: msg.into() }
+}
+
+/// The `iat` and `exp` claims of a JWT (no signature check: it is our own token).
+pub fn jwt_times(token: &[u8]) -> Option<(i64, i64)> {
+    let s = std::str::from_utf8(token).ok()?;
+    let payload = s.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    Some((v.get("iat")?.as_i64()?, v.get("exp")?.as_i64()?))
+}
+
+/// Whether a token issued at `iat` expiring at `exp` needs replacing at `now`
+/// (seconds): after 80% of its life or after 24 h (upstream without the jitter).
+pub fn requires_refresh(iat: i64, exp: i64, now: i64) -> bool {
+    let ttl = (exp - iat).max(0);
+    now >= iat + MAX_TTL_SECS || now >= exp - ttl * 20 / 100
 }
 
 /// Builds and writes the volume's files. Needs the API for tokens (`client`) and
@@ -30,6 +52,7 @@ pub async fn setup(
     src: &ProjectedVolumeSource,
     client: Option<&kube::Client>,
     objects: Option<&ObjectCache>,
+    host: &Host,
 ) -> Result<PathBuf, VolumeError> {
     let dir = pod_dir.join("volumes").join(PLUGIN_DIR).join(name);
     let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
@@ -37,13 +60,20 @@ pub async fn setup(
     let mut payload = Payload::new();
     for s in src.sources.iter().flatten() {
         if let Some(t) = &s.service_account_token {
+            let mode = default_mode;
+            let current = atomic_writer::read_current(&dir, &t.path);
+            let fresh = current.as_deref().and_then(jwt_times).filter(|(iat, exp)| !requires_refresh(*iat, *exp, chrono::Utc::now().timestamp()));
+            if let (Some(_), Some(tok)) = (fresh, current) {
+                payload.insert(t.path.clone(), (tok, mode));
+                continue;
+            }
             let client = client.ok_or_else(|| err(name, "service account tokens need an API server"))?;
             let sa = pod.spec.as_ref().and_then(|s| s.service_account_name.clone()).unwrap_or_else(|| "default".into());
             let api: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
             let req = TokenRequest {
                 spec: Some(TokenRequestSpec {
-                    audiences: Some(t.audience.clone().map(|a| vec![a]).unwrap_or_default()),
-                    expiration_seconds: Some(t.expiration_seconds.unwrap_or(3607)),
+                    audiences: Some(t.audience.clone().filter(|a| !a.is_empty()).map(|a| vec![a]).unwrap_or_default()),
+                    expiration_seconds: Some(t.expiration_seconds.unwrap_or(3600)),
                     bound_object_ref: Some(BoundObjectReference {
                         api_version: Some("v1".into()),
                         kind: Some("Pod".into()),
@@ -58,78 +88,52 @@ pub async fn setup(
                 .await
                 .map_err(|e| err(name, format!("failed to fetch token: {e}")))?;
             let token = resp.status.and_then(|s| s.token).unwrap_or_default();
-            payload.insert(t.path.clone(), (token.into_bytes(), default_mode));
+            payload.insert(t.path.clone(), (token.into_bytes(), mode));
         }
         if let Some(c) = &s.config_map {
-            let objects = objects.ok_or_else(|| err(name, "configMap sources need an API server"))?;
-            let cm_name = c.name.clone();
-            // Cache errors are reported as upstream's projected volume reports them: their own text.
-            match objects.config_map(&ns, &cm_name).await.map_err(|e| err(name, e.to_string()))? {
-                Some(cm) => {
-                    let data = cm.data.unwrap_or_default();
-                    add_items(&mut payload, name, &data.into_iter().map(|(k, v)| (k, v.into_bytes())).collect(), c.items.as_deref(), default_mode, "configmap", &cm_name)?;
-                }
-                None if c.optional == Some(true) => {}
-                None => return Err(err(name, format!("configmap {cm_name:?} not found"))),
-            }
+            let p = super::config_map::payload(objects, &ns, &c.name, c.items.as_deref(), default_mode, c.optional == Some(true))
+                .await
+                .map_err(|m| err(name, m))?;
+            payload.extend(p);
         }
         if let Some(sec) = &s.secret {
-            let objects = objects.ok_or_else(|| err(name, "secret sources need an API server"))?;
-            let sname = sec.name.clone();
-            match objects.secret(&ns, &sname).await.map_err(|e| err(name, e.to_string()))? {
-                Some(obj) => {
-                    let data = obj.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
-                    add_items(&mut payload, name, &data, sec.items.as_deref(), default_mode, "secret", &sname)?;
-                }
-                None if sec.optional == Some(true) => {}
-                None => return Err(err(name, format!("secret {sname:?} not found"))),
-            }
+            let p = super::secret::payload(objects, &ns, &sec.name, sec.items.as_deref(), default_mode, sec.optional == Some(true))
+                .await
+                .map_err(|m| err(name, m))?;
+            payload.extend(p);
         }
         if let Some(d) = &s.downward_api {
-            for item in d.items.iter().flatten() {
-                let Some(f) = &item.field_ref else { continue };
-                let v = match f.field_path.as_str() {
-                    "metadata.namespace" => ns.clone(),
-                    "metadata.name" => pod.metadata.name.clone().unwrap_or_default(),
-                    "metadata.uid" => pod.metadata.uid.clone().unwrap_or_default(),
-                    "metadata.labels" => kv_lines(pod.metadata.labels.as_ref()),
-                    "metadata.annotations" => kv_lines(pod.metadata.annotations.as_ref()),
-                    other => return Err(err(name, format!("unsupported fieldPath {other:?}"))),
-                };
-                payload.insert(item.path.clone(), (v.into_bytes(), item.mode.map(|m| m as u32).unwrap_or(default_mode)));
-            }
+            let p = super::downward_api::collect(pod, d.items.as_deref().unwrap_or(&[]), default_mode, host).map_err(|m| err(name, m))?;
+            payload.extend(p);
         }
     }
     atomic_writer::write(&dir, &payload).map_err(|source| VolumeError::Create { volume: name.into(), source })?;
     Ok(dir)
 }
 
-/// `key="value"` lines, as the downward API writes label and annotation maps.
-fn kv_lines(m: Option<&std::collections::BTreeMap<String, String>>) -> String {
-    m.map(|m| m.iter().map(|(k, v)| format!("{k}={v:?}")).collect::<Vec<_>>().join("\n")).unwrap_or_default()
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn add_items(
-    payload: &mut Payload,
-    volume: &str,
-    data: &std::collections::BTreeMap<String, Vec<u8>>,
-    items: Option<&[k8s_openapi::api::core::v1::KeyToPath]>,
-    default_mode: u32,
-    kind: &str,
-    obj: &str,
-) -> Result<(), VolumeError> {
-    match items {
-        Some(items) if !items.is_empty() => {
-            for it in items {
-                let v = data.get(&it.key).ok_or_else(|| err(volume, format!("{kind} {obj:?}: key {:?} not found", it.key)))?;
-                payload.insert(it.path.clone(), (v.clone(), it.mode.map(|m| m as u32).unwrap_or(default_mode)));
-            }
-        }
-        _ => {
-            for (k, v) in data {
-                payload.insert(k.clone(), (v.clone(), default_mode));
-            }
-        }
+    #[test]
+    fn tokens_are_refreshed_after_eighty_percent_of_their_life_or_a_day() {
+        // One hour: kept for 48 minutes.
+        assert!(!requires_refresh(1000, 4600, 1000));
+        assert!(!requires_refresh(1000, 4600, 1000 + 2879));
+        assert!(requires_refresh(1000, 4600, 1000 + 2880));
+        // A year-long token is refreshed after 24 h.
+        assert!(!requires_refresh(0, 365 * 86400, 86399));
+        assert!(requires_refresh(0, 365 * 86400, 86400));
+        // Already expired or nonsense.
+        assert!(requires_refresh(5000, 4000, 4500));
     }
-    Ok(())
+
+    #[test]
+    fn jwt_claims_are_read_from_the_payload() {
+        let enc = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let t = format!("{}.{}.sig", enc(r#"{"alg":"RS256"}"#), enc(r#"{"iat":10,"exp":610,"sub":"x"}"#));
+        assert_eq!(jwt_times(t.as_bytes()), Some((10, 610)));
+        assert_eq!(jwt_times(b"not-a-token"), None);
+        assert_eq!(jwt_times(b"a.!!!.c"), None);
+    }
 }

@@ -43,6 +43,13 @@ pub fn ctr(args: &[&str]) -> String {
     run("ctr", &a)
 }
 
+/// The agent binary: `RKUBELET_BIN` when set (worktrees sharing one target dir
+/// overwrite each other's `target/debug/rkubelet`; point it at `deps/rkubelet-<hash>`),
+/// else the one cargo built for this test.
+pub fn agent_binary() -> PathBuf {
+    std::env::var_os("RKUBELET_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_rkubelet")))
+}
+
 impl Agent {
     /// A fresh agent environment named `name` (its directories are wiped first).
     pub fn new(name: &str) -> Agent {
@@ -88,7 +95,7 @@ impl Agent {
     /// Starts (or restarts) the agent process.
     pub fn start(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_rkubelet"))
+        let child = Command::new(agent_binary())
             .args([
                 "--pod-manifest-path",
                 self.manifests.to_str().unwrap(),

@@ -126,6 +126,8 @@ fn node_role_allows(verb: &str, def: &ResourceDef, sub: &str) -> bool {
         ("", "services", "") => v(&["get", "list", "watch"]),
         ("", "configmaps" | "secrets", "") => v(&["get", "list", "watch"]),
         ("", "serviceaccounts", "") => v(&["get"]),
+        ("", "persistentvolumeclaims", "") | ("", "persistentvolumes", "") => v(&["get"]),
+        ("", "persistentvolumeclaims", "status") => v(&["get", "update", "patch"]),
         ("", "serviceaccounts", "token") => v(&["create"]),
         ("coordination.k8s.io", "leases", "") => v(&["get", "create", "update", "patch", "delete"]),
         ("certificates.k8s.io", "certificatesigningrequests", "") => {
@@ -238,8 +240,23 @@ pub fn pod_references(pod: &Value, plural: &str) -> Vec<String> {
     out
 }
 
-/// Whether a pod bound to `node` in `ns` references `plural/name` (the Node authorizer's graph).
+/// Whether a pod bound to `node` in `ns` references `plural/name` (the Node authorizer's graph;
+/// a PersistentVolume through the bound claim a pod on the node uses).
 fn node_has_relationship(store: &Store, node: &str, ns: &str, plural: &str, name: &str) -> bool {
+    if plural == "persistentvolumes" {
+        return store
+            .list("pods", None)
+            .iter()
+            .filter(|p| meta::str_at(p, "spec.nodeName") == Some(node))
+            .any(|p| {
+                let pns = meta::str_at(p, "metadata.namespace").unwrap_or("");
+                pod_references(p, "persistentvolumeclaims").iter().any(|c| {
+                    store
+                        .get("persistentvolumeclaims", pns, c)
+                        .is_some_and(|pvc| meta::str_at(&pvc, "spec.volumeName") == Some(name))
+                })
+            });
+    }
     store
         .list("pods", Some(ns))
         .iter()
@@ -260,6 +277,8 @@ pub fn authorize(user: &UserInfo, a: &Attributes<'_>, store: &Store) -> Result<(
         let graph_kind = match (a.def.plural, a.subresource) {
             ("configmaps", "") | ("secrets", "") => Some(a.def.plural),
             ("serviceaccounts", "") | ("serviceaccounts", "token") => Some("serviceaccounts"),
+            ("persistentvolumeclaims", "") | ("persistentvolumeclaims", "status") => Some("persistentvolumeclaims"),
+            ("persistentvolumes", "") => Some("persistentvolumes"),
             _ => None,
         };
         if let Some(kind) = graph_kind {

@@ -848,6 +848,7 @@ pub fn prepare_create(def: &ResourceDef, obj: &mut Value, ctx: &mut Ctx<'_>) -> 
             errs.extend(validate_pod(obj));
         }
         ("", "events") => errs.extend(validate_event(obj, ctx)),
+        ("", "secrets") => merge_string_data(obj),
         ("", "namespaces") => {
             obj["status"] = json!({"phase": "Active"});
             obj_mut(obj, "spec").insert("finalizers".into(), json!(["kubernetes"]));
@@ -1116,7 +1117,28 @@ pub fn prepare_update(
     if def.plural == "pods" && sub.is_empty() {
         errs.extend(validate_pod(new));
     }
+    if def.plural == "secrets" {
+        merge_string_data(new);
+    }
     errs
+}
+
+/// A Secret's write-only `stringData` is merged into `data` (base64), its keys
+/// winning, and never stored (core/v1 conversion `Convert_v1_Secret_To_core_Secret`).
+fn merge_string_data(secret: &mut Value) {
+    use base64::Engine;
+    let Some(m) = secret.as_object_mut() else { return };
+    let Some(Value::Object(sd)) = m.remove("stringData") else { return };
+    let data = m.entry("data").or_insert_with(|| json!({}));
+    if !data.is_object() {
+        *data = json!({});
+    }
+    if let Some(d) = data.as_object_mut() {
+        for (k, v) in sd {
+            let s = v.as_str().unwrap_or_default();
+            d.insert(k, json!(base64::engine::general_purpose::STANDARD.encode(s)));
+        }
+    }
 }
 
 /// The pod's grace period for a DELETE (`CheckGracefulDelete`): None = delete at once.
