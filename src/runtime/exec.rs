@@ -17,6 +17,7 @@ use containerd_client::with_namespace;
 use prost_types::Any;
 use thiserror::Error;
 use tonic::Request;
+use tracing::debug;
 
 use super::containers::Containers;
 
@@ -98,6 +99,7 @@ pub async fn exec(rt: &Containers, id: &str, cmd: &[String], timeout: Duration, 
         spec: Some(Any { type_url: PROCESS_TYPE_URL.into(), value }),
         exec_id: exec_id.clone(),
     };
+    debug!(container = id, exec_id = %exec_id, ?cmd, "exec in container");
     tasks.exec(with_namespace!(req, ns)).await.map_err(|source| ExecError::Exec { id: id.into(), source })?;
     let req = StartRequest { container_id: id.into(), exec_id: exec_id.clone() };
     if let Err(source) = tasks.start(with_namespace!(req, ns)).await {
@@ -119,6 +121,7 @@ pub async fn exec(rt: &Containers, id: &str, cmd: &[String], timeout: Duration, 
             Err(ExecError::Timeout { cmd: cmd.join(" ") })
         }
     };
+    debug!(container = id, exec_id = %exec_id, ok = result.is_ok(), "exec finished");
     // Deleting the process makes the shim finish copying the output into the file.
     delete_process(&mut tasks, &ns, id, &exec_id).await;
     let bytes = tokio::fs::read(&out).await.unwrap_or_default();
