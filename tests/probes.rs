@@ -198,12 +198,20 @@ spec:
     readinessProbe:
       grpc: {{port: 9998}}
       periodSeconds: 1
+  - name: slowexec
+    image: {BUSYBOX}
+    command: ["sleep", "3600"]
+    readinessProbe:
+      exec: {{command: ["sleep", "5"]}}
+      timeoutSeconds: 1
+      periodSeconds: 1
 "#
         ),
     );
     let p = agent.wait_pod("handlers", Duration::from_secs(60), "web ready", |p| status_of(p, "web").filter(|c| c.ready).map(|_| p.clone()));
     let ip = p.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap();
-    agent.wait_until(Duration::from_secs(20), "failure events of the three failing probes", || {
+    agent.wait_until(Duration::from_secs(20), "failure events of the four failing probes", || {
+        has_event(&agent, "handlers", "Unhealthy", |m| m == "Readiness probe failed: command \"sleep 5\" timed out") &&
         has_event(&agent, "handlers", "Unhealthy", |m| m == "Readiness probe failed: HTTP probe failed with statuscode: 404")
             && has_event(&agent, "handlers", "Unhealthy", |m| m == format!("Readiness probe failed: dial tcp {ip}:9999: connect: connection refused"))
             && has_event(&agent, "handlers", "Unhealthy", |m| {
@@ -211,7 +219,7 @@ spec:
             })
     });
     let p = agent.pod("handlers").unwrap();
-    for c in ["missing", "closed", "nogrpc"] {
+    for c in ["missing", "closed", "nogrpc", "slowexec"] {
         let cs = status_of(&p, c).unwrap();
         assert!(running(&cs) && !cs.ready, "{c} runs but is not ready: {cs:?}");
     }

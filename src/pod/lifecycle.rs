@@ -7,10 +7,14 @@
 //! (`FailedPreStopHook` on failure), the rest of the grace period (at least 2 s)
 //! goes to the image's STOPSIGNAL, then SIGKILL.
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Container, LifecycleHandler, Pod};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::manager::Context;
@@ -93,12 +97,42 @@ pub async fn run_hook(ctx: &Context, pod: &Pod, c: &Container, container_id: &st
     Err(format!("Cannot run handler: invalid handler: {h:?}"))
 }
 
-/// Runs the container's postStart hook, if any. On failure records
-/// `FailedPostStartHook`, kills the container and returns upstream's message
-/// (the caller reports it as waiting reason `PostStartHookError`).
-pub async fn post_start(ctx: &Context, pod: &Pod, c: &Container, kind: Kind, container_id: &str, pod_ip: Option<&str>) -> Option<String> {
+/// Resolves when the pod is deleted (or gone) or the agent shuts down: what
+/// cancels a running hook, as upstream cancels a sync's context on termination.
+pub async fn until_deleted(mut rx: watch::Receiver<Option<Arc<Pod>>>, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = rx.changed() => {
+                if r.is_err() || rx.borrow().as_ref().is_none_or(|p| p.metadata.deletion_timestamp.is_some()) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Runs the container's postStart hook, if any, unless `abort` resolves first.
+/// On failure records `FailedPostStartHook`, kills the container and returns
+/// upstream's message (the caller reports it as waiting reason `PostStartHookError`).
+pub async fn post_start(
+    ctx: &Context,
+    pod: &Pod,
+    c: &Container,
+    kind: Kind,
+    container_id: &str,
+    pod_ip: Option<&str>,
+    abort: impl Future<Output = ()>,
+) -> Option<String> {
     let h = c.lifecycle.as_ref()?.post_start.as_ref()?;
-    let msg = run_hook(ctx, pod, c, container_id, pod_ip, h).await.err()?;
+    let result = tokio::select! {
+        r = run_hook(ctx, pod, c, container_id, pod_ip, h) => r,
+        _ = abort => {
+            info!(container = %c.name, "postStart hook abandoned: the pod is terminating");
+            return None;
+        }
+    };
+    let msg = result.err()?;
     warn!(container = %c.name, message = %msg, "postStart hook failed");
     ctx.recorder.warning(pod, field_path(&c.name, kind == Kind::Init), FAILED_POST_START_HOOK, msg.clone());
     let records = ctx.containers.list(pod.metadata.uid.as_deref()).await.unwrap_or_default();

@@ -288,8 +288,8 @@ impl Prober {
         failed.into_iter().filter(|(id, _)| self.handled.insert(id.clone())).collect()
     }
 
-    /// Kills the containers whose liveness or startup probe failed (computePodActions
-    /// + killContainer), with upstream's `Killing` message; the restart follows the
+    /// Kills the containers whose liveness or startup probe failed (computePodActions,
+    /// then killContainer), with upstream's `Killing` message; the restart follows the
     /// pod's restartPolicy in the next plan. Returns whether it killed any.
     pub async fn kill_unhealthy(&mut self, pod: &Pod) -> bool {
         let failed = self.take_failed();

@@ -689,7 +689,8 @@ impl Worker {
                 rec.normal(pod, fp, reason::STARTED, "Container started");
                 info!(container = name, id = %id, pid, attempt, "container started");
                 let pod_ip = sandbox.ips.first().map(String::as_str);
-                if let Some(msg) = super::lifecycle::post_start(&self.ctx, pod, &c, kind, &id, pod_ip).await {
+                let abort = super::lifecycle::until_deleted(self.spec_rx.clone(), self.cancel.clone());
+                if let Some(msg) = super::lifecycle::post_start(&self.ctx, pod, &c, kind, &id, pod_ip, abort).await {
                     self.waiting.insert(name.into(), Waiting { reason: "PostStartHookError".into(), message: msg });
                     self.notify.notify_one();
                 }

@@ -343,6 +343,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn https_probes_skip_certificate_verification() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let ck = rcgen::generate_simple_self_signed(vec!["not-the-probed-host".to_string()]).unwrap();
+        let cert = ck.cert.der().clone();
+        let key = rustls::pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
+        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let mut s = acceptor.accept(s).await.unwrap();
+            let mut buf = [0u8; 4096];
+            let n = s.read(&mut buf).await.unwrap();
+            let req = String::from_utf8_lossy(&buf[..n]).to_string();
+            let body = if req.to_ascii_lowercase().contains("user-agent: kube-probe/1.36") { "secure" } else { "no-agent" };
+            let _ = s.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes()).await;
+            let _ = s.shutdown().await;
+        });
+        let c = Container { name: "c".into(), ..Default::default() };
+        let h = HTTPGetAction { scheme: Some("HTTPS".into()), port: IntOrString::Int(port as i32), ..Default::default() };
+        let r = HttpRequest::from_action(&h, &c, Some("127.0.0.1"), "kube-probe").unwrap();
+        assert_eq!(probe(&r, Duration::from_secs(5)).await, Outcome::success("secure"));
+    }
+
+    #[tokio::test]
     async fn error_statuses_fail() {
         let port = serve(vec!["HTTP/1.1 503 Unavailable\r\nContent-Length: 0\r\n\r\n".into()]).await;
         let r = HttpRequest { https: false, host: "127.0.0.1".into(), port, path: "/".into(), headers: vec![] };
