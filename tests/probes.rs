@@ -351,3 +351,47 @@ spec:
     assert!(has_event(&agent, "prestop", "Killing", |m| m == "Container app failed liveness probe"), "restartPolicy Never: no restart in the message");
     assert!(!has_event(&agent, "prestop", "FailedPreStopHook", |_| true));
 }
+
+#[test]
+fn a_sidecars_startup_probe_gates_the_containers_after_it() {
+    let agent = Agent::new("probe-sidecar");
+    agent.write_manifest(
+        "sc.yaml",
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: sidecar}}
+spec:
+  terminationGracePeriodSeconds: 2
+  initContainers:
+  - name: proxy
+    image: {BUSYBOX}
+    restartPolicy: Always
+    command: ["sh", "-c", "sleep 4; echo UP $(date +%s); touch /tmp/up; exec sleep 3600"]
+    startupProbe:
+      exec: {{command: ["test", "-f", "/tmp/up"]}}
+      periodSeconds: 1
+      failureThreshold: 30
+  containers:
+  - name: app
+    image: {BUSYBOX}
+    command: ["sh", "-c", "echo APP $(date +%s); exec sleep 3600"]
+"#
+        ),
+    );
+    let p = agent.wait_pod("sidecar", Duration::from_secs(60), "app running", |p| status_of(p, "app").filter(running).map(|_| p.clone()));
+    let ts = |c: &str, tag: &str| -> i64 {
+        let log = agent.container_log(&p, c, 0);
+        let mut v = None;
+        agent.wait_until(Duration::from_secs(10), "the log line", || {
+            v = std::fs::read_to_string(&log).ok().and_then(|s| s.lines().find_map(|l| l.split_once(&format!("{tag} ")).and_then(|(_, t)| t.trim().parse().ok())));
+            v.is_some()
+        });
+        v.unwrap()
+    };
+    let (up, app) = (ts("proxy", "UP"), ts("app", "APP"));
+    assert!(app >= up, "the app started ({app}) only after the sidecar's startup probe passed ({up})");
+    let side = p.status.as_ref().and_then(|s| s.init_container_statuses.as_ref()).and_then(|v| v.first().cloned()).unwrap();
+    assert_eq!(side.started, Some(true));
+    assert!(has_event(&agent, "sidecar", "Unhealthy", |m| m.starts_with("Startup probe failed:")));
+}

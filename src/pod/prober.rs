@@ -175,6 +175,12 @@ pub struct Health {
     pub ready: bool,
 }
 
+/// Whether the running instance(s) of container `name` passed their startup
+/// probe, from [`Prober::health`] (a container without one is started).
+pub fn started(health: &HashMap<String, Health>, instances: &[Instance], name: &str) -> bool {
+    instances.iter().filter(|i| i.name == name && i.is_running()).all(|i| health.get(&i.id).is_none_or(|h| h.started))
+}
+
 type Results = Arc<Mutex<HashMap<(String, ProbeType), Verdict>>>;
 
 /// The probes of one pod's containers.

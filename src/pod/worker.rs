@@ -20,7 +20,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::backoff::Backoff;
 use super::manager::Context;
-use super::plan::{latest, plan, Start};
+use super::plan::{latest, plan_with, Start};
 use super::status::{compute, StatusInput};
 use super::{format_pod, pod_key, Instance, InstanceState, Kind, SandboxState, Waiting};
 use crate::events::{field_path, reason};
@@ -318,7 +318,10 @@ impl Worker {
         for _round in 0..rounds {
             let (sandbox, records, instances) = self.observe().await?;
             self.gc_instances(&records, &instances).await;
-            let p = plan(&spec, &format_pod(pod), &instances, sandbox.as_ref(), &mut self.backoff, now());
+            // A sidecar counts as started once its startup probe passed (pod::prober).
+            let health = self.prober.health(pod, &instances);
+            let started = |name: &str| super::prober::started(&health, &instances, name);
+            let p = plan_with(&spec, &format_pod(pod), &instances, sandbox.as_ref(), &mut self.backoff, now(), &started);
             debug!(?p, "plan");
 
             if let Some(phase) = pinned.as_deref().or(p.terminal) {
