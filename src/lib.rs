@@ -14,6 +14,7 @@ pub mod logs;
 pub mod memory;
 pub mod network;
 pub mod pod;
+pub mod probe;
 pub mod quantity;
 pub mod runtime;
 pub mod server;

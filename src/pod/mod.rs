@@ -6,9 +6,11 @@
 pub mod admission;
 pub mod backoff;
 pub mod env;
+pub mod lifecycle;
 pub mod manager;
 pub mod manifest;
 pub mod plan;
+pub mod prober;
 pub mod source;
 pub mod status;
 pub mod store;

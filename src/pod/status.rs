@@ -21,6 +21,9 @@ pub struct StatusInput<'a> {
     pub sandbox: Option<&'a SandboxState>,
     pub instances: &'a [Instance],
     pub waiting: &'a HashMap<String, Waiting>,
+    /// Probe-derived `started`/`ready` of running containers, by container id
+    /// (`pod::prober`); a running container not in it is started and ready.
+    pub health: &'a HashMap<String, super::prober::Health>,
     pub host_ip: Option<&'a str>,
     pub previous: Option<&'a PodStatus>,
     pub now: DateTime<Utc>,
@@ -50,6 +53,7 @@ fn container_status(
     kind: Kind,
     instances: &[Instance],
     waiting: &HashMap<String, Waiting>,
+    health: &HashMap<String, super::prober::Health>,
     default_reason: &str,
 ) -> ContainerStatus {
     let cur = latest(instances, &c.name, kind);
@@ -102,10 +106,11 @@ fn container_status(
     }
     let running = state.running.is_some();
     let succeeded = state.terminated.as_ref().map(|t| t.exit_code == 0).unwrap_or(false);
-    st.started = Some(running);
+    let probed = cur.filter(|_| running).and_then(|i| health.get(&i.id));
+    st.started = Some(running && probed.map_or(true, |h| h.started));
     st.ready = match kind {
-        Kind::App => running,
-        Kind::Init if super::plan::is_sidecar(c) => running,
+        Kind::App => running && probed.map_or(true, |h| h.ready),
+        Kind::Init if super::plan::is_sidecar(c) => running && probed.map_or(true, |h| h.ready),
         Kind::Init => succeeded,
     };
     st.state = Some(state);
@@ -167,9 +172,9 @@ pub fn compute(i: &StatusInput<'_>) -> PodStatus {
     let default_reason = if inits.is_empty() { "ContainerCreating" } else { "PodInitializing" };
 
     let init_statuses: Vec<ContainerStatus> =
-        inits.iter().map(|c| container_status(c, Kind::Init, i.instances, i.waiting, default_reason)).collect();
+        inits.iter().map(|c| container_status(c, Kind::Init, i.instances, i.waiting, i.health, default_reason)).collect();
     let app_statuses: Vec<ContainerStatus> =
-        spec.containers.iter().map(|c| container_status(c, Kind::App, i.instances, i.waiting, default_reason)).collect();
+        spec.containers.iter().map(|c| container_status(c, Kind::App, i.instances, i.waiting, i.health, default_reason)).collect();
 
     // Initialized once every regular init container succeeded and every sidecar
     // started; it stays so once app containers have run (a sidecar restart later
@@ -323,10 +328,41 @@ mod tests {
     }
     fn run(p: &Pod, inst: &[Instance], waiting: &HashMap<String, Waiting>) -> PodStatus {
         let s = sb();
-        compute(&StatusInput { pod: p, sandbox: Some(&s), instances: inst, waiting, host_ip: Some("192.0.2.1"), previous: None, now: t(5) })
+        compute(&StatusInput { pod: p, sandbox: Some(&s), instances: inst, waiting, health: &HashMap::new(), host_ip: Some("192.0.2.1"), previous: None, now: t(5) })
     }
     fn cond<'a>(s: &'a PodStatus, t: &str) -> &'a PodCondition {
         s.conditions.as_ref().unwrap().iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    #[test]
+    fn probe_health_drives_started_ready_and_the_ready_conditions() {
+        use super::super::prober::Health;
+        let p = pod("Always", &[], &["a", "b"]);
+        let running = [
+            inst("a", Kind::App, 0, InstanceState::Running { started_at: t(1) }),
+            inst("b", Kind::App, 0, InstanceState::Running { started_at: t(1) }),
+        ];
+        let s = sb();
+        let status = |health: &HashMap<String, Health>| {
+            compute(&StatusInput { pod: &p, sandbox: Some(&s), instances: &running, waiting: &HashMap::new(), health, host_ip: None, previous: None, now: t(5) })
+        };
+        // "a" waits for its startup probe, "b" (no probes) is started and ready.
+        let h = HashMap::from([("a-0".to_string(), Health { started: false, ready: false })]);
+        let st = status(&h);
+        let cs = st.container_statuses.as_ref().unwrap();
+        assert_eq!((cs[0].started, cs[0].ready), (Some(false), false));
+        assert_eq!((cs[1].started, cs[1].ready), (Some(true), true));
+        assert_eq!(cond(&st, "ContainersReady").status, "False");
+        assert_eq!(cond(&st, "Ready").message.as_deref(), Some("containers with unready status: [a]"));
+        // Started, readiness not yet passed.
+        let h = HashMap::from([("a-0".to_string(), Health { started: true, ready: false })]);
+        let st = status(&h);
+        assert_eq!(st.container_statuses.as_ref().unwrap()[0].started, Some(true));
+        assert_eq!(cond(&st, "Ready").status, "False");
+        let h = HashMap::from([("a-0".to_string(), Health { started: true, ready: true })]);
+        let st = status(&h);
+        assert_eq!(cond(&st, "ContainersReady").status, "True");
+        assert_eq!(cond(&st, "Ready").status, "True");
     }
 
     #[test]
@@ -416,7 +452,7 @@ mod tests {
         let i = [inst("a", Kind::App, 0, InstanceState::Running { started_at: t(1) })];
         let s1 = run(&p, &i, &HashMap::new());
         let sbx = sb();
-        let s2 = compute(&StatusInput { pod: &p, sandbox: Some(&sbx), instances: &i, waiting: &HashMap::new(), host_ip: None, previous: Some(&s1), now: t(99) });
+        let s2 = compute(&StatusInput { pod: &p, sandbox: Some(&sbx), instances: &i, waiting: &HashMap::new(), health: &HashMap::new(), host_ip: None, previous: Some(&s1), now: t(99) });
         assert_eq!(cond(&s2, "Ready").last_transition_time, Some(super::super::k8s_time(t(5))));
     }
 }

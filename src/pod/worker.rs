@@ -20,7 +20,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::backoff::Backoff;
 use super::manager::Context;
-use super::plan::{latest, plan, Start};
+use super::plan::{latest, plan_with, Start};
 use super::status::{compute, StatusInput};
 use super::{format_pod, pod_key, Instance, InstanceState, Kind, SandboxState, Waiting};
 use crate::events::{field_path, reason};
@@ -33,7 +33,7 @@ use crate::runtime::spec::{self, BindMount, ContainerInput, SandboxInput, UserId
 const KIND_SANDBOX: &str = "sandbox";
 const KIND_INIT: &str = "init";
 const KIND_APP: &str = "app";
-const STOP_SIGNAL: &str = "io.rkubelet.stop-signal";
+const STOP_SIGNAL: &str = super::lifecycle::STOP_SIGNAL_LABEL;
 /// Upstream's message for a pod past its activeDeadlineSeconds.
 const DEADLINE_MESSAGE: &str = "Pod was active on the node longer than the specified deadline";
 
@@ -57,6 +57,8 @@ pub struct Worker {
     registered: HashSet<String>,
     /// Why the pod was evicted (emptyDir over its sizeLimit), once it was.
     eviction: Option<String>,
+    /// Probe tasks of the pod's running containers and their results.
+    prober: super::prober::Prober,
 }
 
 fn now() -> DateTime<Utc> {
@@ -90,7 +92,9 @@ impl Worker {
         cancel: CancellationToken,
     ) -> Self {
         let last_status = super::store::load_pod(&ctx.config.root_dir, &uid).and_then(|p| p.status);
+        let prober = super::prober::Prober::new(ctx.clone(), notify.clone(), &cancel);
         Self {
+            prober,
             ctx,
             uid,
             spec_rx,
@@ -283,6 +287,8 @@ impl Worker {
     async fn sync(&mut self, pod: &Arc<Pod>) -> anyhow::Result<Option<Duration>> {
         let spec = pod.spec.clone().unwrap_or_default();
         let mut wake: Option<DateTime<Utc>> = None;
+        // Containers that failed their liveness/startup probe are killed first; the plan restarts them.
+        self.prober.kill_unhealthy(pod).await;
         // A pod already reported Succeeded/Failed stays so: nothing is started again.
         let reported = self.last_status.as_ref().and_then(|s| s.phase.clone()).or_else(|| pod.status.as_ref().and_then(|s| s.phase.clone()));
         let mut pinned = reported.filter(|p| p == "Succeeded" || p == "Failed");
@@ -315,7 +321,10 @@ impl Worker {
         for _round in 0..rounds {
             let (sandbox, records, instances) = self.observe().await?;
             self.gc_instances(&records, &instances).await;
-            let p = plan(&spec, &format_pod(pod), &instances, sandbox.as_ref(), &mut self.backoff, now());
+            // A sidecar counts as started once its startup probe passed (pod::prober).
+            let health = self.prober.health(pod, &instances);
+            let started = |name: &str| super::prober::started(&health, &instances, name);
+            let p = plan_with(&spec, &format_pod(pod), &instances, sandbox.as_ref(), &mut self.backoff, now(), &started);
             debug!(?p, "plan");
 
             if let Some(phase) = pinned.as_deref().or(p.terminal) {
@@ -470,11 +479,14 @@ impl Worker {
         phase: Option<&str>,
         pod_reason: Option<(&str, &str)>,
     ) -> std::io::Result<()> {
+        self.prober.sync(pod, sandbox, instances);
+        let health = self.prober.health(pod, instances);
         let mut status = compute(&StatusInput {
             pod,
             sandbox,
             instances,
             waiting: &self.waiting,
+            health: &health,
             host_ip: self.ctx.host_ip.as_deref(),
             // Before our first report, the API's copy (e.g. the scheduler's PodScheduled time).
             previous: self.last_status.as_ref().or(pod.status.as_ref()),
@@ -691,6 +703,12 @@ impl Worker {
                 let _ = self.ctx.containers.set_labels(&id, &[(labels::STARTED_AT, now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))]).await;
                 rec.normal(pod, fp, reason::STARTED, "Container started");
                 info!(container = name, id = %id, pid, attempt, "container started");
+                let pod_ip = sandbox.ips.first().map(String::as_str);
+                let abort = super::lifecycle::until_deleted(self.spec_rx.clone(), self.cancel.clone());
+                if let Some(msg) = super::lifecycle::post_start(&self.ctx, pod, &c, kind, &id, pod_ip, abort).await {
+                    self.waiting.insert(name.into(), Waiting { reason: "PostStartHookError".into(), message: msg });
+                    self.notify.notify_one();
+                }
                 None
             }
             Err(e) => {
@@ -891,6 +909,7 @@ impl Worker {
     /// (upstream's termination order for SidecarContainers).
     async fn kill_pod_containers(&self, pod: &Pod, records: &[ContainerRecord], grace: Duration) {
         let deadline = tokio::time::Instant::now() + grace;
+        let pod_ip = super::lifecycle::pod_ip(records);
         let running: Vec<&ContainerRecord> = records
             .iter()
             .filter(|r| r.label(labels::KIND) != Some(KIND_SANDBOX) && matches!(r.task, TaskState::Running { .. } | TaskState::Created))
@@ -911,35 +930,22 @@ impl Worker {
         }
         for phase in phases.into_iter().filter(|p| !p.is_empty()) {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            self.kill_containers(pod, &phase, left).await;
+            self.kill_containers(pod, &phase, left, pod_ip.as_deref()).await;
         }
     }
 
-    /// Stops `containers` together: stop signal, then SIGKILL after `grace`.
-    async fn kill_containers(&self, pod: &Pod, containers: &[&ContainerRecord], grace: Duration) {
-        let rt = &self.ctx.containers;
-        let mut waits = Vec::new();
+    /// Stops `containers` together (lifecycle::kill_container: preStop, stop
+    /// signal, SIGKILL after what is left of `grace`).
+    async fn kill_containers(&self, pod: &Pod, containers: &[&ContainerRecord], grace: Duration, pod_ip: Option<&str>) {
+        let mut kills = Vec::new();
         for r in containers {
             let name = r.label(labels::CONTAINER_NAME).unwrap_or("").to_string();
-            let init = r.label(labels::KIND) == Some(KIND_INIT);
-            self.ctx.recorder.normal(pod, field_path(&name, init), reason::KILLING, format!("Stopping container {name}"));
-            let sig = r.label(STOP_SIGNAL).and_then(|s| s.parse().ok()).unwrap_or(15);
-            if let Err(e) = rt.kill(&r.id, sig, false).await {
-                warn!(container = %name, error = %e, "stop signal failed");
-            }
-            let id = r.id.clone();
-            let rt = rt.clone();
-            waits.push(async move {
-                match rt.wait(&id, grace).await {
-                    Ok(Some(_)) => {}
-                    _ => {
-                        let _ = rt.kill(&id, nix::sys::signal::Signal::SIGKILL as u32, true).await;
-                        let _ = rt.wait(&id, Duration::from_secs(10)).await;
-                    }
-                }
-            });
+            let kind = if r.label(labels::KIND) == Some(KIND_INIT) { Kind::Init } else { Kind::App };
+            let c = container_of(pod, &name, kind).cloned().unwrap_or(Container { name, ..Default::default() });
+            let ctx = &self.ctx;
+            kills.push(async move { super::lifecycle::kill_container(ctx, pod, r, &c, kind, grace.as_secs() as i64, None, pod_ip).await });
         }
-        futures::future::join_all(waits).await;
+        futures::future::join_all(kills).await;
     }
 
     /// Kills the pause container and detaches the pod from the network.
@@ -970,6 +976,7 @@ impl Worker {
             .unwrap_or(30)
             .max(0) as u64;
         let pod_for_events = pod.clone().unwrap_or_default();
+        self.prober.stop_all();
         info!(pod_uid = %self.uid, grace_seconds = grace, "stopping pod");
         for attempt in 0..3 {
             match self.ctx.containers.list(Some(&self.uid)).await {

@@ -4,6 +4,7 @@
 
 pub mod containers;
 pub mod events;
+pub mod exec;
 pub mod image;
 pub mod spec;
 
