@@ -45,6 +45,19 @@ fn percent(s: &str) -> String {
         .collect()
 }
 
+/// The binary the shim should run as the logger: this executable's path. When the
+/// file was replaced since the agent started (an upgrade, a rebuild) the kernel
+/// reports `<path> (deleted)`; the path itself then holds the new binary, which
+/// speaks the same protocol, so that is what the shim gets.
+pub fn logger_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/usr/local/bin/rkubelet"));
+    let s = exe.to_string_lossy();
+    match s.strip_suffix(" (deleted)") {
+        Some(p) => PathBuf::from(p),
+        None => exe,
+    }
+}
+
 /// The task IO URI that has the shim run `exe` as this container's logger.
 pub fn uri(exe: &Path, spec: &Spec) -> String {
     format!("binary://{}?{ARG}={}", exe.display(), percent(&spec.encode()))

@@ -690,7 +690,7 @@ impl Worker {
         rec.normal(pod, fp.clone(), reason::CREATED, "Container created");
         self.register(&id);
         // The shim runs our logger next to the container (CRI format, rotation).
-        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/usr/local/bin/rkubelet"));
+        let exe = crate::logs::driver::logger_binary();
         let spec = crate::logs::driver::Spec {
             path: log_path.clone(),
             max_size: self.ctx.config.container_log_max_size,
