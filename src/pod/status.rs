@@ -107,10 +107,10 @@ fn container_status(
     let running = state.running.is_some();
     let succeeded = state.terminated.as_ref().map(|t| t.exit_code == 0).unwrap_or(false);
     let probed = cur.filter(|_| running).and_then(|i| health.get(&i.id));
-    st.started = Some(running && probed.map_or(true, |h| h.started));
+    st.started = Some(running && probed.is_none_or(|h| h.started));
     st.ready = match kind {
-        Kind::App => running && probed.map_or(true, |h| h.ready),
-        Kind::Init if super::plan::is_sidecar(c) => running && probed.map_or(true, |h| h.ready),
+        Kind::App => running && probed.is_none_or(|h| h.ready),
+        Kind::Init if super::plan::is_sidecar(c) => running && probed.is_none_or(|h| h.ready),
         Kind::Init => succeeded,
     };
     st.state = Some(state);
