@@ -39,7 +39,13 @@ fn write_cert(srv: &TestApiServer, dir: &Path, cn: &str) -> (PathBuf, PathBuf) {
 async fn k1_the_kubelet_api_authenticates_authorizes_and_serves_pods_and_logs() {
     let dir = PathBuf::from("/var/lib/rkubelet-test/agents/k1-api");
     std::fs::create_dir_all(&dir).unwrap();
-    let srv = TestApiServer::start(Options { kubelet_api_users: vec!["apiserver-kubelet-client".into()], ..Options::default() }).await.unwrap();
+    let srv = TestApiServer::start(Options {
+        kubelet_api_users: vec!["apiserver-kubelet-client".into(), rkubelet_test_apiserver::nodeproxy::KUBELET_CLIENT.into()],
+        kubelet_dial_address: Some("127.0.0.1".into()),
+        ..Options::default()
+    })
+    .await
+    .unwrap();
     let (admin, node) = (dir.join("admin.kubeconfig"), dir.join("node.kubeconfig"));
     srv.write_kubeconfig(&admin, &User::Admin).unwrap();
     srv.write_kubeconfig(&node, &User::Node(NODE.to_string())).unwrap();
@@ -96,6 +102,19 @@ async fn k1_the_kubelet_api_authenticates_authorizes_and_serves_pods_and_logs() 
         assert_eq!(curl(&format!("{api}/containerLogs/default/talker/c?limitBytes=7"), &allowed).1, "line-1\n");
         assert_eq!(curl(&format!("{api}/containerLogs/default/talker/c?previous=true"), &allowed).0, 400, "no previous instance yet");
         assert_eq!(curl(&format!("{api}/containerLogs/default/nope/c"), &allowed).0, 404);
+        // kubectl logs through the API server, which forwards to this node's kubelet API
+        // (dialled on 127.0.0.1 here: tests only talk to loopback), as kube-apiserver does.
+        let (ok, out) = kubectl(&admin, &["logs", "talker", "-c", "c"]);
+        assert!(ok && out == "line-1\nline-2\nline-3\nline-4\nline-5\n", "{out}");
+        let (ok, out) = kubectl(&admin, &["logs", "talker", "-c", "c", "--tail=2", "--timestamps"]);
+        assert!(ok && out.lines().count() == 2 && out.lines().all(|l| l.split_once(' ').map(|(t, _)| chrono::DateTime::parse_from_rfc3339(t).is_ok()).unwrap_or(false)), "{out}");
+        // Without -c, kubectl picks the first container itself.
+        let (ok, out) = kubectl(&admin, &["logs", "talker"]);
+        assert!(ok && out.contains("line-5") && out.contains("Defaulted container \"c\""), "{out}");
+        let follow = Command::new("timeout").args(["3", "kubectl", "--kubeconfig", admin.to_str().unwrap(), "logs", "-f", "talker", "-c", "ticker"]).output().unwrap();
+        let followed = String::from_utf8_lossy(&follow.stdout).to_string();
+        let before = curl(&format!("{api}/containerLogs/default/talker/ticker"), &allowed).1.lines().count();
+        assert!(followed.lines().filter(|l| l.starts_with("tick-")).count() + 3 >= before, "kubectl logs -f streamed {followed:?}");
         // timestamps=true: each line starts with the entry's RFC3339 time.
         let (_, ts) = curl(&format!("{api}/containerLogs/default/talker/c?timestamps=true&tailLines=1"), &allowed);
         let (t, rest) = ts.split_once(' ').unwrap_or_default();

@@ -25,6 +25,7 @@ pub mod csr;
 pub mod discovery;
 pub mod error;
 pub mod meta;
+pub mod nodeproxy;
 pub mod patch;
 pub mod pki;
 pub mod resources;
@@ -82,6 +83,10 @@ pub struct Options {
     /// Users that SubjectAccessReviews allow to use the kubelet API (`nodes/proxy`,
     /// `nodes/log`, …), like a binding to `system:kubelet-api-admin`.
     pub kubelet_api_users: Vec<String>,
+    /// Where `pods/log` connects instead of the node's InternalIP (tests may only
+    /// talk to loopback; kube-apiserver's `--kubelet-preferred-address-types` plays
+    /// this part for real). The node's kubelet port is kept.
+    pub kubelet_dial_address: Option<String>,
 }
 
 impl Default for Options {
@@ -97,6 +102,7 @@ impl Default for Options {
             bootstrap_token: "abcdef.0123456789abcdef".into(),
             static_tokens: Vec::new(),
             kubelet_api_users: Vec::new(),
+            kubelet_dial_address: None,
         }
     }
 }

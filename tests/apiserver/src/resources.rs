@@ -100,7 +100,7 @@ pub static RESOURCES: &[ResourceDef] = &[
             "Pod",
             true,
             &["po"],
-            &["status", "binding"],
+            &["status", "binding", "log"],
         )
     },
     def("", "nodes", "node", "Node", false, &["no"], &["status"]),

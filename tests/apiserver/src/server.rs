@@ -438,6 +438,7 @@ async fn dispatch(
         "" => def.verbs.contains(&verb) && (verb != "create" || rp.name.is_empty()),
         "status" | "approval" => ["get", "update", "patch"].contains(&verb) && !rp.name.is_empty(),
         "binding" | "token" => verb == "create",
+        "log" => verb == "get" && def.plural == "pods",
         _ => false,
     };
     if !sub_ok {
@@ -483,6 +484,7 @@ async fn dispatch(
     let ct = header(headers, "content-type");
     let _strict = crate::state::FieldValidation::set(q.get("fieldValidation") == Some("Strict"));
     match verb {
+        "get" if rp.subresource == "log" => crate::nodeproxy::pod_log(shared, ns, &rp.name, &q.0).await,
         "get" => {
             let obj = shared.get(def, ns, &rp.name)?;
             Ok(match table {
