@@ -117,9 +117,9 @@ pub async fn pod_log(shared: &Arc<Shared>, ns: &str, name: &str, query: &[(Strin
     let stream = http_body_util::BodyStream::new(resp.into_body())
         .filter_map(|f| f.ok().and_then(|f| f.into_data().ok()))
         .map(|b| Ok::<_, Infallible>(hyper::body::Frame::data(b)));
-    Ok(Response::builder()
+    Response::builder()
         .status(200)
         .header("Content-Type", "text/plain")
         .body(BodyExt::boxed(StreamBody::new(stream)))
-        .map_err(|e| ApiError::internal(e.to_string()))?)
+        .map_err(|e| ApiError::internal(e.to_string()))
 }
