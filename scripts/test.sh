@@ -29,7 +29,9 @@ else
 fi
 
 have cargo || die "cargo not found (looked on PATH, including ${HOME:-/root}/.cargo/bin)"
+full_suite=0
 if [ "$#" -eq 0 ]; then
+    full_suite=1
     set -- --workspace --all-targets --no-fail-fast
 fi
 log "step 2/3: cargo test $* -- --test-threads=1 (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
@@ -48,8 +50,6 @@ fi
 # The benchmark is part of the suite: it must run (and clean up) without error.
 # It prints figures and ratios against a floor measured in the same run; it
 # has no thresholds. RK_SKIP_BENCH=1 skips it (quick local runs).
-full_suite=0
-[ "$*" = "--workspace --all-targets" ] && full_suite=1
 if [ "${RK_SKIP_BENCH:-0}" = 1 ] || [ "$full_suite" = 0 ]; then
     log "step 3/3: scripts/bench.sh skipped"
 else

@@ -395,3 +395,51 @@ spec:
     assert_eq!(side.started, Some(true));
     assert!(has_event(&agent, "sidecar", "Unhealthy", |m| m.starts_with("Startup probe failed:")));
 }
+
+/// The gRPC probe against a grpc.health.v1 server running in the pod (the
+/// `grpc-health-server` example, with the host's libc mounted read-only, since the
+/// test image is busybox): NOT_SERVING keeps the pod unready with upstream's
+/// message, SERVING makes it Ready.
+#[test]
+fn grpc_probe_reaches_a_grpc_health_server_in_a_pod() {
+    let examples = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("examples");
+    assert!(examples.join("grpc-health-server").is_file(), "build the example first (cargo test --all-targets does)");
+    let agent = Agent::new("probe-grpc-pod");
+    agent.write_manifest(
+        "grpc.yaml",
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: grpcpod}}
+spec:
+  terminationGracePeriodSeconds: 1
+  volumes:
+  - {{name: bin, hostPath: {{path: "{}", type: Directory}}}}
+  - {{name: lib, hostPath: {{path: /lib/x86_64-linux-gnu, type: Directory}}}}
+  - {{name: lib64, hostPath: {{path: /lib64, type: Directory}}}}
+  containers:
+  - name: health
+    image: {BUSYBOX}
+    command: ["/rk/grpc-health-server", "9555", "4"]
+    volumeMounts:
+    - {{name: bin, mountPath: /rk, readOnly: true}}
+    - {{name: lib, mountPath: /lib/x86_64-linux-gnu, readOnly: true}}
+    - {{name: lib64, mountPath: /lib64, readOnly: true}}
+    readinessProbe:
+      grpc: {{port: 9555}}
+      periodSeconds: 1
+"#,
+            examples.display()
+        ),
+    );
+    agent.wait_pod("grpcpod", Duration::from_secs(60), "the server running, not ready", |p| {
+        let cs = status_of(p, "health")?;
+        (running(&cs) && !cs.ready).then_some(())
+    });
+    agent.wait_until(Duration::from_secs(20), "an Unhealthy NOT_SERVING event", || {
+        has_event(&agent, "grpcpod", "Unhealthy", |m| m == "Readiness probe failed: service unhealthy (responded with \"NOT_SERVING\")")
+    });
+    agent.wait_pod("grpcpod", Duration::from_secs(30), "Ready once SERVING", |p| (condition(p, "Ready")? == "True").then_some(()));
+    let p = agent.pod("grpcpod").unwrap();
+    assert!(agent.container_output(&p, "health", 0).contains("serving"), "the server in the pod reported SERVING");
+}
