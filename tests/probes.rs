@@ -397,13 +397,14 @@ spec:
 }
 
 /// The gRPC probe against a grpc.health.v1 server running in the pod (the
-/// `grpc-health-server` example, with the host's libc mounted read-only, since the
+/// test API server crate's `rk-grpc-health` binary, with the host's libc mounted read-only, since the
 /// test image is busybox): NOT_SERVING keeps the pod unready with upstream's
 /// message, SERVING makes it Ready.
 #[test]
 fn grpc_probe_reaches_a_grpc_health_server_in_a_pod() {
-    let examples = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("examples");
-    assert!(examples.join("grpc-health-server").is_file(), "build the example first (cargo test --all-targets does)");
+    // Workspace binaries land next to the test's deps dir (cargo test --workspace builds it).
+    let bin_dir = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf();
+    assert!(bin_dir.join("rk-grpc-health").is_file(), "build it first: cargo build -p rkubelet-test-apiserver --bin rk-grpc-health");
     let agent = Agent::new("probe-grpc-pod");
     agent.write_manifest(
         "grpc.yaml",
@@ -420,7 +421,7 @@ spec:
   containers:
   - name: health
     image: {BUSYBOX}
-    command: ["/rk/grpc-health-server", "9555", "4"]
+    command: ["/rk/rk-grpc-health", "9555", "4"]
     volumeMounts:
     - {{name: bin, mountPath: /rk, readOnly: true}}
     - {{name: lib, mountPath: /lib/x86_64-linux-gnu, readOnly: true}}
@@ -429,7 +430,7 @@ spec:
       grpc: {{port: 9555}}
       periodSeconds: 1
 "#,
-            examples.display()
+            bin_dir.display()
         ),
     );
     agent.wait_pod("grpcpod", Duration::from_secs(60), "the server running, not ready", |p| {

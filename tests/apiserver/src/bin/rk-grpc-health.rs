@@ -1,5 +1,5 @@
 //! Test support, not shipped: a grpc.health.v1 server for the gRPC probe tests
-//! to run inside a pod. `grpc-health-server <port> <serving-after-seconds>`
+//! to run inside a pod. `rk-grpc-health <port> <serving-after-seconds>`
 //! answers NOT_SERVING until the delay has passed, then SERVING.
 
 #[tokio::main(flavor = "current_thread")]
