@@ -280,35 +280,47 @@ impl StatusManager {
     pub async fn run(self, node: String, cancel: CancellationToken) {
         let Some(client) = self.client.clone() else { return };
         let mut backoff = Duration::from_millis(100);
+        // Up to MAX_IN_FLIGHT patches at once, one per pod, each started as soon as a
+        // slot is free: under a burst, one pod's Ready waits for a slot, not a batch.
+        let mut in_flight = futures::stream::FuturesUnordered::new();
+        let mut busy: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let mut retry_at: Option<tokio::time::Instant> = None;
         loop {
+            if retry_at.map(|t| tokio::time::Instant::now() >= t).unwrap_or(true) {
+                retry_at = None;
+                let free = MAX_IN_FLIGHT.saturating_sub(in_flight.len());
+                let start: Vec<Pending> = match self.inner.lock() {
+                    Ok(mut g) => {
+                        let uids: Vec<String> = g.pending.keys().filter(|u| !busy.contains(*u)).take(free).cloned().collect();
+                        uids.iter().filter_map(|u| g.pending.remove(u)).collect()
+                    }
+                    Err(_) => return,
+                };
+                for p in start {
+                    busy.insert(p.uid.clone());
+                    let (uid, send) = (p.uid.clone(), self.send(&client, &node, p));
+                    in_flight.push(async move { (uid, send.await) });
+                }
+            }
+            let retry = async {
+                match retry_at {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = self.notify.notified() => {}
-            }
-            loop {
-                let batch: Vec<Pending> = match self.inner.lock() {
-                    Ok(mut g) => g.pending.drain().map(|(_, p)| p).collect(),
-                    Err(_) => return,
-                };
-                if batch.is_empty() {
-                    break;
-                }
-                // Several pods' patches in flight at once: under a burst, one pod's
-                // Ready does not wait behind every other pod's update.
-                let failed = futures::stream::iter(batch)
-                    .map(|p| self.send(&client, &node, p))
-                    .buffer_unordered(MAX_IN_FLIGHT)
-                    .fold(false, |acc, ok| async move { acc || !ok })
-                    .await;
-                if failed {
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
+                Some((uid, ok)) = in_flight.next(), if !in_flight.is_empty() => {
+                    busy.remove(&uid);
+                    if ok {
+                        backoff = Duration::from_millis(100);
+                    } else {
+                        retry_at = Some(tokio::time::Instant::now() + backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                } else {
-                    backoff = Duration::from_millis(100);
                 }
+                _ = retry => {}
             }
         }
     }
