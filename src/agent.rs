@@ -34,15 +34,20 @@ fn docker_config(root: &std::path::Path) -> Option<PathBuf> {
     c.into_iter().find(|p| p.is_file())
 }
 
-/// The node's primary IPv4 address: the address of the default route's interface.
-pub fn host_ip() -> Option<String> {
+/// The interface of the default IPv4 route (from /proc/net/route).
+pub fn default_route_interface() -> Option<String> {
     let routes = std::fs::read_to_string("/proc/net/route").ok()?;
-    let iface = routes
+    routes
         .lines()
         .skip(1)
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
         .find(|f| f.len() > 2 && f[1] == "00000000")
-        .map(|f| f[0].to_string())?;
+        .map(|f| f[0].to_string())
+}
+
+/// The node's primary IPv4 address: the address of the default route's interface.
+pub fn host_ip() -> Option<String> {
+    let iface = default_route_interface()?;
     let addrs = nix::ifaddrs::getifaddrs().ok()?;
     for a in addrs {
         if a.interface_name != iface {

@@ -107,17 +107,18 @@ pub fn own_oom_restriction() -> (i32, bool) {
     (own, cap)
 }
 
+/// A `/proc/meminfo` field (`MemTotal:`, …) in bytes.
+pub fn meminfo(key: &str) -> Option<u64> {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+}
+
 /// Total memory of the machine in bytes (for Burstable OOM scores).
 pub fn memory_capacity() -> i64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
-        })
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
+    meminfo("MemTotal:").unwrap_or(0) as i64
 }
 
 /// The cgroup mount points a pod cgroup may live under: each v1 controller

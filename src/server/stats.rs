@@ -63,18 +63,30 @@ pub fn cgroup_usage(rel: &str) -> Usage {
     }
 }
 
+/// The directory of cgroup `rel` for `controller` (its v1 hierarchy, or the v2 mount).
+fn cgroup_dir(controller: &str, rel: &str) -> Option<PathBuf> {
+    let rel = rel.trim_start_matches('/');
+    if crate::cgroups::uses_v1() {
+        crate::cgroups::v1_root(controller).map(|r| r.join(rel))
+    } else {
+        Some(Path::new("/sys/fs/cgroup").join(rel))
+    }
+}
+
+/// Pids listed in `dir` and every cgroup below it.
+fn procs_below(dir: PathBuf) -> impl Iterator<Item = u32> {
+    let mut stack = vec![dir];
+    std::iter::from_fn(move || {
+        let d = stack.pop()?;
+        stack.extend(std::fs::read_dir(&d).into_iter().flatten().flatten().filter(|e| e.path().is_dir()).map(|e| e.path()));
+        Some(std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).collect::<Vec<u32>>())
+    })
+    .flatten()
+}
+
 /// A process in the cgroup (for its network namespace's counters).
 fn a_pid(rel: &str) -> Option<u32> {
-    let rel = rel.trim_start_matches('/');
-    let dir = if crate::cgroups::uses_v1() { crate::cgroups::v1_root("memory")?.join(rel) } else { Path::new("/sys/fs/cgroup").join(rel) };
-    let mut stack = vec![dir];
-    while let Some(d) = stack.pop() {
-        if let Some(pid) = std::fs::read_to_string(d.join("cgroup.procs")).ok().and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok())) {
-            return Some(pid);
-        }
-        stack.extend(std::fs::read_dir(&d).into_iter().flatten().flatten().filter(|e| e.path().is_dir()).map(|e| e.path()));
-    }
-    None
+    procs_below(cgroup_dir("memory", rel)?).next()
 }
 
 /// `/proc/<pid>/net/dev` (or the host's): (interface, rx bytes, rx errors, tx bytes, tx errors).
@@ -166,29 +178,19 @@ fn node_cpu_ns() -> Option<u64> {
     Some(busy * 1_000_000_000 / hz.max(1))
 }
 
-fn meminfo(key: &str) -> Option<u64> {
-    std::fs::read_to_string("/proc/meminfo").ok()?.lines().find_map(|l| l.strip_prefix(key)?.trim().trim_end_matches("kB").trim().parse::<u64>().ok()).map(|k| k * 1024)
-}
 
 /// The Summary API object (stats/v1alpha1) for the node and `pods`.
 pub fn summary(node: &str, root_dir: &Path, pods: &[k8s_openapi::api::core::v1::Pod], sampler: &Sampler) -> Value {
     let now = Utc::now();
     let time = crate::logs::timestamp(now);
-    let total = meminfo("MemTotal:").unwrap_or(0);
+    let total = crate::cgroups::meminfo("MemTotal:").unwrap_or(0);
     let node_mem = Usage {
-        memory_bytes: Some(total.saturating_sub(meminfo("MemFree:").unwrap_or(0))),
-        working_set_bytes: Some(total.saturating_sub(meminfo("MemAvailable:").unwrap_or(0))),
+        memory_bytes: Some(total.saturating_sub(crate::cgroups::meminfo("MemFree:").unwrap_or(0))),
+        working_set_bytes: Some(total.saturating_sub(crate::cgroups::meminfo("MemAvailable:").unwrap_or(0))),
         ..Default::default()
     };
     let node_cpu = Usage { cpu_ns: node_cpu_ns(), ..Default::default() };
-    let default_if = std::fs::read_to_string("/proc/net/route")
-        .unwrap_or_default()
-        .lines()
-        .skip(1)
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|f| f.len() > 2 && f[1] == "00000000")
-        .map(|f| f[0].to_string())
-        .unwrap_or_default();
+    let default_if = crate::agent::default_route_interface().unwrap_or_default();
     let pods_json: Vec<Value> = pods
         .iter()
         .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
@@ -239,15 +241,7 @@ pub fn summary(node: &str, root_dir: &Path, pods: &[k8s_openapi::api::core::v1::
 }
 
 fn count_procs(rel: &str) -> usize {
-    let rel = rel.trim_start_matches('/');
-    let Some(dir) = (if crate::cgroups::uses_v1() { crate::cgroups::v1_root("pids").map(|r| r.join(rel)) } else { Some(Path::new("/sys/fs/cgroup").join(rel)) }) else { return 0 };
-    let mut n = 0;
-    let mut stack = vec![dir];
-    while let Some(d) = stack.pop() {
-        n += std::fs::read_to_string(d.join("cgroup.procs")).map(|s| s.lines().count()).unwrap_or(0);
-        stack.extend(std::fs::read_dir(&d).into_iter().flatten().flatten().filter(|e| e.path().is_dir()).map(|e| e.path()));
-    }
-    n
+    cgroup_dir("pids", rel).map(|d| procs_below(d).count()).unwrap_or(0)
 }
 
 fn boot_time() -> Option<DateTime<Utc>> {
