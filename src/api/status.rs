@@ -24,11 +24,15 @@ struct Pending {
     name: String,
     uid: String,
     status: PodStatus,
+    /// Queue position: patches go out oldest first, and a newer status for a pod
+    /// already waiting keeps its place (no pod starves under a burst).
+    seq: u64,
 }
 
 #[derive(Default)]
 struct Inner {
     pending: HashMap<String, Pending>,
+    next_seq: u64,
     sent: HashMap<String, PodStatus>,
     /// Static pod UID → its mirror pod (namespace, name, mirror UID).
     mirrors: HashMap<String, (String, String, String)>,
@@ -123,6 +127,13 @@ impl StatusManager {
             g.pending.remove(&uid);
             return;
         }
+        let seq = match g.pending.get(&uid) {
+            Some(p) => p.seq,
+            None => {
+                g.next_seq += 1;
+                g.next_seq
+            }
+        };
         g.pending.insert(
             uid.clone(),
             Pending {
@@ -130,6 +141,7 @@ impl StatusManager {
                 name: pod.metadata.name.clone().unwrap_or_default(),
                 uid,
                 status: status.clone(),
+                seq,
             },
         );
         drop(g);
@@ -291,7 +303,9 @@ impl StatusManager {
                 let free = MAX_IN_FLIGHT.saturating_sub(in_flight.len());
                 let start: Vec<Pending> = match self.inner.lock() {
                     Ok(mut g) => {
-                        let uids: Vec<String> = g.pending.keys().filter(|u| !busy.contains(*u)).take(free).cloned().collect();
+                        let mut ready: Vec<(u64, &String)> = g.pending.iter().filter(|(u, _)| !busy.contains(*u)).map(|(u, p)| (p.seq, u)).collect();
+                        ready.sort_unstable();
+                        let uids: Vec<String> = ready.into_iter().take(free).map(|(_, u)| u.clone()).collect();
                         uids.iter().filter_map(|u| g.pending.remove(u)).collect()
                     }
                     Err(_) => return,

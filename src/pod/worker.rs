@@ -61,6 +61,14 @@ pub struct Worker {
     prober: super::prober::Prober,
 }
 
+/// What `start_container` did.
+enum Started {
+    /// The container runs (its post-start hook, if any, succeeded).
+    Running(Instance),
+    /// Not started, or started and failed; maybe a time to try again.
+    Not(Option<DateTime<Utc>>),
+}
+
 fn now() -> DateTime<Utc> {
     Utc::now()
 }
@@ -413,11 +421,14 @@ impl Worker {
             };
 
             let mut started_sidecar = false;
+            let mut fresh = Vec::new();
             for Start { name, kind } in &p.start {
                 self.waiting.remove(name);
                 let attempt = latest(&instances, name, *kind).map(|i| i.attempt + 1).unwrap_or(0);
-                if let Some(retry) = self.start_container(pod, &sandbox, name, *kind, attempt, &volumes).await {
-                    wake = Some(wake.map_or(retry, |w| w.min(retry)));
+                match self.start_container(pod, &sandbox, name, *kind, attempt, &volumes).await {
+                    Started::Running(i) => fresh.push(i),
+                    Started::Not(Some(retry)) => wake = Some(wake.map_or(retry, |w| w.min(retry))),
+                    Started::Not(None) => {}
                 }
                 if *kind == Kind::Init {
                     // A sidecar keeps running (no exit wakes us): plan again right away.
@@ -428,8 +439,17 @@ impl Worker {
             if started_sidecar {
                 continue;
             }
-            let (sandbox, _, instances) = self.observe().await?;
-            self.write_status(pod, sandbox.as_ref(), &instances)?;
+            // What this round started is known: report it at once. containerd is asked
+            // again only when a start went wrong (its record holds the outcome);
+            // under a burst of pod starts a listing costs up to ~100 ms.
+            if fresh.len() == p.start.len() {
+                let mut instances = instances;
+                instances.extend(fresh);
+                self.write_status(pod, Some(&sandbox), &instances)?;
+            } else {
+                let (sandbox, _, instances) = self.observe().await?;
+                self.write_status(pod, sandbox.as_ref(), &instances)?;
+            }
             break;
         }
         // Disk-backed emptyDirs with a sizeLimit are measured every 10 s (upstream's housekeeping).
@@ -509,7 +529,8 @@ impl Worker {
         }
         let mut out = pod.clone();
         out.status = Some(status.clone());
-        super::store::save_pod(&self.ctx.config.root_dir, &out)?;
+        // fsync'd: off the runtime's two worker threads, which a slow disk would stall.
+        tokio::task::block_in_place(|| super::store::save_pod(&self.ctx.config.root_dir, &out))?;
         self.last_status = Some(status);
         self.status_saved = true;
         Ok(())
@@ -580,9 +601,11 @@ impl Worker {
             .map(|a| (a.ip.clone(), a.hostnames.clone().unwrap_or_default()))
             .collect();
         let domain = spec.subdomain.as_ref().map(|s| format!("{s}.{}.svc.cluster.local", pod.metadata.namespace.as_deref().unwrap_or("default")));
-        super::store::write_atomic(&pod_dir.join("etc-hosts"), super::store::hosts_file(ips.first().map(String::as_str), &hostname, domain.as_deref(), &aliases).as_bytes())?;
-        super::store::write_atomic(&pod_dir.join("resolv.conf"), super::store::resolv_conf(pod, &self.ctx.host_resolv).as_bytes())?;
-        super::store::write_atomic(&pod_dir.join("hostname"), format!("{hostname}\n").as_bytes())?;
+        tokio::task::block_in_place(|| -> std::io::Result<()> {
+            super::store::write_atomic(&pod_dir.join("etc-hosts"), super::store::hosts_file(ips.first().map(String::as_str), &hostname, domain.as_deref(), &aliases).as_bytes())?;
+            super::store::write_atomic(&pod_dir.join("resolv.conf"), super::store::resolv_conf(pod, &self.ctx.host_resolv).as_bytes())?;
+            super::store::write_atomic(&pod_dir.join("hostname"), format!("{hostname}\n").as_bytes())
+        })?;
         ensure_shm(&pod_dir.join("shm"))?;
 
         let qos = crate::cgroups::qos_class(pod);
@@ -633,8 +656,8 @@ impl Worker {
         kind: Kind,
         attempt: u32,
         volumes: &crate::volume::VolumeMap,
-    ) -> Option<DateTime<Utc>> {
-        let c = container_of(pod, name, kind)?.clone();
+    ) -> Started {
+        let Some(c) = container_of(pod, name, kind).cloned() else { return Started::Not(None) };
         let fp = field_path(name, kind == Kind::Init);
         let rec = self.ctx.recorder.clone();
         let image_ref = c.image.clone().unwrap_or_default();
@@ -642,7 +665,7 @@ impl Worker {
         // Image, with ImagePullBackOff.
         let image = match self.pull(pod, &c, fp.clone()).await {
             Ok(i) => i,
-            Err(retry) => return retry,
+            Err(retry) => return Started::Not(retry),
         };
 
         // Config: env (ConfigMaps/Secrets read first), user, mounts, spec.
@@ -657,7 +680,7 @@ impl Worker {
             Err(msg) => {
                 rec.warning(pod, fp, reason::FAILED, format!("Error: {msg}"));
                 self.waiting.insert(name.into(), Waiting { reason: "CreateContainerConfigError".into(), message: msg });
-                return Some(now() + chrono::Duration::seconds(10));
+                return Started::Not(Some(now() + chrono::Duration::seconds(10)));
             }
         };
 
@@ -684,7 +707,7 @@ impl Worker {
             Err(e) => {
                 rec.warning(pod, fp, reason::FAILED, format!("Error: {e}"));
                 self.waiting.insert(name.into(), Waiting { reason: "CreateContainerError".into(), message: e.to_string() });
-                return Some(now() + chrono::Duration::seconds(10));
+                return Started::Not(Some(now() + chrono::Duration::seconds(10)));
             }
         };
         rec.normal(pod, fp.clone(), reason::CREATED, "Container created");
@@ -700,7 +723,8 @@ impl Worker {
         crate::logs::link_container_log(pod, name, &id, &log_path);
         match self.ctx.containers.start_task(&id, mounts, &log_uri).await {
             Ok(pid) => {
-                let _ = self.ctx.containers.set_labels(&id, &[(labels::STARTED_AT, now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))]).await;
+                let started_at = now();
+                let _ = self.ctx.containers.set_labels(&id, &[(labels::STARTED_AT, started_at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))]).await;
                 rec.normal(pod, fp, reason::STARTED, "Container started");
                 info!(container = name, id = %id, pid, attempt, "container started");
                 let pod_ip = sandbox.ips.first().map(String::as_str);
@@ -708,8 +732,18 @@ impl Worker {
                 if let Some(msg) = super::lifecycle::post_start(&self.ctx, pod, &c, kind, &id, pod_ip, abort).await {
                     self.waiting.insert(name.into(), Waiting { reason: "PostStartHookError".into(), message: msg });
                     self.notify.notify_one();
+                    return Started::Not(None);
                 }
-                None
+                // As observe() would read it back from the labels.
+                Started::Running(Instance {
+                    id,
+                    name: name.to_string(),
+                    kind,
+                    attempt,
+                    image: image_ref,
+                    image_id: image_id(&image),
+                    state: InstanceState::Running { started_at },
+                })
             }
             Err(e) => {
                 // Upstream reports this as a terminated instance: exit 128, StartError.
@@ -723,7 +757,7 @@ impl Worker {
                     .await;
                 let _ = self.ctx.containers.delete_task(&id).await;
                 self.notify.notify_one();
-                None
+                Started::Not(None)
             }
         }
     }
