@@ -7,7 +7,12 @@
 //!   test: `scripts/setup.sh` installs the `systemd` package.
 //! * The settings the agent depends on are present: Type=notify,
 //!   Restart=always, KillMode=process (restarting the agent must not kill
-//!   pods), Delegate=yes, ordering after containerd.
+//!   pods), Delegate=yes, ordering after containerd, Alias=kubelet.service.
+//! * `systemd/10-kubeadm.conf` carries kubeadm's environment contract, and
+//!   `systemd-analyze verify kubelet.service` accepts the unit with that drop-in
+//!   applied: both files in a temporary unit directory put first on systemd's
+//!   search path (`$SYSTEMD_UNIT_PATH`), reached through the alias name. A
+//!   control run with a bad key in the drop-in shows the drop-in is read.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -140,6 +145,90 @@ fn unit_has_required_settings() {
         wanted.iter().any(|w| w == "multi-user.target"),
         "WantedBy={wanted:?}"
     );
+    // kubeadm runs `systemctl restart kubelet`; people run `systemctl status kubelet`.
+    assert_eq!(words(&unit, "Install", "Alias"), ["kubelet.service"]);
+}
+
+fn dropin_text() -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("systemd").join("10-kubeadm.conf");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+#[test]
+fn kubeadm_dropin_has_kubeadms_environment_contract() {
+    let d = parse_unit(&dropin_text());
+    let env: Vec<&String> = values(&d, "Service", "Environment").iter().collect();
+    for want in [
+        "\"KUBELET_KUBECONFIG_ARGS=--bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf --kubeconfig=/etc/kubernetes/kubelet.conf\"",
+        "\"KUBELET_CONFIG_ARGS=--config=/var/lib/kubelet/config.yaml\"",
+    ] {
+        assert!(env.iter().any(|e| *e == want), "Environment= lacks {want}: {env:?}");
+    }
+    assert_eq!(
+        values(&d, "Service", "EnvironmentFile"),
+        ["-/var/lib/kubelet/kubeadm-flags.env", "-/etc/default/kubelet"]
+    );
+    // ExecStart= is reset, then set to the agent with the four variables in kubeadm's order.
+    assert_eq!(
+        values(&d, "Service", "ExecStart"),
+        [
+            "",
+            "/usr/local/bin/rkubelet $KUBELET_KUBECONFIG_ARGS $KUBELET_CONFIG_ARGS $KUBELET_KUBEADM_ARGS $KUBELET_EXTRA_ARGS"
+        ]
+    );
+}
+
+/// Runs `systemd-analyze verify --man=no <unit>` with `env`, bounded to 60 s:
+/// (success, stdout + stderr).
+fn analyze_verify(unit: &str, env: &[(&str, String)], cwd: &std::path::Path) -> (bool, String) {
+    let mut cmd = Command::new("systemd-analyze");
+    cmd.args(["verify", "--man=no", unit]).current_dir(cwd).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run systemd-analyze ({e}); scripts/setup.sh installs the `systemd` package"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for systemd-analyze") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("systemd-analyze verify did not finish within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut out = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    child.stderr.take().unwrap().read_to_string(&mut out).unwrap();
+    (status.success(), out)
+}
+
+#[test]
+fn systemd_analyze_verify_accepts_the_unit_with_the_kubeadm_dropin() {
+    let program = env!("CARGO_BIN_EXE_rkubelet");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let units = dir.path().join("system");
+    let dropins = units.join("rkubelet.service.d");
+    std::fs::create_dir_all(&dropins).unwrap();
+    // verify insists the programs exist: point both ExecStart= lines at the test build.
+    std::fs::write(units.join(UNIT_NAME), unit_text().replace("/usr/local/bin/rkubelet", program)).unwrap();
+    let dropin = dropin_text().replace("/usr/local/bin/rkubelet", program);
+    std::fs::write(dropins.join("10-kubeadm.conf"), &dropin).unwrap();
+    // The alias link `systemctl enable` makes, so the unit is reached as kubelet.service.
+    std::os::unix::fs::symlink(units.join(UNIT_NAME), units.join("kubelet.service")).unwrap();
+    // First on the search path; the trailing ':' keeps the defaults (sysinit.target...).
+    let env = [("SYSTEMD_UNIT_PATH", format!("{}:", units.display()))];
+
+    let (ok, out) = analyze_verify("kubelet.service", &env, dir.path());
+    assert!(ok, "systemd-analyze verify failed:\n{out}");
+    assert!(out.trim().is_empty(), "systemd-analyze verify complained:\n{out}");
+
+    // Control: the same with an unknown key in the drop-in is reported, naming it.
+    std::fs::write(dropins.join("10-kubeadm.conf"), format!("{dropin}NoSuchKey=1\n")).unwrap();
+    let (_, out) = analyze_verify("kubelet.service", &env, dir.path());
+    assert!(out.contains("10-kubeadm.conf") && out.contains("NoSuchKey"), "the drop-in was not read:\n{out}");
 }
 
 /// The unit text with ExecStart's program replaced by `program`.

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Removes what scripts/install.sh installed. Pods keep running (the unit uses
+# KillMode=process); `kubeadm reset` is what removes the node's state.
+#
+# Usage: scripts/uninstall.sh [--destdir DIR]   (also $DESTDIR)
+set -euo pipefail
+
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+DESTDIR="${DESTDIR:-}"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --destdir) DESTDIR="${2:?--destdir needs a directory}"; shift 2 ;;
+        --destdir=*) DESTDIR="${1#*=}"; shift ;;
+        -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) die "unknown argument: $1 (see --help)" ;;
+    esac
+done
+DESTDIR="${DESTDIR%/}"
+[ -n "$DESTDIR" ] || require_root
+
+UNIT_DIR="$DESTDIR/etc/systemd/system"
+if [ -e "$UNIT_DIR/rkubelet.service" ]; then
+    if [ -n "$DESTDIR" ]; then
+        systemctl --root="$DESTDIR" --quiet disable rkubelet.service 2>/dev/null || true
+    elif [ -d /run/systemd/system ]; then
+        systemctl --quiet disable --now rkubelet.service || true
+    else
+        systemctl --root=/ --quiet disable rkubelet.service 2>/dev/null || true
+    fi
+fi
+rm -f "$UNIT_DIR/rkubelet.service.d/10-kubeadm.conf"
+rmdir "$UNIT_DIR/rkubelet.service.d" 2>/dev/null || true
+rm -f "$UNIT_DIR/rkubelet.service"
+# The kubelet link only if it is ours.
+if [ "$(readlink "$DESTDIR/usr/local/bin/kubelet" 2>/dev/null)" = "rkubelet" ]; then
+    rm -f "$DESTDIR/usr/local/bin/kubelet"
+fi
+rm -f "$DESTDIR/usr/local/bin/rkubelet"
+[ -n "$DESTDIR" ] || [ ! -d /run/systemd/system ] || systemctl daemon-reload
+log "rkubelet removed (pods, /var/lib/kubelet and /etc/kubernetes are left alone)"
