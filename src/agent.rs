@@ -164,21 +164,40 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     // The API server side: node registration and status, lease, pod watch, status.
     let (api_tx, mut api_rx) = tokio::sync::watch::channel::<crate::api::pods::PodSet>(None);
     let mut api_tasks = Vec::new();
+    let mut node_state = None;
     if let Some(client) = &client {
-        api_tasks.extend(start_api(client, &cfg, &ctx, &channel, &runtime_version, api_tx, &cancel));
+        let (tasks, readiness, node_uid) = start_api(client, &cfg, &ctx, &channel, &runtime_version, api_tx, &cancel);
+        api_tasks.extend(tasks);
+        node_state = Some((readiness, node_uid));
     }
+    // systemd: READY=1 once the pods are adopted and (joined) the node registered;
+    // STATUS= lines as readiness and the pod count change; watchdog pings.
+    let notifier = crate::systemd::Notifier::default();
+    let watchdog = crate::systemd::spawn_watchdog(cancel.clone());
+    let status_line = |manager: &Manager| match &node_state {
+        Some((r, uid)) => crate::systemd::status_line(Some((&r.borrow(), uid.borrow().is_some())), manager.pod_count()),
+        None => crate::systemd::status_line(None, manager.pod_count()),
+    };
+    let registered = || node_state.as_ref().map(|(_, uid)| uid.borrow().is_some()).unwrap_or(true);
     let mut file_pods: Option<Vec<k8s_openapi::api::core::v1::Pod>> = if src_task.is_some() { None } else { Some(Vec::new()) };
     let mut ready = false;
     if file_pods.is_some() && client.is_none() {
         // Neither a manifest dir nor an API server: nothing will ever be desired.
         manager.adopt_or_clean_orphans().await;
         ready = true;
-        notify_ready(&manager);
+        notifier.ready(&status_line(&manager));
     }
+    let mut status_tick = tokio::time::interval(Duration::from_secs(2));
+    status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
         let mut changed = false;
         tokio::select! {
+            _ = status_tick.tick() => {
+                if ready && registered() {
+                    notifier.ready(&status_line(&manager));
+                }
+            }
             _ = &mut shutdown => {
                 info!("shutting down; pods keep running");
                 break;
@@ -210,12 +229,15 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
             if sources_ready && !ready {
                 manager.adopt_or_clean_orphans().await;
                 ready = true;
-                notify_ready(&manager);
+            }
+            if ready && registered() {
+                notifier.ready(&status_line(&manager));
             }
         }
     }
+    crate::systemd::notify(&["STOPPING=1", "STATUS=Stopping; pods keep running"]);
     cancel.cancel();
-    for t in api_tasks.into_iter().chain(server_tasks) {
+    for t in api_tasks.into_iter().chain(server_tasks).chain(watchdog) {
         let _ = t.await;
     }
     manager.drain().await;
@@ -346,13 +368,14 @@ fn start_api(
     runtime_version: &str,
     pods_tx: tokio::sync::watch::Sender<crate::api::pods::PodSet>,
     cancel: &CancellationToken,
-) -> Vec<tokio::task::JoinHandle<()>> {
+) -> (Vec<tokio::task::JoinHandle<()>>, tokio::sync::watch::Receiver<crate::api::node::Readiness>, tokio::sync::watch::Receiver<Option<String>>) {
     use crate::api::node::{MachineInfo, Readiness};
     let machine = MachineInfo::read(&cfg.root_dir, runtime_version);
     let mut opts = node_options(cfg, machine.memory_bytes);
     opts.eviction_nodefs_fraction = cfg.eviction_nodefs_fraction(machine.ephemeral_storage_bytes);
     let (ready_tx, ready_rx) = tokio::sync::watch::channel(Readiness { runtime_ok: true, network_error: Some(crate::api::node::NOT_CHECKED.into()) });
     let (uid_tx, uid_rx) = tokio::sync::watch::channel(None);
+    let (readiness, node_uid) = (ready_rx.clone(), uid_rx.clone());
     let mut tasks = Vec::new();
     // Runtime and network readiness, re-checked every few seconds (upstream: 5 s).
     {
@@ -389,11 +412,6 @@ fn start_api(
     tasks.push(tokio::spawn(crate::api::lease::run(client.clone(), cfg.node_name.clone(), cfg.node_lease_duration_seconds, uid_rx, cancel.clone())));
     tasks.push(tokio::spawn(crate::api::pods::run(client.clone(), cfg.node_name.clone(), pods_tx, cancel.clone())));
     tasks.push(tokio::spawn(ctx.status.clone().run(cfg.node_name.clone(), cancel.clone())));
-    tasks
+    (tasks, readiness, node_uid)
 }
 
-fn notify_ready(manager: &Manager) {
-    let status = format!("STATUS=Running; {} pods", manager.pod_count());
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Custom(&status)]);
-    info!("agent ready");
-}

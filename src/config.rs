@@ -86,6 +86,21 @@ pub enum Command {
     Pods(PodsArgs),
     /// Print full build information.
     Version,
+    /// Check this node (containerd, runc, CNI, the agent, the API server, cgroups,
+    /// disk...) and, with --pod, explain why a pod does not run. Read-only.
+    /// Exit code: 0 all OK, 1 warnings, 2 failures.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Output format: text (default) or json.
+    #[arg(short = 'o', long = "output", default_value = "text")]
+    pub output: String,
+    /// Explain why this pod (NAMESPACE/NAME) is Pending, ContainerCreating,
+    /// ImagePullBackOff or CrashLoopBackOff on this node.
+    #[arg(long = "pod", value_name = "NAMESPACE/NAME")]
+    pub pod: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -36,6 +36,13 @@ fn main() -> std::process::ExitCode {
             println!("rkubelet {} ({} {})", env!("CARGO_PKG_VERSION"), std::env::consts::OS, std::env::consts::ARCH);
             return std::process::ExitCode::SUCCESS;
         }
+        Some(Command::Doctor(args)) => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            // Agent flags before `doctor` say which agent to check; without them,
+            // doctor reads the running agent's command line.
+            let explicit = std::env::args().skip(1).take_while(|a| a != "doctor").next().is_some();
+            return rkubelet::doctor::main(&cli.agent, explicit, &args);
+        }
         Some(Command::Pods(mut args)) => {
             args.root_dir.get_or_insert(cli.agent.root_dir.clone());
             return rkubelet::cli::pods(&args);

@@ -423,6 +423,18 @@ fn kubeconfig_identity(path: &Path) -> std::result::Result<Option<Identity>, Str
     Ok(cert.zip(key))
 }
 
+/// When the kubeconfig's client certificate expires (the earliest of its chain);
+/// `None` when its user has no client certificate (e.g. a token).
+pub fn client_cert_not_after(path: &Path) -> std::result::Result<Option<SystemTime>, String> {
+    let kc = Kubeconfig::read_from(path).map_err(|e| e.to_string())?;
+    let (_, user) = current_entries(&kc)?;
+    let Some(u) = user else { return Ok(None) };
+    match load_data(u.client_certificate_data.as_deref(), u.client_certificate.as_deref())? {
+        Some(pem) => parse_certs(&pem).map(|(_, _, not_after)| Some(not_after)),
+        None => Ok(None),
+    }
+}
+
 /// Upstream's `isClientConfigStillValid`: the kubeconfig exists, loads, and its client
 /// certificates are all unexpired. A missing file is `Ok(false)`; an unreadable one an error.
 pub fn kubeconfig_is_valid(path: &Path) -> Result<bool> {
