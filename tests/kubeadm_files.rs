@@ -7,7 +7,11 @@
 //! `kubelet $KUBELET_KUBECONFIG_ARGS $KUBELET_CONFIG_ARGS $KUBELET_KUBEADM_ARGS $KUBELET_EXTRA_ARGS`,
 //! with `KUBELET_KUBEADM_ARGS` read from the env file and `KUBELET_EXTRA_ARGS` holding
 //! only what this test machine needs (its own root dir, CNI network and pause image).
-//! It must bootstrap its certificate, register, and apply the config file's settings.
+//! It must do what kubeadm waits for: answer `ok` on `127.0.0.1:10248/healthz` within
+//! seconds, complete the TLS bootstrap (`kubelet.conf` appears; the test then deletes
+//! the bootstrap kubeconfig, as kubeadm join does), register the node; and apply the
+//! config file's settings. Restarted afterwards (`systemctl restart kubelet`), it runs
+//! on `kubelet.conf` alone without a new CSR.
 
 mod common;
 
@@ -161,6 +165,20 @@ impl Drop for KubeadmNode {
     }
 }
 
+/// The body of `GET http://<addr>/healthz` (plain HTTP, as kubeadm checks it).
+fn healthz(addr: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.").then_some(())?;
+    head.split_whitespace().nth(1).filter(|c| *c == "200")?;
+    Some(body.trim().to_string())
+}
+
 fn quantity_ki(v: &Value) -> i64 {
     v.as_str().and_then(|s| s.strip_suffix("Ki")).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("not a Ki quantity: {v}"))
 }
@@ -172,6 +190,10 @@ async fn k1_the_agent_joins_with_the_files_kubeadm_writes() {
     let kubelet_conf = node.etc.join("kubelet.conf");
     let bootstrap_conf = node.etc.join("bootstrap-kubelet.conf");
     tokio::task::block_in_place(|| {
+        // kubeadm's first wait: the kubelet's healthz (healthzBindAddress:healthzPort of config.yaml).
+        let started = Instant::now();
+        node.wait_for(Duration::from_secs(20), "healthz ok on 127.0.0.1:10248", || (healthz("127.0.0.1:10248").as_deref() == Some("ok")).then_some(()));
+        assert!(started.elapsed() < Duration::from_secs(20));
         // kubeadm waits for the TLS bootstrap: kubelet.conf appears, pointing at the
         // certificate store under the kubelet's root dir; then it deletes the bootstrap kubeconfig.
         node.wait_for(Duration::from_secs(60), "kubelet.conf", || kubelet_conf.exists().then_some(()));
@@ -218,6 +240,23 @@ async fn k1_the_agent_joins_with_the_files_kubeadm_writes() {
         assert!(log.contains("waiting for the next client certificate rotation"), "{}", node.log_tail(40));
         assert!(log.contains("ignoring KubeletConfiguration fields") && log.contains("failCgroupV1"), "{}", node.log_tail(40));
         assert!(!log.contains("panicked"));
+    });
+    // kubeadm deleted the bootstrap kubeconfig; a later restart (systemctl restart kubelet)
+    // runs on kubelet.conf alone and the node keeps heartbeating.
+    let mut node = node;
+    tokio::task::block_in_place(|| {
+        let renew = || srv.get("leases", Some("kube-node-lease"), NODE).and_then(|l| l["spec"]["renewTime"].as_str().map(String::from));
+        if let Some(mut c) = node.child.take() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = c.wait();
+        }
+        assert!(!bootstrap_conf.exists());
+        let before = renew().expect("a lease");
+        let csrs = srv.list("certificatesigningrequests", None).len();
+        node.start();
+        node.wait_for(Duration::from_secs(20), "healthz after the restart", || (healthz("127.0.0.1:10248").as_deref() == Some("ok")).then_some(()));
+        node.wait_for(Duration::from_secs(30), "the lease renewed after the restart", || renew().filter(|r| *r != before));
+        assert_eq!(srv.list("certificatesigningrequests", None).len(), csrs, "no new bootstrap: the stored certificate is reused");
     });
     let root = node.root.clone();
     tokio::task::block_in_place(|| drop(node));
