@@ -13,6 +13,7 @@ pub mod events;
 pub mod kubelet_config;
 pub mod logs;
 pub mod memory;
+pub mod metrics;
 pub mod network;
 pub mod pod;
 pub mod probe;

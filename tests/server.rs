@@ -84,7 +84,7 @@ async fn k1_the_kubelet_api_authenticates_authorizes_and_serves_pods_and_logs() 
         assert_eq!(curl(&format!("{api}/healthz"), &["-H", &admin_token]), (200, "ok".into()));
 
         let pod = format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: talker, namespace: default}}\nspec:\n  nodeName: {NODE}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: {BUSYBOX}\n    command: [sh, -c, \"for i in 1 2 3 4 5; do echo line-$i; done; exec sleep 3600\"]\n  - name: ticker\n    image: {BUSYBOX}\n    command: [sh, -c, \"i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.3; done\"]\n  - name: busy\n    image: {BUSYBOX}\n    command: [sh, -c, \"while true; do :; done\"]\n    resources: {{limits: {{cpu: 100m}}}}\n  - name: chatty\n    image: {BUSYBOX}\n    command: [sh, -c, \"i=0; while [ $i -lt 3000 ]; do i=$((i+1)); echo chatty-$i-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx; done; exec sleep 3600\"]\n"
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: talker, namespace: default}}\nspec:\n  nodeName: {NODE}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: {BUSYBOX}\n    command: [sh, -c, \"for i in 1 2 3 4 5; do echo line-$i; done; exec sleep 3600\"]\n    readinessProbe: {{exec: {{command: [\"true\"]}}, periodSeconds: 1}}\n  - name: ticker\n    image: {BUSYBOX}\n    command: [sh, -c, \"i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.3; done\"]\n  - name: busy\n    image: {BUSYBOX}\n    command: [sh, -c, \"while true; do :; done\"]\n    resources: {{limits: {{cpu: 100m}}}}\n  - name: chatty\n    image: {BUSYBOX}\n    command: [sh, -c, \"i=0; while [ $i -lt 3000 ]; do i=$((i+1)); echo chatty-$i-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx; done; exec sleep 3600\"]\n"
         );
         create(&admin, &dir, "talker.yaml", &pod);
         wait_for(Duration::from_secs(60), "talker Running", &agent, || pod_phase(&admin, "talker").filter(|p| p["status"]["phase"] == "Running"));
@@ -180,6 +180,29 @@ async fn k1_the_kubelet_api_authenticates_authorizes_and_serves_pods_and_logs() 
         assert_eq!(kc["authorization"]["mode"], "Webhook");
         assert_eq!(curl(&format!("{api}/stats/summary"), &viewer).1, "Forbidden (user=viewer, verb=get, resource=nodes, subresource=stats)\n");
         assert_eq!(curl(&format!("{api}/no/such/path"), &allowed).0, 404);
+
+        // /metrics: upstream's kubelet metric names, with what this node did.
+        let (code, m) = curl(&format!("{api}/metrics"), &allowed);
+        assert_eq!(code, 200, "{m}");
+        let value = |m: &str, series: &str| m.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse::<f64>().ok()));
+        assert_eq!(value(&m, &format!("kubelet_node_name{{node=\"{NODE}\"}}")), Some(1.0), "{m}");
+        assert!(value(&m, "kubelet_running_pods").unwrap_or(0.0) >= 1.0, "{m}");
+        assert!(value(&m, "kubelet_running_containers{container_state=\"running\"}").unwrap_or(0.0) >= 4.0, "{m}");
+        assert!(value(&m, "kubelet_pod_start_duration_seconds_count").unwrap_or(0.0) >= 1.0, "{m}");
+        for op in ["run_podsandbox", "create_container", "start_container"] {
+            assert!(value(&m, &format!("kubelet_runtime_operations_total{{operation_type=\"{op}\"}}")).unwrap_or(0.0) >= 1.0, "{op}: {m}");
+        }
+        assert_eq!(curl(&format!("{api}/metrics"), &viewer).1, "Forbidden (user=viewer, verb=get, resource=nodes, subresource=metrics)\n");
+        // /metrics/probes: the readiness probe of container c, counted by result.
+        let (code, m) = curl(&format!("{api}/metrics/probes"), &allowed);
+        assert_eq!(code, 200, "{m}");
+        let series = |m: &str| m.lines().find(|l| l.starts_with("prober_probe_total{probe_type=\"Readiness\",result=\"successful\",container=\"c\",pod=\"talker\",namespace=\"default\"")).map(String::from);
+        assert!(series(&m).is_some(), "{m}");
+        let count = |l: String| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let first = count(series(&m).unwrap());
+        std::thread::sleep(Duration::from_millis(2500));
+        let again = count(series(&curl(&format!("{api}/metrics/probes"), &allowed).1).unwrap());
+        assert!(again > first, "the probe counter rises with each probe ({first} -> {again})");
     });
     let reviews = srv.requests().iter().filter(|r| r.resource == "subjectaccessreviews" && r.verb == "create").count();
     assert!(reviews >= 2, "authorization went through SubjectAccessReviews ({reviews})");

@@ -44,6 +44,8 @@ pub struct Context {
     pub objects: Option<crate::api::objects::ObjectCache>,
     /// Pod status to the API server (a no-op standalone).
     pub status: crate::api::status::StatusManager,
+    /// `/metrics` and `/metrics/probes` of the kubelet API.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 #[derive(Default)]

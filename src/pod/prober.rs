@@ -402,6 +402,12 @@ impl ProbeJob {
         }
         let fp = field_path(&self.container.name, self.kind == Kind::Init);
         let rec = &self.ctx.recorder;
+        let result = match &last {
+            Some(Ok(Outcome { result: ProbeResult::Success | ProbeResult::Warning, .. })) => "successful",
+            Some(Ok(_)) => "failed",
+            _ => "unknown",
+        };
+        self.ctx.metrics.probe(ty.name(), result, &self.container.name, &self.pod);
         match last? {
             Ok(Outcome { result: ProbeResult::Success, .. }) => Some(true),
             Ok(Outcome { result: ProbeResult::Warning, output }) => {

@@ -59,6 +59,11 @@ pub struct Worker {
     eviction: Option<String>,
     /// Probe tasks of the pod's running containers and their results.
     prober: super::prober::Prober,
+    /// When this agent first saw the pod, for `kubelet_pod_start_duration_seconds`.
+    seen_at: Instant,
+    /// This worker started a container, and whether the pod start was measured.
+    started_any: bool,
+    start_measured: bool,
 }
 
 /// What `start_container` did.
@@ -115,6 +120,9 @@ impl Worker {
             waiting: HashMap::new(),
             reported_backoff: HashSet::new(),
             last_status,
+            seen_at: Instant::now(),
+            started_any: false,
+            start_measured: false,
             status_saved: false,
             last_pod: None,
             registered: HashSet::new(),
@@ -366,7 +374,10 @@ impl Worker {
                     }
                     // Containers of a dead sandbox are history; their restart counts carry on.
                 }
-                match self.create_sandbox(pod).await {
+                let t = Instant::now();
+                let created = self.create_sandbox(pod).await;
+                self.ctx.metrics.operation("run_podsandbox", t.elapsed(), created.is_ok());
+                match created {
                     Ok(()) => {
                         self.sandbox_failures = 0;
                         continue;
@@ -524,6 +535,11 @@ impl Worker {
             return Ok(());
         }
         self.ctx.status.set(pod, &status);
+        let all_running = status.container_statuses.as_ref().is_some_and(|cs| !cs.is_empty() && cs.iter().all(|c| c.state.as_ref().is_some_and(|s| s.running.is_some())));
+        if self.started_any && !self.start_measured && status.phase.as_deref() == Some("Running") && all_running {
+            self.start_measured = true;
+            self.ctx.metrics.pod_started(self.seen_at.elapsed());
+        }
         if self.last_status.as_ref().and_then(|s| s.phase.clone()) != status.phase {
             info!(pod = %pod_key(pod), phase = status.phase.as_deref().unwrap_or(""), "pod phase");
         }
@@ -697,12 +713,14 @@ impl Worker {
         l.insert(labels::LOG_PATH.into(), log_path.display().to_string());
         l.insert(labels::CREATED_AT.into(), now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true));
         l.insert(STOP_SIGNAL.into(), stop_signal.to_string());
-        let mounts = match self
+        let t = Instant::now();
+        let created = self
             .ctx
             .containers
             .create(&NewContainer { id: &id, image: &image.name, chain_id: &image.chain_id, spec: &oci, labels: l, log_uri: String::new(), read_only_rootfs_view: false })
-            .await
-        {
+            .await;
+        self.ctx.metrics.operation("create_container", t.elapsed(), created.is_ok());
+        let mounts = match created {
             Ok(m) => m,
             Err(e) => {
                 rec.warning(pod, fp, reason::FAILED, format!("Error: {e}"));
@@ -721,8 +739,12 @@ impl Worker {
         };
         let log_uri = crate::logs::driver::uri(&exe, &spec);
         crate::logs::link_container_log(pod, name, &id, &log_path);
-        match self.ctx.containers.start_task(&id, mounts, &log_uri).await {
+        let t = Instant::now();
+        let started = self.ctx.containers.start_task(&id, mounts, &log_uri).await;
+        self.ctx.metrics.operation("start_container", t.elapsed(), started.is_ok());
+        match started {
             Ok(pid) => {
+                self.started_any = true;
                 let started_at = now();
                 let _ = self.ctx.containers.set_labels(&id, &[(labels::STARTED_AT, started_at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))]).await;
                 rec.normal(pod, fp, reason::STARTED, "Container started");
@@ -977,7 +999,11 @@ impl Worker {
             let kind = if r.label(labels::KIND) == Some(KIND_INIT) { Kind::Init } else { Kind::App };
             let c = container_of(pod, &name, kind).cloned().unwrap_or(Container { name, ..Default::default() });
             let ctx = &self.ctx;
-            kills.push(async move { super::lifecycle::kill_container(ctx, pod, r, &c, kind, grace.as_secs() as i64, None, pod_ip).await });
+            kills.push(async move {
+                let t = Instant::now();
+                super::lifecycle::kill_container(ctx, pod, r, &c, kind, grace.as_secs() as i64, None, pod_ip).await;
+                ctx.metrics.operation("stop_container", t.elapsed(), true);
+            });
         }
         futures::future::join_all(kills).await;
     }

@@ -2,7 +2,7 @@
 //! (10250) behind authentication and authorization, and the plain `/healthz` on
 //! `healthzBindAddress:healthzPort` (127.0.0.1:10248) that kubeadm waits on.
 //! Endpoints so far: `/healthz`, `/pods`, `/containerLogs/{ns}/{pod}/{container}`,
-//! `/stats/summary`, `/metrics/resource`, `/configz`.
+//! `/stats/summary`, `/metrics/resource`, `/metrics`, `/metrics/probes`, `/configz`.
 //! A slow or broken client only holds its own connection task.
 
 pub mod auth;
@@ -40,6 +40,7 @@ pub struct State {
     pub sampler: stats::Sampler,
     pub root_dir: PathBuf,
     pub pod_logs_dir: PathBuf,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 fn text(code: StatusCode, body: impl Into<String>) -> Response<Body> {
@@ -51,6 +52,14 @@ fn text(code: StatusCode, body: impl Into<String>) -> Response<Body> {
         .status(code)
         .header("Content-Type", "text/plain; charset=utf-8")
         .header("X-Content-Type-Options", "nosniff")
+        .body(full(body))
+        .unwrap_or_else(|_| Response::new(full("")))
+}
+
+fn openmetrics(body: String) -> Response<Body> {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("Content-Type", crate::metrics::CONTENT_TYPE)
         .body(full(body))
         .unwrap_or_else(|_| Response::new(full("")))
 }
@@ -164,6 +173,8 @@ async fn handle<B>(state: &State, cert: Option<&[u8]>, req: Request<B>) -> Respo
                 .body(full(stats::resource_metrics(&s)))
                 .unwrap_or_else(|_| Response::new(full("")))
         }
+        "/metrics" => openmetrics(state.metrics.encode(&crate::pod::store::load_all(&state.root_dir))),
+        "/metrics/probes" => openmetrics(state.metrics.encode_probes()),
         p if p.starts_with("/containerLogs/") => container_logs(state, p, &query),
         _ => text(StatusCode::NOT_FOUND, "404 page not found"),
     }
