@@ -219,13 +219,20 @@ pub async fn exec_streaming(rt: &Containers, id: &str, cmd: &[String], tty: bool
         }
         let mut side = Vec::new();
         if let (Some(mut w), Some(mut rx)) = (stdin_w, io.stdin.take()) {
+            let (mut t, ns, cid, eid) = (tasks.clone(), ns.clone(), id.to_string(), exec_id.clone());
             side.push(tokio::spawn(async move {
                 while let Some(b) = rx.recv().await {
                     if w.write_all(&b).await.is_err() {
-                        return;
+                        break;
                     }
                 }
-                // Dropping our end is the process's EOF.
+                // The shim holds a writer of its own: EOF reaches the process when
+                // we close ours and ask it to close its (what the Go client's CloseIO does).
+                drop(w);
+                let req = containerd_client::services::v1::CloseIoRequest { container_id: cid, exec_id: eid, stdin: true };
+                if let Err(e) = t.close_io(with_namespace!(req, ns)).await {
+                    debug!(error = %e.message(), "close exec stdin failed");
+                }
             }));
         }
         if let (true, Some(mut rx)) = (tty, io.resize.take()) {
