@@ -104,7 +104,7 @@ async fn x1_kubectl_exec_attach_and_port_forward_reach_the_pod_over_spdy_and_web
             // (c) a terminal: the size kubectl's terminal has reaches `stty size`, and
             // later resizes too (SIGWINCH inside).
             let script = format!(
-                "stty rows 33 cols 111; {} kubectl --kubeconfig {} exec -it shell -c c -- sh -c 'stty size; trap \"stty size; exit 0\" WINCH; echo ready; while true; do sleep 0.1; done' < /dev/tty & sleep 3; stty rows 44 cols 122; wait $!",
+                "stty rows 33 cols 111; {} kubectl --kubeconfig {} exec -it shell -c c -- sh -c 'stty size; trap \"stty size\" WINCH; echo ready; i=0; while [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done' < /dev/tty & sleep 2; stty rows 44 cols 122; wait $!",
                 env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "),
                 admin.display()
             );
@@ -153,14 +153,25 @@ async fn x1_kubectl_exec_attach_and_port_forward_reach_the_pod_over_spdy_and_web
             .spawn()
             .unwrap();
         let mut line = String::new();
-        BufReader::new(pf.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let mut pf_stdout = BufReader::new(pf.stdout.take().unwrap());
+        pf_stdout.read_line(&mut line).unwrap();
+        // Keep reading (kubectl reports each connection on stdout; a closed pipe would kill it).
+        let pf_lines = std::thread::spawn(move || pf_stdout.lines().map_while(Result::ok).collect::<Vec<_>>());
         let local: u16 = line.trim().strip_prefix("Forwarding from 127.0.0.1:").and_then(|r| r.split(' ').next()).and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("{line:?}"));
-        for i in 0..3 {
-            let (code, body) = curl(&format!("http://127.0.0.1:{local}/"), &[]);
-            assert_eq!((code, body.as_str()), (200, "hello-from-pod\n"), "request {i} through the forward");
+        let mut answers = Vec::new();
+        for _ in 0..3 {
+            answers.push(curl(&format!("http://127.0.0.1:{local}/"), &[]));
         }
         let _ = pf.kill();
-        let _ = pf.wait();
+        let pf_out = pf.wait_with_output().unwrap();
+        let pf_lines = pf_lines.join().unwrap();
+        assert!(pf_lines.iter().filter(|l| l.starts_with("Handling connection for ")).count() == 3, "{pf_lines:?}");
+        let pf_reqs: Vec<_> = srv.requests().into_iter().filter(|r| r.subresource == "portforward").collect();
+        assert!(
+            answers.iter().all(|a| *a == (200, "hello-from-pod\n".to_string())),
+            "{answers:?}; kubectl port-forward said {:?}; API requests {pf_reqs:?}",
+            String::from_utf8_lossy(&pf_out.stderr)
+        );
 
         // (e) 401 without credentials, 403 for a denied user, upstream's answers to bad requests.
         let exec = format!("{api}/exec/default/shell/c?command=true&output=1");

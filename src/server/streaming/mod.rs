@@ -168,6 +168,7 @@ pub async fn serve(state: Arc<State>, req: Request<Incoming>, query: Vec<(String
             if has_token(&req, "upgrade", "websocket") {
                 return text(StatusCode::BAD_REQUEST, "unable to upgrade: port-forward over WebSocket is not supported by this kubelet; use SPDY/3.1");
             }
+            info!(pod = %format!("{ns}/{pod}"), netns = %netns.display(), "port-forward");
             let target = portforward::Target { pod: pod.to_string(), uid: pod_uid, netns };
             upgrade_spdy(req, &[portforward::PROTOCOL], move |io, _| Box::pin(portforward::serve(io, target)))
         }
@@ -302,7 +303,10 @@ where
     let resp = b.body(super::full("")).unwrap_or_else(|_| Response::new(super::full("")));
     tokio::spawn(async move {
         match hyper::upgrade::on(req).await {
-            Ok(up) => serve(TokioIo::new(up), protocol).await,
+            Ok(up) => {
+                debug!(protocol, "SPDY connection upgraded");
+                serve(TokioIo::new(up), protocol).await
+            }
             Err(e) => debug!(error = %e, "SPDY upgrade failed"),
         }
     });

@@ -83,6 +83,7 @@ pub async fn serve<IO: AsyncRead + AsyncWrite + Send + 'static>(io: IO, target: 
                 continue;
             }
         };
+        debug!(id = s.id, headers = ?s.headers, "port-forward stream");
         let kind = spdy::header(&s.headers, "streamType").unwrap_or("").to_string();
         let port = spdy::header(&s.headers, "port").and_then(|p| p.parse::<u16>().ok()).filter(|p| *p > 0);
         if port.is_none() || !matches!(kind.as_str(), "error" | "data") {
@@ -123,6 +124,7 @@ async fn forward(error: spdy::Stream, data: spdy::Stream, port: u16, t: Target) 
             return;
         }
     };
+    debug!(port, pod = %t.pod, "port-forward connected");
     let (mut rd, mut wr) = tcp.into_split();
     let mut rx = data.rx;
     let up = async move {

@@ -437,6 +437,7 @@ impl Connection {
                             break 'read;
                         }
                     };
+                    tracing::trace!(?frame, "SPDY frame");
                     match frame {
                         Frame::SynStream { id, flags, headers, .. } => {
                             // Client streams are odd and increasing.
