@@ -50,6 +50,92 @@ fn kubectl_exec(admin: &Path, env: &[(&str, &str)], args: &[&str], stdin: Option
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string())
 }
 
+#[derive(Debug)]
+struct NoVerify(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerify {
+    fn verify_server_cert(&self, _: &rustls::pki_types::CertificateDer<'_>, _: &[rustls::pki_types::CertificateDer<'_>], _: &rustls::pki_types::ServerName<'_>, _: &[u8], _: rustls::pki_types::UnixTime) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(&self, m: &[u8], c: &rustls::pki_types::CertificateDer<'_>, d: &rustls::DigitallySignedStruct) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(&self, m: &[u8], c: &rustls::pki_types::CertificateDer<'_>, d: &rustls::DigitallySignedStruct) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A TLS connection to the kubelet API on 127.0.0.1:10250 with the client certificate in `cert_args`.
+async fn kubelet_tls(cert_args: &[&str]) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    let (crt, key) = (std::fs::read(cert_args[1]).unwrap(), std::fs::read(cert_args[3]).unwrap());
+    let chain: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(&crt).map(|c| c.unwrap()).collect();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(&key).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(NoVerify(provider)))
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    let tcp = tokio::net::TcpStream::connect("127.0.0.1:10250").await.unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg)).connect(rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap(), tcp).await.unwrap()
+}
+
+/// Direct clients: a v4 WebSocket exec gets upstream's Status with the exit code;
+/// a broken SPDY frame ends only its own connection.
+async fn direct_clients(allowed: &[&str]) {
+    use futures::StreamExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+    let mut req = "wss://127.0.0.1:10250/exec/default/shell/c?command=sh&command=-c&command=echo%20hi%3B%20exit%207&output=1".into_client_request().unwrap();
+    req.headers_mut().insert("Sec-WebSocket-Protocol", "v4.channel.k8s.io".parse().unwrap());
+    let (mut ws, resp) = tokio_tungstenite::client_async(req, kubelet_tls(allowed).await).await.expect("websocket handshake");
+    assert_eq!(resp.headers().get("sec-websocket-protocol").unwrap(), "v4.channel.k8s.io");
+    let mut got: Vec<(u8, Vec<u8>)> = Vec::new();
+    let mut closed = false;
+    for _ in 0..20 {
+        match tokio::time::timeout(Duration::from_secs(20), ws.next()).await.expect("message in time") {
+            Some(Ok(Message::Binary(b))) => got.push((b[0], b[1..].to_vec())),
+            Some(Ok(Message::Close(_))) | None => {
+                closed = true;
+                break;
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("{e}"),
+        }
+    }
+    assert!(closed, "the server closes after the status: {got:?}");
+    assert_eq!(got[0], (1, vec![]), "an empty stdout message first");
+    let stdout: Vec<u8> = got.iter().filter(|(c, _)| *c == 1).flat_map(|(_, d)| d.clone()).collect();
+    assert_eq!(stdout, b"hi\n", "{:?}", got.iter().map(|(c, d)| (c, String::from_utf8_lossy(d).to_string())).collect::<Vec<_>>());
+    let status: serde_json::Value = serde_json::from_slice(&got.iter().find(|(c, _)| *c == 3).expect("a status").1).unwrap();
+    assert_eq!((status["status"].as_str(), status["reason"].as_str()), (Some("Failure"), Some("NonZeroExitCode")), "{status}");
+    assert_eq!(status["details"]["causes"][0], serde_json::json!({"reason": "ExitCode", "message": "7"}));
+
+    // SPDY: upgrade, then a frame of another SPDY version: GOAWAY and the end of this connection only.
+    let mut tls = kubelet_tls(allowed).await;
+    tls.write_all(b"POST /exec/default/shell/c?command=sleep&command=30&output=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n").await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 4096 {
+        tls.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    assert!(head.starts_with("HTTP/1.1 101") && head.to_ascii_lowercase().contains("x-stream-protocol-version: v4.channel.k8s.io"), "{head}");
+    tls.write_all(&[0x80, 0x02, 0x00, 0x01, 0x00, 0x00, 0x00, 0x04, 1, 2, 3, 4]).await.unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut rest)).await.expect("the server ends the connection");
+    assert!(read.is_ok() || !rest.is_empty(), "{read:?}");
+    // GOAWAY (control frame type 7) with status PROTOCOL_ERROR.
+    assert!(rest.len() >= 16 && rest[..4] == [0x80, 0x03, 0x00, 0x07] && rest[12..16] == [0, 0, 0, 1], "{rest:?}");
+}
+
 const SPDY: &[(&str, &str)] = &[("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")];
 const WEBSOCKET: &[(&str, &str)] = &[("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "true")];
 
@@ -186,6 +272,8 @@ async fn x1_kubectl_exec_attach_and_port_forward_reach_the_pod_over_spdy_and_web
         let spdy_v9 = ["-X", "POST", "-H", "Connection: Upgrade", "-H", "Upgrade: SPDY/3.1", "-H", "X-Stream-Protocol-Version: v9.channel.k8s.io"];
         let (code, body) = curl(&exec, &[&spdy_v9[..], &allowed[..]].concat());
         assert!(code == 403 && body.starts_with("unable to upgrade: unable to negotiate protocol"), "{code} {body}");
+        tokio::runtime::Handle::current().block_on(direct_clients(&allowed));
+        assert_eq!(curl(&format!("{api}/healthz"), &allowed), (200, "ok".into()), "the server survives a broken client");
         // Through the API server: kubectl's own errors for a missing container.
         let (code, _, err) = kubectl_exec(&admin, SPDY, &["shell", "-c", "nope", "--", "true"], None);
         assert!(code != 0 && err.contains("nope"), "{err}");

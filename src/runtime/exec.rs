@@ -160,8 +160,10 @@ pub async fn exec_streaming(rt: &Containers, id: &str, cmd: &[String], tty: bool
             Ok(p)
         };
         let stdin_path = io.stdin.as_ref().map(|_| fifo("stdin")).transpose()?;
-        let stdout_path = io.stdout.as_ref().map(|_| fifo("stdout")).transpose()?;
-        let stderr_path = io.stderr.as_ref().filter(|_| !tty).map(|_| fifo("stderr")).transpose()?;
+        // The shim wants both outputs (a tty has only one); what the client did
+        // not ask for is read and discarded, as containerd's cio does.
+        let stdout_path = Some(fifo("stdout")?);
+        let stderr_path = (!tty).then(|| fifo("stderr")).transpose()?;
         // Our ends: stdin read-write (so opening never blocks; the shim sees EOF
         // when we close it); outputs read-only, held open by a writer of ours
         // until the shim has its own, so the first read does not see EOF.
@@ -200,16 +202,19 @@ pub async fn exec_streaming(rt: &Containers, id: &str, cmd: &[String], tty: bool
         }
         drop(keepers);
         let mut copies = Vec::new();
-        for (r, tx) in [(stdout_r, io.stdout.take()), (stderr_r, io.stderr.take())] {
-            if let (Some(mut r), Some(tx)) = (r, tx) {
+        for (r, mut tx) in [(stdout_r, io.stdout.take()), (stderr_r, io.stderr.take())] {
+            if let Some(mut r) = r {
                 copies.push(tokio::spawn(async move {
                     let mut buf = vec![0u8; 32 * 1024];
                     loop {
                         match r.read(&mut buf).await {
                             Ok(0) | Err(_) => return,
                             Ok(n) => {
-                                if tx.send(bytes::Bytes::copy_from_slice(&buf[..n])).await.is_err() {
-                                    return;
+                                // A client that stopped reading: keep draining, so the process never blocks on a full pipe.
+                                if let Some(t) = &tx {
+                                    if t.send(bytes::Bytes::copy_from_slice(&buf[..n])).await.is_err() {
+                                        tx = None;
+                                    }
                                 }
                             }
                         }
@@ -278,7 +283,10 @@ pub async fn exec_streaming(rt: &Containers, id: &str, cmd: &[String], tty: bool
     .await;
     delete_process(&mut tasks, &ns, id, &exec_id).await;
     let _ = tokio::fs::remove_dir_all(&dir).await;
-    debug!(container = id, exec_id = %exec_id, result = ?result.as_ref().ok(), "streaming exec finished");
+    match &result {
+        Ok(code) => debug!(container = id, exec_id = %exec_id, exit_code = code, "streaming exec finished"),
+        Err(e) => debug!(container = id, exec_id = %exec_id, error = %e, "streaming exec failed"),
+    }
     result
 }
 

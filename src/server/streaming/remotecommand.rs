@@ -246,8 +246,15 @@ pub async fn serve_ws<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(io: I
     let reader = tokio::spawn(async move {
         let mut stdin_tx = Some(stdin_tx).filter(|_| want_stdin);
         while let Some(m) = source.next().await {
-            let Ok(m) = m else { break };
+            let m = match m {
+                Ok(m) => m,
+                Err(e) => {
+                    debug!(error = %e, "websocket read failed");
+                    break;
+                }
+            };
             if matches!(m, Message::Close(_)) {
+                debug!("websocket closed by the client");
                 break;
             }
             match websocket::decode(&p, m) {

@@ -23,8 +23,10 @@ pub const DICTIONARY: &[u8] = include_bytes!("spdy3.dict");
 const VERSION: u16 = 3;
 /// The flag that ends one direction of a stream.
 pub const FLAG_FIN: u8 = 0x01;
-/// Largest frame payload we accept (the field has 24 bits; upstream reads up to that).
-const MAX_FRAME: usize = (1 << 24) - 1;
+/// Largest frame payload we accept. The length field allows 16 MiB; Kubernetes
+/// clients write what one 32 KiB read gave them, so 4 MiB bounds a connection's
+/// buffer without refusing any of them.
+const MAX_FRAME: usize = 4 << 20;
 /// Largest decompressed header block and number of headers we accept.
 const MAX_HEADER_BLOCK: usize = 1 << 20;
 const MAX_HEADERS: usize = 1024;
@@ -587,6 +589,9 @@ mod tests {
         assert!(matches!(Decoder::default().decode(&mut short), Err(SpdyError::Invalid(_))));
         let mut junk = BytesMut::from(&[0x80, 3, 0, 2, 0, 0, 0, 8, 0, 0, 0, 1, 1, 2, 3, 4][..]);
         assert!(Decoder::default().decode(&mut junk).is_err());
+        // A 16 MiB frame is refused from its header, before any of it is buffered.
+        let mut huge = BytesMut::from(&[0, 0, 0, 1, 0, 0xff, 0xff, 0xff][..]);
+        assert!(matches!(Decoder::default().decode(&mut huge), Err(SpdyError::TooLarge(_))));
     }
 
     #[tokio::test]
