@@ -117,6 +117,34 @@ async fn direct_clients(allowed: &[&str]) {
     assert_eq!((status["status"].as_str(), status["reason"].as_str()), (Some("Failure"), Some("NonZeroExitCode")), "{status}");
     assert_eq!(status["details"]["causes"][0], serde_json::json!({"reason": "ExitCode", "message": "7"}));
 
+    // Port-forward over a WebSocket (v4 channels): both channels open with the
+    // port (little-endian), then an HTTP request on the data channel gets httpd's answer.
+    let mut req = "wss://127.0.0.1:10250/portForward/default/shell?port=8080".into_client_request().unwrap();
+    req.headers_mut().insert("Sec-WebSocket-Protocol", "v4.channel.k8s.io".parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::client_async(req, kubelet_tls(allowed).await).await.expect("websocket handshake");
+    use futures::SinkExt;
+    let mut opened = Vec::new();
+    for _ in 0..2 {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("port message") {
+            Some(Ok(Message::Binary(b))) => opened.push(b.to_vec()),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(opened, vec![vec![0, 0x90, 0x1f], vec![1, 0x90, 0x1f]]);
+    ws.send(Message::binary(b"\x00GET / HTTP/1.0\r\n\r\n".to_vec())).await.unwrap();
+    let mut answer = Vec::new();
+    for _ in 0..50 {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("answer in time") {
+            Some(Ok(Message::Binary(b))) if b[0] == 0 => answer.extend_from_slice(&b[1..]),
+            Some(Ok(Message::Binary(b))) => panic!("error channel: {}", String::from_utf8_lossy(&b[1..])),
+            Some(Ok(Message::Close(_))) | None => break,
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("{e}"),
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer).to_string();
+    assert!(answer.starts_with("HTTP/1.") && answer.ends_with("hello-from-pod\n"), "{answer:?}");
+
     // SPDY: upgrade, then a frame of another SPDY version: GOAWAY and the end of this connection only.
     let mut tls = kubelet_tls(allowed).await;
     tls.write_all(b"POST /exec/default/shell/c?command=sleep&command=30&output=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n").await.unwrap();

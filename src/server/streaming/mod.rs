@@ -165,11 +165,15 @@ pub async fn serve(state: Arc<State>, req: Request<Incoming>, query: Vec<(String
             let Some(netns) = pod_netns(&rt, &pod_uid).await else {
                 return text(StatusCode::INTERNAL_SERVER_ERROR, format!("failed to find sandbox for pod {ns}/{pod}"));
             };
-            if has_token(&req, "upgrade", "websocket") {
-                return text(StatusCode::BAD_REQUEST, "unable to upgrade: port-forward over WebSocket is not supported by this kubelet; use SPDY/3.1");
-            }
             info!(pod = %format!("{ns}/{pod}"), netns = %netns.display(), "port-forward");
             let target = portforward::Target { pod: pod.to_string(), uid: pod_uid, netns };
+            if has_token(&req, "connection", "upgrade") && has_token(&req, "upgrade", "websocket") {
+                let ports = match portforward::query_ports(&query) {
+                    Ok(p) => p,
+                    Err(e) => return text(StatusCode::BAD_REQUEST, e),
+                };
+                return upgrade_ws(req, websocket::PORT_FORWARD_PROTOCOLS, move |io, p| Box::pin(portforward::serve_ws(io, p, ports, target)));
+            }
             upgrade_spdy(req, &[portforward::PROTOCOL], move |io, _| Box::pin(portforward::serve(io, target)))
         }
     }
@@ -244,31 +248,40 @@ fn current_attempt(root: &Path, uid: &str, container: &str) -> Option<i32> {
 /// Upgrades to a WebSocket or SPDY and runs the remote command protocol.
 fn upgrade_remotecommand(req: Request<Incoming>, opts: Options, runner: Runner) -> Response<Body> {
     if has_token(&req, "connection", "upgrade") && has_token(&req, "upgrade", "websocket") {
-        let protocol = match websocket::negotiate(&header_values(&req, "sec-websocket-protocol")) {
-            Ok(p) => p,
-            Err(e) => return text(StatusCode::BAD_REQUEST, e),
-        };
-        let Some(key) = req.headers().get("sec-websocket-key").map(|k| k.as_bytes().to_vec()) else {
-            return text(StatusCode::BAD_REQUEST, "websocket: not a websocket handshake: 'Sec-WebSocket-Key' header is missing or blank");
-        };
-        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
-        let mut b = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS).header("Connection", "Upgrade").header("Upgrade", "websocket").header("Sec-WebSocket-Accept", accept);
-        if !protocol.name.is_empty() {
-            b = b.header("Sec-WebSocket-Protocol", protocol.name);
-        }
-        let resp = b.body(super::full("")).unwrap_or_else(|_| Response::new(super::full("")));
-        tokio::spawn(async move {
-            match hyper::upgrade::on(req).await {
-                Ok(up) => remotecommand::serve_ws(TokioIo::new(up), protocol, opts, runner).await,
-                Err(e) => debug!(error = %e, "websocket upgrade failed"),
-            }
-        });
-        return resp;
+        return upgrade_ws(req, websocket::PROTOCOLS, move |io, p| Box::pin(remotecommand::serve_ws(io, p, opts, runner)));
     }
     upgrade_spdy(req, remotecommand::SPDY_PROTOCOLS, move |io, protocol| Box::pin(remotecommand::serve_spdy(io, protocol, opts, runner)))
 }
 
 type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
+
+/// The WebSocket handshake (wsstream.Conn.Open): 101 with the accept key and
+/// the negotiated sub-protocol, then `serve` on the upgraded connection.
+fn upgrade_ws<F>(req: Request<Incoming>, supported: &'static [&'static str], serve: F) -> Response<Body>
+where
+    F: FnOnce(Upgraded, websocket::Protocol) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + 'static,
+{
+    let protocol = match websocket::negotiate_among(&header_values(&req, "sec-websocket-protocol"), supported) {
+        Ok(p) => p,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e),
+    };
+    let Some(key) = req.headers().get("sec-websocket-key").map(|k| k.as_bytes().to_vec()) else {
+        return text(StatusCode::BAD_REQUEST, "websocket: not a websocket handshake: 'Sec-WebSocket-Key' header is missing or blank");
+    };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
+    let mut b = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS).header("Connection", "Upgrade").header("Upgrade", "websocket").header("Sec-WebSocket-Accept", accept);
+    if !protocol.name.is_empty() {
+        b = b.header("Sec-WebSocket-Protocol", protocol.name);
+    }
+    let resp = b.body(super::full("")).unwrap_or_else(|_| Response::new(super::full("")));
+    tokio::spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(up) => serve(TokioIo::new(up), protocol).await,
+            Err(e) => debug!(error = %e, "websocket upgrade failed"),
+        }
+    });
+    resp
+}
 
 /// httpstream.Handshake then the SPDY ResponseUpgrader: 101 with the chosen
 /// `X-Stream-Protocol-Version`, then `serve` on the upgraded connection.

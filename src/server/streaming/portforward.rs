@@ -5,6 +5,11 @@
 //! namespace (the socket is made by a thread that joined the netns, as
 //! containerd's CRI does). Bytes are copied both ways; a failure is reported on
 //! the error stream as upstream's JSON `{closeConnection, message}`.
+//!
+//! Over a WebSocket (portforward/websocket.go, `?port=…` in the query) each
+//! port has a data channel 2i and an error channel 2i+1, both opened with the
+//! port as a little-endian u16; one connection per port, the socket closes when
+//! all forwards have ended.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -16,7 +21,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame, Role};
+use tokio_tungstenite::tungstenite::Message;
+
 use super::spdy;
+use super::websocket::{self, Incoming};
 
 /// The port-forward protocol version the kubelet speaks.
 pub const PROTOCOL: &str = "portforward.k8s.io";
@@ -155,4 +167,125 @@ async fn forward(error: spdy::Stream, data: spdy::Stream, port: u16, t: Target) 
     tokio::spawn(up);
     down.await;
     error.writer.finish().await;
+}
+
+/// The `port` query parameters (repeated or comma-separated), as NewV4Options reads them.
+pub fn query_ports(query: &[(String, String)]) -> Result<Vec<u16>, String> {
+    let values: Vec<&str> = query.iter().filter(|(k, _)| k == "port").map(|(_, v)| v.as_str()).collect();
+    if values.is_empty() {
+        return Err("query parameter \"port\" is required".into());
+    }
+    let mut ports = Vec::new();
+    for v in values {
+        if v.is_empty() {
+            return Err("query parameter \"port\" cannot be empty".into());
+        }
+        for p in v.split(',') {
+            let port: u16 = p.parse().map_err(|e| format!("unable to parse {v:?} as a port: {e}"))?;
+            if port < 1 {
+                return Err(format!("port {v:?} must be > 0"));
+            }
+            ports.push(port);
+        }
+    }
+    Ok(ports)
+}
+
+/// Serves port forwarding for `ports` on an upgraded WebSocket.
+pub async fn serve_ws<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(io: IO, p: websocket::Protocol, ports: Vec<u16>, target: Target) {
+    let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+    let (mut sink, mut source) = ws.split();
+    let (out_tx, mut out_rx) = mpsc::channel::<Message>(64);
+    let writer = tokio::spawn(async move {
+        while let Some(m) = out_rx.recv().await {
+            let last = matches!(m, Message::Close(_));
+            if sink.send(m).await.is_err() || last {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let mut inputs = Vec::new();
+    let mut forwards = Vec::new();
+    for (i, port) in ports.iter().copied().enumerate() {
+        let (data_ch, err_ch) = ((2 * i) as u8, (2 * i + 1) as u8);
+        for ch in [data_ch, err_ch] {
+            let _ = out_tx.send(websocket::encode(&p, ch, &port.to_le_bytes())).await;
+        }
+        let (tx, mut rx) = mpsc::channel::<Bytes>(16);
+        inputs.push(tx);
+        let (out, t) = (out_tx.clone(), target.clone());
+        forwards.push(tokio::spawn(async move {
+            let tcp = match dial(t.netns.clone(), port).await {
+                Ok(c) => c,
+                Err(e) => {
+                    let msg = format!("error forwarding port {port} to pod {}, uid {}: failed to connect to localhost:{port} inside namespace {:?}: {e}", t.pod, t.uid, t.netns.display().to_string());
+                    let _ = out.send(websocket::encode(&p, err_ch, msg.as_bytes())).await;
+                    return;
+                }
+            };
+            let (mut rd, mut wr) = tcp.into_split();
+            tokio::spawn(async move {
+                while let Some(b) = rx.recv().await {
+                    if wr.write_all(&b).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = wr.shutdown().await;
+            });
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                match rd.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if out.send(websocket::encode(&p, data_ch, &buf[..n])).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(m)) = source.next().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+            if let Incoming::Data { channel, data } = websocket::decode(&p, m) {
+                // Only data channels take input; the first bytes a client may send are the port again.
+                if channel % 2 == 0 {
+                    if let Some(tx) = inputs.get((channel / 2) as usize) {
+                        let _ = tx.send(data).await;
+                    }
+                }
+            }
+        }
+    });
+    let mut all = Box::pin(async move {
+        for f in forwards {
+            let _ = f.await;
+        }
+    });
+    tokio::select! {
+        _ = &mut all => {}
+        _ = reader => {}
+    }
+    let _ = out_tx.send(Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "".into() }))).await;
+    drop(out_tx);
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn websocket_ports_come_from_the_query_like_upstream() {
+        let q = |v: &[&str]| v.iter().map(|p| ("port".to_string(), p.to_string())).collect::<Vec<_>>();
+        assert_eq!(query_ports(&q(&["80", "81,82"])), Ok(vec![80, 81, 82]));
+        assert_eq!(query_ports(&[]), Err("query parameter \"port\" is required".into()));
+        assert!(query_ports(&q(&["0"])).is_err());
+        assert!(query_ports(&q(&["http"])).is_err());
+        assert!(query_ports(&q(&[""])).is_err());
+    }
 }

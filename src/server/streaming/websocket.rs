@@ -36,15 +36,23 @@ pub struct Protocol {
 /// Picks the first of the client's `Sec-WebSocket-Protocol` entries we support;
 /// no header at all means the binary channel protocol (wsstream's "" entry).
 pub fn negotiate(requested: &[String]) -> Result<Protocol, String> {
+    negotiate_among(requested, PROTOCOLS)
+}
+
+/// Port-forward's channel protocols (portforward/websocket.go).
+pub const PORT_FORWARD_PROTOCOLS: &[&str] = &[V4, V4_BASE64];
+
+/// [`negotiate`] against another set of supported protocols.
+pub fn negotiate_among(requested: &[String], supported: &'static [&'static str]) -> Result<Protocol, String> {
     let wanted: Vec<&str> = requested.iter().flat_map(|h| h.split(',')).map(str::trim).filter(|s| !s.is_empty()).collect();
     if wanted.is_empty() {
         return Ok(protocol(""));
     }
     wanted
         .iter()
-        .find_map(|w| PROTOCOLS.iter().find(|p| **p == *w))
+        .find_map(|w| supported.iter().find(|p| **p == *w))
         .map(|p| protocol(p))
-        .ok_or_else(|| format!("requested protocol(s) are not supported: {wanted:?}; supports {PROTOCOLS:?}"))
+        .ok_or_else(|| format!("requested protocol(s) are not supported: {wanted:?}; supports {supported:?}"))
 }
 
 fn protocol(name: &'static str) -> Protocol {
