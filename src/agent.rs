@@ -289,6 +289,8 @@ fn start_server(cfg: &Config, client: Option<kube::Client>, host_ip: Option<Stri
         cfg.authentication.webhook_cache_ttl,
         sar,
     );
+    // FIFOs of exec sessions an earlier run left behind (their processes were the shim's to end).
+    let _ = std::fs::remove_dir_all(cfg.root_dir.join("streaming-exec"));
     let configz = serde_json::json!({ "kubeletconfig": cfg.to_kubelet_configuration() });
     let state = Arc::new(crate::server::State { auth, configz, node: cfg.node_name.clone(), sampler: Default::default(), root_dir: cfg.root_dir.clone(), pod_logs_dir: cfg.pod_logs_dir.clone(), containers: Some(containers) });
     tasks.push(tokio::spawn(crate::server::serve(a, tls, state, cancel.clone())));

@@ -258,34 +258,42 @@ async fn x1_kubectl_exec_attach_and_port_forward_reach_the_pod_over_spdy_and_web
         assert!(aerr.lines().filter(|l| l.starts_with("tock-")).count() >= 3, "attach stderr {aerr:?}");
         assert!(!aout.contains("tick-1\n"), "attach starts at the current end of the output: {aout:?}");
 
-        // (d) port-forward over SPDY to httpd inside the pod.
-        let mut pf = Command::new("kubectl")
-            .args(["--kubeconfig", admin.to_str().unwrap(), "port-forward", "pod/shell", ":8080"])
-            .env("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        let mut pf_stdout = BufReader::new(pf.stdout.take().unwrap());
-        pf_stdout.read_line(&mut line).unwrap();
-        // Keep reading (kubectl reports each connection on stdout; a closed pipe would kill it).
-        let pf_lines = std::thread::spawn(move || pf_stdout.lines().map_while(Result::ok).collect::<Vec<_>>());
-        let local: u16 = line.trim().strip_prefix("Forwarding from 127.0.0.1:").and_then(|r| r.split(' ').next()).and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("{line:?}"));
-        let mut answers = Vec::new();
-        for _ in 0..3 {
-            answers.push(curl(&format!("http://127.0.0.1:{local}/"), &[]));
+        // (d) port-forward over SPDY to httpd inside the pod: asked for, and as
+        // kubectl's fallback when its WebSocket tunnel (which kube-apiserver, not
+        // the kubelet, terminates) is refused.
+        for websockets in ["false", "true"] {
+            let mut pf = Command::new("kubectl")
+                .args(["--kubeconfig", admin.to_str().unwrap(), "port-forward", "pod/shell", ":8080"])
+                .env("KUBECTL_PORT_FORWARD_WEBSOCKETS", websockets)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut line = String::new();
+            let mut pf_stdout = BufReader::new(pf.stdout.take().unwrap());
+            pf_stdout.read_line(&mut line).unwrap();
+            // Keep reading (kubectl reports each connection on stdout; a closed pipe would kill it).
+            let pf_lines = std::thread::spawn(move || pf_stdout.lines().map_while(Result::ok).collect::<Vec<_>>());
+            let local: u16 = line.trim().strip_prefix("Forwarding from 127.0.0.1:").and_then(|r| r.split(' ').next()).and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("{line:?}"));
+            let mut answers = Vec::new();
+            for _ in 0..3 {
+                answers.push(curl(&format!("http://127.0.0.1:{local}/"), &[]));
+            }
+            let _ = pf.kill();
+            let pf_out = pf.wait_with_output().unwrap();
+            let pf_lines = pf_lines.join().unwrap();
+            assert!(pf_lines.iter().filter(|l| l.starts_with("Handling connection for ")).count() == 3, "{pf_lines:?}");
+            let pf_reqs: Vec<_> = srv.requests().into_iter().filter(|r| r.subresource == "portforward").collect();
+            assert!(
+                answers.iter().all(|a| *a == (200, "hello-from-pod\n".to_string())),
+                "{answers:?}; kubectl port-forward said {:?}; API requests {pf_reqs:?}",
+                String::from_utf8_lossy(&pf_out.stderr)
+            );
+            if websockets == "true" {
+                // kubectl tried its WebSocket tunnel first; the kubelet has no such protocol and said so.
+                assert!(pf_reqs.iter().any(|r| r.upgrade.eq_ignore_ascii_case("websocket") && r.code == 400), "{pf_reqs:?}");
+            }
         }
-        let _ = pf.kill();
-        let pf_out = pf.wait_with_output().unwrap();
-        let pf_lines = pf_lines.join().unwrap();
-        assert!(pf_lines.iter().filter(|l| l.starts_with("Handling connection for ")).count() == 3, "{pf_lines:?}");
-        let pf_reqs: Vec<_> = srv.requests().into_iter().filter(|r| r.subresource == "portforward").collect();
-        assert!(
-            answers.iter().all(|a| *a == (200, "hello-from-pod\n".to_string())),
-            "{answers:?}; kubectl port-forward said {:?}; API requests {pf_reqs:?}",
-            String::from_utf8_lossy(&pf_out.stderr)
-        );
 
         // (e) 401 without credentials, 403 for a denied user, upstream's answers to bad requests.
         let exec = format!("{api}/exec/default/shell/c?command=true&output=1");

@@ -148,7 +148,7 @@ pub async fn serve(state: Arc<State>, req: Request<Incoming>, query: Vec<(String
                 let (root, uid, c) = (state.root_dir.clone(), found.pod.metadata.uid.clone().unwrap_or_default(), container.to_string());
                 Box::new(move |io| Box::pin(attach_output(io, logs, root, uid, c, opts.tty)))
             } else {
-                let (scratch, c) = (state.root_dir.join("exec"), cid.clone());
+                let (scratch, c) = (state.root_dir.join("streaming-exec"), cid.clone());
                 info!(pod = %format!("{ns}/{pod}"), container, ?cmd, tty = opts.tty, "exec");
                 Box::new(move |io| Box::pin(run_exec(rt, c, cmd, opts.tty, io, scratch)))
             };

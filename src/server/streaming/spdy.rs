@@ -477,11 +477,9 @@ impl Connection {
                         Frame::RstStream { id, .. } => {
                             open.remove(&id);
                         }
-                        Frame::Ping(id) => {
-                            // Echo the client's (odd) pings.
-                            if id % 2 == 1 {
-                                let _ = reader_frames.send(Frame::Ping(id)).await;
-                            }
+                        // Echo the client's (odd) pings.
+                        Frame::Ping(id) if id % 2 == 1 => {
+                            let _ = reader_frames.send(Frame::Ping(id)).await;
                         }
                         Frame::GoAway { .. } => {
                             debug!("SPDY client sent GOAWAY");
