@@ -186,8 +186,8 @@ async fn pod_netns(rt: &Containers, uid: &str) -> Option<PathBuf> {
 }
 
 async fn run_exec(rt: Containers, id: String, cmd: Vec<String>, tty: bool, io: Io, scratch: PathBuf) -> Outcome {
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    if let Some(mut r) = io.resize {
+    let resize = io.resize.map(|mut r| {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
             while let Some(s) = r.recv().await {
                 if tx.send((s.width, s.height)).await.is_err() {
@@ -195,8 +195,9 @@ async fn run_exec(rt: Containers, id: String, cmd: Vec<String>, tty: bool, io: I
                 }
             }
         });
-    }
-    let sio = crate::runtime::exec::StreamIo { stdin: io.stdin, stdout: io.stdout, stderr: io.stderr, resize: Some(rx) };
+        rx
+    });
+    let sio = crate::runtime::exec::StreamIo { stdin: io.stdin, stdout: io.stdout, stderr: io.stderr, resize };
     match crate::runtime::exec::exec_streaming(&rt, &id, &cmd, tty, sio, &scratch, io.gone).await {
         Ok(code) => Outcome::Exited { code, cmd: cmd.join(" ") },
         Err(e) => Outcome::Failed(e.to_string()),
