@@ -188,6 +188,10 @@ pub fn query_ports(query: &[(String, String)]) -> Result<Vec<u16>, String> {
             ports.push(port);
         }
     }
+    // Two one-byte channels per port.
+    if ports.len() > 127 {
+        return Err(format!("too many ports ({}); at most 127 fit the channel numbers", ports.len()));
+    }
     Ok(ports)
 }
 
@@ -287,5 +291,6 @@ mod tests {
         assert!(query_ports(&q(&["0"])).is_err());
         assert!(query_ports(&q(&["http"])).is_err());
         assert!(query_ports(&q(&[""])).is_err());
+        assert!(query_ports(&q(&[&vec!["80"; 128].join(",")])).is_err());
     }
 }

@@ -99,8 +99,8 @@ pub fn decode(p: &Protocol, m: Message) -> Incoming {
         }
         Message::Text(t) if p.base64 && !t.is_empty() => {
             let s = t.as_str();
-            let Some(ch) = s.as_bytes()[0].checked_sub(b'0') else { return Incoming::Ignore };
-            match base64::engine::general_purpose::STANDARD.decode(&s[1..]) {
+            let (Some(ch), Some(rest)) = (s.as_bytes()[0].checked_sub(b'0'), s.get(1..)) else { return Incoming::Ignore };
+            match base64::engine::general_purpose::STANDARD.decode(rest) {
                 Ok(d) => Incoming::Data { channel: ch, data: Bytes::from(d) },
                 Err(_) => Incoming::Ignore,
             }
@@ -135,6 +135,7 @@ mod tests {
         assert_eq!(encode(&b64, 2, b"hi"), Message::text("2aGk="));
         assert_eq!(decode(&b64, Message::text("0aGk=")), Incoming::Data { channel: 0, data: Bytes::from_static(b"hi") });
         assert_eq!(decode(&b64, Message::text("0!!")), Incoming::Ignore);
+        assert_eq!(decode(&b64, Message::text("é")), Incoming::Ignore, "a multi-byte first character is not a channel");
         assert_eq!(decode(&v5, Message::binary(Vec::new())), Incoming::Ignore);
     }
 }
