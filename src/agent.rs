@@ -148,7 +148,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         config: cfg.clone(),
     });
     node_startup(&ctx, &node_opts, cpu_capacity_milli, memory_capacity);
-    let server_tasks = start_server(&cfg, client.clone(), ctx.host_ip.clone(), ctx.metrics.clone(), &cancel);
+    let server_tasks = start_server(&cfg, client.clone(), ctx.host_ip.clone(), ctx.containers.clone(), ctx.metrics.clone(), &cancel);
     let mut manager = Manager::new(ctx.clone(), cancel.clone());
 
     let (ev_tx, mut ev_rx) = mpsc::channel(256);
@@ -255,7 +255,14 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
 /// Starts `/healthz` on healthzBindAddress:healthzPort and the authenticated
 /// kubelet API on address:port. The API needs the API server for webhook
 /// authentication/authorization, so standalone it runs only with AlwaysAllow.
-fn start_server(cfg: &Config, client: Option<kube::Client>, host_ip: Option<String>, metrics: Arc<crate::metrics::Metrics>, cancel: &CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+fn start_server(
+    cfg: &Config,
+    client: Option<kube::Client>,
+    host_ip: Option<String>,
+    containers: Containers,
+    metrics: Arc<crate::metrics::Metrics>,
+    cancel: &CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
     use crate::config::AuthorizationMode;
     let mut tasks = Vec::new();
     let addr = |host: &str, port: i32| format!("{}:{port}", if host.contains(':') { format!("[{host}]") } else { host.to_string() }).parse::<std::net::SocketAddr>();
@@ -312,8 +319,19 @@ fn start_server(cfg: &Config, client: Option<kube::Client>, host_ip: Option<Stri
         cfg.authentication.webhook_cache_ttl,
         sar,
     );
+    // FIFOs of exec sessions an earlier run left behind (their processes were the shim's to end).
+    let _ = std::fs::remove_dir_all(cfg.root_dir.join("streaming-exec"));
     let configz = serde_json::json!({ "kubeletconfig": cfg.to_kubelet_configuration() });
-    let state = Arc::new(crate::server::State { auth, configz, node: cfg.node_name.clone(), sampler: Default::default(), root_dir: cfg.root_dir.clone(), pod_logs_dir: cfg.pod_logs_dir.clone(), metrics });
+    let state = Arc::new(crate::server::State {
+        auth,
+        configz,
+        node: cfg.node_name.clone(),
+        sampler: Default::default(),
+        root_dir: cfg.root_dir.clone(),
+        pod_logs_dir: cfg.pod_logs_dir.clone(),
+        containers: Some(containers),
+        metrics,
+    });
     tasks.push(tokio::spawn(crate::server::serve(a, tls, state, cancel.clone())));
     tasks
 }

@@ -2,12 +2,14 @@
 //! (10250) behind authentication and authorization, and the plain `/healthz` on
 //! `healthzBindAddress:healthzPort` (127.0.0.1:10248) that kubeadm waits on.
 //! Endpoints so far: `/healthz`, `/pods`, `/containerLogs/{ns}/{pod}/{container}`,
-//! `/stats/summary`, `/metrics/resource`, `/metrics`, `/metrics/probes`, `/configz`.
+//! `/stats/summary`, `/metrics/resource`, `/metrics`, `/metrics/probes`, `/configz`,
+//! and the streaming ones (`/exec`, `/attach`, `/portForward`: see [`streaming`]).
 //! A slow or broken client only holds its own connection task.
 
 pub mod auth;
 pub mod serving;
 pub mod stats;
+pub mod streaming;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -25,9 +27,9 @@ use tracing::{debug, info, warn};
 
 use self::auth::{Auth, Attributes};
 
-type Body = BoxBody<Bytes, std::convert::Infallible>;
+pub(crate) type Body = BoxBody<Bytes, std::convert::Infallible>;
 
-fn full(b: impl Into<Bytes>) -> Body {
+pub(crate) fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).boxed()
 }
 
@@ -41,9 +43,11 @@ pub struct State {
     pub root_dir: PathBuf,
     pub pod_logs_dir: PathBuf,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// containerd, for exec, attach and port-forward (None: those answer 503).
+    pub containers: Option<crate::runtime::containers::Containers>,
 }
 
-fn text(code: StatusCode, body: impl Into<String>) -> Response<Body> {
+pub(crate) fn text(code: StatusCode, body: impl Into<String>) -> Response<Body> {
     let mut body = body.into();
     if !body.ends_with('\n') && code != StatusCode::OK {
         body.push('\n');
@@ -132,18 +136,20 @@ pub async fn serve(addr: SocketAddr, tls: Arc<rustls::ServerConfig>, state: Arc<
             let cert: Option<Arc<Vec<u8>>> = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| Arc::new(c.to_vec()));
             let svc = hyper::service::service_fn(move |req| {
                 let (state, cert) = (state.clone(), cert.clone());
-                async move { Ok::<_, std::convert::Infallible>(handle(&state, cert.as_deref().map(Vec::as_slice), req).await) }
+                async move { Ok::<_, std::convert::Infallible>(handle(state, cert.as_deref().map(Vec::as_slice), req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(30))
                 .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades()
                 .await;
         });
     }
 }
 
-async fn handle<B>(state: &State, cert: Option<&[u8]>, req: Request<B>) -> Response<Body> {
+async fn handle(state: Arc<State>, cert: Option<&[u8]>, req: Request<hyper::body::Incoming>) -> Response<Body> {
+    let state = &state;
     let path = req.uri().path().to_string();
     let authz = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let Some(user) = state.auth.authenticate(cert, authz).await else {
@@ -160,6 +166,9 @@ async fn handle<B>(state: &State, cert: Option<&[u8]>, req: Request<B>) -> Respo
         .query()
         .map(url_pairs)
         .unwrap_or_default();
+    if streaming::is_streaming(&path) {
+        return streaming::serve(state.clone(), req, query).await;
+    }
     match path.as_str() {
         "/healthz" => text(StatusCode::OK, "ok"),
         "/pods" | "/pods/" => pods(state),
@@ -325,7 +334,7 @@ fn container_logs(state: &State, path: &str, query: &[(String, String)]) -> Resp
 }
 
 /// Whole lines appended to `file` since `offset` (which advances past them).
-fn read_from(file: &std::path::Path, offset: &mut u64) -> Vec<u8> {
+pub(crate) fn read_from(file: &std::path::Path, offset: &mut u64) -> Vec<u8> {
     use std::io::{Read, Seek, SeekFrom};
     let Ok(mut f) = std::fs::File::open(file) else { return Vec::new() };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);

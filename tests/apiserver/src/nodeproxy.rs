@@ -3,6 +3,13 @@
 //! with a client certificate `CN=kube-apiserver-kubelet-client`, without verifying
 //! the kubelet's serving certificate (kube-apiserver's default), and streams the
 //! answer back. This is how `kubectl logs` reaches a node.
+//!
+//! `pods/exec`, `pods/attach` and `pods/portforward` (SPDY or WebSocket upgrade
+//! requests) go the same way as an upgrade: the kubelet URL is built from the
+//! options like upstream's streamLocation (`command`, `input=1`, `output=1`,
+//! `error=1`, `tty=1`), the upgrade headers are passed on, and after the
+//! kubelet's 101 the bytes are copied both ways (what kube-apiserver's
+//! upgrade-aware proxy did before it learned to translate WebSockets).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -63,46 +70,14 @@ pub async fn pod_log(shared: &Arc<Shared>, ns: &str, name: &str, query: &[(Strin
         None if containers.len() == 1 => containers[0].clone(),
         None => return Err(ApiError::bad_request(format!("a container name must be specified for pod {name}, choose one of: [{}]", containers.join(" ")))),
     };
-    let node_name = pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("");
-    if node_name.is_empty() {
-        return Err(ApiError::bad_request(format!("pod {name} does not have a host assigned")));
-    }
-    let node = shared.get(res("nodes"), "", node_name)?;
-    let internal = node
-        .pointer("/status/addresses")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .find(|a| a["type"] == "InternalIP")
-        .and_then(|a| a["address"].as_str())
-        .ok_or_else(|| unavailable(format!("no InternalIP for node {node_name}")))?
-        .to_string();
-    let ip = shared.opts.kubelet_dial_address.clone().unwrap_or(internal);
-    let port = node.pointer("/status/daemonEndpoints/kubeletEndpoint/Port").and_then(Value::as_u64).unwrap_or(10250);
+    let (ip, port) = kubelet_target(shared, &pod, name)?;
     let mut path = format!("/containerLogs/{ns}/{name}/{container}");
     let params: Vec<String> = PASSED.iter().filter_map(|k| q(k).map(|v| format!("{k}={}", percent_encoding::utf8_percent_encode(&v, percent_encoding::NON_ALPHANUMERIC)))).collect();
     if !params.is_empty() {
         path.push('?');
         path.push_str(&params.join("&"));
     }
-
-    let (cert, key) = shared.pki.issue_client_cert(KUBELET_CLIENT, &["kubeadm:cluster-admins"], Duration::from_secs(3600)).map_err(|e| ApiError::internal(e.to_string()))?;
-    let chain: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes()).filter_map(|c| c.ok()).collect();
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| ApiError::internal(e.to_string()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    let tcp = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect((ip.as_str(), port as u16)))
-        .await
-        .map_err(|_| unavailable(format!("dial tcp {ip}:{port}: i/o timeout")))?
-        .map_err(|e| unavailable(format!("dial tcp {ip}:{port}: {e}")))?;
-    let server_name = rustls::pki_types::ServerName::try_from(ip.clone()).map_err(|e| ApiError::internal(e.to_string()))?;
-    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls)).connect(server_name, tcp).await.map_err(|e| unavailable(format!("kubelet TLS: {e}")))?;
+    let stream = connect_kubelet(shared, &ip, port).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(|e| unavailable(e.to_string()))?;
     tokio::spawn(async move {
         let _ = conn.await;
@@ -122,4 +97,121 @@ pub async fn pod_log(shared: &Arc<Shared>, ns: &str, name: &str, query: &[(Strin
         .header("Content-Type", "text/plain")
         .body(BodyExt::boxed(StreamBody::new(stream)))
         .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// The kubelet's address for the pod's node: (dial address, port).
+fn kubelet_target(shared: &Arc<Shared>, pod: &Value, name: &str) -> Result<(String, u16), ApiError> {
+    let node_name = pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("");
+    if node_name.is_empty() {
+        return Err(ApiError::bad_request(format!("pod {name} does not have a host assigned")));
+    }
+    let node = shared.get(res("nodes"), "", node_name)?;
+    let internal = node
+        .pointer("/status/addresses")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|a| a["type"] == "InternalIP")
+        .and_then(|a| a["address"].as_str())
+        .ok_or_else(|| unavailable(format!("no InternalIP for node {node_name}")))?
+        .to_string();
+    let ip = shared.opts.kubelet_dial_address.clone().unwrap_or(internal);
+    let port = node.pointer("/status/daemonEndpoints/kubeletEndpoint/Port").and_then(Value::as_u64).unwrap_or(10250);
+    Ok((ip, port as u16))
+}
+
+/// A TLS connection to the kubelet as kube-apiserver's kubelet client (HTTP/1.1 only).
+async fn connect_kubelet(shared: &Arc<Shared>, ip: &str, port: u16) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, ApiError> {
+    let (cert, key) = shared.pki.issue_client_cert(KUBELET_CLIENT, &["kubeadm:cluster-admins"], Duration::from_secs(3600)).map_err(|e| ApiError::internal(e.to_string()))?;
+    let chain: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes()).filter_map(|c| c.ok()).collect();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| ApiError::internal(e.to_string()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let tcp = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect((ip, port)))
+        .await
+        .map_err(|_| unavailable(format!("dial tcp {ip}:{port}: i/o timeout")))?
+        .map_err(|e| unavailable(format!("dial tcp {ip}:{port}: {e}")))?;
+    let server_name = rustls::pki_types::ServerName::try_from(ip.to_string()).map_err(|e| ApiError::internal(e.to_string()))?;
+    tokio_rustls::TlsConnector::from(Arc::new(tls)).connect(server_name, tcp).await.map_err(|e| unavailable(format!("kubelet TLS: {e}")))
+}
+
+/// Headers of an upgrade that pass through to the kubelet and back.
+const UPGRADE_HEADERS: &[&str] = &["connection", "upgrade", "x-stream-protocol-version", "sec-websocket-key", "sec-websocket-version", "sec-websocket-protocol", "sec-websocket-accept", "x-accepted-stream-protocol-versions"];
+
+/// `pods/{exec,attach,portforward}`: upgrades the request through to the pod's kubelet.
+pub async fn upgrade(shared: &Arc<Shared>, ns: &str, name: &str, subresource: &str, query: &[(String, String)], mut req: hyper::Request<hyper::body::Incoming>) -> Result<Response<Body>, ApiError> {
+    let pod = shared.get(res("pods"), ns, name)?;
+    let all = |k: &str| query.iter().filter(|(n, _)| n == k).map(|(_, v)| v.clone()).collect::<Vec<_>>();
+    let flag = |k: &str| all(k).last().is_some_and(|v| v == "true" || v == "1");
+    let path = if subresource == "portforward" {
+        format!("/portForward/{ns}/{name}")
+    } else {
+        let containers: Vec<String> = pod.pointer("/spec/containers").and_then(Value::as_array).into_iter().flatten().filter_map(|c| c["name"].as_str().map(String::from)).collect();
+        let container = match all("container").pop() {
+            Some(c) => c,
+            None if containers.len() == 1 => containers[0].clone(),
+            None => return Err(ApiError::bad_request(format!("a container name must be specified for pod {name}, choose one of: [{}]", containers.join(" ")))),
+        };
+        if !containers.contains(&container) {
+            return Err(ApiError::bad_request(format!("container {container} is not valid for pod {name}")));
+        }
+        let enc = |v: &str| percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC).to_string();
+        let mut params: Vec<String> = Vec::new();
+        if subresource == "exec" {
+            let cmd = all("command");
+            if cmd.is_empty() {
+                return Err(ApiError::bad_request("you must specify at least one command for the container"));
+            }
+            params.extend(cmd.iter().map(|c| format!("command={}", enc(c))));
+        }
+        for (opt, param) in [("stdin", "input"), ("stdout", "output"), ("stderr", "error"), ("tty", "tty")] {
+            if flag(opt) {
+                params.push(format!("{param}=1"));
+            }
+        }
+        format!("/{subresource}/{ns}/{name}/{container}?{}", params.join("&"))
+    };
+    let (ip, port) = kubelet_target(shared, &pod, name)?;
+    let stream = connect_kubelet(shared, &ip, port).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(|e| unavailable(e.to_string()))?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    let mut out = hyper::Request::builder().method(req.method().clone()).uri(path).header("Host", format!("{ip}:{port}"));
+    for h in UPGRADE_HEADERS {
+        for v in req.headers().get_all(*h) {
+            out = out.header(*h, v.clone());
+        }
+    }
+    let out = out.body(http_body_util::Empty::<Bytes>::new()).map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut resp = sender.send_request(out).await.map_err(|e| unavailable(e.to_string()))?;
+    let status = resp.status();
+    if status != hyper::StatusCode::SWITCHING_PROTOCOLS {
+        // The kubelet's refusal goes back as it is.
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let mut b = Response::builder().status(status);
+        for (k, v) in headers.iter().filter(|(k, _)| *k == "content-type" || UPGRADE_HEADERS.contains(&k.as_str())) {
+            b = b.header(k, v);
+        }
+        return b.body(BodyExt::boxed(http_body_util::Full::new(body))).map_err(|e| ApiError::internal(e.to_string()));
+    }
+    let mut b = Response::builder().status(status);
+    for (k, v) in resp.headers().iter().filter(|(k, _)| UPGRADE_HEADERS.contains(&k.as_str())) {
+        b = b.header(k, v);
+    }
+    let client_up = hyper::upgrade::on(&mut req);
+    let kubelet_up = hyper::upgrade::on(&mut resp);
+    tokio::spawn(async move {
+        let (Ok(c), Ok(k)) = (client_up.await, kubelet_up.await) else { return };
+        let (mut c, mut k) = (hyper_util::rt::TokioIo::new(c), hyper_util::rt::TokioIo::new(k));
+        let _ = tokio::io::copy_bidirectional(&mut c, &mut k).await;
+    });
+    b.body(BodyExt::boxed(http_body_util::Empty::<Bytes>::new())).map_err(|e| ApiError::internal(e.to_string()))
 }

@@ -104,7 +104,7 @@ pub fn spawn(
                     async move { Ok::<_, Infallible>(handle(shared, conn, req, cancel).await) }
                 });
                 let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                let served = builder.serve_connection(TokioIo::new(tls), service);
+                let served = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
                 tokio::select! {
                     _ = served => {}
                     _ = c.cancelled() => {}
@@ -272,6 +272,9 @@ async fn handle(
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     let headers = req.headers().clone();
+    if let Some((ns, name, sub)) = streaming_subresource(&path) {
+        return upgrade(&shared, &conn, req, ns, name, sub, &query).await;
+    }
     let body = match Limited::new(req.into_body(), 32 << 20).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => {
@@ -298,6 +301,7 @@ async fn handle(
         },
         user: String::new(),
         user_agent: header(&headers, "user-agent").to_string(),
+        upgrade: String::new(),
         code: 0,
     };
     // Authentication.
@@ -337,6 +341,68 @@ async fn handle(
     };
     rec.code = resp.status().as_u16();
     tracing::debug!(verb = %rec.verb, path = %rec.path, user = %rec.user, code = rec.code);
+    shared.record(rec);
+    resp
+}
+
+/// `/api/v1/namespaces/{ns}/pods/{name}/{exec|attach|portforward}` → (ns, name, subresource).
+fn streaming_subresource(path: &str) -> Option<(String, String, &'static str)> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match segs.as_slice() {
+        ["api", "v1", "namespaces", ns, "pods", name, sub] => {
+            let sub = ["exec", "attach", "portforward"].into_iter().find(|s| s == sub)?;
+            Some((ns.to_string(), name.to_string(), sub))
+        }
+        _ => None,
+    }
+}
+
+/// Streaming subresources: authenticate, authorize `create` on `pods/<sub>` (for
+/// the GET of a WebSocket as for the POST of SPDY), then proxy the upgrade.
+async fn upgrade(
+    shared: &Arc<Shared>,
+    conn: &Arc<Conn>,
+    req: Request<Incoming>,
+    ns: String,
+    name: String,
+    sub: &'static str,
+    query: &str,
+) -> Response<Body> {
+    let mut rec = RequestRecord {
+        verb: "create".into(),
+        group: String::new(),
+        resource: "pods".into(),
+        subresource: sub.into(),
+        namespace: ns.clone(),
+        name: name.clone(),
+        path: req.uri().path().to_string(),
+        query: query.to_string(),
+        content_type: String::new(),
+        user: String::new(),
+        user_agent: header(req.headers(), "user-agent").to_string(),
+        upgrade: header(req.headers(), "upgrade").to_string(),
+        code: 0,
+    };
+    let user = match header(req.headers(), "authorization").strip_prefix("Bearer ") {
+        Some(tok) => shared.token_user(tok.trim()),
+        None => match conn.as_ref() {
+            Some(Ok(u)) => Some(u.clone()),
+            _ => None,
+        },
+    };
+    let result = async {
+        let user = user.ok_or_else(ApiError::unauthorized)?;
+        rec.user = user.name.clone();
+        let def = resources::find("", "v1", "pods").ok_or_else(ApiError::resource_not_found)?;
+        {
+            let store = shared.store();
+            auth::authorize(&user, &Attributes { verb: "create", def, subresource: sub, namespace: &ns, name: &name }, &store)?;
+        }
+        crate::nodeproxy::upgrade(shared, &ns, &name, sub, &parse_query(query), req).await
+    }
+    .await;
+    let resp = result.unwrap_or_else(|e| error_resp(&e));
+    rec.code = resp.status().as_u16();
     shared.record(rec);
     resp
 }

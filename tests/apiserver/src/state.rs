@@ -43,6 +43,8 @@ pub struct RequestRecord {
     pub content_type: String,
     pub user: String,
     pub user_agent: String,
+    /// The `Upgrade` header of a streaming request (`SPDY/3.1`, `websocket`), else "".
+    pub upgrade: String,
     /// HTTP status code of the response.
     pub code: u16,
 }

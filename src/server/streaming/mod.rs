@@ -1,0 +1,355 @@
+//! The kubelet's streaming endpoints (pkg/kubelet/server/server.go getExec,
+//! getAttach, getPortForward): `/exec/{ns}/{pod}[/{uid}]/{container}?command=…`,
+//! `/attach/{ns}/{pod}[/{uid}]/{container}` and `/portForward/{ns}/{pod}[/{uid}]`,
+//! GET or POST, upgraded to SPDY/3.1 (what kube-apiserver speaks to kubelets)
+//! or to a WebSocket (direct clients, kubectl through a proxying API server).
+//! The command runs through containerd's task Exec with FIFOs
+//! ([`crate::runtime::exec::exec_streaming`]); port-forward dials inside the
+//! pod's network namespace. Each session is its own task: a slow or vanished
+//! client holds only that task, and its exec process is killed when it goes.
+
+pub mod portforward;
+pub mod remotecommand;
+pub mod spdy;
+pub mod websocket;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use tracing::{debug, info};
+
+use self::remotecommand::{Io, Outcome, Runner};
+use super::{text, Body, State};
+use crate::runtime::containers::{labels, Containers};
+
+/// Which streams the client asked for (remotecommand.NewOptions: `stdin=1` etc.).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Options {
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    pub tty: bool,
+}
+
+impl Options {
+    /// As upstream: `input`, `output`, `error`, `tty` (api.Exec*Param), and only
+    /// `1` turns one on; a tty has no separate stderr.
+    pub fn from_query(q: &[(String, String)]) -> Result<Options, String> {
+        let on = |k: &str| q.iter().any(|(n, v)| n == k && v == "1");
+        let tty = on("tty");
+        let o = Options { stdin: on("input"), stdout: on("output"), stderr: on("error") && !tty, tty };
+        if !o.stdin && !o.stdout && !o.stderr {
+            return Err("you must specify at least 1 of stdin, stdout, stderr".into());
+        }
+        Ok(o)
+    }
+}
+
+/// A terminal size as remotecommand.TerminalSize encodes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub struct TermSize {
+    #[serde(rename = "Width")]
+    pub width: u16,
+    #[serde(rename = "Height")]
+    pub height: u16,
+}
+
+/// `/exec`, `/attach` or `/portForward` with the path parsed.
+#[derive(Debug, PartialEq, Eq)]
+enum Route<'a> {
+    Exec { ns: &'a str, pod: &'a str, uid: Option<&'a str>, container: &'a str },
+    Attach { ns: &'a str, pod: &'a str, uid: Option<&'a str>, container: &'a str },
+    PortForward { ns: &'a str, pod: &'a str, uid: Option<&'a str> },
+}
+
+fn route(path: &str) -> Option<Route<'_>> {
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    if segs.iter().skip(1).any(|s| s.is_empty()) {
+        return None;
+    }
+    match segs.as_slice() {
+        ["exec", ns, pod, c] => Some(Route::Exec { ns, pod, uid: None, container: c }),
+        ["exec", ns, pod, uid, c] => Some(Route::Exec { ns, pod, uid: Some(uid), container: c }),
+        ["attach", ns, pod, c] => Some(Route::Attach { ns, pod, uid: None, container: c }),
+        ["attach", ns, pod, uid, c] => Some(Route::Attach { ns, pod, uid: Some(uid), container: c }),
+        ["portForward", ns, pod] => Some(Route::PortForward { ns, pod, uid: None }),
+        ["portForward", ns, pod, uid] => Some(Route::PortForward { ns, pod, uid: Some(uid) }),
+        _ => None,
+    }
+}
+
+/// Whether `path` is one of the streaming endpoints (so the server hands it the whole request).
+pub fn is_streaming(path: &str) -> bool {
+    ["/exec/", "/attach/", "/portForward/"].iter().any(|p| path.starts_with(p))
+}
+
+fn header_values(req: &Request<Incoming>, name: &str) -> Vec<String> {
+    req.headers().get_all(name).iter().filter_map(|v| v.to_str().ok()).map(String::from).collect()
+}
+
+fn has_token(req: &Request<Incoming>, name: &str, token: &str) -> bool {
+    header_values(req, name).iter().flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()).collect::<Vec<_>>()).any(|t| t == token)
+}
+
+/// A pod's running container as the saved status shows it: (pod, containerd id).
+struct Found {
+    pod: k8s_openapi::api::core::v1::Pod,
+    container_id: Option<String>,
+}
+
+fn find(root: &Path, ns: &str, name: &str, container: Option<&str>) -> Option<Found> {
+    let pod = crate::pod::store::load_all(root).into_iter().find(|p| p.metadata.namespace.as_deref() == Some(ns) && p.metadata.name.as_deref() == Some(name))?;
+    let container_id = container.and_then(|c| {
+        let st = pod.status.as_ref()?;
+        st.container_statuses
+            .iter()
+            .flatten()
+            .chain(st.init_container_statuses.iter().flatten())
+            .chain(st.ephemeral_container_statuses.iter().flatten())
+            .find(|s| s.name == c && s.state.as_ref().is_some_and(|s| s.running.is_some()))
+            .and_then(|s| s.container_id.as_deref())
+            .map(|id| id.rsplit("://").next().unwrap_or(id).to_string())
+    });
+    Some(Found { pod, container_id })
+}
+
+/// Serves a streaming request (already authenticated and authorized).
+pub async fn serve(state: Arc<State>, req: Request<Incoming>, query: Vec<(String, String)>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let Some(r) = route(&path) else { return text(StatusCode::NOT_FOUND, "404 page not found") };
+    let Some(rt) = state.containers.clone() else { return text(StatusCode::SERVICE_UNAVAILABLE, "container runtime is not available") };
+    match r {
+        Route::Exec { ns, pod, uid, container } | Route::Attach { ns, pod, uid, container } => {
+            let attach = matches!(r, Route::Attach { .. });
+            let opts = match Options::from_query(&query) {
+                Ok(o) => o,
+                Err(e) => return text(StatusCode::BAD_REQUEST, e),
+            };
+            let cmd: Vec<String> = query.iter().filter(|(k, _)| k == "command").map(|(_, v)| v.clone()).collect();
+            if !attach && cmd.is_empty() {
+                return text(StatusCode::BAD_REQUEST, "you must specify at least one command for the container");
+            }
+            let Some(found) = find(&state.root_dir, ns, pod, Some(container)) else {
+                return text(StatusCode::NOT_FOUND, "pod does not exist");
+            };
+            let uid_ok = uid.is_none_or(|u| found.pod.metadata.uid.as_deref() == Some(u));
+            let Some(cid) = found.container_id.filter(|_| uid_ok) else {
+                // kubelet GetExec/GetAttach → streaming.WriteError of a plain error: 500.
+                return text(StatusCode::INTERNAL_SERVER_ERROR, format!("container not found ({container:?})"));
+            };
+            let runner: Runner = if attach {
+                let logs = found.pod.metadata.uid.as_deref().map(|u| state.pod_logs_dir.join(format!("{ns}_{pod}_{u}")).join(container));
+                let (root, uid, c) = (state.root_dir.clone(), found.pod.metadata.uid.clone().unwrap_or_default(), container.to_string());
+                Box::new(move |io| Box::pin(attach_output(io, logs, root, uid, c, opts.tty)))
+            } else {
+                let (scratch, c) = (state.root_dir.join("streaming-exec"), cid.clone());
+                info!(pod = %format!("{ns}/{pod}"), container, ?cmd, tty = opts.tty, "exec");
+                Box::new(move |io| Box::pin(run_exec(rt, c, cmd, opts.tty, io, scratch)))
+            };
+            upgrade_remotecommand(req, opts, runner)
+        }
+        Route::PortForward { ns, pod, uid } => {
+            let Some(found) = find(&state.root_dir, ns, pod, None) else {
+                return text(StatusCode::NOT_FOUND, "pod does not exist");
+            };
+            let pod_uid = found.pod.metadata.uid.clone().unwrap_or_default();
+            if uid.is_some_and(|u| u != pod_uid) {
+                return text(StatusCode::NOT_FOUND, "pod does not exist");
+            }
+            let Some(netns) = pod_netns(&rt, &pod_uid).await else {
+                return text(StatusCode::INTERNAL_SERVER_ERROR, format!("failed to find sandbox for pod {ns}/{pod}"));
+            };
+            info!(pod = %format!("{ns}/{pod}"), netns = %netns.display(), "port-forward");
+            let target = portforward::Target { pod: pod.to_string(), uid: pod_uid, netns };
+            if has_token(&req, "connection", "upgrade") && has_token(&req, "upgrade", "websocket") {
+                let ports = match portforward::query_ports(&query) {
+                    Ok(p) => p,
+                    Err(e) => return text(StatusCode::BAD_REQUEST, e),
+                };
+                return upgrade_ws(req, websocket::PORT_FORWARD_PROTOCOLS, move |io, p| Box::pin(portforward::serve_ws(io, p, ports, target)));
+            }
+            upgrade_spdy(req, &[portforward::PROTOCOL], move |io, _| Box::pin(portforward::serve(io, target)))
+        }
+    }
+}
+
+/// The network namespace of a pod's sandbox, from its containerd labels.
+async fn pod_netns(rt: &Containers, uid: &str) -> Option<PathBuf> {
+    let list = rt.list(Some(uid)).await.ok()?;
+    list.iter().filter_map(|c| c.label(labels::NETNS)).find(|p| !p.is_empty()).map(PathBuf::from)
+}
+
+async fn run_exec(rt: Containers, id: String, cmd: Vec<String>, tty: bool, io: Io, scratch: PathBuf) -> Outcome {
+    let resize = io.resize.map(|mut r| {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            while let Some(s) = r.recv().await {
+                if tx.send((s.width, s.height)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        rx
+    });
+    let sio = crate::runtime::exec::StreamIo { stdin: io.stdin, stdout: io.stdout, stderr: io.stderr, resize };
+    match crate::runtime::exec::exec_streaming(&rt, &id, &cmd, tty, sio, &scratch, io.gone).await {
+        Ok(code) => Outcome::Exited { code, cmd: cmd.join(" ") },
+        Err(e) => Outcome::Failed(e.to_string()),
+    }
+}
+
+/// Attach: the container's output from now on, read from its CRI log as the
+/// logger writes it (rkubelet's containers have no live stdio to join: their
+/// stdout/stderr go to the logger binary and they get no stdin).
+async fn attach_output(io: Io, dir: Option<PathBuf>, root: PathBuf, uid: String, container: String, tty: bool) -> Outcome {
+    let Some(dir) = dir else { return Outcome::Failed("pod has no UID".into()) };
+    let Some(attempt) = current_attempt(&root, &uid, &container) else { return Outcome::Exited { code: 0, cmd: String::new() } };
+    let file = dir.join(format!("{attempt}.log"));
+    let mut offset = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+    let mut ticks = 0u64;
+    loop {
+        tokio::select! {
+            _ = io.gone.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+        ticks += 1;
+        let chunk = super::read_from(&file, &mut offset);
+        for line in chunk.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let Some(e) = crate::logs::parse(line) else { continue };
+            let mut text = e.text;
+            if e.full {
+                text.push(b'\n');
+            }
+            let out = if e.stream == "stderr" && !tty { io.stderr.as_ref().or(io.stdout.as_ref()) } else { io.stdout.as_ref() };
+            if let Some(o) = out {
+                if o.send(Bytes::from(text)).await.is_err() {
+                    return Outcome::Exited { code: 0, cmd: String::new() };
+                }
+            }
+        }
+        if ticks.is_multiple_of(5) && current_attempt(&root, &uid, &container) != Some(attempt) {
+            break;
+        }
+    }
+    Outcome::Exited { code: 0, cmd: String::new() }
+}
+
+fn current_attempt(root: &Path, uid: &str, container: &str) -> Option<i32> {
+    let pod = crate::pod::store::load_pod(root, uid)?;
+    let st = pod.status?;
+    st.container_statuses.into_iter().flatten().find(|c| c.name == container && c.state.as_ref().is_some_and(|s| s.running.is_some())).map(|c| c.restart_count)
+}
+
+/// Upgrades to a WebSocket or SPDY and runs the remote command protocol.
+fn upgrade_remotecommand(req: Request<Incoming>, opts: Options, runner: Runner) -> Response<Body> {
+    if has_token(&req, "connection", "upgrade") && has_token(&req, "upgrade", "websocket") {
+        return upgrade_ws(req, websocket::PROTOCOLS, move |io, p| Box::pin(remotecommand::serve_ws(io, p, opts, runner)));
+    }
+    upgrade_spdy(req, remotecommand::SPDY_PROTOCOLS, move |io, protocol| Box::pin(remotecommand::serve_spdy(io, protocol, opts, runner)))
+}
+
+type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
+
+/// The WebSocket handshake (wsstream.Conn.Open): 101 with the accept key and
+/// the negotiated sub-protocol, then `serve` on the upgraded connection.
+fn upgrade_ws<F>(req: Request<Incoming>, supported: &'static [&'static str], serve: F) -> Response<Body>
+where
+    F: FnOnce(Upgraded, websocket::Protocol) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + 'static,
+{
+    let protocol = match websocket::negotiate_among(&header_values(&req, "sec-websocket-protocol"), supported) {
+        Ok(p) => p,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e),
+    };
+    let Some(key) = req.headers().get("sec-websocket-key").map(|k| k.as_bytes().to_vec()) else {
+        return text(StatusCode::BAD_REQUEST, "websocket: not a websocket handshake: 'Sec-WebSocket-Key' header is missing or blank");
+    };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
+    let mut b = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS).header("Connection", "Upgrade").header("Upgrade", "websocket").header("Sec-WebSocket-Accept", accept);
+    if !protocol.name.is_empty() {
+        b = b.header("Sec-WebSocket-Protocol", protocol.name);
+    }
+    let resp = b.body(super::full("")).unwrap_or_else(|_| Response::new(super::full("")));
+    tokio::spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(up) => serve(TokioIo::new(up), protocol).await,
+            Err(e) => debug!(error = %e, "websocket upgrade failed"),
+        }
+    });
+    resp
+}
+
+/// httpstream.Handshake then the SPDY ResponseUpgrader: 101 with the chosen
+/// `X-Stream-Protocol-Version`, then `serve` on the upgraded connection.
+fn upgrade_spdy<F>(req: Request<Incoming>, supported: &'static [&'static str], serve: F) -> Response<Body>
+where
+    F: FnOnce(Upgraded, &'static str) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + 'static,
+{
+    let client: Vec<String> = header_values(&req, "x-stream-protocol-version").iter().flat_map(|v| v.split(',').map(|s| s.trim().to_string()).collect::<Vec<_>>()).filter(|s| !s.is_empty()).collect();
+    let protocol: &'static str = if client.is_empty() {
+        ""
+    } else {
+        match client.iter().find_map(|c| supported.iter().find(|s| **s == c.as_str())) {
+            Some(p) => p,
+            None => {
+                let mut b = Response::builder().status(StatusCode::FORBIDDEN).header("Content-Type", "text/plain; charset=utf-8");
+                for s in supported {
+                    b = b.header("X-Accepted-Stream-Protocol-Versions", *s);
+                }
+                let msg = format!("unable to upgrade: unable to negotiate protocol: client supports [{}], server accepts [{}]\n", client.join(" "), supported.join(" "));
+                return b.body(super::full(msg)).unwrap_or_else(|_| Response::new(super::full("")));
+            }
+        }
+    };
+    let upgrade_ok = has_token(&req, "connection", "upgrade") && header_values(&req, "upgrade").iter().any(|u| u.trim().eq_ignore_ascii_case("SPDY/3.1"));
+    if !upgrade_ok {
+        return text(StatusCode::BAD_REQUEST, "unable to upgrade: missing upgrade headers in request");
+    }
+    let mut b = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS).header("Connection", "Upgrade").header("Upgrade", "SPDY/3.1");
+    if !protocol.is_empty() {
+        b = b.header("X-Stream-Protocol-Version", protocol);
+    }
+    let resp = b.body(super::full("")).unwrap_or_else(|_| Response::new(super::full("")));
+    tokio::spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(up) => {
+                debug!(protocol, "SPDY connection upgraded");
+                serve(TokioIo::new(up), protocol).await
+            }
+            Err(e) => debug!(error = %e, "SPDY upgrade failed"),
+        }
+    });
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streaming_paths_route_like_upstreams() {
+        assert_eq!(route("/exec/ns/p/c"), Some(Route::Exec { ns: "ns", pod: "p", uid: None, container: "c" }));
+        assert_eq!(route("/exec/ns/p/u1/c"), Some(Route::Exec { ns: "ns", pod: "p", uid: Some("u1"), container: "c" }));
+        assert_eq!(route("/attach/ns/p/c"), Some(Route::Attach { ns: "ns", pod: "p", uid: None, container: "c" }));
+        assert_eq!(route("/portForward/ns/p"), Some(Route::PortForward { ns: "ns", pod: "p", uid: None }));
+        assert_eq!(route("/portForward/ns/p/u"), Some(Route::PortForward { ns: "ns", pod: "p", uid: Some("u") }));
+        assert_eq!(route("/exec/ns/p"), None);
+        assert_eq!(route("/exec/ns//c"), None);
+        assert_eq!(route("/exec/a/b/c/d/e"), None);
+        assert!(is_streaming("/portForward/a/b") && !is_streaming("/execx"));
+    }
+
+    #[test]
+    fn stream_options_need_one_stream_and_drop_stderr_with_a_tty() {
+        let q = |s: &[(&str, &str)]| s.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
+        assert_eq!(Options::from_query(&q(&[("output", "1"), ("error", "1")])), Ok(Options { stdout: true, stderr: true, ..Default::default() }));
+        assert_eq!(Options::from_query(&q(&[("output", "1"), ("error", "1"), ("tty", "1")])), Ok(Options { stdout: true, tty: true, ..Default::default() }));
+        assert_eq!(Options::from_query(&q(&[("output", "true"), ("stdout", "1")])), Err("you must specify at least 1 of stdin, stdout, stderr".into()));
+        assert_eq!(Options::from_query(&q(&[("input", "1")])).map(|o| o.stdin), Ok(true));
+    }
+}

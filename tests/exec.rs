@@ -1,0 +1,318 @@
+//! The kubelet API's streaming endpoints (issue 5): `kubectl exec`, `attach` and
+//! `port-forward` through the test API server, which proxies the upgrade to this
+//! node's kubelet API (dialled on 127.0.0.1) as kube-apiserver does — over SPDY/3.1
+//! (`KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false`) and over WebSocket (v5, kubectl's
+//! default). Real containerd, a real busybox pod, real kubectl; traffic only on
+//! loopback and into the test pod's own network namespace.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::api::*;
+use common::*;
+use rkubelet_test_apiserver::{Options, TestApiServer, User};
+
+/// curl to the kubelet API: (HTTP code, body).
+fn curl(url: &str, extra: &[&str]) -> (u16, String) {
+    let out = Command::new("curl").args(["-sk", "--noproxy", "*", "--max-time", "10", "-w", "\n%{http_code}"]).args(extra).arg(url).output().expect("curl");
+    let s = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = s.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+fn write_cert(srv: &TestApiServer, dir: &Path, cn: &str) -> Vec<String> {
+    let (c, k) = srv.issue_client_cert(cn, &[], Duration::from_secs(3600)).unwrap();
+    let (cp, kp) = (dir.join(format!("{cn}.crt")), dir.join(format!("{cn}.key")));
+    std::fs::write(&cp, c).unwrap();
+    std::fs::write(&kp, k).unwrap();
+    vec!["--cert".into(), cp.display().to_string(), "--key".into(), kp.display().to_string()]
+}
+
+/// `kubectl exec` with `env`: (exit code, stdout, stderr), killed after 30 s.
+fn kubectl_exec(admin: &Path, env: &[(&str, &str)], args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+    let mut cmd = Command::new("timeout");
+    cmd.args(["30", "kubectl", "--kubeconfig", admin.to_str().unwrap(), "exec"]).args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("kubectl");
+    if let Some(input) = stdin {
+        use std::io::Write;
+        let mut w = child.stdin.take().unwrap();
+        w.write_all(input.as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+}
+
+#[derive(Debug)]
+struct NoVerify(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerify {
+    fn verify_server_cert(&self, _: &rustls::pki_types::CertificateDer<'_>, _: &[rustls::pki_types::CertificateDer<'_>], _: &rustls::pki_types::ServerName<'_>, _: &[u8], _: rustls::pki_types::UnixTime) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(&self, m: &[u8], c: &rustls::pki_types::CertificateDer<'_>, d: &rustls::DigitallySignedStruct) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(&self, m: &[u8], c: &rustls::pki_types::CertificateDer<'_>, d: &rustls::DigitallySignedStruct) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A TLS connection to the kubelet API on 127.0.0.1:10250 with the client certificate in `cert_args`.
+async fn kubelet_tls(cert_args: &[&str]) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    let (crt, key) = (std::fs::read(cert_args[1]).unwrap(), std::fs::read(cert_args[3]).unwrap());
+    let chain: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(&crt).map(|c| c.unwrap()).collect();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(&key).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(NoVerify(provider)))
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    let tcp = tokio::net::TcpStream::connect("127.0.0.1:10250").await.unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg)).connect(rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap(), tcp).await.unwrap()
+}
+
+/// Direct clients: a v4 WebSocket exec gets upstream's Status with the exit code;
+/// a broken SPDY frame ends only its own connection.
+async fn direct_clients(allowed: &[&str]) {
+    use futures::StreamExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+    let mut req = "wss://127.0.0.1:10250/exec/default/shell/c?command=sh&command=-c&command=echo%20hi%3B%20exit%207&output=1".into_client_request().unwrap();
+    req.headers_mut().insert("Sec-WebSocket-Protocol", "v4.channel.k8s.io".parse().unwrap());
+    let (mut ws, resp) = tokio_tungstenite::client_async(req, kubelet_tls(allowed).await).await.expect("websocket handshake");
+    assert_eq!(resp.headers().get("sec-websocket-protocol").unwrap(), "v4.channel.k8s.io");
+    let mut got: Vec<(u8, Vec<u8>)> = Vec::new();
+    let mut closed = false;
+    for _ in 0..20 {
+        match tokio::time::timeout(Duration::from_secs(20), ws.next()).await.expect("message in time") {
+            Some(Ok(Message::Binary(b))) => got.push((b[0], b[1..].to_vec())),
+            Some(Ok(Message::Close(_))) | None => {
+                closed = true;
+                break;
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("{e}"),
+        }
+    }
+    assert!(closed, "the server closes after the status: {got:?}");
+    assert_eq!(got[0], (1, vec![]), "an empty stdout message first");
+    let stdout: Vec<u8> = got.iter().filter(|(c, _)| *c == 1).flat_map(|(_, d)| d.clone()).collect();
+    assert_eq!(stdout, b"hi\n", "{:?}", got.iter().map(|(c, d)| (c, String::from_utf8_lossy(d).to_string())).collect::<Vec<_>>());
+    let status: serde_json::Value = serde_json::from_slice(&got.iter().find(|(c, _)| *c == 3).expect("a status").1).unwrap();
+    assert_eq!((status["status"].as_str(), status["reason"].as_str()), (Some("Failure"), Some("NonZeroExitCode")), "{status}");
+    assert_eq!(status["details"]["causes"][0], serde_json::json!({"reason": "ExitCode", "message": "7"}));
+
+    // Port-forward over a WebSocket (v4 channels): both channels open with the
+    // port (little-endian), then an HTTP request on the data channel gets httpd's answer.
+    let mut req = "wss://127.0.0.1:10250/portForward/default/shell?port=8080".into_client_request().unwrap();
+    req.headers_mut().insert("Sec-WebSocket-Protocol", "v4.channel.k8s.io".parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::client_async(req, kubelet_tls(allowed).await).await.expect("websocket handshake");
+    use futures::SinkExt;
+    let mut opened = Vec::new();
+    for _ in 0..2 {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("port message") {
+            Some(Ok(Message::Binary(b))) => opened.push(b.to_vec()),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(opened, vec![vec![0, 0x90, 0x1f], vec![1, 0x90, 0x1f]]);
+    ws.send(Message::binary(b"\x00GET / HTTP/1.0\r\n\r\n".to_vec())).await.unwrap();
+    let mut answer = Vec::new();
+    for _ in 0..50 {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("answer in time") {
+            Some(Ok(Message::Binary(b))) if b[0] == 0 => answer.extend_from_slice(&b[1..]),
+            Some(Ok(Message::Binary(b))) => panic!("error channel: {}", String::from_utf8_lossy(&b[1..])),
+            Some(Ok(Message::Close(_))) | None => break,
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("{e}"),
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer).to_string();
+    assert!(answer.starts_with("HTTP/1.") && answer.ends_with("hello-from-pod\n"), "{answer:?}");
+
+    // SPDY: upgrade, then a frame of another SPDY version: GOAWAY and the end of this connection only.
+    let mut tls = kubelet_tls(allowed).await;
+    tls.write_all(b"POST /exec/default/shell/c?command=sleep&command=30&output=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n").await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 4096 {
+        tls.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    assert!(head.starts_with("HTTP/1.1 101") && head.to_ascii_lowercase().contains("x-stream-protocol-version: v4.channel.k8s.io"), "{head}");
+    tls.write_all(&[0x80, 0x02, 0x00, 0x01, 0x00, 0x00, 0x00, 0x04, 1, 2, 3, 4]).await.unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut rest)).await.expect("the server ends the connection");
+    assert!(read.is_ok() || !rest.is_empty(), "{read:?}");
+    // GOAWAY (control frame type 7) with status PROTOCOL_ERROR.
+    assert!(rest.len() >= 16 && rest[..4] == [0x80, 0x03, 0x00, 0x07] && rest[12..16] == [0, 0, 0, 1], "{rest:?}");
+}
+
+const SPDY: &[(&str, &str)] = &[("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")];
+const WEBSOCKET: &[(&str, &str)] = &[("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "true")];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x1_kubectl_exec_attach_and_port_forward_reach_the_pod_over_spdy_and_websocket() {
+    let dir = PathBuf::from("/var/lib/rkubelet-test/agents/x1-exec");
+    std::fs::create_dir_all(&dir).unwrap();
+    let srv = TestApiServer::start(Options {
+        kubelet_api_users: vec!["apiserver-kubelet-client".into(), rkubelet_test_apiserver::nodeproxy::KUBELET_CLIENT.into()],
+        kubelet_dial_address: Some("127.0.0.1".into()),
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let (admin, node) = (dir.join("admin.kubeconfig"), dir.join("node.kubeconfig"));
+    srv.write_kubeconfig(&admin, &User::Admin).unwrap();
+    srv.write_kubeconfig(&node, &User::Node(NODE.to_string())).unwrap();
+    let ca = dir.join("ca.crt");
+    std::fs::write(&ca, srv.ca_pem()).unwrap();
+    let (node_s, ca_s) = (node.to_str().unwrap().to_string(), ca.to_str().unwrap().to_string());
+    let agent = tokio::task::block_in_place(|| Agent::with_options("x1", &[], &["--kubeconfig", &node_s, "--client-ca-file", &ca_s]));
+    let _cleanup = DeletePods(admin.clone());
+    let allowed = write_cert(&srv, &dir, "apiserver-kubelet-client");
+    let allowed: Vec<&str> = allowed.iter().map(String::as_str).collect();
+    let viewer = write_cert(&srv, &dir, "viewer");
+    let viewer: Vec<&str> = viewer.iter().map(String::as_str).collect();
+    tokio::task::block_in_place(|| {
+        let api = "https://127.0.0.1:10250";
+        agent.wait_until(Duration::from_secs(20), "kubelet API up", || curl(&format!("{api}/healthz"), &[]).0 != 0);
+        let pod = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: shell, namespace: default}}\nspec:\n  nodeName: {NODE}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: {BUSYBOX}\n    command: [sleep, \"3600\"]\n    env: [{{name: GREETING, value: hello-env}}]\n  - name: web\n    image: {BUSYBOX}\n    command: [sh, -c, \"mkdir -p /www && echo hello-from-pod > /www/index.html && exec httpd -f -p 8080 -h /www\"]\n  - name: ticker\n    image: {BUSYBOX}\n    command: [sh, -c, \"i=0; while true; do i=$((i+1)); echo tick-$i; echo tock-$i >&2; sleep 0.3; done\"]\n"
+        );
+        create(&admin, &dir, "shell.yaml", &pod);
+        wait_for(Duration::from_secs(60), "shell Running", &agent, || pod_phase(&admin, "shell").filter(|p| p["status"]["phase"] == "Running"));
+
+        // (a) stdout, stderr and the exit code, over SPDY and over WebSocket.
+        for (env, upgrade) in [(SPDY, "SPDY/3.1"), (WEBSOCKET, "websocket")] {
+            let before = srv.requests().iter().filter(|r| r.subresource == "exec").count();
+            let (code, out, err) = kubectl_exec(&admin, env, &["shell", "-c", "c", "--", "sh", "-c", "echo out; echo err >&2; echo $GREETING; exit 3"], None);
+            assert_eq!(code, 3, "{upgrade}: exit code (stdout {out:?}, stderr {err:?})");
+            assert_eq!(out, "out\nhello-env\n", "{upgrade}: stdout");
+            assert!(err.starts_with("err\n"), "{upgrade}: stderr {err:?}");
+            assert!(err.contains("command terminated with exit code 3"), "{upgrade}: {err:?}");
+            let (code, out, _) = kubectl_exec(&admin, env, &["shell", "-c", "c", "--", "id", "-u"], None);
+            assert_eq!((code, out.as_str()), (0, "0\n"), "{upgrade}: a successful command");
+            let reqs = srv.requests();
+            let execs: Vec<_> = reqs.iter().filter(|r| r.subresource == "exec").skip(before).collect();
+            assert!(execs.len() == 2 && execs.iter().all(|r| r.upgrade.eq_ignore_ascii_case(upgrade) && r.code == 101), "{upgrade}: {execs:?}");
+            // (b) stdin reaches the process, and its EOF ends it.
+            let (code, out, err) = kubectl_exec(&admin, env, &["-i", "shell", "-c", "c", "--", "sh", "-c", "cat; echo done"], Some("line one\nline two\n"));
+            assert_eq!((code, out.as_str()), (0, "line one\nline two\ndone\n"), "{upgrade}: stdin ({err})");
+            // (c) a terminal: the size kubectl's terminal has reaches `stty size`, and
+            // later resizes too (SIGWINCH inside).
+            let script = format!(
+                "stty rows 33 cols 111; {} kubectl --kubeconfig {} exec -it shell -c c -- sh -c 'stty size; trap \"stty size\" WINCH; echo ready; i=0; while [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done' < /dev/tty & sleep 2; stty rows 44 cols 122; wait $!",
+                env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "),
+                admin.display()
+            );
+            // The pty's resize sends SIGWINCH to its foreground group: kubectl sends the new size.
+            let tty = Command::new("timeout").args(["40", "script", "-qec", &script, "/dev/null"]).stdin(Stdio::null()).output().unwrap();
+            let tty_out = String::from_utf8_lossy(&tty.stdout).replace('\r', "");
+            assert!(tty_out.contains("33 111\n"), "{upgrade}: initial size: {tty_out:?}");
+            assert!(tty_out.contains("44 122\n"), "{upgrade}: resized: {tty_out:?}");
+        }
+        // No stdin requested: stdin is empty to the process.
+        let (code, out, _) = kubectl_exec(&admin, SPDY, &["shell", "-c", "c", "--", "sh", "-c", "cat; echo eof"], None);
+        assert_eq!((code, out.as_str()), (0, "eof\n"));
+
+        // A client that goes away mid-exec leaves no process behind.
+        for env in [SPDY, WEBSOCKET] {
+            let mut child = Command::new("kubectl")
+                .args(["--kubeconfig", admin.to_str().unwrap(), "exec", "shell", "-c", "c", "--", "sh", "-c", "echo started; exec sleep 777"])
+                .envs(env.iter().copied())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+            assert_eq!(line, "started\n");
+            let ps = || kubectl_exec(&admin, SPDY, &["shell", "-c", "c", "--", "ps", "-o", "args"], None).1;
+            assert!(ps().contains("sleep 777"), "{}", ps());
+            child.kill().unwrap();
+            child.wait().unwrap();
+            agent.wait_until(Duration::from_secs(20), "the abandoned exec process is killed", || !ps().contains("sleep 777"));
+        }
+
+        // Attach: the container's output from now on (stdout and stderr).
+        let attach = Command::new("timeout").args(["4", "kubectl", "--kubeconfig", admin.to_str().unwrap(), "attach", "shell", "-c", "ticker"]).output().unwrap();
+        let (aout, aerr) = (String::from_utf8_lossy(&attach.stdout).to_string(), String::from_utf8_lossy(&attach.stderr).to_string());
+        assert!(aout.lines().filter(|l| l.starts_with("tick-")).count() >= 3, "attach stdout {aout:?} stderr {aerr:?}");
+        assert!(aerr.lines().filter(|l| l.starts_with("tock-")).count() >= 3, "attach stderr {aerr:?}");
+        assert!(!aout.contains("tick-1\n"), "attach starts at the current end of the output: {aout:?}");
+
+        // (d) port-forward over SPDY to httpd inside the pod: asked for, and as
+        // kubectl's fallback when its WebSocket tunnel (which kube-apiserver, not
+        // the kubelet, terminates) is refused.
+        for websockets in ["false", "true"] {
+            let mut pf = Command::new("kubectl")
+                .args(["--kubeconfig", admin.to_str().unwrap(), "port-forward", "pod/shell", ":8080"])
+                .env("KUBECTL_PORT_FORWARD_WEBSOCKETS", websockets)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut line = String::new();
+            let mut pf_stdout = BufReader::new(pf.stdout.take().unwrap());
+            pf_stdout.read_line(&mut line).unwrap();
+            // Keep reading (kubectl reports each connection on stdout; a closed pipe would kill it).
+            let pf_lines = std::thread::spawn(move || pf_stdout.lines().map_while(Result::ok).collect::<Vec<_>>());
+            let local: u16 = line.trim().strip_prefix("Forwarding from 127.0.0.1:").and_then(|r| r.split(' ').next()).and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("{line:?}"));
+            let mut answers = Vec::new();
+            for _ in 0..3 {
+                answers.push(curl(&format!("http://127.0.0.1:{local}/"), &[]));
+            }
+            let _ = pf.kill();
+            let pf_out = pf.wait_with_output().unwrap();
+            let pf_lines = pf_lines.join().unwrap();
+            assert!(pf_lines.iter().filter(|l| l.starts_with("Handling connection for ")).count() == 3, "{pf_lines:?}");
+            let pf_reqs: Vec<_> = srv.requests().into_iter().filter(|r| r.subresource == "portforward").collect();
+            assert!(
+                answers.iter().all(|a| *a == (200, "hello-from-pod\n".to_string())),
+                "{answers:?}; kubectl port-forward said {:?}; API requests {pf_reqs:?}",
+                String::from_utf8_lossy(&pf_out.stderr)
+            );
+            if websockets == "true" {
+                // kubectl tried its WebSocket tunnel first; the kubelet has no such protocol and said so.
+                assert!(pf_reqs.iter().any(|r| r.upgrade.eq_ignore_ascii_case("websocket") && r.code == 400), "{pf_reqs:?}");
+            }
+        }
+
+        // (e) 401 without credentials, 403 for a denied user, upstream's answers to bad requests.
+        let exec = format!("{api}/exec/default/shell/c?command=true&output=1");
+        assert_eq!(curl(&exec, &["-X", "POST"]), (401, "Unauthorized\n".into()));
+        assert_eq!(curl(&exec, &[&["-X", "POST"], &viewer[..]].concat()), (403, "Forbidden (user=viewer, verb=create, resource=nodes, subresource=proxy)\n".into()));
+        assert_eq!(curl(&format!("{api}/portForward/default/shell"), &viewer).0, 403);
+        assert_eq!(curl(&exec, &[&["-X", "POST"], &allowed[..]].concat()), (400, "unable to upgrade: missing upgrade headers in request\n".into()));
+        assert_eq!(curl(&format!("{api}/exec/default/shell/c?output=1"), &[&["-X", "POST"], &allowed[..]].concat()).0, 400, "no command");
+        assert_eq!(curl(&format!("{api}/exec/default/shell/c?command=true"), &[&["-X", "POST"], &allowed[..]].concat()), (400, "you must specify at least 1 of stdin, stdout, stderr\n".into()));
+        assert_eq!(curl(&format!("{api}/exec/default/nope/c?command=true&output=1"), &[&["-X", "POST"], &allowed[..]].concat()), (404, "pod does not exist\n".into()));
+        assert_eq!(curl(&format!("{api}/exec/default/shell/nope?command=true&output=1"), &[&["-X", "POST"], &allowed[..]].concat()), (500, "container not found (\"nope\")\n".into()));
+        let spdy_v9 = ["-X", "POST", "-H", "Connection: Upgrade", "-H", "Upgrade: SPDY/3.1", "-H", "X-Stream-Protocol-Version: v9.channel.k8s.io"];
+        let (code, body) = curl(&exec, &[&spdy_v9[..], &allowed[..]].concat());
+        assert!(code == 403 && body.starts_with("unable to upgrade: unable to negotiate protocol"), "{code} {body}");
+        tokio::runtime::Handle::current().block_on(direct_clients(&allowed));
+        assert_eq!(curl(&format!("{api}/healthz"), &allowed), (200, "ok".into()), "the server survives a broken client");
+        // Through the API server: kubectl's own errors for a missing container.
+        let (code, _, err) = kubectl_exec(&admin, SPDY, &["shell", "-c", "nope", "--", "true"], None);
+        assert!(code != 0 && err.contains("nope"), "{err}");
+    });
+    assert!(srv.violations().is_empty(), "{:?}", srv.violations());
+}
