@@ -181,6 +181,14 @@ async fn k1_the_kubelet_api_authenticates_authorizes_and_serves_pods_and_logs() 
         assert_eq!(curl(&format!("{api}/stats/summary"), &viewer).1, "Forbidden (user=viewer, verb=get, resource=nodes, subresource=stats)\n");
         assert_eq!(curl(&format!("{api}/no/such/path"), &allowed).0, 404);
 
+        // /run: a command's combined output (POST, cmd split on spaces).
+        let post: Vec<&str> = allowed.iter().copied().chain(["-X", "POST"]).collect();
+        let (code, out) = curl(&format!("{api}/run/default/talker/c?cmd=echo%20ran%20inside"), &post);
+        assert_eq!((code, out.as_str()), (200, "ran inside\n"));
+        assert_eq!(curl(&format!("{api}/run/default/talker/c?cmd=true"), &allowed).0, 405, "GET is not allowed");
+        assert_eq!(curl(&format!("{api}/run/default/nope/c?cmd=true"), &post), (404, "pod does not exist\n".to_string()));
+        assert_eq!(curl(&format!("{api}/run/default/talker/c?cmd=true"), &viewer.iter().copied().chain(["-X", "POST"]).collect::<Vec<_>>()).1, "Forbidden (user=viewer, verb=create, resource=nodes, subresource=proxy)\n");
+
         // /metrics: upstream's kubelet metric names, with what this node did.
         let (code, m) = curl(&format!("{api}/metrics"), &allowed);
         assert_eq!(code, 200, "{m}");

@@ -185,6 +185,7 @@ async fn handle(state: Arc<State>, cert: Option<&[u8]>, req: Request<hyper::body
         "/metrics" => openmetrics(state.metrics.encode(&crate::pod::store::load_all(&state.root_dir))),
         "/metrics/probes" => openmetrics(state.metrics.encode_probes()),
         p if p.starts_with("/containerLogs/") => container_logs(state, p, &query),
+        p if p.starts_with("/run/") => streaming::run(state.clone(), req.method(), p, &query).await,
         _ => text(StatusCode::NOT_FOUND, "404 page not found"),
     }
 }

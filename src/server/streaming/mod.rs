@@ -119,6 +119,43 @@ fn find(root: &Path, ns: &str, name: &str, container: Option<&str>) -> Option<Fo
     Some(Found { pod, container_id })
 }
 
+/// `POST /run/{ns}/{pod}[/{uid}]/{container}?cmd=...`: runs the command (split on
+/// spaces, as upstream's getRun does for legacy reasons) in the container and
+/// answers its combined output (upstream's RunInContainer + writeJSONResponse).
+pub async fn run(state: Arc<State>, method: &http::Method, path: &str, query: &[(String, String)]) -> Response<Body> {
+    if method != http::Method::POST {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "405: Method Not Allowed");
+    }
+    let parts: Vec<&str> = path.trim_start_matches("/run/").split('/').filter(|s| !s.is_empty()).collect();
+    let (ns, pod, uid, container) = match parts.as_slice() {
+        [ns, pod, c] => (*ns, *pod, None, *c),
+        [ns, pod, uid, c] => (*ns, *pod, Some(*uid), *c),
+        _ => return text(StatusCode::NOT_FOUND, "404 page not found"),
+    };
+    let Some(rt) = state.containers.clone() else { return text(StatusCode::SERVICE_UNAVAILABLE, "container runtime is not available") };
+    let cmd: Vec<String> = query.iter().find(|(k, _)| k == "cmd").map(|(_, v)| v.split(' ').filter(|s| !s.is_empty()).map(String::from).collect()).unwrap_or_default();
+    if cmd.is_empty() {
+        return text(StatusCode::BAD_REQUEST, "you must specify a command with the cmd query parameter");
+    }
+    let Some(found) = find(&state.root_dir, ns, pod, Some(container)) else {
+        return text(StatusCode::NOT_FOUND, "pod does not exist");
+    };
+    let uid_ok = uid.is_none_or(|u| found.pod.metadata.uid.as_deref() == Some(u));
+    let Some(cid) = found.container_id.filter(|_| uid_ok) else {
+        return text(StatusCode::INTERNAL_SERVER_ERROR, format!("container not found ({container:?})"));
+    };
+    info!(pod = %format!("{ns}/{pod}"), container, ?cmd, "run");
+    let scratch = state.root_dir.join("streaming-exec");
+    match crate::runtime::exec::exec(&rt, &cid, &cmd, Duration::from_secs(60), &scratch).await {
+        Ok(out) => Response::builder()
+            .status(StatusCode::OK)
+            .header("Content-Type", "application/json")
+            .body(super::full(out.output))
+            .unwrap_or_else(|_| Response::new(super::full(""))),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
 /// Serves a streaming request (already authenticated and authorized).
 pub async fn serve(state: Arc<State>, req: Request<Incoming>, query: Vec<(String, String)>) -> Response<Body> {
     let path = req.uri().path().to_string();
