@@ -517,3 +517,27 @@ spec:
     });
     assert_eq!((t.reason.as_deref(), t.exit_code), (Some("OOMKilled"), 137));
 }
+
+#[test]
+fn t12_container_logs_lose_no_line_when_the_agent_is_killed_and_restarted() {
+    // The shim runs each container's logger (binary:// task IO), so the agent's
+    // death must not touch logging: every line before, during and after is kept once.
+    let mut agent = Agent::new("t12");
+    agent.write_manifest(
+        "count.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: count}}\nspec:\n  containers:\n  - name: c\n    image: {BUSYBOX}\n    command: [sh, -c, \"i=0; while [ $i -lt 400 ]; do i=$((i+1)); echo n-$i; sleep 0.01; done; exec sleep 3600\"]\n"
+        ),
+    );
+    let pod = agent.wait_pod("count", Duration::from_secs(60), "Running", |p| (phase(p) == "Running").then(|| p.clone()));
+    let log = agent.container_log(&pod, "c", 0);
+    agent.kill9();
+    let killed_at = std::fs::read_to_string(&log).map(|s| s.lines().count()).unwrap_or(0);
+    std::thread::sleep(Duration::from_millis(800));
+    agent.start();
+    agent.wait_until(Duration::from_secs(60), "the last line logged", || std::fs::read_to_string(&log).map(|s| s.contains(" n-400\n")).unwrap_or(false));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let numbers: Vec<u32> = text.lines().filter_map(|l| l.splitn(4, ' ').nth(3)).filter_map(|c| c.strip_prefix("n-")).map(|n| n.parse().unwrap()).collect();
+    assert_eq!(numbers, (1..=400).collect::<Vec<u32>>(), "lines lost or repeated across the restart (agent killed after {killed_at} lines)");
+    assert!(killed_at < 400, "the agent was killed while the container was still writing ({killed_at} lines by then)");
+}
