@@ -8,6 +8,12 @@ pub fn limit_arenas() {
     // SAFETY: mallopt only tunes the allocator; called before other threads start.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+        // Fixed thresholds (glibc otherwise raises the mmap threshold up to 32 MiB
+        // after large frees, keeping big buffers in the heap for good): buffers of
+        // 128 KiB and more are mapped and unmapped, and free space at the top of
+        // the heap beyond 128 KiB goes back to the kernel at once.
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 * 1024);
     }
 }
 
