@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::api::*;
 use common::*;
-use rkubelet_test_apiserver::{Options, TestApiServer, User};
+use rkubelet_test_apiserver::TestApiServer;
 
 /// curl to the kubelet API: (HTTP code, body).
 fn curl(url: &str, extra: &[&str]) -> (u16, String) {
@@ -50,38 +50,10 @@ fn kubectl_exec(admin: &Path, env: &[(&str, &str)], args: &[&str], stdin: Option
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string())
 }
 
-#[derive(Debug)]
-struct NoVerify(std::sync::Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for NoVerify {
-    fn verify_server_cert(&self, _: &rustls::pki_types::CertificateDer<'_>, _: &[rustls::pki_types::CertificateDer<'_>], _: &rustls::pki_types::ServerName<'_>, _: &[u8], _: rustls::pki_types::UnixTime) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(&self, m: &[u8], c: &rustls::pki_types::CertificateDer<'_>, d: &rustls::DigitallySignedStruct) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn verify_tls13_signature(&self, m: &[u8], c: &rustls::pki_types::CertificateDer<'_>, d: &rustls::DigitallySignedStruct) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 /// A TLS connection to the kubelet API on 127.0.0.1:10250 with the client certificate in `cert_args`.
 async fn kubelet_tls(cert_args: &[&str]) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    use rustls::pki_types::pem::PemObject;
     let (crt, key) = (std::fs::read(cert_args[1]).unwrap(), std::fs::read(cert_args[3]).unwrap());
-    let chain: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(&crt).map(|c| c.unwrap()).collect();
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(&key).unwrap();
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(std::sync::Arc::new(NoVerify(provider)))
-        .with_client_auth_cert(chain, key)
-        .unwrap();
+    let cfg = rkubelet_test_apiserver::nodeproxy::kubelet_client_tls(&crt, &key).unwrap();
     let tcp = tokio::net::TcpStream::connect("127.0.0.1:10250").await.unwrap();
     tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg)).connect(rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap(), tcp).await.unwrap()
 }
@@ -170,19 +142,7 @@ const WEBSOCKET: &[(&str, &str)] = &[("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "true
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn x1_kubectl_exec_attach_and_port_forward_reach_the_pod_over_spdy_and_websocket() {
     let dir = PathBuf::from("/var/lib/rkubelet-test/agents/x1-exec");
-    std::fs::create_dir_all(&dir).unwrap();
-    let srv = TestApiServer::start(Options {
-        kubelet_api_users: vec!["apiserver-kubelet-client".into(), rkubelet_test_apiserver::nodeproxy::KUBELET_CLIENT.into()],
-        kubelet_dial_address: Some("127.0.0.1".into()),
-        ..Options::default()
-    })
-    .await
-    .unwrap();
-    let (admin, node) = (dir.join("admin.kubeconfig"), dir.join("node.kubeconfig"));
-    srv.write_kubeconfig(&admin, &User::Admin).unwrap();
-    srv.write_kubeconfig(&node, &User::Node(NODE.to_string())).unwrap();
-    let ca = dir.join("ca.crt");
-    std::fs::write(&ca, srv.ca_pem()).unwrap();
+    let KubeletApi { srv, admin, node, ca } = kubelet_api_server(&dir).await;
     let (node_s, ca_s) = (node.to_str().unwrap().to_string(), ca.to_str().unwrap().to_string());
     let agent = tokio::task::block_in_place(|| Agent::with_options("x1", &[], &["--kubeconfig", &node_s, "--client-ca-file", &ca_s]));
     let _cleanup = DeletePods(admin.clone());

@@ -38,19 +38,7 @@ fn write_cert(srv: &TestApiServer, dir: &Path, cn: &str) -> (PathBuf, PathBuf) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn k1_the_kubelet_api_authenticates_authorizes_and_serves_pods_and_logs() {
     let dir = PathBuf::from("/var/lib/rkubelet-test/agents/k1-api");
-    std::fs::create_dir_all(&dir).unwrap();
-    let srv = TestApiServer::start(Options {
-        kubelet_api_users: vec!["apiserver-kubelet-client".into(), rkubelet_test_apiserver::nodeproxy::KUBELET_CLIENT.into()],
-        kubelet_dial_address: Some("127.0.0.1".into()),
-        ..Options::default()
-    })
-    .await
-    .unwrap();
-    let (admin, node) = (dir.join("admin.kubeconfig"), dir.join("node.kubeconfig"));
-    srv.write_kubeconfig(&admin, &User::Admin).unwrap();
-    srv.write_kubeconfig(&node, &User::Node(NODE.to_string())).unwrap();
-    let ca = dir.join("ca.crt");
-    std::fs::write(&ca, srv.ca_pem()).unwrap();
+    let KubeletApi { srv, admin, node, ca } = kubelet_api_server(&dir).await;
     let (node_s, ca_s) = (node.to_str().unwrap().to_string(), ca.to_str().unwrap().to_string());
     let agent = tokio::task::block_in_place(|| {
         Agent::with_options("k1", &[], &["--kubeconfig", &node_s, "--client-ca-file", &ca_s, "--container-log-max-size", "20Ki", "--container-log-max-files", "3"])

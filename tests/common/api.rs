@@ -60,3 +60,30 @@ pub fn create(admin: &Path, dir: &Path, file: &str, yaml: &str) {
 pub fn pod_phase(admin: &Path, name: &str) -> Option<Value> {
     kubectl_json(admin, &["get", "pod", name])
 }
+
+/// A test API server for kubelet-API tests: it proxies to the kubelet on 127.0.0.1
+/// (pods/log, exec, attach, portforward) and its SubjectAccessReviews allow
+/// `apiserver-kubelet-client` and its own kubelet client; the admin and node
+/// kubeconfigs and its CA (`ca.crt`, for `--client-ca-file`) are written into `dir`.
+pub struct KubeletApi {
+    pub srv: TestApiServer,
+    pub admin: PathBuf,
+    pub node: PathBuf,
+    pub ca: PathBuf,
+}
+
+pub async fn kubelet_api_server(dir: &Path) -> KubeletApi {
+    std::fs::create_dir_all(dir).unwrap();
+    let srv = TestApiServer::start(Options {
+        kubelet_api_users: vec!["apiserver-kubelet-client".into(), rkubelet_test_apiserver::nodeproxy::KUBELET_CLIENT.into()],
+        kubelet_dial_address: Some("127.0.0.1".into()),
+        ..Options::default()
+    })
+    .await
+    .unwrap();
+    let (admin, node, ca) = (dir.join("admin.kubeconfig"), dir.join("node.kubeconfig"), dir.join("ca.crt"));
+    srv.write_kubeconfig(&admin, &User::Admin).unwrap();
+    srv.write_kubeconfig(&node, &User::Node(NODE.to_string())).unwrap();
+    std::fs::write(&ca, srv.ca_pem()).unwrap();
+    KubeletApi { srv, admin, node, ca }
+}

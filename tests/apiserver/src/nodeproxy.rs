@@ -120,19 +120,27 @@ fn kubelet_target(shared: &Arc<Shared>, pod: &Value, name: &str) -> Result<(Stri
     Ok((ip, port as u16))
 }
 
-/// A TLS connection to the kubelet as kube-apiserver's kubelet client (HTTP/1.1 only).
-async fn connect_kubelet(shared: &Arc<Shared>, ip: &str, port: u16) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, ApiError> {
-    let (cert, key) = shared.pki.issue_client_cert(KUBELET_CLIENT, &["kubeadm:cluster-admins"], Duration::from_secs(3600)).map_err(|e| ApiError::internal(e.to_string()))?;
-    let chain: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes()).filter_map(|c| c.ok()).collect();
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| ApiError::internal(e.to_string()))?;
+/// A TLS client config presenting `cert_pem`/`key_pem` that does not verify the
+/// kubelet's serving certificate (self-signed by default, as kube-apiserver's
+/// default `--kubelet-certificate-authority` unset also accepts). Tests that talk
+/// to the kubelet directly use it too.
+pub fn kubelet_client_tls(cert_pem: &[u8], key_pem: &[u8]) -> Result<rustls::ClientConfig, String> {
+    let chain: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem).filter_map(|c| c.ok()).collect();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| e.to_string())?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+    rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| e.to_string())?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
         .with_client_auth_cert(chain, key)
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+        .map_err(|e| e.to_string())
+}
+
+/// A TLS connection to the kubelet as kube-apiserver's kubelet client (HTTP/1.1 only).
+async fn connect_kubelet(shared: &Arc<Shared>, ip: &str, port: u16) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, ApiError> {
+    let (cert, key) = shared.pki.issue_client_cert(KUBELET_CLIENT, &["kubeadm:cluster-admins"], Duration::from_secs(3600)).map_err(|e| ApiError::internal(e.to_string()))?;
+    let tls = kubelet_client_tls(cert.as_bytes(), key.as_bytes()).map_err(ApiError::internal)?;
     let tcp = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect((ip, port)))
         .await
         .map_err(|_| unavailable(format!("dial tcp {ip}:{port}: i/o timeout")))?
