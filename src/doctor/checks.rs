@@ -82,18 +82,7 @@ pub fn cni(cfg: &Config) -> Check {
 
 /// The agent process for this configuration runs and answers `/healthz`.
 pub async fn agent(cfg: &Config, procs: &[AgentProcess]) -> Check {
-    let mine: Vec<&AgentProcess> = procs
-        .iter()
-        .filter(|p| {
-            use clap::Parser;
-            crate::config::Cli::try_parse_from(&p.args)
-                .ok()
-                .and_then(|c| Config::from_args(&c.agent).ok())
-                .map(|c| c.root_dir == cfg.root_dir)
-                .unwrap_or(false)
-        })
-        .collect();
-    let Some(p) = mine.first() else {
+    let Some(p) = procs.iter().find(|p| p.config.as_ref().is_some_and(|c| c.root_dir == cfg.root_dir)) else {
         return Check::fail(
             "agent",
             format!("no rkubelet process runs with root dir {}", show(&cfg.root_dir)),

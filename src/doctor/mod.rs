@@ -73,11 +73,13 @@ pub struct Report {
     pub exit_code: u8,
 }
 
-/// A running agent: its PID and parsed command line.
+/// A running agent: its PID, command line, and the configuration that command
+/// line resolves to (None if it no longer parses, e.g. a config file since broken).
 #[derive(Debug, Clone)]
 pub struct AgentProcess {
     pub pid: i32,
     pub args: Vec<String>,
+    pub config: Option<Config>,
 }
 
 /// Words after which a command line is a tool run, not the agent.
@@ -107,15 +109,16 @@ pub fn agent_processes() -> Vec<AgentProcess> {
         if args.is_empty() {
             continue;
         }
-        out.push(AgentProcess { pid, args });
+        let config = config_of(&args);
+        out.push(AgentProcess { pid, args, config });
     }
     out.sort_by_key(|p| p.pid);
     out
 }
 
-fn config_of(p: &AgentProcess) -> Option<Config> {
+fn config_of(args: &[String]) -> Option<Config> {
     use clap::Parser;
-    let cli = Cli::try_parse_from(&p.args).ok()?;
+    let cli = Cli::try_parse_from(args).ok()?;
     Config::from_args(&cli.agent).ok()
 }
 
@@ -159,7 +162,7 @@ pub async fn run(agent: &AgentArgs, explicit: bool, pod_ref: Option<&str>) -> Re
             }
         }
     } else {
-        match procs.iter().find_map(|p| config_of(p).map(|c| (c, p.pid))) {
+        match procs.iter().find_map(|p| p.config.clone().map(|c| (c, p.pid))) {
             Some((c, pid)) => (Some(c), format!("process {pid}")),
             None => match Config::from_args(agent) {
                 Ok(c) => (Some(c), "defaults".to_string()),

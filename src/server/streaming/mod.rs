@@ -119,6 +119,21 @@ fn find(root: &Path, ns: &str, name: &str, container: Option<&str>) -> Option<Fo
     Some(Found { pod, container_id })
 }
 
+/// The running container `container` of pod `ns/name` (and `uid`, if given): the pod
+/// and the container's containerd id, or upstream's answer: 404 `pod does not exist`;
+/// a missing or stopped container, or another UID, 500 `container not found` (the
+/// kubelet's GetExec/GetAttach/RunInContainer errors go through WriteError).
+fn running_container(root: &Path, ns: &str, name: &str, uid: Option<&str>, container: &str) -> Result<(k8s_openapi::api::core::v1::Pod, String), Box<Response<Body>>> {
+    let Some(found) = find(root, ns, name, Some(container)) else {
+        return Err(Box::new(text(StatusCode::NOT_FOUND, "pod does not exist")));
+    };
+    let uid_ok = uid.is_none_or(|u| found.pod.metadata.uid.as_deref() == Some(u));
+    match found.container_id.filter(|_| uid_ok) {
+        Some(cid) => Ok((found.pod, cid)),
+        None => Err(Box::new(text(StatusCode::INTERNAL_SERVER_ERROR, format!("container not found ({container:?})")))),
+    }
+}
+
 /// `POST /run/{ns}/{pod}[/{uid}]/{container}?cmd=...`: runs the command (split on
 /// spaces, as upstream's getRun does for legacy reasons) in the container and
 /// answers its combined output (upstream's RunInContainer + writeJSONResponse).
@@ -137,12 +152,9 @@ pub async fn run(state: Arc<State>, method: &http::Method, path: &str, query: &[
     if cmd.is_empty() {
         return text(StatusCode::BAD_REQUEST, "you must specify a command with the cmd query parameter");
     }
-    let Some(found) = find(&state.root_dir, ns, pod, Some(container)) else {
-        return text(StatusCode::NOT_FOUND, "pod does not exist");
-    };
-    let uid_ok = uid.is_none_or(|u| found.pod.metadata.uid.as_deref() == Some(u));
-    let Some(cid) = found.container_id.filter(|_| uid_ok) else {
-        return text(StatusCode::INTERNAL_SERVER_ERROR, format!("container not found ({container:?})"));
+    let (_, cid) = match running_container(&state.root_dir, ns, pod, uid, container) {
+        Ok(f) => f,
+        Err(answer) => return *answer,
     };
     info!(pod = %format!("{ns}/{pod}"), container, ?cmd, "run");
     let scratch = state.root_dir.join("streaming-exec");
@@ -172,17 +184,13 @@ pub async fn serve(state: Arc<State>, req: Request<Incoming>, query: Vec<(String
             if !attach && cmd.is_empty() {
                 return text(StatusCode::BAD_REQUEST, "you must specify at least one command for the container");
             }
-            let Some(found) = find(&state.root_dir, ns, pod, Some(container)) else {
-                return text(StatusCode::NOT_FOUND, "pod does not exist");
-            };
-            let uid_ok = uid.is_none_or(|u| found.pod.metadata.uid.as_deref() == Some(u));
-            let Some(cid) = found.container_id.filter(|_| uid_ok) else {
-                // kubelet GetExec/GetAttach → streaming.WriteError of a plain error: 500.
-                return text(StatusCode::INTERNAL_SERVER_ERROR, format!("container not found ({container:?})"));
+            let (found_pod, cid) = match running_container(&state.root_dir, ns, pod, uid, container) {
+                Ok(f) => f,
+                Err(answer) => return *answer,
             };
             let runner: Runner = if attach {
-                let logs = found.pod.metadata.uid.as_deref().map(|u| state.pod_logs_dir.join(format!("{ns}_{pod}_{u}")).join(container));
-                let (root, uid, c) = (state.root_dir.clone(), found.pod.metadata.uid.clone().unwrap_or_default(), container.to_string());
+                let logs = found_pod.metadata.uid.as_deref().map(|u| state.pod_logs_dir.join(format!("{ns}_{pod}_{u}")).join(container));
+                let (root, uid, c) = (state.root_dir.clone(), found_pod.metadata.uid.clone().unwrap_or_default(), container.to_string());
                 Box::new(move |io| Box::pin(attach_output(io, logs, root, uid, c, opts.tty)))
             } else {
                 let (scratch, c) = (state.root_dir.join("streaming-exec"), cid.clone());
