@@ -23,7 +23,7 @@ fn main() -> std::process::ExitCode {
     // Started by the containerd shim as a container's logger (binary:// task IO).
     let mut args = std::env::args();
     if args.nth(1).as_deref() == Some(rkubelet::logs::driver::ARG) {
-        return rkubelet::logs::driver::run(args.next().as_deref());
+        return rkubelet::logs::driver::run(&args.collect::<Vec<_>>());
     }
     let cli = Cli::parse();
     if cli.version {

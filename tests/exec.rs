@@ -276,3 +276,91 @@ async fn x1_kubectl_exec_attach_and_port_forward_reach_the_pod_over_spdy_and_web
     });
     assert!(srv.violations().is_empty(), "{:?}", srv.violations());
 }
+
+/// `kubectl attach` with `-i` and `-it` (issue 5): the client's stdin reaches a
+/// container created with `stdin: true` (a FIFO the shim holds), EOF with
+/// `stdinOnce` ends its input, a terminal container gets TERM and the client's
+/// size, and a container's stdin and logs outlive a `kill -9` of the agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x2_kubectl_attach_with_stdin_and_a_terminal() {
+    let dir = PathBuf::from("/var/lib/rkubelet-test/agents/x2-attach");
+    let KubeletApi { srv, admin, node, ca } = kubelet_api_server(&dir).await;
+    let (node_s, ca_s) = (node.to_str().unwrap().to_string(), ca.to_str().unwrap().to_string());
+    let mut agent = tokio::task::block_in_place(|| Agent::with_options("x2", &[], &["--kubeconfig", &node_s, "--client-ca-file", &ca_s]));
+    let _cleanup = DeletePods(admin.clone());
+    tokio::task::block_in_place(|| {
+        agent.wait_until(Duration::from_secs(20), "kubelet API up", || curl("https://127.0.0.1:10250/healthz", &[]).0 != 0);
+        let pod = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: interactive, namespace: default}}\nspec:\n  nodeName: {NODE}\n  restartPolicy: Never\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: once\n    image: {BUSYBOX}\n    stdin: true\n    stdinOnce: true\n    command: [sh, -c, \"while read l; do echo got-$l; echo err-$l >&2; done; echo stdin-closed; exit 5\"]\n  - name: term\n    image: {BUSYBOX}\n    stdin: true\n    tty: true\n    command: [sh]\n"
+        );
+        create(&admin, &dir, "interactive.yaml", &pod);
+        let status = |c: &str| pod_phase(&admin, "interactive").and_then(|p| p["status"]["containerStatuses"].as_array()?.iter().find(|s| s["name"] == c).cloned());
+        wait_for(Duration::from_secs(60), "both containers Running", &agent, || pod_phase(&admin, "interactive").filter(|p| p["status"]["phase"] == "Running"));
+
+        // The agent dies and comes back: the shim still holds the stdin FIFO (no
+        // EOF), and the logger of the FIFO outputs is not the agent's.
+        agent.kill9();
+        agent.start();
+        agent.wait_until(Duration::from_secs(20), "kubelet API back", || curl("https://127.0.0.1:10250/healthz", &[]).0 != 0);
+        std::thread::sleep(Duration::from_secs(1));
+        assert!(status("once").is_some_and(|s| s["state"]["running"].is_object()), "stdin stayed open across the agent restart: {:?}", status("once"));
+
+        // (a) -i without a terminal, over SPDY and over WebSocket: lines in, their
+        // echo out on stdout and stderr. Each client's EOF closes the container's
+        // stdin (stdinOnce): the loop ends and the container exits 5.
+        let attach_i = |env: &[(&str, &str)], input: &str| {
+            let mut cmd = Command::new("timeout");
+            cmd.args(["30", "kubectl", "--kubeconfig", admin.to_str().unwrap(), "attach", "-i", "interactive", "-c", "once"]).envs(env.iter().copied());
+            cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+            let mut child = cmd.spawn().unwrap();
+            let mut w = child.stdin.take().unwrap();
+            let input = input.to_string();
+            std::thread::spawn(move || {
+                use std::io::Write;
+                // Give the session time to start following the output first.
+                std::thread::sleep(Duration::from_secs(2));
+                let _ = w.write_all(input.as_bytes());
+                std::thread::sleep(Duration::from_secs(2));
+            });
+            let out = child.wait_with_output().unwrap();
+            (String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+        };
+        let (out, err) = attach_i(WEBSOCKET, "one\ntwo\n");
+        assert!(out.contains("got-one\ngot-two\n") && err.contains("err-one\nerr-two\n"), "attach -i: stdout {out:?} stderr {err:?}");
+        assert!(out.contains("stdin-closed\n"), "the client's EOF closed stdin (stdinOnce): {out:?}");
+        let done = wait_for(Duration::from_secs(30), "once terminated", &agent, || status("once").filter(|s| s["state"]["terminated"].is_object()));
+        assert_eq!(done["state"]["terminated"]["exitCode"], 5, "{done}");
+        // Everything it said is in its log.
+        let (_, logs) = kubectl(&admin, &["logs", "interactive", "-c", "once"]);
+        assert_eq!(logs.lines().filter(|l| l.starts_with("got-")).collect::<Vec<_>>(), ["got-one", "got-two"], "{logs}");
+
+        // (b) -it over SPDY: a terminal with TERM=xterm and the client's size;
+        // `exit 7` typed at it ends the shell. kubectl needs a terminal on its
+        // stdin: `script` gives it one and forwards what we type (our pipe).
+        let script = format!("stty rows 33 cols 111; kubectl --kubeconfig {} attach -it interactive -c term", admin.display());
+        let mut child = Command::new("timeout")
+            .args(["40", "script", "-qec", &script, "/dev/null"])
+            .envs(SPDY.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut keys = child.stdin.take().unwrap();
+        let typist = std::thread::spawn(move || {
+            use std::io::Write;
+            for (wait, line) in [(3, "echo term=$TERM; stty size\n"), (2, "exit 7\n")] {
+                std::thread::sleep(Duration::from_secs(wait));
+                let _ = keys.write_all(line.as_bytes());
+            }
+            std::thread::sleep(Duration::from_secs(5));
+        });
+        let tty = child.wait_with_output().unwrap();
+        let _ = typist.join();
+        let tty_out = String::from_utf8_lossy(&tty.stdout).replace('\r', "");
+        let done = wait_for(Duration::from_secs(30), "term terminated", &agent, || status("term").filter(|s| s["state"]["terminated"].is_object()));
+        assert_eq!(done["state"]["terminated"]["exitCode"], 7, "the shell read `exit 7` from the client's terminal: {done}; kubectl said {tty_out:?}");
+        assert!(tty_out.contains("term=xterm\n") && tty_out.contains("33 111\n"), "{tty_out:?}");
+    });
+    assert!(srv.violations().is_empty(), "{:?}", srv.violations());
+}

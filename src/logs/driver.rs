@@ -26,7 +26,7 @@ pub struct Spec {
 }
 
 impl Spec {
-    fn encode(&self) -> String {
+    pub fn encode(&self) -> String {
         format!("{}:{}:{}", self.max_size, self.max_files, self.path.display())
     }
 
@@ -144,15 +144,14 @@ fn pump(input: impl Read, stream: &str, out: &Mutex<Writer>) {
     }
 }
 
-/// Logger mode; returns the process exit code.
-pub fn run(spec: Option<&str>) -> std::process::ExitCode {
-    let Some(spec) = spec.and_then(Spec::decode) else {
-        eprintln!("rkubelet {ARG}: want <max-size>:<max-files>:<path>");
+/// Logger mode; returns the process exit code. `args`: the spec, then either
+/// nothing (the shim's binary IO: fds 3, 4 and 5) or the stdout and stderr FIFOs
+/// (a container with stdin and no terminal, logger started by the agent).
+pub fn run(args: &[String]) -> std::process::ExitCode {
+    let Some(spec) = args.first().and_then(|s| Spec::decode(s)) else {
+        eprintln!("rkubelet {ARG}: want <max-size>:<max-files>:<path> [<stdout fifo> <stderr fifo>]");
         return std::process::ExitCode::from(64);
     };
-    // SAFETY: the shim hands us fds 3, 4 and 5 (containerd's binary IO contract);
-    // each is owned by exactly one File here.
-    let (stdout, stderr, ready) = unsafe { (File::from_raw_fd(3), File::from_raw_fd(4), File::from_raw_fd(5)) };
     let writer = match Writer::open(spec) {
         Ok(w) => Arc::new(Mutex::new(w)),
         Err(e) => {
@@ -160,6 +159,24 @@ pub fn run(spec: Option<&str>) -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    if let [_, out, err] = args {
+        // Opening a FIFO for reading blocks until the shim opens it for writing.
+        let (out, err) = (PathBuf::from(out), PathBuf::from(err));
+        let w2 = writer.clone();
+        let t = std::thread::spawn(move || {
+            if let Ok(f) = File::open(&err) {
+                pump(f, "stderr", &w2)
+            }
+        });
+        if let Ok(f) = File::open(&out) {
+            pump(f, "stdout", &writer);
+        }
+        let _ = t.join();
+        return std::process::ExitCode::SUCCESS;
+    }
+    // SAFETY: the shim hands us fds 3, 4 and 5 (containerd's binary IO contract);
+    // each is owned by exactly one File here.
+    let (stdout, stderr, ready) = unsafe { (File::from_raw_fd(3), File::from_raw_fd(4), File::from_raw_fd(5)) };
     drop(ready);
     let w2 = writer.clone();
     let t = std::thread::spawn(move || pump(stderr, "stderr", &w2));

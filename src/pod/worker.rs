@@ -489,6 +489,7 @@ impl Worker {
             let newer = instances.iter().filter(|o| o.name == i.name && o.kind == i.kind && o.attempt > i.attempt).count();
             if newer >= 2 && records.iter().any(|r| r.id == i.id) {
                 let _ = self.ctx.containers.delete_container(&i.id).await;
+                crate::runtime::stdio::remove(&self.ctx.config.root_dir, &self.uid, &i.id);
                 crate::logs::unlink_container_logs(|id| id == i.id);
                 self.ctx.router.unregister(&i.id);
                 self.registered.remove(&i.id);
@@ -648,7 +649,7 @@ impl Worker {
             .create(&NewContainer { id, image: &image.name, chain_id: &image.chain_id, spec: &oci, labels: l, log_uri: String::new(), read_only_rootfs_view: false })
             .await?;
         self.register(id);
-        self.ctx.containers.start_task(id, mounts, "").await?;
+        self.ctx.containers.start_task(id, mounts, &Default::default()).await?;
         Ok(())
     }
 
@@ -730,18 +731,30 @@ impl Worker {
         };
         rec.normal(pod, fp.clone(), reason::CREATED, "Container created");
         self.register(&id);
-        // The shim runs our logger next to the container (CRI format, rotation).
-        let exe = crate::logs::driver::logger_binary();
+        // Our logger runs next to the container (CRI format, rotation); a
+        // container with stdin gets a FIFO for /attach.
         let spec = crate::logs::driver::Spec {
             path: log_path.clone(),
             max_size: self.ctx.config.container_log_max_size,
             max_files: self.ctx.config.container_log_max_files as usize,
         };
-        let log_uri = crate::logs::driver::uri(&exe, &spec);
+        let stdio = match crate::runtime::stdio::prepare(&self.ctx.config.root_dir, &self.uid, &id, &spec, c.stdin == Some(true), c.tty == Some(true)) {
+            Ok(s) => s,
+            Err(e) => {
+                rec.warning(pod, fp, reason::FAILED, format!("Error: {e}"));
+                self.waiting.insert(name.into(), Waiting { reason: "CreateContainerError".into(), message: e.to_string() });
+                let _ = self.ctx.containers.delete_container(&id).await;
+                return Started::Not(Some(now() + chrono::Duration::seconds(10)));
+            }
+        };
         crate::logs::link_container_log(pod, name, &id, &log_path);
         let t = Instant::now();
-        let started = self.ctx.containers.start_task(&id, mounts, &log_uri).await;
+        let started = self.ctx.containers.start_task(&id, mounts, &stdio.task).await;
         self.ctx.metrics.operation("start_container", t.elapsed(), started.is_ok());
+        match started {
+            Ok(_) => stdio.started(),
+            Err(_) => stdio.failed().await,
+        }
         match started {
             Ok(pid) => {
                 self.started_any = true;

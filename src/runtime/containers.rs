@@ -285,13 +285,16 @@ impl Containers {
         }
     }
 
-    /// Creates and starts the task (runc create + start). Returns the pid.
-    pub async fn start_task(&self, id: &str, rootfs: Vec<Mount>, log_uri: &str) -> Result<u32> {
+    /// Creates and starts the task (runc create + start) with stdio `io` (all
+    /// empty: /dev/null). Returns the pid.
+    pub async fn start_task(&self, id: &str, rootfs: Vec<Mount>, io: &super::stdio::TaskIo) -> Result<u32> {
         let req = CreateTaskRequest {
             container_id: id.into(),
             rootfs,
-            stdout: log_uri.into(),
-            stderr: log_uri.into(),
+            stdin: io.stdin.clone(),
+            stdout: io.stdout.clone(),
+            stderr: io.stderr.clone(),
+            terminal: io.terminal,
             ..Default::default()
         };
         let pid = match self.tasks().create(with_namespace!(req, self.namespace)).await {
@@ -304,6 +307,26 @@ impl Containers {
             return Err(ContainerError::StartTask { id: id.into(), source });
         }
         Ok(pid)
+    }
+
+    /// Closes the task's stdin (the shim's writer on the stdin FIFO): the
+    /// process reads EOF. A missing task is not an error.
+    pub async fn close_stdin(&self, id: &str) -> Result<()> {
+        let req = containerd_client::services::v1::CloseIoRequest { container_id: id.into(), exec_id: String::new(), stdin: true };
+        match self.tasks().close_io(with_namespace!(req, self.namespace)).await {
+            Ok(_) => Ok(()),
+            Err(s) if is_not_found(&s) => Ok(()),
+            Err(source) => Err(ContainerError::Query { op: "close stdin", id: id.into(), source }),
+        }
+    }
+
+    /// Resizes the terminal of the task's init process.
+    pub async fn resize_pty(&self, id: &str, width: u32, height: u32) -> Result<()> {
+        let req = containerd_client::services::v1::ResizePtyRequest { container_id: id.into(), exec_id: String::new(), width, height };
+        match self.tasks().resize_pty(with_namespace!(req, self.namespace)).await {
+            Ok(_) => Ok(()),
+            Err(source) => Err(ContainerError::Query { op: "resize pty", id: id.into(), source }),
+        }
     }
 
     /// Sends a signal to the task's init process (and all its processes with `all`).

@@ -417,11 +417,17 @@ pub fn container_spec(i: &ContainerInput<'_>) -> Result<Spec> {
     if !i.user.additional_gids.is_empty() {
         user = user.additional_gids(i.user.additional_gids.clone());
     }
+    // A terminal, as containerd's WithTTY sets it (with TERM=xterm).
+    let tty = c.tty == Some(true);
+    let mut env = i.env.clone();
+    if tty {
+        env.push("TERM=xterm".into());
+    }
     let process = ProcessBuilder::default()
-        .terminal(false)
+        .terminal(tty)
         .user(user.build()?)
         .args(i.args.clone())
-        .env(i.env.clone())
+        .env(env)
         .cwd(cwd)
         .capabilities(capset)
         .no_new_privileges(no_new_privs)

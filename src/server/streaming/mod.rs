@@ -189,9 +189,23 @@ pub async fn serve(state: Arc<State>, req: Request<Incoming>, query: Vec<(String
                 Err(answer) => return *answer,
             };
             let runner: Runner = if attach {
-                let logs = found_pod.metadata.uid.as_deref().map(|u| state.pod_logs_dir.join(format!("{ns}_{pod}_{u}")).join(container));
-                let (root, uid, c) = (state.root_dir.clone(), found_pod.metadata.uid.clone().unwrap_or_default(), container.to_string());
-                Box::new(move |io| Box::pin(attach_output(io, logs, root, uid, c, opts.tty)))
+                let uid = found_pod.metadata.uid.clone().unwrap_or_default();
+                let spec = found_pod.spec.as_ref();
+                let c = spec.and_then(|s| s.containers.iter().chain(s.init_containers.iter().flatten()).find(|c| c.name == container));
+                let stdin_fifo = crate::runtime::stdio::stdin_path(&state.root_dir, &uid, &cid);
+                let target = AttachTarget {
+                    logs: state.pod_logs_dir.join(format!("{ns}_{pod}_{uid}")).join(container),
+                    root: state.root_dir.clone(),
+                    container: container.to_string(),
+                    // As containerd's CRI: stdin only for a container created with it.
+                    stdin: (c.and_then(|c| c.stdin) == Some(true) && stdin_fifo.exists()).then_some(stdin_fifo),
+                    stdin_once: c.and_then(|c| c.stdin_once) == Some(true),
+                    tty: c.and_then(|c| c.tty) == Some(true),
+                    uid,
+                    cid: cid.clone(),
+                };
+                info!(pod = %format!("{ns}/{pod}"), container, stdin = target.stdin.is_some(), tty = target.tty, "attach");
+                Box::new(move |io| Box::pin(attach_session(io, rt, target)))
             } else {
                 let (scratch, c) = (state.root_dir.join("streaming-exec"), cid.clone());
                 info!(pod = %format!("{ns}/{pod}"), container, ?cmd, tty = opts.tty, "exec");
@@ -249,20 +263,83 @@ async fn run_exec(rt: Containers, id: String, cmd: Vec<String>, tty: bool, io: I
     }
 }
 
-/// Attach: the container's output from now on, read from its CRI log as the
-/// logger writes it (rkubelet's containers have no live stdio to join: their
-/// stdout/stderr go to the logger binary and they get no stdin).
-async fn attach_output(io: Io, dir: Option<PathBuf>, root: PathBuf, uid: String, container: String, tty: bool) -> Outcome {
-    let Some(dir) = dir else { return Outcome::Failed("pod has no UID".into()) };
-    let Some(attempt) = current_attempt(&root, &uid, &container) else { return Outcome::Exited { code: 0, cmd: String::new() } };
-    let file = dir.join(format!("{attempt}.log"));
+/// What `/attach` joins: the container's log (its output), its stdin FIFO if it
+/// has one, and how its stdin ends.
+struct AttachTarget {
+    logs: PathBuf,
+    root: PathBuf,
+    uid: String,
+    container: String,
+    cid: String,
+    stdin: Option<PathBuf>,
+    stdin_once: bool,
+    tty: bool,
+}
+
+/// Attach: the client's stdin into the container's stdin FIFO; the container's
+/// output from now on, read from its CRI log as the logger writes it; resizes
+/// to its terminal. As containerd's CRI: when the client's stdin ends, a
+/// `stdinOnce` container without a terminal gets EOF (CloseIO) and the output
+/// keeps flowing until it exits; otherwise only this session ends. The session
+/// also ends with the container (another attempt, or not running).
+async fn attach_session(io: Io, rt: Containers, t: AttachTarget) -> Outcome {
+    let Io { stdin, stdout, stderr, resize, gone } = io;
+    let ended = gone.child_token();
+    let mut side = Vec::new();
+    if let (Some(mut rx), Some(path)) = (stdin, t.stdin.clone()) {
+        let (rt, cid, ended, close) = (rt.clone(), t.cid.clone(), ended.clone(), t.stdin_once && !t.tty);
+        side.push(tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            // The shim holds the FIFO's reader for as long as the task lives.
+            match tokio::net::unix::pipe::OpenOptions::new().open_sender(&path) {
+                Ok(mut w) => {
+                    while let Some(b) = rx.recv().await {
+                        if let Err(e) = w.write_all(&b).await {
+                            debug!(container = %cid, error = %e, "attach: writing stdin failed");
+                            break;
+                        }
+                    }
+                }
+                Err(e) => debug!(container = %cid, error = %e, "attach: container stdin is closed"),
+            }
+            if close {
+                if let Err(e) = rt.close_stdin(&cid).await {
+                    debug!(container = %cid, error = %e, "attach: closing stdin failed");
+                }
+            } else {
+                ended.cancel();
+            }
+        }));
+    }
+    if let (true, Some(mut rx)) = (t.tty, resize) {
+        let (rt, cid) = (rt.clone(), t.cid.clone());
+        side.push(tokio::spawn(async move {
+            while let Some(s) = rx.recv().await {
+                if let Err(e) = rt.resize_pty(&cid, s.width.into(), s.height.into()).await {
+                    debug!(container = %cid, error = %e, "attach: resize failed");
+                }
+            }
+        }));
+    }
+    follow_output(stdout, stderr, &ended, &t).await;
+    for s in side {
+        s.abort();
+    }
+    Outcome::Exited { code: 0, cmd: String::new() }
+}
+
+/// Sends what the logger appends to the container's current log until `ended`
+/// or the container stops running.
+async fn follow_output(stdout: Option<tokio::sync::mpsc::Sender<Bytes>>, stderr: Option<tokio::sync::mpsc::Sender<Bytes>>, ended: &tokio_util::sync::CancellationToken, t: &AttachTarget) {
+    let Some(attempt) = current_attempt(&t.root, &t.uid, &t.container) else { return };
+    let file = t.logs.join(format!("{attempt}.log"));
     let mut offset = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
     let mut ticks = 0u64;
     loop {
-        tokio::select! {
-            _ = io.gone.cancelled() => break,
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-        }
+        let stop = tokio::select! {
+            _ = ended.cancelled() => true,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => false,
+        };
         ticks += 1;
         let chunk = super::read_from(&file, &mut offset);
         for line in chunk.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
@@ -271,18 +348,17 @@ async fn attach_output(io: Io, dir: Option<PathBuf>, root: PathBuf, uid: String,
             if e.full {
                 text.push(b'\n');
             }
-            let out = if e.stream == "stderr" && !tty { io.stderr.as_ref().or(io.stdout.as_ref()) } else { io.stdout.as_ref() };
+            let out = if e.stream == "stderr" && !t.tty { stderr.as_ref().or(stdout.as_ref()) } else { stdout.as_ref() };
             if let Some(o) = out {
                 if o.send(Bytes::from(text)).await.is_err() {
-                    return Outcome::Exited { code: 0, cmd: String::new() };
+                    return;
                 }
             }
         }
-        if ticks.is_multiple_of(5) && current_attempt(&root, &uid, &container) != Some(attempt) {
-            break;
+        if stop || (ticks.is_multiple_of(5) && current_attempt(&t.root, &t.uid, &t.container) != Some(attempt)) {
+            return;
         }
     }
-    Outcome::Exited { code: 0, cmd: String::new() }
 }
 
 fn current_attempt(root: &Path, uid: &str, container: &str) -> Option<i32> {
