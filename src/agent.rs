@@ -333,6 +333,7 @@ fn start_server(
         root_dir: cfg.root_dir.clone(),
         pod_logs_dir: cfg.pod_logs_dir.clone(),
         containers: Some(containers),
+        streaming_idle_timeout: cfg.streaming_connection_idle_timeout,
         metrics,
     });
     tasks.push(tokio::spawn(crate::server::serve(a, tls, state, cancel.clone())));

@@ -160,6 +160,9 @@ pub struct AgentArgs {
     /// How often every pod is re-synced even without events [default: 1m] [config: syncFrequency].
     #[arg(long = "sync-frequency", value_parser = parse_duration)]
     pub sync_frequency: Option<Duration>,
+    /// An exec, attach or port-forward connection with no traffic for this long is closed [default: 4h] [config: streamingConnectionIdleTimeout].
+    #[arg(long = "streaming-connection-idle-timeout", value_parser = parse_duration)]
+    pub streaming_connection_idle_timeout: Option<Duration>,
     /// kubeconfig for the API server; without it the agent runs standalone. With
     /// --bootstrap-kubeconfig, it is written by the TLS bootstrap when missing or expired.
     #[arg(long = "kubeconfig")]
@@ -325,7 +328,6 @@ ignored_flags! {
     tls_cipher_suites => "tls-cipher-suites",
     tls_min_version => "tls-min-version",
     protect_kernel_defaults => "protect-kernel-defaults",
-    streaming_connection_idle_timeout => "streaming-connection-idle-timeout",
     make_iptables_util_chains => "make-iptables-util-chains",
     event_qps => "event-qps",
     event_burst => "event-burst",
@@ -412,6 +414,8 @@ pub struct Config {
     pub pod_logs_dir: PathBuf,
     pub file_check_frequency: Duration,
     pub sync_frequency: Duration,
+    /// `streamingConnectionIdleTimeout`: exec/attach/port-forward connections idle this long are closed.
+    pub streaming_connection_idle_timeout: Duration,
     pub kubeconfig: Option<PathBuf>,
     pub node_ip: Option<String>,
     pub node_labels: std::collections::BTreeMap<String, String>,
@@ -631,6 +635,7 @@ impl Config {
             "staticPodPath": self.pod_manifest_path,
             "syncFrequency": d(self.sync_frequency),
             "fileCheckFrequency": d(self.file_check_frequency),
+            "streamingConnectionIdleTimeout": d(self.streaming_connection_idle_timeout),
             "address": self.address,
             "port": self.port,
             "healthzPort": self.healthz_port,
@@ -896,6 +901,7 @@ impl Config {
                 .unwrap_or_else(|| PathBuf::from("/var/log/pods")),
             file_check_frequency: a.file_check_frequency.or(dur(file.file_check_frequency)).unwrap_or(Duration::from_secs(20)),
             sync_frequency: a.sync_frequency.or(dur(file.sync_frequency)).unwrap_or(Duration::from_secs(60)),
+            streaming_connection_idle_timeout: a.streaming_connection_idle_timeout.or(dur(file.streaming_connection_idle_timeout)).unwrap_or(Duration::from_secs(4 * 3600)),
             kubeconfig: a.kubeconfig.clone(),
             node_ip: match &a.node_ip {
                 Some(ip) => match ip.parse::<std::net::IpAddr>() {

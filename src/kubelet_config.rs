@@ -175,6 +175,7 @@ pub struct KubeletConfiguration {
     pub static_pod_path: Option<String>,
     pub sync_frequency: Option<GoDuration>,
     pub file_check_frequency: Option<GoDuration>,
+    pub streaming_connection_idle_timeout: Option<GoDuration>,
     /// The kubelet server's bind address.
     pub address: Option<String>,
     /// The kubelet server's port (10250).

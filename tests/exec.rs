@@ -136,6 +136,26 @@ async fn direct_clients(allowed: &[&str]) {
     assert!(rest.len() >= 16 && rest[..4] == [0x80, 0x03, 0x00, 0x07] && rest[12..16] == [0, 0, 0, 1], "{rest:?}");
 }
 
+/// A direct v5 WebSocket exec that sends nothing: the (channel, data) messages it
+/// got and how long until the server ended the connection (at most 40 s).
+async fn ws_exec(allowed: &[&str], path_and_query: &str) -> (Vec<(u8, Vec<u8>)>, Duration) {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+    let mut req = format!("wss://127.0.0.1:10250{path_and_query}").into_client_request().unwrap();
+    req.headers_mut().insert("Sec-WebSocket-Protocol", "v5.channel.k8s.io".parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::client_async(req, kubelet_tls(allowed).await).await.expect("websocket handshake");
+    let t = std::time::Instant::now();
+    let mut got = Vec::new();
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(40).saturating_sub(t.elapsed()), ws.next()).await {
+        match m {
+            Message::Binary(b) if !b.is_empty() => got.push((b[0], b[1..].to_vec())),
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    (got, t.elapsed())
+}
+
 const SPDY: &[(&str, &str)] = &[("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")];
 const WEBSOCKET: &[(&str, &str)] = &[("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "true")];
 
@@ -281,13 +301,16 @@ async fn x1_kubectl_exec_attach_and_port_forward_reach_the_pod_over_spdy_and_web
 /// container created with `stdin: true` (a FIFO the shim holds), EOF with
 /// `stdinOnce` ends its input, a terminal container gets TERM and the client's
 /// size, and a container's stdin and logs outlive a `kill -9` of the agent.
+/// `streamingConnectionIdleTimeout` ends a silent session, not a chatty one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn x2_kubectl_attach_with_stdin_and_a_terminal() {
     let dir = PathBuf::from("/var/lib/rkubelet-test/agents/x2-attach");
     let KubeletApi { srv, admin, node, ca } = kubelet_api_server(&dir).await;
     let (node_s, ca_s) = (node.to_str().unwrap().to_string(), ca.to_str().unwrap().to_string());
-    let mut agent = tokio::task::block_in_place(|| Agent::with_options("x2", &[], &["--kubeconfig", &node_s, "--client-ca-file", &ca_s]));
+    let mut agent = tokio::task::block_in_place(|| Agent::with_options("x2", &[], &["--kubeconfig", &node_s, "--client-ca-file", &ca_s, "--streaming-connection-idle-timeout", "6s"]));
     let _cleanup = DeletePods(admin.clone());
+    let allowed = write_cert(&srv, &dir, "apiserver-kubelet-client");
+    let allowed: Vec<&str> = allowed.iter().map(String::as_str).collect();
     tokio::task::block_in_place(|| {
         agent.wait_until(Duration::from_secs(20), "kubelet API up", || curl("https://127.0.0.1:10250/healthz", &[]).0 != 0);
         let pod = format!(
@@ -361,6 +384,24 @@ async fn x2_kubectl_attach_with_stdin_and_a_terminal() {
         let done = wait_for(Duration::from_secs(30), "term terminated", &agent, || status("term").filter(|s| s["state"]["terminated"].is_object()));
         assert_eq!(done["state"]["terminated"]["exitCode"], 7, "the shell read `exit 7` from the client's terminal: {done}; kubectl said {tty_out:?}");
         assert!(tty_out.contains("term=xterm\n") && tty_out.contains("33 111\n"), "{tty_out:?}");
+
+        // (c) The idle timeout (6 s here). A direct client that sends nothing, for
+        // a command that says nothing, is cut off (the command is killed); one
+        // whose command keeps talking runs to its end. kubectl pings every 5 s,
+        // which counts as traffic (as spdystream's idle timer counts every frame).
+        let pod2 = format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: idle, namespace: default}}\nspec:\n  nodeName: {NODE}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: {BUSYBOX}\n    command: [sleep, \"3600\"]\n");
+        create(&admin, &dir, "idle.yaml", &pod2);
+        wait_for(Duration::from_secs(60), "idle Running", &agent, || pod_phase(&admin, "idle").filter(|p| p["status"]["phase"] == "Running"));
+        let rt = tokio::runtime::Handle::current();
+        let (got, took) = rt.block_on(ws_exec(&allowed, "/exec/default/idle/c?command=sleep&command=25&output=1"));
+        assert!(took < Duration::from_secs(15) && !got.iter().any(|(c, _)| *c == 3), "a silent session is cut off at the idle timeout, before the command ends: after {took:?}: {got:?}");
+        let ps = kubectl_exec(&admin, SPDY, &["idle", "-c", "c", "--", "ps", "-o", "args"], None).1;
+        assert!(!ps.contains("sleep 25"), "the cut-off command was killed: {ps}");
+        let (got, took) = rt.block_on(ws_exec(&allowed, "/exec/default/idle/c?command=sh&command=-c&command=i%3D0%3B%20while%20%5B%20%24i%20-lt%209%20%5D%3B%20do%20echo%20tick%3B%20sleep%201%3B%20i%3D%24((i%2B1))%3B%20done&output=1"));
+        let status = got.iter().find(|(c, _)| *c == 3).map(|(_, d)| String::from_utf8_lossy(d).to_string());
+        assert!(took > Duration::from_secs(8) && status.as_deref().is_some_and(|s| s.contains("Success")), "a talking session outlives the idle timeout: {took:?} {status:?}");
+        let (code, out, err) = kubectl_exec(&admin, SPDY, &["idle", "-c", "c", "--", "sh", "-c", "sleep 10; echo finished"], None);
+        assert_eq!((code, out.as_str()), (0, "finished\n"), "kubectl's pings keep a silent command's session open: {err}");
     });
     assert!(srv.violations().is_empty(), "{:?}", srv.violations());
 }

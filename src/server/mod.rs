@@ -45,6 +45,8 @@ pub struct State {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// containerd, for exec, attach and port-forward (None: those answer 503).
     pub containers: Option<crate::runtime::containers::Containers>,
+    /// `streamingConnectionIdleTimeout` (zero: none).
+    pub streaming_idle_timeout: std::time::Duration,
 }
 
 pub(crate) fn text(code: StatusCode, body: impl Into<String>) -> Response<Body> {

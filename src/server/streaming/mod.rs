@@ -8,6 +8,7 @@
 //! pod's network namespace. Each session is its own task: a slow or vanished
 //! client holds only that task, and its exec process is killed when it goes.
 
+pub mod idle;
 pub mod portforward;
 pub mod remotecommand;
 pub mod spdy;
@@ -211,7 +212,7 @@ pub async fn serve(state: Arc<State>, req: Request<Incoming>, query: Vec<(String
                 info!(pod = %format!("{ns}/{pod}"), container, ?cmd, tty = opts.tty, "exec");
                 Box::new(move |io| Box::pin(run_exec(rt, c, cmd, opts.tty, io, scratch)))
             };
-            upgrade_remotecommand(req, opts, runner)
+            upgrade_remotecommand(req, opts, runner, state.streaming_idle_timeout)
         }
         Route::PortForward { ns, pod, uid } => {
             let Some(found) = find(&state.root_dir, ns, pod, None) else {
@@ -231,9 +232,9 @@ pub async fn serve(state: Arc<State>, req: Request<Incoming>, query: Vec<(String
                     Ok(p) => p,
                     Err(e) => return text(StatusCode::BAD_REQUEST, e),
                 };
-                return upgrade_ws(req, websocket::PORT_FORWARD_PROTOCOLS, move |io, p| Box::pin(portforward::serve_ws(io, p, ports, target)));
+                return upgrade_ws(req, websocket::PORT_FORWARD_PROTOCOLS, state.streaming_idle_timeout, move |io, p| Box::pin(portforward::serve_ws(io, p, ports, target)));
             }
-            upgrade_spdy(req, &[portforward::PROTOCOL], move |io, _| Box::pin(portforward::serve(io, target)))
+            upgrade_spdy(req, &[portforward::PROTOCOL], state.streaming_idle_timeout, move |io, _| Box::pin(portforward::serve(io, target)))
         }
     }
 }
@@ -368,18 +369,18 @@ fn current_attempt(root: &Path, uid: &str, container: &str) -> Option<i32> {
 }
 
 /// Upgrades to a WebSocket or SPDY and runs the remote command protocol.
-fn upgrade_remotecommand(req: Request<Incoming>, opts: Options, runner: Runner) -> Response<Body> {
+fn upgrade_remotecommand(req: Request<Incoming>, opts: Options, runner: Runner, idle: Duration) -> Response<Body> {
     if has_token(&req, "connection", "upgrade") && has_token(&req, "upgrade", "websocket") {
-        return upgrade_ws(req, websocket::PROTOCOLS, move |io, p| Box::pin(remotecommand::serve_ws(io, p, opts, runner)));
+        return upgrade_ws(req, websocket::PROTOCOLS, idle, move |io, p| Box::pin(remotecommand::serve_ws(io, p, opts, runner)));
     }
-    upgrade_spdy(req, remotecommand::SPDY_PROTOCOLS, move |io, protocol| Box::pin(remotecommand::serve_spdy(io, protocol, opts, runner)))
+    upgrade_spdy(req, remotecommand::SPDY_PROTOCOLS, idle, move |io, protocol| Box::pin(remotecommand::serve_spdy(io, protocol, opts, runner)))
 }
 
-type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
+type Upgraded = idle::IdleIo<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// The WebSocket handshake (wsstream.Conn.Open): 101 with the accept key and
 /// the negotiated sub-protocol, then `serve` on the upgraded connection.
-fn upgrade_ws<F>(req: Request<Incoming>, supported: &'static [&'static str], serve: F) -> Response<Body>
+fn upgrade_ws<F>(req: Request<Incoming>, supported: &'static [&'static str], idle: Duration, serve: F) -> Response<Body>
 where
     F: FnOnce(Upgraded, websocket::Protocol) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + 'static,
 {
@@ -398,7 +399,7 @@ where
     let resp = b.body(super::full("")).unwrap_or_else(|_| Response::new(super::full("")));
     tokio::spawn(async move {
         match hyper::upgrade::on(req).await {
-            Ok(up) => serve(TokioIo::new(up), protocol).await,
+            Ok(up) => serve(idle::IdleIo::new(TokioIo::new(up), idle), protocol).await,
             Err(e) => debug!(error = %e, "websocket upgrade failed"),
         }
     });
@@ -407,7 +408,7 @@ where
 
 /// httpstream.Handshake then the SPDY ResponseUpgrader: 101 with the chosen
 /// `X-Stream-Protocol-Version`, then `serve` on the upgraded connection.
-fn upgrade_spdy<F>(req: Request<Incoming>, supported: &'static [&'static str], serve: F) -> Response<Body>
+fn upgrade_spdy<F>(req: Request<Incoming>, supported: &'static [&'static str], idle: Duration, serve: F) -> Response<Body>
 where
     F: FnOnce(Upgraded, &'static str) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + 'static,
 {
@@ -440,7 +441,7 @@ where
         match hyper::upgrade::on(req).await {
             Ok(up) => {
                 debug!(protocol, "SPDY connection upgraded");
-                serve(TokioIo::new(up), protocol).await
+                serve(idle::IdleIo::new(TokioIo::new(up), idle), protocol).await
             }
             Err(e) => debug!(error = %e, "SPDY upgrade failed"),
         }
