@@ -35,6 +35,23 @@ fn write_cert(srv: &TestApiServer, dir: &Path, cn: &str) -> (PathBuf, PathBuf) {
     (cp, kp)
 }
 
+/// A GET /healthz with one header of `size` bytes, sent whole over TLS with the
+/// client certificate: the status code of the answer.
+async fn big_header_status(crt: &Path, key: &Path, size: usize) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cfg = rkubelet_test_apiserver::nodeproxy::kubelet_client_tls(&std::fs::read(crt).ok()?, &std::fs::read(key).ok()?).ok()?;
+    let tcp = tokio::net::TcpStream::connect("127.0.0.1:10250").await.ok()?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").ok()?;
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg)).connect(name, tcp).await.ok()?;
+    let mut req = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ".to_vec();
+    req.resize(req.len() + size, b'a');
+    req.extend_from_slice(b"\r\n\r\n");
+    tokio::time::timeout(Duration::from_secs(20), tls.write_all(&req)).await.ok()?.ok()?;
+    let mut head = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut head)).await.ok()?.ok()?;
+    String::from_utf8_lossy(&head[..n]).strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn k1_the_kubelet_api_authenticates_authorizes_and_serves_pods_and_logs() {
     let dir = PathBuf::from("/var/lib/rkubelet-test/agents/k1-api");
@@ -168,6 +185,13 @@ async fn k1_the_kubelet_api_authenticates_authorizes_and_serves_pods_and_logs() 
         assert_eq!(kc["authorization"]["mode"], "Webhook");
         assert_eq!(curl(&format!("{api}/stats/summary"), &viewer).1, "Forbidden (user=viewer, verb=get, resource=nodes, subresource=stats)\n");
         assert_eq!(curl(&format!("{api}/no/such/path"), &allowed).0, 404);
+        // A request head past Go's 1 MiB limit gets 431 (the client can send it all
+        // and read the answer), one under it is served, and the server goes on.
+        let rt = tokio::runtime::Handle::current();
+        for (size, want) in [(8 << 20, 431), (2 << 20, 431), (1000 << 10, 200)] {
+            assert_eq!(rt.block_on(big_header_status(&allowed_crt, &allowed_key, size)), Some(want), "a {size}-byte header");
+        }
+        assert_eq!(curl(&format!("{api}/healthz"), &allowed), (200, "ok".into()));
 
         // /run: a command's combined output (POST, cmd split on spaces).
         let post: Vec<&str> = allowed.iter().copied().chain(["-X", "POST"]).collect();

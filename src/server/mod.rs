@@ -129,6 +129,8 @@ pub async fn serve(addr: SocketAddr, tls: Arc<rustls::ServerConfig>, state: Arc<
             r = listener.accept() => match r { Ok(c) => c, Err(_) => continue },
         };
         let (acceptor, state) = (acceptor.clone(), state.clone());
+        // A second handle on the socket, for a lingering close after a bad request.
+        let linger = std::os::fd::AsFd::as_fd(&tcp).try_clone_to_owned().ok();
         tokio::spawn(async move {
             let stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
@@ -140,14 +142,49 @@ pub async fn serve(addr: SocketAddr, tls: Arc<rustls::ServerConfig>, state: Arc<
                 let (state, cert) = (state.clone(), cert.clone());
                 async move { Ok::<_, std::convert::Infallible>(handle(state, cert.as_deref().map(Vec::as_slice), req).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let served = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(30))
+                // Go's DefaultMaxHeaderBytes (1 MiB) plus its 4 KiB slack: past it, 431.
+                .max_buf_size(MAX_HEADER_BYTES)
                 .serve_connection(TokioIo::new(stream), svc)
                 .with_upgrades()
                 .await;
+            if let (Err(e), Some(fd)) = (served, linger) {
+                if e.is_parse() || e.is_parse_too_large() {
+                    debug!(%peer, error = %e, "bad request");
+                    lingering_close(fd).await;
+                }
+            }
         });
     }
+}
+
+/// The most a request head may take: Go's DefaultMaxHeaderBytes plus the 4096
+/// bytes of slack its server allows.
+const MAX_HEADER_BYTES: usize = (1 << 20) + 4096;
+
+/// After hyper answered a bad request (400, 431) and closed its side: read and
+/// drop what the client is still sending, for up to 2 s, before the socket
+/// closes. Closing with unread data would reset the connection, and the client
+/// would lose the answer (Go's server waits likewise: closeWriteAndWait).
+async fn lingering_close(fd: std::os::fd::OwnedFd) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let std_tcp = std::net::TcpStream::from(fd);
+    let Ok(mut tcp) = tokio::net::TcpStream::from_std(std_tcp) else { return };
+    // Our FIN, which the closed TLS stream cannot send while this handle lives.
+    let _ = tcp.shutdown().await;
+    let mut buf = vec![0u8; 64 * 1024];
+    let drain = async {
+        let mut total = 0usize;
+        while total < 64 << 20 {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
 }
 
 async fn handle(state: Arc<State>, cert: Option<&[u8]>, req: Request<hyper::body::Incoming>) -> Response<Body> {
