@@ -35,14 +35,19 @@ fn write_cert(srv: &TestApiServer, dir: &Path, cn: &str) -> (PathBuf, PathBuf) {
     (cp, kp)
 }
 
+/// A TLS connection to the kubelet API with a client certificate.
+async fn kubelet_tls(crt: &Path, key: &Path) -> Option<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let cfg = rkubelet_test_apiserver::nodeproxy::kubelet_client_tls(&std::fs::read(crt).ok()?, &std::fs::read(key).ok()?).ok()?;
+    let tcp = tokio::net::TcpStream::connect("127.0.0.1:10250").await.ok()?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").ok()?;
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg)).connect(name, tcp).await.ok()
+}
+
 /// A GET /healthz with one header of `size` bytes, sent whole over TLS with the
 /// client certificate: the status code of the answer.
 async fn big_header_status(crt: &Path, key: &Path, size: usize) -> Option<u16> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let cfg = rkubelet_test_apiserver::nodeproxy::kubelet_client_tls(&std::fs::read(crt).ok()?, &std::fs::read(key).ok()?).ok()?;
-    let tcp = tokio::net::TcpStream::connect("127.0.0.1:10250").await.ok()?;
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").ok()?;
-    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg)).connect(name, tcp).await.ok()?;
+    let mut tls = kubelet_tls(crt, key).await?;
     let mut req = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ".to_vec();
     req.resize(req.len() + size, b'a');
     req.extend_from_slice(b"\r\n\r\n");
@@ -213,6 +218,27 @@ async fn k1_the_kubelet_api_authenticates_authorizes_and_serves_pods_and_logs() 
             assert!(value(&m, &format!("kubelet_runtime_operations_total{{operation_type=\"{op}\"}}")).unwrap_or(0.0) >= 1.0, "{op}: {m}");
         }
         assert_eq!(curl(&format!("{api}/metrics"), &viewer).1, "Forbidden (user=viewer, verb=get, resource=nodes, subresource=metrics)\n");
+        // Slow clients hold only their own connections: 50 that never start TLS, 5
+        // that stop mid-request-head, 3 following a log without reading. Meanwhile
+        // other clients are served and the pod worker keeps probing (below).
+        let slow = rt.block_on(async {
+            use tokio::io::AsyncWriteExt;
+            let mut held: Vec<Box<dyn std::any::Any + Send>> = Vec::new();
+            for _ in 0..50 {
+                held.push(Box::new(tokio::net::TcpStream::connect("127.0.0.1:10250").await.unwrap()));
+            }
+            for i in 0..8 {
+                let mut tls = kubelet_tls(&allowed_crt, &allowed_key).await.expect("TLS");
+                let req: &[u8] = if i < 5 { b"GET /healthz HTTP/1.1\r\nHost: 127.0" } else { b"GET /containerLogs/default/talker/ticker?follow=true HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" };
+                tls.write_all(req).await.unwrap();
+                held.push(Box::new(tls));
+            }
+            held
+        });
+        for _ in 0..10 {
+            assert_eq!(curl(&format!("{api}/healthz"), &allowed), (200, "ok".into()), "served next to slow clients");
+        }
+        assert_eq!(curl(&format!("{api}/pods"), &allowed).0, 200);
         // /metrics/probes: the readiness probe of container c, counted by result.
         let (code, m) = curl(&format!("{api}/metrics/probes"), &allowed);
         assert_eq!(code, 200, "{m}");
@@ -223,6 +249,7 @@ async fn k1_the_kubelet_api_authenticates_authorizes_and_serves_pods_and_logs() 
         std::thread::sleep(Duration::from_millis(2500));
         let again = count(series(&curl(&format!("{api}/metrics/probes"), &allowed).1).unwrap());
         assert!(again > first, "the probe counter rises with each probe ({first} -> {again})");
+        drop(slow);
     });
     let reviews = srv.requests().iter().filter(|r| r.resource == "subjectaccessreviews" && r.verb == "create").count();
     assert!(reviews >= 2, "authorization went through SubjectAccessReviews ({reviews})");
