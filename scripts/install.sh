@@ -7,9 +7,12 @@
 #   /etc/systemd/system/rkubelet.service                systemd/rkubelet.service
 #   /etc/systemd/system/rkubelet.service.d/10-kubeadm.conf
 #                                                       systemd/10-kubeadm.conf
+#   /etc/systemd/system/rkubelet-reset.{path,service}   systemd/rkubelet-reset.*
+#                                                       (`rkubelet reset` after kubeadm reset)
 #   /etc/kubernetes/manifests/                          static pods (standalone)
-#   and `systemctl enable rkubelet.service`, which also links kubelet.service
-#   (Alias=) so kubeadm's `systemctl restart kubelet` reaches rkubelet.
+#   and `systemctl enable rkubelet.service rkubelet-reset.path`; the first also
+#   links kubelet.service (Alias=) so kubeadm's `systemctl restart kubelet`
+#   reaches rkubelet.
 #
 # Usage: scripts/install.sh [--destdir DIR] [--binary FILE]
 #   --destdir DIR   install below DIR instead of / (also $DESTDIR); systemctl
@@ -95,27 +98,35 @@ if [ "$(readlink "$BIN_DIR/kubelet" 2>/dev/null)" != "rkubelet" ]; then
 fi
 put 644 "$RK_REPO_ROOT/systemd/rkubelet.service" "$UNIT_DIR/rkubelet.service"
 put 644 "$RK_REPO_ROOT/systemd/10-kubeadm.conf" "$DROPIN_DIR/10-kubeadm.conf"
+put 644 "$RK_REPO_ROOT/systemd/rkubelet-reset.path" "$UNIT_DIR/rkubelet-reset.path"
+put 644 "$RK_REPO_ROOT/systemd/rkubelet-reset.service" "$UNIT_DIR/rkubelet-reset.service"
 if [ ! -d "$MANIFEST_DIR" ]; then
     install -d -m 755 "$MANIFEST_DIR"
     log "created /etc/kubernetes/manifests"
 fi
 
 # Enable (WantedBy= and Alias= links). On a live system also reload systemd.
+UNITS=(rkubelet.service rkubelet-reset.path)
 if [ -n "$DESTDIR" ]; then
-    have systemctl || die "systemctl is needed to enable the unit below $DESTDIR"
-    if ! systemctl --root="$DESTDIR" --quiet is-enabled rkubelet.service 2>/dev/null; then
-        systemctl --root="$DESTDIR" --quiet enable rkubelet.service
-        log "enabled rkubelet.service (also as kubelet.service) below $DESTDIR"
-    fi
+    have systemctl || die "systemctl is needed to enable the units below $DESTDIR"
+    for u in "${UNITS[@]}"; do
+        if ! systemctl --root="$DESTDIR" --quiet is-enabled "$u" 2>/dev/null; then
+            systemctl --root="$DESTDIR" --quiet enable "$u"
+            log "enabled $u below $DESTDIR"
+        fi
+    done
 elif [ -d /run/systemd/system ]; then
     [ "$changed" = 0 ] || systemctl daemon-reload
-    if ! systemctl --quiet is-enabled rkubelet.service 2>/dev/null; then
-        systemctl --quiet enable rkubelet.service
-        log "enabled rkubelet.service (also as kubelet.service)"
-    fi
+    for u in "${UNITS[@]}"; do
+        if ! systemctl --quiet is-enabled "$u" 2>/dev/null; then
+            systemctl --quiet enable "$u"
+            log "enabled $u"
+        fi
+    done
+    systemctl --quiet start rkubelet-reset.path || warn "could not start rkubelet-reset.path"
     log "start it with: systemctl start kubelet   (or run kubeadm join)"
 else
-    systemctl --root=/ --quiet enable rkubelet.service 2>/dev/null || warn "could not enable rkubelet.service"
-    warn "systemd is not running here: the unit is installed and enabled but not started"
+    systemctl --root=/ --quiet enable "${UNITS[@]}" 2>/dev/null || warn "could not enable ${UNITS[*]}"
+    warn "systemd is not running here: the units are installed and enabled but not started"
 fi
 log "rkubelet $("$BIN_DIR/rkubelet" --version) installed"

@@ -21,18 +21,19 @@ DESTDIR="${DESTDIR%/}"
 [ -n "$DESTDIR" ] || require_root
 
 UNIT_DIR="$DESTDIR/etc/systemd/system"
+UNITS=(rkubelet.service rkubelet-reset.path)
 if [ -e "$UNIT_DIR/rkubelet.service" ]; then
     if [ -n "$DESTDIR" ]; then
-        systemctl --root="$DESTDIR" --quiet disable rkubelet.service 2>/dev/null || true
+        systemctl --root="$DESTDIR" --quiet disable "${UNITS[@]}" 2>/dev/null || true
     elif [ -d /run/systemd/system ]; then
-        systemctl --quiet disable --now rkubelet.service || true
+        systemctl --quiet disable --now "${UNITS[@]}" || true
     else
-        systemctl --root=/ --quiet disable rkubelet.service 2>/dev/null || true
+        systemctl --root=/ --quiet disable "${UNITS[@]}" 2>/dev/null || true
     fi
 fi
 rm -f "$UNIT_DIR/rkubelet.service.d/10-kubeadm.conf"
 rmdir "$UNIT_DIR/rkubelet.service.d" 2>/dev/null || true
-rm -f "$UNIT_DIR/rkubelet.service"
+rm -f "$UNIT_DIR/rkubelet.service" "$UNIT_DIR/rkubelet-reset.path" "$UNIT_DIR/rkubelet-reset.service"
 # The kubelet link only if it is ours.
 if [ "$(readlink "$DESTDIR/usr/local/bin/kubelet" 2>/dev/null)" = "rkubelet" ]; then
     rm -f "$DESTDIR/usr/local/bin/kubelet"

@@ -82,34 +82,9 @@ async fn connect_containerd(cfg: &Config, cancel: &CancellationToken) -> Option<
     }
 }
 
-/// Runs the agent until `shutdown` resolves.
-pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let cfg = Arc::new(cfg);
-    let cancel = CancellationToken::new();
-    tokio::fs::create_dir_all(cfg.root_dir.join("pods")).await?;
-    info!(node = %cfg.node_name, root_dir = %cfg.root_dir.display(), version = %crate::config::version_line(), "rkubelet starting");
-
-    tokio::pin!(shutdown);
-    let channel = tokio::select! {
-        c = connect_containerd(&cfg, &cancel) => c,
-        _ = &mut shutdown => None,
-    };
-    let Some(channel) = channel else { return Ok(()) };
-
-    let cni = Cni::new(CniConfig { bin_dirs: cfg.cni_bin_dirs.clone(), conf_dir: cfg.cni_conf_dir.clone(), cache_dir: cfg.cni_cache_dir.clone() });
-    match cni.status() {
-        Ok(()) => info!(conf_dir = %cfg.cni_conf_dir.display(), "CNI network ready"),
-        Err(e) => warn!(error = %e, "container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady"),
-    }
-    // The API server, when a kubeconfig is given (after the TLS bootstrap, if needed).
-    let client = match &cfg.kubeconfig {
-        Some(_) => tokio::select! {
-            c = crate::api::bootstrap::client(&cfg, &cancel) => Some(c?),
-            _ = &mut shutdown => return Ok(()),
-        },
-        None => None,
-    };
-    let runtime_version = crate::runtime::version(&channel).await.unwrap_or_default();
+/// The context every pod worker shares, the node's options, and the task that
+/// posts events.
+fn new_context(cfg: &Arc<Config>, channel: &tonic::transport::Channel, cni: Cni, client: Option<kube::Client>) -> (Arc<Context>, crate::api::node::NodeOptions, tokio::task::JoinHandle<()>) {
     let (recorder, events_task) = Recorder::new(cfg.root_dir.join(EVENTS_FILE), client.clone().map(|c| (c, cfg.node_name.clone())));
     let images = ImageService::new(
         channel.clone(),
@@ -120,7 +95,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let memory_capacity = crate::cgroups::memory_capacity();
     let cpu_capacity_milli = std::thread::available_parallelism().map(|n| n.get() as i64 * 1000).unwrap_or(1000);
-    let node_opts = node_options(&cfg, memory_capacity);
+    let node_opts = node_options(cfg, memory_capacity);
     let ctx = Arc::new(Context {
         containers: Containers::new(channel.clone(), cfg.namespace.clone(), cfg.snapshotter.clone()),
         images,
@@ -147,6 +122,78 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
         client: client.clone(),
         config: cfg.clone(),
     });
+    (ctx, node_opts, events_task)
+}
+
+/// `rkubelet reset`: stops and removes every pod of this node (of every node
+/// with `all_nodes`) that containerd or the root dir still has (the start-up
+/// orphan cleanup with no pod source, killing at once), and waits until they
+/// are gone. Returns how many pods it removed.
+pub async fn remove_all_pods(mut cfg: Config, all_nodes: bool, timeout: Duration) -> anyhow::Result<usize> {
+    cfg.kill_at_once = true;
+    let cfg = Arc::new(cfg);
+    let cancel = CancellationToken::new();
+    let channel = tokio::time::timeout(Duration::from_secs(30), connect_containerd(&cfg, &cancel))
+        .await
+        .ok()
+        .flatten()
+        .ok_or_else(|| anyhow::anyhow!("containerd is not reachable at {}", cfg.containerd_socket.display()))?;
+    let cni = Cni::new(CniConfig { bin_dirs: cfg.cni_bin_dirs.clone(), conf_dir: cfg.cni_conf_dir.clone(), cache_dir: cfg.cni_cache_dir.clone() });
+    let (ctx, _, events_task) = new_context(&cfg, &channel, cni, None);
+    let mut manager = Manager::new(ctx.clone(), cancel.clone());
+    let (ev_tx, mut ev_rx) = mpsc::channel(256);
+    let ev_task = tokio::spawn(crate::runtime::events::run(channel.clone(), cfg.namespace.clone(), ev_tx, cancel.clone()));
+    manager.clean_orphans_of((!all_nodes).then_some(cfg.node_name.as_str())).await;
+    let mut removed = 0;
+    let deadline = tokio::time::Instant::now() + timeout;
+    while manager.busy() {
+        tokio::select! {
+            Some(ev) = ev_rx.recv() => manager.on_task_event(&ev),
+            r = manager.reap() => removed += usize::from(r.is_some()),
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    cancel.cancel();
+    manager.drain().await;
+    let _ = ev_task.await;
+    drop(manager);
+    drop(ctx);
+    events_task.abort();
+    Ok(removed)
+}
+
+/// Runs the agent until `shutdown` resolves.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let cfg = Arc::new(cfg);
+    let cancel = CancellationToken::new();
+    tokio::fs::create_dir_all(cfg.root_dir.join("pods")).await?;
+    // For `rkubelet reset`, after kubeadm reset has removed the flags that named the node.
+    tokio::fs::write(cfg.root_dir.join(crate::reset::NODE_NAME_FILE), &cfg.node_name).await?;
+    info!(node = %cfg.node_name, root_dir = %cfg.root_dir.display(), version = %crate::config::version_line(), "rkubelet starting");
+
+    tokio::pin!(shutdown);
+    let channel = tokio::select! {
+        c = connect_containerd(&cfg, &cancel) => c,
+        _ = &mut shutdown => None,
+    };
+    let Some(channel) = channel else { return Ok(()) };
+
+    let cni = Cni::new(CniConfig { bin_dirs: cfg.cni_bin_dirs.clone(), conf_dir: cfg.cni_conf_dir.clone(), cache_dir: cfg.cni_cache_dir.clone() });
+    match cni.status() {
+        Ok(()) => info!(conf_dir = %cfg.cni_conf_dir.display(), "CNI network ready"),
+        Err(e) => warn!(error = %e, "container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady"),
+    }
+    // The API server, when a kubeconfig is given (after the TLS bootstrap, if needed).
+    let client = match &cfg.kubeconfig {
+        Some(_) => tokio::select! {
+            c = crate::api::bootstrap::client(&cfg, &cancel) => Some(c?),
+            _ = &mut shutdown => return Ok(()),
+        },
+        None => None,
+    };
+    let runtime_version = crate::runtime::version(&channel).await.unwrap_or_default();
+    let (ctx, node_opts, events_task) = new_context(&cfg, &channel, cni, client.clone());
+    let (cpu_capacity_milli, memory_capacity) = (ctx.cpu_capacity_milli, ctx.memory_capacity);
     node_startup(&ctx, &node_opts, cpu_capacity_milli, memory_capacity);
     let server_tasks = start_server(&cfg, client.clone(), ctx.host_ip.clone(), ctx.containers.clone(), ctx.metrics.clone(), &cancel);
     let mut manager = Manager::new(ctx.clone(), cancel.clone());

@@ -90,6 +90,18 @@ pub enum Command {
     /// disk...) and, with --pod, explain why a pod does not run. Read-only.
     /// Exit code: 0 all OK, 1 warnings, 2 failures.
     Doctor(DoctorArgs),
+    /// Stop and remove every pod of this node (containers, network, volumes,
+    /// mounts, cgroups), as `kubeadm reset` cannot: run it after `kubeadm reset`
+    /// or `systemctl stop kubelet`. Exit code: 0 nothing left, 1 something left, 2 error.
+    Reset(ResetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ResetArgs {
+    /// Do nothing (and succeed) if the agent is running: what the
+    /// rkubelet-reset.path unit runs when /etc/kubernetes/kubelet.conf goes away.
+    #[arg(long = "if-stopped")]
+    pub if_stopped: bool,
 }
 
 #[derive(Debug, Args)]
@@ -416,6 +428,9 @@ pub struct Config {
     pub sync_frequency: Duration,
     /// `streamingConnectionIdleTimeout`: exec/attach/port-forward connections idle this long are closed.
     pub streaming_connection_idle_timeout: Duration,
+    /// Set by `rkubelet reset`, never by flags: pods are killed at once, whatever
+    /// their grace period (as kubeadm reset's StopPodSandbox through CRI does).
+    pub kill_at_once: bool,
     pub kubeconfig: Option<PathBuf>,
     pub node_ip: Option<String>,
     pub node_labels: std::collections::BTreeMap<String, String>,
@@ -884,6 +899,7 @@ impl Config {
         }
         let pod_manifest_path = a.pod_manifest_path.clone().or_else(|| file.static_pod_path.clone().filter(|p| !p.is_empty()).map(PathBuf::from));
         Ok(Config {
+            kill_at_once: false,
             node_name,
             pod_manifest_path,
             root_dir: a.root_dir.clone(),

@@ -18,6 +18,7 @@ pub mod network;
 pub mod pod;
 pub mod probe;
 pub mod quantity;
+pub mod reset;
 pub mod runtime;
 pub mod server;
 pub mod systemd;

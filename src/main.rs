@@ -43,6 +43,11 @@ fn main() -> std::process::ExitCode {
             let explicit = std::env::args().skip(1).take_while(|a| a != "doctor").next().is_some();
             return rkubelet::doctor::main(&cli.agent, explicit, &args);
         }
+        Some(Command::Reset(args)) => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            init_tracing(cli.agent.verbosity);
+            return rkubelet::reset::main(&cli.agent, &args);
+        }
         Some(Command::Pods(mut args)) => {
             args.root_dir.get_or_insert(cli.agent.root_dir.clone());
             return rkubelet::cli::pods(&args);

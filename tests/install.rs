@@ -101,7 +101,10 @@ fn install_lays_out_the_expected_files_and_a_second_run_changes_nothing() {
         format!("{units} d 755"),
         format!("{units}/kubelet.service l -> {units}/rkubelet.service"),
         format!("{units}/multi-user.target.wants d 755"),
+        format!("{units}/multi-user.target.wants/rkubelet-reset.path l -> {units}/rkubelet-reset.path"),
         format!("{units}/multi-user.target.wants/rkubelet.service l -> {units}/rkubelet.service"),
+        format!("{units}/rkubelet-reset.path f 644"),
+        format!("{units}/rkubelet-reset.service f 644"),
         format!("{units}/rkubelet.service f 644"),
         format!("{units}/rkubelet.service.d d 755"),
         format!("{units}/rkubelet.service.d/10-kubeadm.conf f 644"),
@@ -119,6 +122,8 @@ fn install_lays_out_the_expected_files_and_a_second_run_changes_nothing() {
     same("/usr/local/bin/rkubelet", PathBuf::from(env!("CARGO_BIN_EXE_rkubelet")));
     same("/etc/systemd/system/rkubelet.service", repo().join("systemd/rkubelet.service"));
     same("/etc/systemd/system/rkubelet.service.d/10-kubeadm.conf", repo().join("systemd/10-kubeadm.conf"));
+    same("/etc/systemd/system/rkubelet-reset.path", repo().join("systemd/rkubelet-reset.path"));
+    same("/etc/systemd/system/rkubelet-reset.service", repo().join("systemd/rkubelet-reset.service"));
     // The kubelet on PATH is rkubelet.
     let v = Command::new(root.join("usr/local/bin/kubelet")).arg("--version").output().unwrap();
     assert!(String::from_utf8_lossy(&v.stdout).contains("+rkubelet."), "{v:?}");

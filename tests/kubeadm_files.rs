@@ -282,3 +282,116 @@ fn k2_a_config_file_with_a_wrongly_typed_field_is_exit_64_naming_the_field() {
     assert_eq!(out.status.code(), Some(64), "{stderr}");
     assert!(stderr.contains("invalid configuration") && stderr.contains("field maxPods:") && stderr.contains(config.to_str().unwrap()), "{stderr}");
 }
+
+/// Mount points at or below `dir` (from /proc/self/mountinfo).
+fn mounts_under(dir: &std::path::Path) -> Vec<PathBuf> {
+    std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().filter_map(|l| l.split(' ').nth(4)).map(PathBuf::from).filter(|p| p.starts_with(dir)).collect()
+}
+
+/// PIDs whose command line contains `needle`.
+fn pids_with(needle: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).map(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(needle)).unwrap_or(false))
+        .collect()
+}
+
+/// `kubeadm reset` (issue 6) leaves nothing of rkubelet's running or mounted. The
+/// steps kubeadm v1.36's cleanup-node phase takes on this node are done here by
+/// hand, in its order: stop the kubelet unit (KillMode=process: pods survive),
+/// unmount what is mounted under /var/lib/kubelet, remove pods through CRI (which
+/// sees none of rkubelet's), empty /var/lib/kubelet, /etc/kubernetes/manifests and
+/// pki, delete the kubeconfigs. Deleting kubelet.conf is the change
+/// rkubelet-reset.path watches; its service runs `rkubelet reset --if-stopped`
+/// (the ExecStart line is taken from the unit file). Afterwards no container,
+/// task, mount, network namespace, cgroup or logger process of the pod is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k3_after_kubeadm_reset_nothing_of_rkubelet_runs_or_is_mounted() {
+    let srv = TestApiServer::start(Options::default()).await.expect("test API server");
+    let mut node = tokio::task::block_in_place(|| KubeadmNode::new("k3-reset", &srv));
+    tokio::task::block_in_place(|| {
+        let kubelet_conf = node.etc.join("kubelet.conf");
+        node.wait_for(Duration::from_secs(60), "kubelet.conf", || kubelet_conf.exists().then_some(()));
+        std::fs::remove_file(node.etc.join("bootstrap-kubelet.conf")).unwrap();
+        node.wait_for(Duration::from_secs(30), "the Node", || srv.get("nodes", None, NODE));
+        // A pod with a memory-backed volume (a tmpfs mount), a stdin container (its
+        // own logger process) and a plain one.
+        let manifest = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: doomed, namespace: kube-system}}\nspec:\n  terminationGracePeriodSeconds: 30\n  volumes:\n  - name: scratch\n    emptyDir: {{medium: Memory}}\n  containers:\n  - name: c\n    image: {BUSYBOX}\n    command: [sleep, '3600']\n    volumeMounts: [{{name: scratch, mountPath: /scratch}}]\n  - name: reader\n    image: {BUSYBOX}\n    stdin: true\n    command: [cat]\n"
+        );
+        std::fs::write(node.manifests.join("doomed.yaml"), manifest).unwrap();
+        let full = format!("doomed-{NODE}");
+        let pod = node.wait_for(Duration::from_secs(60), "the pod Running", || {
+            rkubelet::pod::store::load_all(&node.var_lib).into_iter().find(|p| p.metadata.name.as_deref() == Some(full.as_str()) && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        });
+        let uid = pod.metadata.uid.clone().unwrap();
+        let containers = common::containerd_containers(&uid);
+        assert_eq!(containers.len(), 3, "sandbox and two containers: {containers:?}");
+        let netns: PathBuf = common::ctr(&["containers", "info", &containers[0]]).lines().find_map(|l| l.trim().strip_prefix("\"io.rkubelet.netns\": \"").map(|v| PathBuf::from(v.trim_end_matches(['"', ',']))))
+            .or_else(|| containers.iter().find_map(|c| common::ctr(&["containers", "info", c]).lines().find_map(|l| l.trim().strip_prefix("\"io.rkubelet.netns\": \"").map(|v| PathBuf::from(v.trim_end_matches(['"', ',']))))))
+            .expect("the sandbox's netns label");
+        assert!(netns.exists());
+        assert!(!mounts_under(&node.root).is_empty(), "the pod has mounts under the root dir");
+        assert!(!pids_with(&uid).is_empty(), "the stdin container's logger runs");
+        assert!(containers.iter().any(|c| !pids_with(&format!("-id {c}")).is_empty()), "the pod's shim runs");
+        let cgroup_dirs = || -> Vec<PathBuf> {
+            ["/sys/fs/cgroup/memory/kubepods", "/sys/fs/cgroup/cpu,cpuacct/kubepods", "/sys/fs/cgroup/pids/kubepods", "/sys/fs/cgroup/unified/kubepods"]
+                .iter()
+                .flat_map(|b| ["", "burstable/", "besteffort/"].map(|q| PathBuf::from(format!("{b}/{q}pod{uid}"))))
+                .filter(|p| p.exists())
+                .collect()
+        };
+        assert!(!cgroup_dirs().is_empty(), "the pod has a cgroup");
+
+        // The reset unit's command, with the agent's extra flags (a person's
+        // /etc/default/kubelet: here the test's root dir and network).
+        let unit = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("systemd/rkubelet-reset.service")).unwrap();
+        let exec = unit.lines().find_map(|l| l.strip_prefix("ExecStart=")).expect("ExecStart");
+        let extra: Vec<String> = node.args.iter().filter(|a| a.starts_with("--root-dir") || a.starts_with("--cni-conf-dir")).cloned().collect();
+        let words: Vec<String> = exec.split_whitespace().skip(1).flat_map(|w| if w == "$KUBELET_EXTRA_ARGS" { extra.clone() } else { vec![w.to_string()] }).collect();
+        let reset = || Command::new(env!("CARGO_BIN_EXE_rkubelet")).args(&words).output().unwrap();
+
+        // While the agent runs, the unit does nothing.
+        let out = reset();
+        assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("is running"), "{out:?}");
+        assert_eq!(common::containerd_containers(&uid).len(), 3, "nothing was removed while the agent runs");
+
+        // kubeadm reset, cleanup-node phase.
+        if let Some(mut c) = node.child.take() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = c.wait();
+        }
+        assert_eq!(common::containerd_containers(&uid).len(), 3, "KillMode=process: the pod outlives the stopped unit");
+        let mut under: Vec<PathBuf> = mounts_under(&node.var_lib);
+        under.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for m in under {
+            let _ = nix::mount::umount(&m);
+        }
+        for d in [&node.manifests, &node.var_lib, &node.etc.join("pki")] {
+            for e in std::fs::read_dir(d).unwrap().flatten() {
+                let _ = if e.path().is_dir() { std::fs::remove_dir_all(e.path()) } else { std::fs::remove_file(e.path()) };
+            }
+        }
+        std::fs::remove_file(&kubelet_conf).unwrap();
+
+        // rkubelet-reset.path saw kubelet.conf go; the service's condition holds.
+        assert!(!kubelet_conf.exists());
+        let out = reset();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(out.status.success(), "rkubelet reset: {out:?}");
+        assert!(stdout.contains("removed 1 pod(s)") && stdout.contains("nothing of rkubelet's is left running or mounted"), "{stdout}");
+        assert!(common::containerd_containers(&uid).is_empty(), "containers left: {:?}", common::containerd_containers(&uid));
+        assert!(mounts_under(&node.root).is_empty(), "mounts left: {:?}", mounts_under(&node.root));
+        assert!(!netns.exists() && !mounts_under(&netns).contains(&netns), "netns {} left", netns.display());
+        assert!(cgroup_dirs().is_empty(), "cgroups left: {:?}", cgroup_dirs());
+        assert!(pids_with(&uid).is_empty(), "logger processes of the pod left: {:?}", pids_with(&uid));
+        for c in &containers {
+            assert!(pids_with(&format!("-id {c}")).is_empty(), "the shim of {c} is left");
+        }
+        assert!(std::fs::read_dir("/var/log/pods").unwrap().flatten().all(|e| !e.file_name().to_string_lossy().ends_with(&uid)), "the pod's logs are gone");
+    });
+    drop(node);
+    assert!(srv.violations().is_empty(), "{:?}", srv.violations());
+}

@@ -231,6 +231,33 @@ fn systemd_analyze_verify_accepts_the_unit_with_the_kubeadm_dropin() {
     assert!(out.contains("10-kubeadm.conf") && out.contains("NoSuchKey"), "the drop-in was not read:\n{out}");
 }
 
+#[test]
+fn systemd_analyze_verify_accepts_the_reset_path_and_service() {
+    let program = env!("CARGO_BIN_EXE_rkubelet");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let units = dir.path().join("system");
+    std::fs::create_dir_all(&units).unwrap();
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("systemd");
+    let service = std::fs::read_to_string(repo.join("rkubelet-reset.service")).unwrap();
+    let path = std::fs::read_to_string(repo.join("rkubelet-reset.path")).unwrap();
+    let reset = parse_unit(&service);
+    // kubeadm reset's last step deletes the kubeconfig: that change starts the service,
+    // which runs only once the file is gone, and does nothing while the agent runs.
+    assert_eq!(single(&parse_unit(&path), "Path", "PathChanged"), "/etc/kubernetes/kubelet.conf");
+    assert_eq!(single(&parse_unit(&path), "Path", "Unit"), "rkubelet-reset.service");
+    assert_eq!(single(&reset, "Unit", "ConditionPathExists"), "!/etc/kubernetes/kubelet.conf");
+    assert_eq!(single(&reset, "Service", "Type"), "oneshot");
+    let exec = words(&reset, "Service", "ExecStart");
+    assert_eq!(exec.iter().rev().take(2).map(String::as_str).collect::<Vec<_>>(), ["--if-stopped", "reset"], "{exec:?}");
+    std::fs::write(units.join("rkubelet-reset.service"), service.replace("/usr/local/bin/rkubelet", program)).unwrap();
+    std::fs::write(units.join("rkubelet-reset.path"), &path).unwrap();
+    let env = [("SYSTEMD_UNIT_PATH", format!("{}:", units.display()))];
+    for unit in ["rkubelet-reset.path", "rkubelet-reset.service"] {
+        let (ok, out) = analyze_verify(unit, &env, dir.path());
+        assert!(ok && out.trim().is_empty(), "systemd-analyze verify {unit}:\n{out}");
+    }
+}
+
 /// The unit text with ExecStart's program replaced by `program`.
 fn with_program(text: &str, program: &str) -> String {
     let quoted = if program.contains(char::is_whitespace) {

@@ -83,7 +83,7 @@ pub struct AgentProcess {
 }
 
 /// Words after which a command line is a tool run, not the agent.
-const SUBCOMMANDS: &[&str] = &["doctor", "pods", "version", crate::logs::driver::ARG];
+const SUBCOMMANDS: &[&str] = &["doctor", "pods", "version", "reset", crate::logs::driver::ARG];
 
 /// Running rkubelet agents (not this process, not tool runs such as `rkubelet pods`).
 pub fn agent_processes() -> Vec<AgentProcess> {

@@ -240,12 +240,19 @@ impl Manager {
 
     /// Starts cleanup workers for pods that containerd still has but no source wants.
     pub async fn adopt_or_clean_orphans(&mut self) {
+        let node = self.ctx.config.node_name.clone();
+        self.clean_orphans_of(Some(&node)).await;
+    }
+
+    /// [`Self::adopt_or_clean_orphans`] for the pods of `node`, or of every node
+    /// (`rkubelet reset` when the node name is lost).
+    pub async fn clean_orphans_of(&mut self, node: Option<&str>) {
         match self.ctx.containers.list(None).await {
             Ok(records) => {
-                let node = self.ctx.config.node_name.as_str();
                 let uids: HashSet<String> = records
                     .iter()
-                    .filter(|r| r.label(labels::NODE) == Some(node))
+                    .filter(|r| r.label(labels::MANAGED_BY) == Some("rkubelet"))
+                    .filter(|r| node.is_none_or(|n| r.label(labels::NODE) == Some(n)))
                     .filter_map(|r| r.label(labels::POD_UID).map(String::from))
                     .collect();
                 for uid in uids {
@@ -304,6 +311,11 @@ impl Manager {
             }
             None => std::future::pending().await,
         }
+    }
+
+    /// Whether any worker is still running.
+    pub fn busy(&self) -> bool {
+        !self.tasks.is_empty()
     }
 
     /// Number of pods with a live desired spec.

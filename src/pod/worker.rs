@@ -1048,6 +1048,7 @@ impl Worker {
             .or_else(|| pod.as_ref().and_then(|p| p.spec.as_ref()).and_then(|s| s.termination_grace_period_seconds))
             .unwrap_or(30)
             .max(0) as u64;
+        let grace = if self.ctx.config.kill_at_once { 0 } else { grace };
         let pod_for_events = pod.clone().unwrap_or_default();
         self.prober.stop_all();
         info!(pod_uid = %self.uid, grace_seconds = grace, "stopping pod");
@@ -1090,9 +1091,22 @@ impl Worker {
         let shm = pod_dir.join("shm");
         let _ = umount2(&shm, MntFlags::MNT_DETACH);
         let _ = tokio::fs::remove_dir_all(&pod_dir).await;
-        if let Some(p) = &pod {
-            let _ = tokio::fs::remove_dir_all(self.log_path(p, "x", 0).parent().and_then(|d| d.parent()).unwrap_or(Path::new("/nonexistent"))).await;
-            let parent = crate::cgroups::pod_cgroup_parent(crate::cgroups::qos_class(p), &self.uid);
+        // The pod's logs and cgroup; with its spec lost (its directory removed by
+        // hand or by kubeadm reset), whichever of them has its UID.
+        use crate::cgroups::QosClass;
+        let (log_dirs, classes) = match &pod {
+            Some(p) => (self.log_path(p, "x", 0).parent().and_then(|d| d.parent()).map(Path::to_path_buf).into_iter().collect(), vec![crate::cgroups::qos_class(p)]),
+            None => {
+                let suffix = format!("_{}", self.uid);
+                let dirs: Vec<PathBuf> = std::fs::read_dir(&self.ctx.config.pod_logs_dir).into_iter().flatten().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(&suffix)).map(|e| e.path()).collect();
+                (dirs, vec![QosClass::Guaranteed, QosClass::Burstable, QosClass::BestEffort])
+            }
+        };
+        for d in log_dirs {
+            let _ = tokio::fs::remove_dir_all(d).await;
+        }
+        for qos in classes {
+            let parent = crate::cgroups::pod_cgroup_parent(qos, &self.uid);
             for _ in 0..10 {
                 if crate::cgroups::remove_pod_cgroup(&parent).is_empty() {
                     break;
