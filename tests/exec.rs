@@ -402,6 +402,32 @@ async fn x2_kubectl_attach_with_stdin_and_a_terminal() {
         assert!(took > Duration::from_secs(8) && status.as_deref().is_some_and(|s| s.contains("Success")), "a talking session outlives the idle timeout: {took:?} {status:?}");
         let (code, out, err) = kubectl_exec(&admin, SPDY, &["idle", "-c", "c", "--", "sh", "-c", "sleep 10; echo finished"], None);
         assert_eq!((code, out.as_str()), (0, "finished\n"), "kubectl's pings keep a silent command's session open: {err}");
+
+        // (d) The whole `kubectl run -it --rm` workflow (the test API server has no
+        // scheduler: the override binds the pod to this node): kubectl creates the
+        // pod with stdin, stdinOnce and tty, attaches, we type at the shell, its
+        // exit code becomes kubectl's, and --rm deletes the pod.
+        let script = format!(
+            "stty rows 20 cols 90; kubectl --kubeconfig {} run rt -it --rm --restart=Never --image={BUSYBOX} --overrides='{{\"apiVersion\":\"v1\",\"spec\":{{\"nodeName\":\"{NODE}\",\"terminationGracePeriodSeconds\":1}}}}' -- sh; echo kubectl-exit=$?",
+            admin.display()
+        );
+        let mut child = Command::new("timeout").args(["90", "script", "-qec", &script, "/dev/null"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+        let mut keys = child.stdin.take().unwrap();
+        let typist = std::thread::spawn(move || {
+            use std::io::Write;
+            for (wait, line) in [(8, "echo in-run-$((6*7)); stty size\n"), (2, "exit 3\n")] {
+                std::thread::sleep(Duration::from_secs(wait));
+                let _ = keys.write_all(line.as_bytes());
+            }
+            std::thread::sleep(Duration::from_secs(30));
+        });
+        let run = child.wait_with_output().unwrap();
+        drop(typist);
+        let run_out = String::from_utf8_lossy(&run.stdout).replace('\r', "");
+        assert!(run_out.contains("in-run-42\n") && run_out.contains("20 90\n"), "{run_out:?}");
+        assert!(run_out.contains("kubectl-exit=3"), "the shell's exit code is kubectl's: {run_out:?}");
+        assert!(run_out.contains("pod \"rt\" deleted"), "{run_out:?}");
+        wait_for(Duration::from_secs(30), "rt gone", &agent, || pod_phase(&admin, "rt").is_none().then_some(()));
     });
     assert!(srv.violations().is_empty(), "{:?}", srv.violations());
 }
