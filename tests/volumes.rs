@@ -208,7 +208,10 @@ async fn v2_missing_config_maps_block_the_pod_with_upstream_messages_until_they_
         assert_eq!(e["type"], "Warning");
         let w = wait_for(Duration::from_secs(10), "volwait waiting", &agent, || waiting(&admin, "volwait"));
         assert_eq!(w.0, "ContainerCreating");
-        assert_eq!(pod_phase(&admin, "volwait").unwrap()["status"]["phase"], "Pending");
+        let st = pod_phase(&admin, "volwait").unwrap()["status"].clone();
+        assert_eq!(st["phase"], "Pending");
+        // As upstream's syncPod: no sandbox (so no IP) until the volumes are mounted.
+        assert!(st["podIP"].is_null(), "{st}");
 
         let w = wait_for(Duration::from_secs(60), "envwait config error", &agent, || waiting(&admin, "envwait").filter(|w| w.0 == "CreateContainerConfigError"));
         assert_eq!(w.1, "configmap \"late-env\" not found");

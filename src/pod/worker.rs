@@ -334,6 +334,7 @@ impl Worker {
         }
         // A sync may create the sandbox and then go on to start containers.
         let rounds = 3 + spec.init_containers.as_ref().map(Vec::len).unwrap_or(0);
+        let mut volumes: Option<crate::volume::VolumeMap> = None;
         for _round in 0..rounds {
             let (sandbox, records, instances) = self.observe().await?;
             self.gc_instances(&records, &instances).await;
@@ -364,6 +365,30 @@ impl Worker {
                 return Ok(None);
             }
 
+            // Volumes before the sandbox and any container, as upstream's syncPod
+            // waits for them (a pod that cannot mount gets no sandbox and no IP);
+            // once per sync (idempotent). The ConfigMaps and Secrets the pod
+            // references are registered first, so the cache watches them (no-op if unchanged).
+            if volumes.is_none() {
+                if let Some(objects) = &self.ctx.objects {
+                    objects.register_pod(pod);
+                }
+                let pod_dir = super::store::pod_dir(&self.ctx.config.root_dir, &self.uid);
+                let vcx = crate::volume::SetupContext {
+                    client: self.ctx.client.as_ref(),
+                    objects: self.ctx.objects.as_ref(),
+                    host: crate::volume::Host { cpu_capacity_milli: self.ctx.cpu_capacity_milli, memory_capacity: self.ctx.memory_capacity },
+                };
+                match crate::volume::setup(pod, &pod_dir, &vcx).await {
+                    Ok(v) => volumes = Some(v),
+                    Err(e) => {
+                        self.ctx.recorder.warning(pod, None, reason::FAILED_MOUNT, e.to_string());
+                        self.write_status(pod, sandbox.as_ref(), &instances)?;
+                        return Ok(Some(Duration::from_secs(5)));
+                    }
+                }
+            }
+
             if p.create_sandbox {
                 if sandbox.is_some() {
                     pod_event_sandbox_changed(&self.ctx, pod);
@@ -392,26 +417,7 @@ impl Worker {
                 }
             }
             let sandbox = sandbox.expect("plan creates the sandbox when there is none");
-
-            // Volumes before any container (idempotent). The ConfigMaps and Secrets the pod
-            // references are registered first, so the cache watches them (no-op if unchanged).
-            if let Some(objects) = &self.ctx.objects {
-                objects.register_pod(pod);
-            }
-            let pod_dir = super::store::pod_dir(&self.ctx.config.root_dir, &self.uid);
-            let vcx = crate::volume::SetupContext {
-                client: self.ctx.client.as_ref(),
-                objects: self.ctx.objects.as_ref(),
-                host: crate::volume::Host { cpu_capacity_milli: self.ctx.cpu_capacity_milli, memory_capacity: self.ctx.memory_capacity },
-            };
-            let volumes = match crate::volume::setup(pod, &pod_dir, &vcx).await {
-                Ok(v) => v,
-                Err(e) => {
-                    self.ctx.recorder.warning(pod, None, reason::FAILED_MOUNT, e.to_string());
-                    self.write_status(pod, Some(&sandbox), &instances)?;
-                    return Ok(Some(Duration::from_secs(5)));
-                }
-            };
+            let volumes = volumes.as_ref().expect("volumes are set up before the sandbox");
 
             for (name, msg) in &p.crash_loop {
                 let attempt = latest(&instances, name, Kind::App).or_else(|| latest(&instances, name, Kind::Init)).map(|i| i.attempt).unwrap_or(0);
@@ -436,7 +442,7 @@ impl Worker {
             for Start { name, kind } in &p.start {
                 self.waiting.remove(name);
                 let attempt = latest(&instances, name, *kind).map(|i| i.attempt + 1).unwrap_or(0);
-                match self.start_container(pod, &sandbox, name, *kind, attempt, &volumes).await {
+                match self.start_container(pod, &sandbox, name, *kind, attempt, volumes).await {
                     Started::Running(i) => fresh.push(i),
                     Started::Not(Some(retry)) => wake = Some(wake.map_or(retry, |w| w.min(retry))),
                     Started::Not(None) => {}
