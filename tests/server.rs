@@ -97,6 +97,11 @@ async fn k1_the_kubelet_api_authenticates_authorizes_and_serves_pods_and_logs() 
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: talker, namespace: default}}\nspec:\n  nodeName: {NODE}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: {BUSYBOX}\n    command: [sh, -c, \"for i in 1 2 3 4 5; do echo line-$i; done; exec sleep 3600\"]\n    readinessProbe: {{exec: {{command: [\"true\"]}}, periodSeconds: 1}}\n  - name: ticker\n    image: {BUSYBOX}\n    command: [sh, -c, \"i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.3; done\"]\n  - name: busy\n    image: {BUSYBOX}\n    command: [sh, -c, \"while true; do :; done\"]\n    resources: {{limits: {{cpu: 100m}}}}\n  - name: chatty\n    image: {BUSYBOX}\n    command: [sh, -c, \"i=0; while [ $i -lt 3000 ]; do i=$((i+1)); echo chatty-$i-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx; done; exec sleep 3600\"]\n"
         );
         create(&admin, &dir, "talker.yaml", &pod);
+        // A container that fails once, then runs: its first instance's log is `--previous`.
+        let again = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: again, namespace: default}}\nspec:\n  nodeName: {NODE}\n  terminationGracePeriodSeconds: 1\n  volumes: [{{name: d, emptyDir: {{}}}}]\n  containers:\n  - name: c\n    image: {BUSYBOX}\n    volumeMounts: [{{name: d, mountPath: /d}}]\n    command: [sh, -c, \"n=$(cat /d/n 2>/dev/null || echo 0); n=$((n+1)); echo $n > /d/n; echo attempt-$n; [ $n -gt 1 ] && exec sleep 3600; exit 1\"]\n"
+        );
+        create(&admin, &dir, "again.yaml", &again);
         wait_for(Duration::from_secs(60), "talker Running", &agent, || pod_phase(&admin, "talker").filter(|p| p["status"]["phase"] == "Running"));
         let (code, body) = curl(&format!("{api}/pods"), &allowed);
         assert_eq!(code, 200, "{body}");
@@ -218,6 +223,17 @@ async fn k1_the_kubelet_api_authenticates_authorizes_and_serves_pods_and_logs() 
             assert!(value(&m, &format!("kubelet_runtime_operations_total{{operation_type=\"{op}\"}}")).unwrap_or(0.0) >= 1.0, "{op}: {m}");
         }
         assert_eq!(curl(&format!("{api}/metrics"), &viewer).1, "Forbidden (user=viewer, verb=get, resource=nodes, subresource=metrics)\n");
+        // previous: the instance before the running one (the backoff after the first
+        // exit is 10 s, so it has restarted by now or soon).
+        wait_for(Duration::from_secs(60), "again restarted and running", &agent, || {
+            pod_phase(&admin, "again").and_then(|p| p["status"]["containerStatuses"][0].as_object().cloned()).filter(|c| c["restartCount"] == 1 && c["state"]["running"].is_object())
+        });
+        let (ok, out) = kubectl(&admin, &["logs", "again", "--previous"]);
+        assert!(ok && out == "attempt-1\n", "kubectl logs --previous: {out:?}");
+        let (ok, out) = kubectl(&admin, &["logs", "again"]);
+        assert!(ok && out == "attempt-2\n", "kubectl logs: {out:?}");
+        assert_eq!(curl(&format!("{api}/containerLogs/default/again/c?previous=true&timestamps=true"), &allowed).1.split_once(' ').map(|(_, l)| l.to_string()), Some("attempt-1\n".into()));
+
         // Slow clients hold only their own connections: 50 that never start TLS, 5
         // that stop mid-request-head, 3 following a log without reading. Meanwhile
         // other clients are served and the pod worker keeps probing (below).
