@@ -758,11 +758,8 @@ impl Worker {
         let started = self.ctx.containers.start_task(&id, mounts, &stdio.task).await;
         self.ctx.metrics.operation("start_container", t.elapsed(), started.is_ok());
         match started {
-            Ok(_) => stdio.started(),
-            Err(_) => stdio.failed().await,
-        }
-        match started {
             Ok(pid) => {
+                stdio.started();
                 self.started_any = true;
                 let started_at = now();
                 let _ = self.ctx.containers.set_labels(&id, &[(labels::STARTED_AT, started_at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))]).await;
@@ -787,6 +784,7 @@ impl Worker {
                 })
             }
             Err(e) => {
+                stdio.failed().await;
                 // Upstream reports this as a terminated instance: exit 128, StartError.
                 let msg = e.to_string();
                 rec.warning(pod, fp, reason::FAILED, format!("Error: {msg}"));
