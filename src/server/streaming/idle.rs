@@ -17,23 +17,22 @@ use tokio::time::{Instant, Sleep};
 /// An IO that fails its reads with `TimedOut` after `timeout` without traffic.
 pub struct IdleIo<T> {
     inner: T,
-    timeout: Option<Duration>,
-    deadline: Pin<Box<Sleep>>,
+    /// The idle time and the timer it arms (None: no timeout).
+    idle: Option<(Duration, Pin<Box<Sleep>>)>,
     expired: bool,
 }
 
 impl<T> IdleIo<T> {
     /// `timeout`: zero for none.
     pub fn new(inner: T, timeout: Duration) -> Self {
-        let timeout = (!timeout.is_zero()).then_some(timeout);
-        // Far enough out not to fire when there is no timeout (an hour, re-armed on traffic).
-        let first = Instant::now() + timeout.unwrap_or(Duration::from_secs(3600));
-        IdleIo { inner, timeout, deadline: Box::pin(tokio::time::sleep_until(first)), expired: false }
+        let idle = (!timeout.is_zero()).then(|| (timeout, Box::pin(tokio::time::sleep_until(Instant::now() + timeout))));
+        IdleIo { inner, idle, expired: false }
     }
 
     fn touch(&mut self) {
-        let next = Instant::now() + self.timeout.unwrap_or(Duration::from_secs(3600));
-        self.deadline.as_mut().reset(next);
+        if let Some((timeout, deadline)) = &mut self.idle {
+            deadline.as_mut().reset(Instant::now() + *timeout);
+        }
     }
 }
 
@@ -52,13 +51,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
                 Poll::Ready(r)
             }
             Poll::Pending => {
-                if this.deadline.as_mut().poll(cx).is_ready() {
-                    if this.timeout.is_some() {
-                        this.expired = true;
-                        return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
-                    }
-                    this.touch();
-                    let _ = this.deadline.as_mut().poll(cx);
+                if this.idle.as_mut().is_some_and(|(_, deadline)| deadline.as_mut().poll(cx).is_ready()) {
+                    this.expired = true;
+                    return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
                 }
                 Poll::Pending
             }
