@@ -128,8 +128,9 @@ fn new_context(cfg: &Arc<Config>, channel: &tonic::transport::Channel, cni: Cni,
 /// `rkubelet reset`: stops and removes every pod of this node (of every node
 /// with `all_nodes`) that containerd or the root dir still has (the start-up
 /// orphan cleanup with no pod source, killing at once), and waits until they
-/// are gone. Returns how many pods it removed.
-pub async fn remove_all_pods(mut cfg: Config, all_nodes: bool, timeout: Duration) -> anyhow::Result<usize> {
+/// are gone. Returns how many pods it removed and the ids of the containers
+/// still there.
+pub async fn remove_all_pods(mut cfg: Config, all_nodes: bool, timeout: Duration) -> anyhow::Result<(usize, Vec<String>)> {
     cfg.kill_at_once = true;
     let cfg = Arc::new(cfg);
     let cancel = CancellationToken::new();
@@ -143,7 +144,8 @@ pub async fn remove_all_pods(mut cfg: Config, all_nodes: bool, timeout: Duration
     let mut manager = Manager::new(ctx.clone(), cancel.clone());
     let (ev_tx, mut ev_rx) = mpsc::channel(256);
     let ev_task = tokio::spawn(crate::runtime::events::run(channel.clone(), cfg.namespace.clone(), ev_tx, cancel.clone()));
-    manager.clean_orphans_of((!all_nodes).then_some(cfg.node_name.as_str())).await;
+    let node = (!all_nodes).then_some(cfg.node_name.as_str());
+    manager.clean_orphans_of(node).await;
     let mut removed = 0;
     let deadline = tokio::time::Instant::now() + timeout;
     while manager.busy() {
@@ -155,11 +157,12 @@ pub async fn remove_all_pods(mut cfg: Config, all_nodes: bool, timeout: Duration
     }
     cancel.cancel();
     manager.drain().await;
+    let left = manager.containers_of(node).await?;
     let _ = ev_task.await;
     drop(manager);
     drop(ctx);
     events_task.abort();
-    Ok(removed)
+    Ok((removed, left))
 }
 
 /// Runs the agent until `shutdown` resolves.

@@ -65,8 +65,8 @@ pub fn main(agent: &AgentArgs, args: &ResetArgs) -> ExitCode {
     if all_nodes {
         println!("the node name is not recorded under {}: removing every rkubelet pod in containerd namespace {}", root.display(), cfg.namespace);
     }
-    let removed = match rt.block_on(crate::agent::remove_all_pods(cfg.clone(), all_nodes, TIMEOUT)) {
-        Ok(n) => n,
+    let (removed, left_containers) = match rt.block_on(crate::agent::remove_all_pods(cfg, all_nodes, TIMEOUT)) {
+        Ok(r) => r,
         Err(e) => {
             eprintln!("rkubelet reset: {e}");
             return ExitCode::from(2);
@@ -74,7 +74,6 @@ pub fn main(agent: &AgentArgs, args: &ResetArgs) -> ExitCode {
     };
     let unmounted = unmount_under(&root);
     let _ = std::fs::remove_dir(root.join("pods"));
-    let left_containers = rt.block_on(remaining_containers(&cfg, all_nodes));
     let left_mounts = mounts_under(&root);
     println!("node {node}: removed {removed} pod(s){}", if unmounted > 0 { format!(", unmounted {unmounted} leftover mount(s)") } else { String::new() });
     if left_containers.is_empty() && left_mounts.is_empty() {
@@ -88,21 +87,6 @@ pub fn main(agent: &AgentArgs, args: &ResetArgs) -> ExitCode {
         println!("still mounted: {}", m.display());
     }
     ExitCode::from(1)
-}
-
-/// The node's (or every node's) rkubelet containers containerd still has
-/// (empty if it cannot be asked).
-async fn remaining_containers(cfg: &Config, all_nodes: bool) -> Vec<String> {
-    use crate::runtime::containers::labels;
-    let Ok(ch) = crate::runtime::connect(&cfg.containerd_socket).await else { return vec![] };
-    let rt = crate::runtime::containers::Containers::new(ch, cfg.namespace.clone(), cfg.snapshotter.clone());
-    rt.list(None)
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|r| r.label(labels::MANAGED_BY) == Some("rkubelet") && (all_nodes || r.label(labels::NODE) == Some(cfg.node_name.as_str())))
-        .map(|r| r.id)
-        .collect()
 }
 
 /// Mount points at or below `root`, deepest first (from /proc/self/mountinfo).

@@ -244,6 +244,11 @@ impl Manager {
         self.clean_orphans_of(Some(&node)).await;
     }
 
+    /// The ids of the containers of `node` (of every node: None) containerd has.
+    pub async fn containers_of(&self, node: Option<&str>) -> Result<Vec<String>, crate::runtime::containers::ContainerError> {
+        Ok(self.ctx.containers.list(None).await?.into_iter().filter(|r| of_node(r, node)).map(|r| r.id).collect())
+    }
+
     /// [`Self::adopt_or_clean_orphans`] for the pods of `node`, or of every node
     /// (`rkubelet reset` when the node name is lost).
     pub async fn clean_orphans_of(&mut self, node: Option<&str>) {
@@ -251,8 +256,7 @@ impl Manager {
             Ok(records) => {
                 let uids: HashSet<String> = records
                     .iter()
-                    .filter(|r| r.label(labels::MANAGED_BY) == Some("rkubelet"))
-                    .filter(|r| node.is_none_or(|n| r.label(labels::NODE) == Some(n)))
+                    .filter(|r| of_node(r, node))
                     .filter_map(|r| r.label(labels::POD_UID).map(String::from))
                     .collect();
                 for uid in uids {
@@ -327,4 +331,9 @@ impl Manager {
     pub async fn drain(&mut self) {
         while self.tasks.join_next().await.is_some() {}
     }
+}
+
+/// Whether rkubelet made this container for `node` (for any node: None).
+fn of_node(r: &crate::runtime::containers::ContainerRecord, node: Option<&str>) -> bool {
+    r.label(labels::MANAGED_BY) == Some("rkubelet") && node.is_none_or(|n| r.label(labels::NODE) == Some(n))
 }
