@@ -35,19 +35,11 @@ fn write_cert(srv: &TestApiServer, dir: &Path, cn: &str) -> (PathBuf, PathBuf) {
     (cp, kp)
 }
 
-/// A TLS connection to the kubelet API with a client certificate.
-async fn kubelet_tls(crt: &Path, key: &Path) -> Option<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-    let cfg = rkubelet_test_apiserver::nodeproxy::kubelet_client_tls(&std::fs::read(crt).ok()?, &std::fs::read(key).ok()?).ok()?;
-    let tcp = tokio::net::TcpStream::connect("127.0.0.1:10250").await.ok()?;
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").ok()?;
-    tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg)).connect(name, tcp).await.ok()
-}
-
 /// A GET /healthz with one header of `size` bytes, sent whole over TLS with the
 /// client certificate: the status code of the answer.
-async fn big_header_status(crt: &Path, key: &Path, size: usize) -> Option<u16> {
+async fn big_header_status(cert_args: &[&str], size: usize) -> Option<u16> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tls = kubelet_tls(crt, key).await?;
+    let mut tls = kubelet_tls(cert_args).await;
     let mut req = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ".to_vec();
     req.resize(req.len() + size, b'a');
     req.extend_from_slice(b"\r\n\r\n");
@@ -199,7 +191,7 @@ async fn k1_the_kubelet_api_authenticates_authorizes_and_serves_pods_and_logs() 
         // and read the answer), one under it is served, and the server goes on.
         let rt = tokio::runtime::Handle::current();
         for (size, want) in [(8 << 20, 431), (2 << 20, 431), (1000 << 10, 200)] {
-            assert_eq!(rt.block_on(big_header_status(&allowed_crt, &allowed_key, size)), Some(want), "a {size}-byte header");
+            assert_eq!(rt.block_on(big_header_status(&allowed, size)), Some(want), "a {size}-byte header");
         }
         assert_eq!(curl(&format!("{api}/healthz"), &allowed), (200, "ok".into()));
 
@@ -244,7 +236,7 @@ async fn k1_the_kubelet_api_authenticates_authorizes_and_serves_pods_and_logs() 
                 held.push(Box::new(tokio::net::TcpStream::connect("127.0.0.1:10250").await.unwrap()));
             }
             for i in 0..8 {
-                let mut tls = kubelet_tls(&allowed_crt, &allowed_key).await.expect("TLS");
+                let mut tls = kubelet_tls(&allowed).await;
                 let req: &[u8] = if i < 5 { b"GET /healthz HTTP/1.1\r\nHost: 127.0" } else { b"GET /containerLogs/default/talker/ticker?follow=true HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" };
                 tls.write_all(req).await.unwrap();
                 held.push(Box::new(tls));

@@ -87,3 +87,12 @@ pub async fn kubelet_api_server(dir: &Path) -> KubeletApi {
     std::fs::write(&ca, srv.ca_pem()).unwrap();
     KubeletApi { srv, admin, node, ca }
 }
+
+/// A TLS connection to this node's kubelet API on 127.0.0.1:10250 with the client
+/// certificate in `cert_args` (curl's: `--cert FILE --key FILE`).
+pub async fn kubelet_tls(cert_args: &[&str]) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let (crt, key) = (std::fs::read(cert_args[1]).unwrap(), std::fs::read(cert_args[3]).unwrap());
+    let cfg = rkubelet_test_apiserver::nodeproxy::kubelet_client_tls(&crt, &key).unwrap();
+    let tcp = tokio::net::TcpStream::connect("127.0.0.1:10250").await.unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg)).connect(rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap(), tcp).await.unwrap()
+}
