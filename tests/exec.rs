@@ -50,14 +50,6 @@ fn kubectl_exec(admin: &Path, env: &[(&str, &str)], args: &[&str], stdin: Option
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string())
 }
 
-/// A TLS connection to the kubelet API on 127.0.0.1:10250 with the client certificate in `cert_args`.
-async fn kubelet_tls(cert_args: &[&str]) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let (crt, key) = (std::fs::read(cert_args[1]).unwrap(), std::fs::read(cert_args[3]).unwrap());
-    let cfg = rkubelet_test_apiserver::nodeproxy::kubelet_client_tls(&crt, &key).unwrap();
-    let tcp = tokio::net::TcpStream::connect("127.0.0.1:10250").await.unwrap();
-    tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg)).connect(rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap(), tcp).await.unwrap()
-}
-
 /// Direct clients: a v4 WebSocket exec gets upstream's Status with the exit code;
 /// a broken SPDY frame ends only its own connection.
 async fn direct_clients(allowed: &[&str]) {
@@ -154,6 +146,36 @@ async fn ws_exec(allowed: &[&str], path_and_query: &str) -> (Vec<(u8, Vec<u8>)>,
         }
     }
     (got, t.elapsed())
+}
+
+/// Runs the shell command `cmd` on a terminal (`script`, as kubectl -it needs one)
+/// with `env`, typing each line of `keys` after its wait in seconds, and keeping
+/// the keyboard open until it exits (killed after `timeout_s`). Its output, CRs removed.
+fn in_terminal(cmd: &str, env: &[(&str, &str)], keys: &[(u64, &str)], timeout_s: u64) -> String {
+    let mut child = Command::new("timeout")
+        .args([&timeout_s.to_string(), "script", "-qec", cmd, "/dev/null"])
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut keyboard = child.stdin.take().unwrap();
+    let keys: Vec<(u64, String)> = keys.iter().map(|(w, l)| (*w, l.to_string())).collect();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let typist = std::thread::spawn(move || {
+        use std::io::Write;
+        for (wait, line) in keys {
+            std::thread::sleep(Duration::from_secs(wait));
+            let _ = keyboard.write_all(line.as_bytes());
+        }
+        // Until the command has exited (the sender is dropped).
+        let _ = done_rx.recv();
+    });
+    let out = child.wait_with_output().unwrap();
+    drop(done_tx);
+    let _ = typist.join();
+    String::from_utf8_lossy(&out.stdout).replace('\r', "")
 }
 
 const SPDY: &[(&str, &str)] = &[("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")];
@@ -361,26 +383,7 @@ async fn x2_kubectl_attach_with_stdin_and_a_terminal() {
         // `exit 7` typed at it ends the shell. kubectl needs a terminal on its
         // stdin: `script` gives it one and forwards what we type (our pipe).
         let script = format!("stty rows 33 cols 111; kubectl --kubeconfig {} attach -it interactive -c term", admin.display());
-        let mut child = Command::new("timeout")
-            .args(["40", "script", "-qec", &script, "/dev/null"])
-            .envs(SPDY.iter().copied())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut keys = child.stdin.take().unwrap();
-        let typist = std::thread::spawn(move || {
-            use std::io::Write;
-            for (wait, line) in [(3, "echo term=$TERM; stty size\n"), (2, "exit 7\n")] {
-                std::thread::sleep(Duration::from_secs(wait));
-                let _ = keys.write_all(line.as_bytes());
-            }
-            std::thread::sleep(Duration::from_secs(5));
-        });
-        let tty = child.wait_with_output().unwrap();
-        let _ = typist.join();
-        let tty_out = String::from_utf8_lossy(&tty.stdout).replace('\r', "");
+        let tty_out = in_terminal(&script, SPDY, &[(3, "echo term=$TERM; stty size\n"), (2, "exit 7\n")], 40);
         let done = wait_for(Duration::from_secs(30), "term terminated", &agent, || status("term").filter(|s| s["state"]["terminated"].is_object()));
         assert_eq!(done["state"]["terminated"]["exitCode"], 7, "the shell read `exit 7` from the client's terminal: {done}; kubectl said {tty_out:?}");
         assert!(tty_out.contains("term=xterm\n") && tty_out.contains("33 111\n"), "{tty_out:?}");
@@ -411,19 +414,7 @@ async fn x2_kubectl_attach_with_stdin_and_a_terminal() {
             "stty rows 20 cols 90; kubectl --kubeconfig {} run rt -it --rm --restart=Never --image={BUSYBOX} --overrides='{{\"apiVersion\":\"v1\",\"spec\":{{\"nodeName\":\"{NODE}\",\"terminationGracePeriodSeconds\":1}}}}' -- sh; echo kubectl-exit=$?",
             admin.display()
         );
-        let mut child = Command::new("timeout").args(["90", "script", "-qec", &script, "/dev/null"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
-        let mut keys = child.stdin.take().unwrap();
-        let typist = std::thread::spawn(move || {
-            use std::io::Write;
-            for (wait, line) in [(8, "echo in-run-$((6*7)); stty size\n"), (2, "exit 3\n")] {
-                std::thread::sleep(Duration::from_secs(wait));
-                let _ = keys.write_all(line.as_bytes());
-            }
-            std::thread::sleep(Duration::from_secs(30));
-        });
-        let run = child.wait_with_output().unwrap();
-        drop(typist);
-        let run_out = String::from_utf8_lossy(&run.stdout).replace('\r', "");
+        let run_out = in_terminal(&script, &[], &[(8, "echo in-run-$((6*7)); stty size\n"), (2, "exit 3\n")], 90);
         assert!(run_out.contains("in-run-42\n") && run_out.contains("20 90\n"), "{run_out:?}");
         assert!(run_out.contains("kubectl-exit=3"), "the shell's exit code is kubectl's: {run_out:?}");
         assert!(run_out.contains("pod \"rt\" deleted"), "{run_out:?}");
