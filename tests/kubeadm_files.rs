@@ -20,6 +20,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::{BUSYBOX, NODE, PAUSE};
+use rkubelet::reset::mounts_under;
 use rkubelet_test_apiserver::{Options, TestApiServer, User};
 use serde_json::Value;
 
@@ -283,11 +284,6 @@ fn k2_a_config_file_with_a_wrongly_typed_field_is_exit_64_naming_the_field() {
     assert!(stderr.contains("invalid configuration") && stderr.contains("field maxPods:") && stderr.contains(config.to_str().unwrap()), "{stderr}");
 }
 
-/// Mount points at or below `dir` (from /proc/self/mountinfo).
-fn mounts_under(dir: &std::path::Path) -> Vec<PathBuf> {
-    std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().filter_map(|l| l.split(' ').nth(4)).map(PathBuf::from).filter(|p| p.starts_with(dir)).collect()
-}
-
 /// PIDs whose command line contains `needle`.
 fn pids_with(needle: &str) -> Vec<i32> {
     std::fs::read_dir("/proc")
@@ -329,8 +325,9 @@ async fn k3_after_kubeadm_reset_nothing_of_rkubelet_runs_or_is_mounted() {
         let uid = pod.metadata.uid.clone().unwrap();
         let containers = common::containerd_containers(&uid);
         assert_eq!(containers.len(), 3, "sandbox and two containers: {containers:?}");
-        let netns: PathBuf = common::ctr(&["containers", "info", &containers[0]]).lines().find_map(|l| l.trim().strip_prefix("\"io.rkubelet.netns\": \"").map(|v| PathBuf::from(v.trim_end_matches(['"', ',']))))
-            .or_else(|| containers.iter().find_map(|c| common::ctr(&["containers", "info", c]).lines().find_map(|l| l.trim().strip_prefix("\"io.rkubelet.netns\": \"").map(|v| PathBuf::from(v.trim_end_matches(['"', ',']))))))
+        let netns: PathBuf = containers
+            .iter()
+            .find_map(|c| common::ctr(&["containers", "info", c]).lines().find_map(|l| l.trim().strip_prefix("\"io.rkubelet.netns\": \"").map(|v| PathBuf::from(v.trim_end_matches(['"', ','])))))
             .expect("the sandbox's netns label");
         assert!(netns.exists());
         assert!(!mounts_under(&node.root).is_empty(), "the pod has mounts under the root dir");
