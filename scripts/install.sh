@@ -28,20 +28,7 @@ set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-DESTDIR="${DESTDIR:-}"
-BINARY=""
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --destdir) DESTDIR="${2:?--destdir needs a directory}"; shift 2 ;;
-        --destdir=*) DESTDIR="${1#*=}"; shift ;;
-        --binary) BINARY="${2:?--binary needs a file}"; shift 2 ;;
-        --binary=*) BINARY="${1#*=}"; shift ;;
-        -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-        *) die "unknown argument: $1 (see --help)" ;;
-    esac
-done
-DESTDIR="${DESTDIR%/}"
-[ -n "$DESTDIR" ] || require_root
+parse_destdir_args --binary-ok "$@"
 
 BIN_DIR="$DESTDIR/usr/local/bin"
 UNIT_DIR="$DESTDIR/etc/systemd/system"

@@ -18,6 +18,12 @@
 #   pkgs_missing PKG...              print the Debian packages not installed
 #   http_ok URL                      does URL answer HTTP 2xx within 5 s?
 #   ctr_ok                           does containerd answer `ctr version`?
+#   parse_destdir_args [--binary-ok] ARG...
+#                                    install.sh/uninstall.sh arguments: --destdir DIR
+#                                    (sets DESTDIR, default $DESTDIR, no trailing /),
+#                                    with --binary-ok also --binary FILE (sets BINARY),
+#                                    --help (the caller's header); then root is
+#                                    required unless DESTDIR is set
 #
 # Nothing here changes the caller's shell options.
 
@@ -146,4 +152,26 @@ resolve_rkubelet_bin() {
         BIN="$CARGO_TARGET_DIR/release/rkubelet"
     fi
     [ -x "$BIN" ] || die "rkubelet binary not found or not executable: $BIN"
+}
+
+parse_destdir_args() {
+    local binary_ok=0
+    if [ "${1:-}" = --binary-ok ]; then
+        binary_ok=1
+        shift
+    fi
+    DESTDIR="${DESTDIR:-}"
+    BINARY=""
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --destdir) DESTDIR="${2:?--destdir needs a directory}"; shift 2 ;;
+            --destdir=*) DESTDIR="${1#*=}"; shift ;;
+            --binary | --binary=*) [ "$binary_ok" = 1 ] || die "unknown argument: $1 (see --help)"
+                if [ "$1" = --binary ]; then BINARY="${2:?--binary needs a file}"; shift 2; else BINARY="${1#*=}"; shift; fi ;;
+            -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+            *) die "unknown argument: $1 (see --help)" ;;
+        esac
+    done
+    DESTDIR="${DESTDIR%/}"
+    [ -n "$DESTDIR" ] || require_root
 }

@@ -8,17 +8,7 @@ set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-DESTDIR="${DESTDIR:-}"
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --destdir) DESTDIR="${2:?--destdir needs a directory}"; shift 2 ;;
-        --destdir=*) DESTDIR="${1#*=}"; shift ;;
-        -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-        *) die "unknown argument: $1 (see --help)" ;;
-    esac
-done
-DESTDIR="${DESTDIR%/}"
-[ -n "$DESTDIR" ] || require_root
+parse_destdir_args "$@"
 
 UNIT_DIR="$DESTDIR/etc/systemd/system"
 UNITS=(rkubelet.service rkubelet-reset.path)
