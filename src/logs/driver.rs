@@ -159,28 +159,31 @@ pub fn run(args: &[String]) -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    if let [_, out, err] = args {
-        // Opening a FIFO for reading blocks until the shim opens it for writing.
-        let (out, err) = (PathBuf::from(out), PathBuf::from(err));
-        let w2 = writer.clone();
-        let t = std::thread::spawn(move || {
-            if let Ok(f) = File::open(&err) {
-                pump(f, "stderr", &w2)
-            }
-        });
-        if let Ok(f) = File::open(&out) {
-            pump(f, "stdout", &writer);
+    // Each stream is opened in its own thread: opening a FIFO for reading blocks
+    // until the shim opens it for writing.
+    type Open = Box<dyn FnOnce() -> Option<File> + Send>;
+    let (stdout, stderr): (Open, Open) = match args {
+        [_, out, err] => {
+            let (out, err) = (PathBuf::from(out), PathBuf::from(err));
+            (Box::new(move || File::open(out).ok()), Box::new(move || File::open(err).ok()))
         }
-        let _ = t.join();
-        return std::process::ExitCode::SUCCESS;
-    }
-    // SAFETY: the shim hands us fds 3, 4 and 5 (containerd's binary IO contract);
-    // each is owned by exactly one File here.
-    let (stdout, stderr, ready) = unsafe { (File::from_raw_fd(3), File::from_raw_fd(4), File::from_raw_fd(5)) };
-    drop(ready);
+        _ => {
+            // SAFETY: the shim hands us fds 3, 4 and 5 (containerd's binary IO contract);
+            // each is owned by exactly one File here.
+            let (stdout, stderr, ready) = unsafe { (File::from_raw_fd(3), File::from_raw_fd(4), File::from_raw_fd(5)) };
+            drop(ready);
+            (Box::new(move || Some(stdout)), Box::new(move || Some(stderr)))
+        }
+    };
     let w2 = writer.clone();
-    let t = std::thread::spawn(move || pump(stderr, "stderr", &w2));
-    pump(stdout, "stdout", &writer);
+    let t = std::thread::spawn(move || {
+        if let Some(f) = stderr() {
+            pump(f, "stderr", &w2)
+        }
+    });
+    if let Some(f) = stdout() {
+        pump(f, "stdout", &writer);
+    }
     let _ = t.join();
     std::process::ExitCode::SUCCESS
 }
