@@ -309,10 +309,11 @@ impl Containers {
         Ok(pid)
     }
 
-    /// Closes the task's stdin (the shim's writer on the stdin FIFO): the
-    /// process reads EOF. A missing task is not an error.
-    pub async fn close_stdin(&self, id: &str) -> Result<()> {
-        let req = containerd_client::services::v1::CloseIoRequest { container_id: id.into(), exec_id: String::new(), stdin: true };
+    /// Closes the stdin of the task's process `exec_id` ("" for its init process;
+    /// the shim's writer on the stdin FIFO): the process reads EOF. A missing task
+    /// is not an error.
+    pub async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<()> {
+        let req = containerd_client::services::v1::CloseIoRequest { container_id: id.into(), exec_id: exec_id.into(), stdin: true };
         match self.tasks().close_io(with_namespace!(req, self.namespace)).await {
             Ok(_) => Ok(()),
             Err(s) if is_not_found(&s) => Ok(()),
@@ -320,9 +321,9 @@ impl Containers {
         }
     }
 
-    /// Resizes the terminal of the task's init process.
-    pub async fn resize_pty(&self, id: &str, width: u32, height: u32) -> Result<()> {
-        let req = containerd_client::services::v1::ResizePtyRequest { container_id: id.into(), exec_id: String::new(), width, height };
+    /// Resizes the terminal of the task's process `exec_id` ("" for its init process).
+    pub async fn resize_pty(&self, id: &str, exec_id: &str, width: u32, height: u32) -> Result<()> {
+        let req = containerd_client::services::v1::ResizePtyRequest { container_id: id.into(), exec_id: exec_id.into(), width, height };
         match self.tasks().resize_pty(with_namespace!(req, self.namespace)).await {
             Ok(_) => Ok(()),
             Err(source) => Err(ContainerError::Query { op: "resize pty", id: id.into(), source }),

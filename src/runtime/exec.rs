@@ -224,7 +224,7 @@ pub async fn exec_streaming(rt: &Containers, id: &str, cmd: &[String], tty: bool
         }
         let mut side = Vec::new();
         if let (Some(mut w), Some(mut rx)) = (stdin_w, io.stdin.take()) {
-            let (mut t, ns, cid, eid) = (tasks.clone(), ns.clone(), id.to_string(), exec_id.clone());
+            let (rt, cid, eid) = (rt.clone(), id.to_string(), exec_id.clone());
             side.push(tokio::spawn(async move {
                 while let Some(b) = rx.recv().await {
                     if w.write_all(&b).await.is_err() {
@@ -234,20 +234,17 @@ pub async fn exec_streaming(rt: &Containers, id: &str, cmd: &[String], tty: bool
                 // The shim holds a writer of its own: EOF reaches the process when
                 // we close ours and ask it to close its (what the Go client's CloseIO does).
                 drop(w);
-                let req = containerd_client::services::v1::CloseIoRequest { container_id: cid, exec_id: eid, stdin: true };
-                if let Err(e) = t.close_io(with_namespace!(req, ns)).await {
-                    debug!(error = %e.message(), "close exec stdin failed");
+                if let Err(e) = rt.close_stdin(&cid, &eid).await {
+                    debug!(error = %e, "close exec stdin failed");
                 }
             }));
         }
         if let (true, Some(mut rx)) = (tty, io.resize.take()) {
-            let (mut t, ns, cid, eid) = (tasks.clone(), ns.clone(), id.to_string(), exec_id.clone());
+            let (rt, cid, eid) = (rt.clone(), id.to_string(), exec_id.clone());
             side.push(tokio::spawn(async move {
-                use containerd_client::services::v1::ResizePtyRequest;
                 while let Some((w, h)) = rx.recv().await {
-                    let req = ResizePtyRequest { container_id: cid.clone(), exec_id: eid.clone(), width: w as u32, height: h as u32 };
-                    if let Err(e) = t.resize_pty(with_namespace!(req, ns)).await {
-                        debug!(error = %e.message(), "resize pty failed");
+                    if let Err(e) = rt.resize_pty(&cid, &eid, w as u32, h as u32).await {
+                        debug!(error = %e, "resize pty failed");
                     }
                 }
             }));

@@ -304,7 +304,7 @@ async fn attach_session(io: Io, rt: Containers, t: AttachTarget) -> Outcome {
                 Err(e) => debug!(container = %cid, error = %e, "attach: container stdin is closed"),
             }
             if close {
-                if let Err(e) = rt.close_stdin(&cid).await {
+                if let Err(e) = rt.close_stdin(&cid, "").await {
                     debug!(container = %cid, error = %e, "attach: closing stdin failed");
                 }
             } else {
@@ -316,7 +316,7 @@ async fn attach_session(io: Io, rt: Containers, t: AttachTarget) -> Outcome {
         let (rt, cid) = (rt.clone(), t.cid.clone());
         side.push(tokio::spawn(async move {
             while let Some(s) = rx.recv().await {
-                if let Err(e) = rt.resize_pty(&cid, s.width.into(), s.height.into()).await {
+                if let Err(e) = rt.resize_pty(&cid, "", s.width.into(), s.height.into()).await {
                     debug!(container = %cid, error = %e, "attach: resize failed");
                 }
             }
