@@ -396,7 +396,7 @@ async fn upgrade(
         let def = resources::find("", "v1", "pods").ok_or_else(ApiError::resource_not_found)?;
         {
             let store = shared.store();
-            auth::authorize(&user, &Attributes { verb: "create", def, subresource: sub, namespace: &ns, name: &name }, &store)?;
+            auth::authorize(&user, &Attributes { verb: "create", def, subresource: sub, namespace: &ns, name: &name, fields: None }, &store)?;
         }
         crate::nodeproxy::upgrade(shared, &ns, &name, sub, &parse_query(query), req).await
     }
@@ -534,6 +534,7 @@ async fn dispatch(
                 subresource: &rp.subresource,
                 namespace: ns,
                 name: &authz_name,
+                fields: Some(&fields),
             },
             &store,
         )?;

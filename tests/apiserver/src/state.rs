@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use base64::Engine;
 use serde_json::{json, Value};
 
-use crate::auth::{self, Admission, UserInfo};
+use crate::auth::{self, UserInfo};
+use crate::noderestriction;
 use crate::csr;
 use crate::error::{ApiError, FieldError};
 use crate::meta;
@@ -381,9 +382,9 @@ impl Shared {
         if def.namespaced && store.get("namespaces", "", ns).is_none() {
             return Err(ApiError::namespace_not_found(ns));
         }
-        auth::admit(
+        noderestriction::admit(
             user,
-            &Admission {
+            &noderestriction::Admission {
                 verb: "create",
                 def,
                 subresource: "",
@@ -629,9 +630,9 @@ impl Shared {
         what: String,
     ) -> Result<Value, ApiError> {
         let verb = "update";
-        auth::admit(
+        noderestriction::admit(
             user,
-            &Admission {
+            &noderestriction::Admission {
                 verb,
                 def,
                 subresource: sub,
@@ -733,9 +734,9 @@ impl Shared {
                 ));
             }
         }
-        auth::admit(
+        noderestriction::admit(
             user,
-            &Admission {
+            &noderestriction::Admission {
                 verb: "delete",
                 def,
                 subresource: "",
@@ -1019,9 +1020,9 @@ impl Shared {
             let sa = store
                 .get("serviceaccounts", ns, sa_name)
                 .ok_or_else(|| ApiError::not_found(def, sa_name))?;
-            auth::admit(
+            noderestriction::admit(
                 user,
-                &Admission {
+                &noderestriction::Admission {
                     verb: "create",
                     def,
                     subresource: "token",

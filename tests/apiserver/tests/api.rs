@@ -665,36 +665,69 @@ async fn node_identity_is_restricted() {
     )
     .await
     .unwrap();
-    pods.get("theirs").await.unwrap();
-    // Only mirror pods bound to itself.
+    // Reads go through the Node authorizer's graph: a pod bound to another node, or
+    // one that does not exist, is Forbidden (not 404), with the real message.
+    pods.get("mine").await.unwrap();
+    for name in ["theirs", "nowhere"] {
+        let (c, _, msg) = code(pods.get(name).await.unwrap_err());
+        assert_eq!(c, 403, "{msg}");
+        assert_eq!(msg, format!("pods \"{name}\" is forbidden: User \"system:node:node-1\" cannot get resource \"pods\" in API group \"\" in the namespace \"default\": no relationship found between node 'node-1' and this object"));
+    }
+    let (c, _, msg) = code(pods.list(&ListParams::default()).await.unwrap_err());
+    assert_eq!(c, 403);
+    assert!(msg.ends_with(": can only list/watch pods with spec.nodeName field selector"), "{msg}");
+    let own = pods.list(&ListParams::default().fields("spec.nodeName=node-1")).await.unwrap();
+    assert_eq!(own.items.iter().map(|p| p.metadata.name.clone().unwrap()).collect::<Vec<_>>(), ["mine"]);
+    let (c, _, msg) = code(nodes.get("node-2").await.unwrap_err());
+    assert_eq!(c, 403);
+    assert!(msg.ends_with(": node 'node-1' cannot read 'node-2', only its own Node object"), "{msg}");
+    let (c, _, msg) = code(nodes.list(&ListParams::default()).await.unwrap_err());
+    assert_eq!(c, 403);
+    assert!(msg.ends_with(": node 'node-1' cannot read all nodes, only its own Node object"), "{msg}");
+    // Only mirror pods bound to itself, owned by its Node (with its UID), referencing nothing.
     let plain: Pod = serde_json::from_value(pod_json("x", json!({}))).unwrap();
-    assert_eq!(
-        code(
-            pods.create(&PostParams::default(), &plain)
-                .await
-                .unwrap_err()
-        )
-        .0,
-        403
-    );
-    let mut mirror = pod_json("static-node-1", json!({}));
-    mirror["metadata"]["annotations"] = json!({"kubernetes.io/config.mirror": "abc"});
-    mirror["spec"]["nodeName"] = json!("node-1");
-    pods.create(
-        &PostParams::default(),
-        &serde_json::from_value(mirror).unwrap(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        code(
-            pods.delete("theirs", &DeleteParams::default())
-                .await
-                .unwrap_err()
-        )
-        .0,
-        403
-    );
+    let (c, _, msg) = code(pods.create(&PostParams::default(), &plain).await.unwrap_err());
+    assert_eq!(c, 403);
+    assert!(msg.contains("node \"node-1\" can only create mirror pods"), "{msg}");
+    let node_uid = nodes.get("node-1").await.unwrap().metadata.uid.unwrap();
+    let mirror = |owner: Value, volumes: Value| {
+        let mut m = pod_json("static-node-1", json!({}));
+        m["metadata"]["annotations"] = json!({"kubernetes.io/config.mirror": "abc"});
+        m["metadata"]["ownerReferences"] = owner;
+        m["spec"]["nodeName"] = json!("node-1");
+        m["spec"]["volumes"] = volumes;
+        serde_json::from_value::<Pod>(m).unwrap()
+    };
+    let owner = |uid: &str, extra: Value| {
+        let mut o = json!({"apiVersion": "v1", "kind": "Node", "name": "node-1", "uid": uid, "controller": true});
+        o.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        json!([o])
+    };
+    for (m, expect) in [
+        (mirror(json!([]), json!([])), "can only create pods with an owner reference set to itself"),
+        (mirror(owner(&node_uid, json!({"name": "node-2"})), json!([])), "can only create pods with an owner reference set to itself"),
+        (mirror(owner(&node_uid, json!({"controller": false})), json!([])), "can only create pods with a controller owner reference set to itself"),
+        (mirror(owner(&node_uid, json!({"blockOwnerDeletion": true})), json!([])), "must not set blockOwnerDeletion on an owner reference"),
+        (mirror(owner("0000", json!({})), json!([])), "UID mismatch"),
+        (mirror(owner(&node_uid, json!({})), json!([{"name": "s", "secret": {"secretName": "s"}}])), "can not create pods that reference secrets"),
+        (mirror(owner(&node_uid, json!({})), json!([{"name": "c", "configMap": {"name": "c"}}])), "can not create pods that reference configmaps"),
+        (mirror(owner(&node_uid, json!({})), json!([{"name": "v", "persistentVolumeClaim": {"claimName": "v"}}])), "can not create pods that reference persistentvolumeclaims"),
+    ] {
+        let (c, _, msg) = code(pods.create(&PostParams::default(), &m).await.unwrap_err());
+        assert_eq!(c, 403, "{msg}");
+        assert!(msg.starts_with("pods \"static-node-1\" is forbidden: ") && msg.contains(expect), "{expect}: {msg}");
+    }
+    let created = pods.create(&PostParams::default(), &mirror(owner(&node_uid, json!({})), json!([]))).await.unwrap();
+    // Now bound to the node, the mirror is readable.
+    assert_eq!(pods.get("static-node-1").await.unwrap().metadata.uid, created.metadata.uid);
+    // Its labels are not the node's to change through status.
+    let (c, _, msg) = code(pods.patch_status("mine", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}}))).await.unwrap_err());
+    assert_eq!(c, 403);
+    assert!(msg.contains("cannot update labels through pod status"), "{msg}");
+    // Nor may it change a pod's spec.
+    let (c, _, msg) = code(pods.patch("mine", &PatchParams::default(), &Patch::Merge(json!({"spec": {"activeDeadlineSeconds": 5}}))).await.unwrap_err());
+    assert_eq!(c, 403);
+    assert!(msg.contains("cannot patch resource \"pods\""), "{msg}");
     // Leases: only its own, in kube-node-lease.
     let leases: Api<Lease> = Api::namespaced(n1.clone(), "kube-node-lease");
     let other: Lease = serde_json::from_value(
@@ -728,6 +761,22 @@ async fn node_identity_is_restricted() {
         "{msg}"
     );
     cms.get("kube-root-ca.crt").await.unwrap();
+    // Deletes and tokens: only for pods bound to itself.
+    let (c, _, msg) = code(pods.delete("theirs", &DeleteParams::default()).await.unwrap_err());
+    assert_eq!(c, 403);
+    assert!(msg.contains("can only delete pods with spec.nodeName set to itself"), "{msg}");
+    let theirs_uid = srv.get("pods", Some("default"), "theirs").unwrap()["metadata"]["uid"].as_str().unwrap().to_string();
+    let tr = |name: &str, uid: &str| json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+        "spec": {"expirationSeconds": 3600, "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid}}});
+    let req = |body: Value| {
+        http::Request::post("/api/v1/namespaces/default/serviceaccounts/default/token").header("Content-Type", "application/json").body(serde_json::to_vec(&body).unwrap()).unwrap()
+    };
+    let (c, _, msg) = code(n1.request::<Value>(req(tr("theirs", &theirs_uid))).await.unwrap_err());
+    assert_eq!(c, 403);
+    assert!(msg.contains("node requested token bound to a pod scheduled on a different node"), "{msg}");
+    let (c, _, msg) = code(n1.request::<Value>(req(tr("mine", ""))).await.unwrap_err());
+    assert_eq!(c, 403);
+    assert!(msg.contains("node requested token with a pod binding without a uid"), "{msg}");
 }
 
 #[tokio::test]
@@ -895,7 +944,7 @@ async fn csr_bootstrap_approve_and_use_the_certificate() {
         .await
         .unwrap();
     let as_node: Api<Pod> = Api::namespaced(Client::try_from(cfg).unwrap(), "default");
-    as_node.list(&ListParams::default()).await.unwrap();
+    as_node.list(&ListParams::default().fields("spec.nodeName=node-9")).await.unwrap();
     assert!(srv
         .requests()
         .iter()

@@ -82,6 +82,17 @@ async fn upstream_kubelet_request_shapes_are_accepted() {
         409
     );
 
+    // CSINode: 404, then created owned by the Node.
+    let csinode_uri = format!("/apis/storage.k8s.io/v1/csinodes/{NODE}?resourceVersion=0");
+    assert_eq!(send(&c, "GET", &csinode_uri, JSON, None).await.0, 404);
+    let csinode = json!({"kind": "CSINode", "apiVersion": "storage.k8s.io/v1",
+        "metadata": {"name": NODE, "annotations": {"storage.alpha.kubernetes.io/migrated-plugins": "kubernetes.io/aws-ebs,kubernetes.io/azure-disk,kubernetes.io/azure-file,kubernetes.io/cinder,kubernetes.io/gce-pd,kubernetes.io/portworx-volume,kubernetes.io/vsphere-volume"},
+                     "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": NODE, "uid": node_uid}]},
+        "spec": {"drivers": null}});
+    let (code, body) = send(&c, "POST", "/apis/storage.k8s.io/v1/csinodes", JSON, Some(csinode)).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(send(&c, "GET", &csinode_uri, JSON, None).await.0, 200);
+
     // Lease: 404, create, update with the resourceVersion, stale update 409.
     let lease_uri = format!(
         "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{NODE}?timeout=10s"
@@ -270,7 +281,24 @@ async fn upstream_kubelet_request_shapes_are_accepted() {
     assert!(t["status"]["expirationTimestamp"].is_string());
     let (code, _) = send(&c, "POST", "/api/v1/namespaces/default/serviceaccounts/default/token", JSON,
         Some(json!({"spec": {"boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": "testpod", "uid": "00000000-0000-0000-0000-000000000000"}}}))).await;
-    assert_eq!(code, 409, "a stale pod UID in the bound reference");
+    assert_eq!(code, 403, "a stale pod UID in the bound reference (NodeRestriction answers before the token REST's 409)");
+    // The watches the upstream kubelet opens (requests.tsv: configmaps, csidrivers, nodes,
+    // pods, runtimeclasses, services), each as a node may: pinned by name (the pod bound to it uses kube-root-ca.crt), or by node.
+    let sel = |s: &str| s.replace('=', "%3D");
+    for uri in [
+        format!("/api/v1/namespaces/default/configmaps?fieldSelector={}&watch=true&timeoutSeconds=1", sel("metadata.name=kube-root-ca.crt")),
+        format!("/api/v1/nodes?fieldSelector={}&watch=true&timeoutSeconds=1", sel(&format!("metadata.name={NODE}"))),
+        format!("/api/v1/pods?fieldSelector={}&watch=true&timeoutSeconds=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true", sel(&format!("spec.nodeName={NODE}"))),
+        "/api/v1/services?watch=true&timeoutSeconds=1".to_string(),
+        "/apis/storage.k8s.io/v1/csidrivers?watch=true&timeoutSeconds=1".to_string(),
+        "/apis/node.k8s.io/v1/runtimeclasses?watch=true&timeoutSeconds=1".to_string(),
+    ] {
+        let req = http::Request::get(&uri).body(Vec::new()).unwrap();
+        if let Err(e) = c.request_text(req).await {
+            panic!("watch {uri}: {e}");
+        }
+    }
+
     let del = json!({"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0, "preconditions": {"uid": uid}});
     let (code, d) = send(
         &c,
