@@ -231,6 +231,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     };
     let registered = || node_state.as_ref().map(|(_, uid)| uid.borrow().is_some()).unwrap_or(true);
     let mut file_pods: Option<Vec<k8s_openapi::api::core::v1::Pod>> = if src_task.is_some() { None } else { Some(Vec::new()) };
+    if src_task.is_none() {
+        // No static pods at all: mirror pods left from an earlier configuration go.
+        ctx.status.mirrors().set_static(&[]);
+    }
     let mut ready = false;
     if file_pods.is_some() && client.is_none() {
         // Neither a manifest dir nor an API server: nothing will ever be desired.
@@ -262,6 +266,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
                     &cfg.root_dir.join(MANIFEST_ERRORS_FILE),
                     serde_json::to_vec_pretty(&errors).unwrap_or_default().as_slice(),
                 );
+                ctx.status.mirrors().set_static(&snap.pods);
                 file_pods = Some(snap.pods);
                 changed = true;
             }
@@ -275,7 +280,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
             let api_pods = api_rx.borrow().clone();
             let mut desired = file_pods.clone().unwrap_or_default();
             if let Some(api) = &api_pods {
-                desired.extend(api.iter().cloned());
+                desired.extend(api.pods.iter().cloned());
+                ctx.status.mirrors().observe(&api.mirrors);
             }
             manager.set_desired(desired);
             // Orphans are only known once every source has listed its pods.
@@ -484,7 +490,8 @@ fn start_api(
     )));
     tasks.push(tokio::spawn(crate::api::lease::run(client.clone(), cfg.node_name.clone(), cfg.node_lease_duration_seconds, uid_rx, cancel.clone())));
     tasks.push(tokio::spawn(crate::api::pods::run(client.clone(), cfg.node_name.clone(), pods_tx, cancel.clone())));
-    tasks.push(tokio::spawn(ctx.status.clone().run(cfg.node_name.clone(), cancel.clone())));
+    tasks.push(tokio::spawn(ctx.status.clone().run(cancel.clone())));
+    tasks.push(tokio::spawn(ctx.status.mirrors().clone().run(client.clone(), cfg.node_name.clone(), node_uid.clone(), cancel.clone())));
     (tasks, readiness, node_uid)
 }
 

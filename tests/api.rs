@@ -58,7 +58,7 @@ async fn a1_node_registers_turns_ready_with_cni_and_renews_its_lease() {
     });
     let mut agent = agent;
     assert!(tokio::task::block_in_place(|| agent.terminate(Duration::from_secs(10))), "SIGTERM ends the agent in API mode");
-    assert!(api.srv.violations().is_empty(), "requests the real server would reject: {:?}", api.srv.violations());
+    assert_api_clean(&api.srv);
 }
 
 fn pod_yaml(name: &str) -> String {
@@ -274,28 +274,54 @@ async fn a9_static_pods_get_mirror_pods_with_status() {
     let node_kc = api.node.to_str().unwrap().to_string();
     let agent = tokio::task::block_in_place(|| Agent::with_options("a9", &[], &["--kubeconfig", &node_kc]));
     let admin = api.admin.clone();
+    let manifest = |cmd: &str| format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: static-web}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: c, image: \"{BUSYBOX}\", command: [sleep, \"{cmd}\"]}}\n");
+    let name = format!("static-web-{NODE}");
+    // The mirror pod's (uid, config.mirror hash), as kubectl shows it.
+    let mirror = || kubectl_json(&admin, &["get", "pod", &name]).map(|p| (p["metadata"]["uid"].as_str().unwrap().to_string(), p["metadata"]["annotations"]["kubernetes.io/config.mirror"].as_str().unwrap_or("").to_string(), p));
     tokio::task::block_in_place(|| {
-        agent.write_manifest(
-            "static.yaml",
-            &format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: static-web}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: c, image: \"{BUSYBOX}\", command: [sleep, \"3600\"]}}\n"),
-        );
-        let name = format!("static-web-{NODE}");
-        let m = wait_for(Duration::from_secs(60), "mirror pod Running", &agent, || {
-            let p = kubectl_json(&admin, &["get", "pod", &name])?;
-            (p["status"]["phase"] == "Running").then_some(p)
-        });
+        let node = wait_for(Duration::from_secs(30), "node registered", &agent, || kubectl_json(&admin, &["get", "node", NODE]));
+        let node_uid = node["metadata"]["uid"].as_str().unwrap().to_string();
+        agent.write_manifest("static.yaml", &manifest("3600"));
+        // Created at once (through a real server's Node authorizer: no GET before the create).
+        let (uid1, hash1, m) = wait_for(Duration::from_secs(5), "mirror pod created within 5 s", &agent, mirror);
         let ann = &m["metadata"]["annotations"];
         assert_eq!(ann["kubernetes.io/config.source"], "file");
-        assert_eq!(ann["kubernetes.io/config.mirror"], ann["kubernetes.io/config.hash"]);
-        assert_eq!(m["metadata"]["ownerReferences"][0]["kind"], "Node");
+        assert_eq!(hash1, ann["kubernetes.io/config.hash"].as_str().unwrap());
+        assert!(ann["kubernetes.io/config.seen"].is_string());
+        assert_eq!(m["metadata"]["ownerReferences"], serde_json::json!([{"apiVersion": "v1", "kind": "Node", "name": NODE, "uid": node_uid, "controller": true}]));
         assert_eq!(m["spec"]["nodeName"], NODE);
-        assert!(m["status"]["containerStatuses"][0]["ready"] == true);
+        let running = |uid: &str| {
+            let uid = uid.to_string();
+            move || mirror().filter(|(u, _, p)| *u == uid && p["status"]["phase"] == "Running" && p["status"]["containerStatuses"][0]["ready"] == true)
+        };
+        wait_for(Duration::from_secs(60), "mirror pod Running and ready", &agent, running(&uid1));
         // The mirror is not run as a second pod.
         assert_eq!(agent.pods().len(), 1);
+
+        // A changed manifest: the old mirror is replaced by one with the new hash.
+        agent.write_manifest("static.yaml", &manifest("3601"));
+        let (uid2, hash2, _) = wait_for(Duration::from_secs(30), "mirror pod replaced", &agent, || mirror().filter(|(_, h, _)| *h != hash1));
+        assert_ne!(uid2, uid1);
+        wait_for(Duration::from_secs(60), "new mirror pod Running", &agent, running(&uid2));
+
+        // Deleted by a user (graceful, as kubectl does): it comes back, with the same hash.
+        let (ok, out) = kubectl(&admin, &["delete", "pod", &name, "--wait=false"]);
+        assert!(ok, "{out}");
+        let (uid3, hash3, _) = wait_for(Duration::from_secs(5), "mirror pod back within 5 s of kubectl delete", &agent, || mirror().filter(|(u, _, p)| *u != uid2 && p["metadata"]["deletionTimestamp"].is_null()));
+        assert_eq!(hash3, hash2);
+        wait_for(Duration::from_secs(30), "recreated mirror pod shows the running pod", &agent, running(&uid3));
+        // Force-deleted: back as well.
+        let (ok, out) = kubectl(&admin, &["delete", "pod", &name, "--force", "--grace-period=0"]);
+        assert!(ok, "{out}");
+        wait_for(Duration::from_secs(5), "mirror pod back within 5 s of a forced delete", &agent, || mirror().filter(|(u, _, _)| *u != uid3));
+        // The static pod itself never restarted.
+        let p = agent.pod("static-web").unwrap();
+        assert_eq!(p.status.as_ref().unwrap().container_statuses.as_ref().unwrap()[0].restart_count, 0);
+
         agent.remove_manifest("static.yaml");
-        wait_for(Duration::from_secs(30), "mirror pod deleted", &agent, || kubectl_json(&admin, &["get", "pod", &name]).is_none().then_some(()));
+        wait_for(Duration::from_secs(30), "mirror pod deleted", &agent, || mirror().is_none().then_some(()));
     });
-    assert!(api.srv.violations().is_empty(), "{:?}", api.srv.violations());
+    assert_api_clean(&api.srv);
 }
 
 fn sleeper(name: &str, extra_spec: &str, extra_container: &str) -> String {
@@ -404,7 +430,7 @@ async fn a10_node_events_reserved_allocatable_readiness_gates_and_admission() {
             (pod_phase(&admin, "port2").is_none() && pod_phase(&admin, "away").is_none()).then_some(())
         });
     });
-    assert!(api.srv.violations().is_empty(), "{:?}", api.srv.violations());
+    assert_api_clean(&api.srv);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -446,5 +472,5 @@ async fn a11_pods_deleted_while_the_agent_was_down_are_cleaned_up_when_it_return
         assert_eq!(kept["status"]["containerStatuses"][0]["restartCount"], 0, "the surviving pod was adopted, not restarted");
         assert!(!containerd_containers(&uids[2]).is_empty());
     });
-    assert!(api.srv.violations().is_empty(), "{:?}", api.srv.violations());
+    assert_api_clean(&api.srv);
 }

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::*;
+use common::api::assert_api_clean;
 use rkubelet_test_apiserver::{Options, TestApiServer, User};
 use serde_json::Value;
 
@@ -134,7 +135,7 @@ async fn b1_bootstrap_from_a_token_writes_the_kubeconfig_and_registers_as_the_no
         assert_eq!(current_target(&agent), Some(target), "the same certificate");
         assert!(agent.log_tail(400).contains("skipping the TLS bootstrap"), "{}", agent.log_tail(40));
     });
-    assert!(srv.violations().is_empty(), "requests the real server would reject: {:?}", srv.violations());
+    assert_api_clean(&srv);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,7 +182,7 @@ async fn b2_the_client_certificate_is_rotated_before_it_expires() {
         assert!(unauthorized.is_empty(), "requests with an expired certificate: {unauthorized:?}");
         assert!(agent.log_tail(400).contains("client certificate rotated"), "{}", agent.log_tail(40));
     });
-    assert!(srv.violations().is_empty(), "requests the real server would reject: {:?}", srv.violations());
+    assert_api_clean(&srv);
 }
 
 fn wait_exit(agent: &mut Agent, timeout: Duration) -> String {
@@ -243,5 +244,5 @@ async fn b3_bootstrap_failures_are_clear_errors() {
     assert!(log.contains("was denied: NotOurNode: this node is not expected"), "{log}");
     assert!(!kubeconfig.exists(), "no kubeconfig without a certificate");
     drop(agent);
-    assert!(srv.violations().is_empty(), "requests the real server would reject: {:?}", srv.violations());
+    assert_api_clean(&srv);
 }

@@ -316,7 +316,7 @@ async fn x1_kubectl_exec_attach_and_port_forward_reach_the_pod_over_spdy_and_web
         let (code, _, err) = kubectl_exec(&admin, SPDY, &["shell", "-c", "nope", "--", "true"], None);
         assert!(code != 0 && err.contains("nope"), "{err}");
     });
-    assert!(srv.violations().is_empty(), "{:?}", srv.violations());
+    assert_api_clean(&srv);
 }
 
 /// `kubectl attach` with `-i` and `-it` (issue 5): the client's stdin reaches a
@@ -420,5 +420,5 @@ async fn x2_kubectl_attach_with_stdin_and_a_terminal() {
         assert!(run_out.contains("pod \"rt\" deleted"), "{run_out:?}");
         wait_for(Duration::from_secs(30), "rt gone", &agent, || pod_phase(&admin, "rt").is_none().then_some(()));
     });
-    assert!(srv.violations().is_empty(), "{:?}", srv.violations());
+    assert_api_clean(&srv);
 }

@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use common::api::assert_api_clean;
 use common::{BUSYBOX, NODE, PAUSE};
 use rkubelet::reset::mounts_under;
 use rkubelet_test_apiserver::{Options, TestApiServer, User};
@@ -265,7 +266,7 @@ async fn k1_the_agent_joins_with_the_files_kubeadm_writes() {
         std::fs::read_dir(root.join("var/lib/kubelet/pods")).map(|mut d| d.next().is_none()).unwrap_or(true),
         "static pods cleaned up"
     );
-    assert!(srv.violations().is_empty(), "requests the real server would reject: {:?}", srv.violations());
+    assert_api_clean(&srv);
 }
 
 #[test]
@@ -390,5 +391,5 @@ async fn k3_after_kubeadm_reset_nothing_of_rkubelet_runs_or_is_mounted() {
         assert!(std::fs::read_dir("/var/log/pods").unwrap().flatten().all(|e| !e.file_name().to_string_lossy().ends_with(&uid)), "the pod's logs are gone");
     });
     drop(node);
-    assert!(srv.violations().is_empty(), "{:?}", srv.violations());
+    assert_api_clean(&srv);
 }

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::api::{api_server, kubectl_json};
+use common::api::{api_server, assert_api_clean, kubectl_json};
 use common::{Agent, BUSYBOX, NODE};
 
 /// The messages systemd would have received; a thread drains the socket all the
@@ -128,5 +128,5 @@ async fn n2_joined_ready_only_once_the_node_is_registered() {
         );
         assert!(agent.terminate(Duration::from_secs(10)));
     });
-    assert!(api.srv.violations().is_empty(), "{:?}", api.srv.violations());
+    assert_api_clean(&api.srv);
 }

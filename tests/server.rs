@@ -261,7 +261,7 @@ async fn k1_the_kubelet_api_authenticates_authorizes_and_serves_pods_and_logs() 
     });
     let reviews = srv.requests().iter().filter(|r| r.resource == "subjectaccessreviews" && r.verb == "create").count();
     assert!(reviews >= 2, "authorization went through SubjectAccessReviews ({reviews})");
-    assert!(srv.violations().is_empty(), "{:?}", srv.violations());
+    assert_api_clean(&srv);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,5 +303,5 @@ async fn k2_server_tls_bootstrap_serves_a_cluster_signed_certificate_once_approv
         let target = std::fs::read_link(&current).expect("kubelet-server-current.pem is a symlink");
         assert!(target.file_name().unwrap().to_string_lossy().starts_with("kubelet-server-20"), "{target:?}");
     });
-    assert!(srv.violations().is_empty(), "{:?}", srv.violations());
+    assert_api_clean(&srv);
 }

@@ -182,8 +182,7 @@ spec:
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         assert!(!mountinfo.contains(sec_dir.to_str().unwrap()), "secret tmpfs unmounted");
     });
-    let v = api.srv.violations();
-    assert!(v.is_empty(), "requests the real server would reject: {v:?}");
+    assert_api_clean(&api.srv);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -391,8 +390,7 @@ spec:
         let token_requests = api.srv.requests().into_iter().filter(|r| r.verb == "create" && r.subresource == "token").count();
         assert!(token_requests <= 5, "tokens are not requested on every sync: {token_requests}");
     });
-    let v = api.srv.violations();
-    assert!(v.is_empty(), "requests the real server would reject: {v:?}");
+    assert_api_clean(&api.srv);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -436,8 +434,7 @@ async fn v6_a_claim_bound_to_a_host_path_volume_is_mounted_once_bound() {
         wait_for(Duration::from_secs(60), "pvcpod running", &agent, || running_ip(&admin, "pvcpod"));
         wait_for(Duration::from_secs(15), "file on the volume", &agent, || (std::fs::read_to_string(data.join("f")).ok()? == "stored\n").then_some(()));
     });
-    let v = api.srv.violations();
-    assert!(v.is_empty(), "requests the real server would reject: {v:?}");
+    assert_api_clean(&api.srv);
 }
 
 /// Unmounts (lazily) what a test mounted on the host, even when it fails.

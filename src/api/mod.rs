@@ -6,6 +6,7 @@
 pub mod bootstrap;
 pub mod events;
 pub mod lease;
+pub mod mirror;
 pub mod node;
 pub mod objects;
 pub mod pods;

@@ -1,8 +1,9 @@
 //! The API pod source (pkg/kubelet/config/apiserver.go): a list+watch of pods with
 //! `fieldSelector=spec.nodeName=<node>`, resumed from the last resourceVersion and
 //! re-listed on `410 Gone` (kube-runtime's watcher), published as the full set of
-//! this node's pods. During an outage the last set stays published, so running
-//! pods keep running.
+//! this node's pods, with the mirror pods of its static pods apart (they are
+//! never run; [`super::mirror`] keeps them in line). During an outage the last
+//! set stays published, so running pods keep running.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,7 +17,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 /// The pods bound to this node, as last seen; `None` until the first full list.
-pub type PodSet = Option<Arc<Vec<Pod>>>;
+pub type PodSet = Option<Arc<ApiPods>>;
+
+/// The pods bound to this node: those to run, and the mirror pods.
+#[derive(Debug, Default)]
+pub struct ApiPods {
+    pub pods: Vec<Pod>,
+    pub mirrors: Vec<Pod>,
+}
 
 /// Watches this node's pods until `cancel`, publishing the full set on `tx`.
 pub async fn run(client: kube::Client, node: String, tx: watch::Sender<PodSet>, cancel: CancellationToken) {
@@ -37,9 +45,6 @@ pub async fn run(client: kube::Client, node: String, tx: watch::Sender<PodSet>, 
                 initial = Some(BTreeMap::new());
                 false
             }
-            // Mirror pods are the API copies of this node's static pods: never run them.
-            Ok(watcher::Event::InitApply(p)) if super::status::is_mirror_pod(&p) => false,
-            Ok(watcher::Event::Apply(p)) if super::status::is_mirror_pod(&p) => false,
             Ok(watcher::Event::InitApply(p)) => {
                 if let (Some(init), Some(uid)) = (initial.as_mut(), p.metadata.uid.clone()) {
                     init.insert(uid, p);
@@ -73,7 +78,9 @@ pub async fn run(client: kube::Client, node: String, tx: watch::Sender<PodSet>, 
         };
         if changed {
             debug!(pods = pods.len(), "API pod set changed");
-            let _ = tx.send(Some(Arc::new(pods.values().cloned().collect())));
+            // Mirror pods are the API copies of this node's static pods: never run them.
+            let (mirrors, pods) = pods.values().cloned().partition(super::mirror::is_mirror_pod);
+            let _ = tx.send(Some(Arc::new(ApiPods { pods, mirrors })));
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The pod status manager (pkg/kubelet/status): the latest status of each API pod
 //! is queued and patched onto `pods/status` by one task, coalescing updates,
 //! skipping unchanged ones and retrying across outages. Also finishes the deletion
-//! of pods once the node has cleaned them up.
+//! of pods once the node has cleaned them up. Static pods report on their mirror
+//! pod ([`super::mirror`]), once one with their hash exists.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,6 +15,8 @@ use futures::StreamExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+
+use super::mirror::MirrorPods;
 
 /// Status patches sent concurrently.
 const MAX_IN_FLIGHT: usize = 8;
@@ -33,43 +36,12 @@ struct Pending {
 struct Inner {
     pending: HashMap<String, Pending>,
     next_seq: u64,
-    sent: HashMap<String, PodStatus>,
-    /// Static pod UID → its mirror pod (namespace, name, mirror UID).
-    mirrors: HashMap<String, (String, String, String)>,
-    /// Static pods whose mirror still has to be created, with their spec.
-    static_pods: HashMap<String, Pod>,
-}
-
-/// The annotation that marks a mirror pod, holding the static pod's config hash.
-pub const CONFIG_MIRROR: &str = "kubernetes.io/config.mirror";
-
-/// True for mirror pods (the API copy of a static pod): never run from the API.
-pub fn is_mirror_pod(pod: &Pod) -> bool {
-    pod.metadata.annotations.as_ref().map(|a| a.contains_key(CONFIG_MIRROR)).unwrap_or(false)
-}
-
-/// The mirror pod upstream creates for a static pod: same spec, the config
-/// annotations plus `kubernetes.io/config.mirror`, owned by the Node.
-pub fn mirror_pod(pod: &Pod, node: &str, node_uid: &str) -> Pod {
-    let mut m = Pod { metadata: pod.metadata.clone(), spec: pod.spec.clone(), status: None };
-    m.metadata.uid = None;
-    m.metadata.resource_version = None;
-    let hash = pod
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(crate::pod::manifest::CONFIG_HASH).cloned())
-        .unwrap_or_else(|| pod.metadata.uid.clone().unwrap_or_default());
-    m.metadata.annotations.get_or_insert_with(Default::default).insert(CONFIG_MIRROR.into(), hash);
-    m.metadata.owner_references = Some(vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
-        api_version: "v1".into(),
-        kind: "Node".into(),
-        name: node.into(),
-        uid: node_uid.into(),
-        controller: Some(true),
-        ..Default::default()
-    }]);
-    m
+    /// The last status patched per pod UID, with the UID it went to (a static
+    /// pod's mirror changes when it is recreated).
+    sent: HashMap<String, (String, PodStatus)>,
+    /// Static pods with a live worker and their latest status, by UID: queued
+    /// again when their mirror pod appears or changes.
+    statics: HashMap<String, (Pod, PodStatus)>,
 }
 
 /// Cheap to clone; `set` never blocks.
@@ -78,6 +50,7 @@ pub struct StatusManager {
     inner: Arc<Mutex<Inner>>,
     notify: Arc<Notify>,
     client: Option<kube::Client>,
+    mirrors: MirrorPods,
 }
 
 /// True for pods that came from the API server (not a static manifest).
@@ -112,20 +85,45 @@ impl StatusManager {
         Self { client, ..Default::default() }
     }
 
+    /// The mirror pods of this node's static pods.
+    pub fn mirrors(&self) -> &MirrorPods {
+        &self.mirrors
+    }
+
     /// Queues `status` for `pod` if it differs from the last sent. Static pods report
-    /// through their mirror pod, which is created first.
+    /// through their mirror pod, once it exists.
     pub fn set(&self, pod: &Pod, status: &PodStatus) {
         if self.client.is_none() {
             return;
         }
         let Some(uid) = pod.metadata.uid.clone() else { return };
+        let target = if is_api_pod(pod) {
+            Some(uid.clone())
+        } else {
+            self.mirrors.hold(pod);
+            self.mirrors.target(pod)
+        };
         let Ok(mut g) = self.inner.lock() else { return };
-        if !is_api_pod(pod) && !g.mirrors.contains_key(&uid) {
-            g.static_pods.insert(uid.clone(), pod.clone());
+        if !is_api_pod(pod) {
+            g.statics.insert(uid.clone(), (pod.clone(), status.clone()));
         }
-        if g.sent.get(&uid) == Some(status) {
+        if Self::queue(&mut g, pod, target, status) {
+            drop(g);
+            self.notify.notify_one();
+        }
+    }
+
+    /// Queues a status unless it went to `target` already; true when queued. No
+    /// target (a static pod without its mirror yet) queues nothing.
+    fn queue(g: &mut Inner, pod: &Pod, target: Option<String>, status: &PodStatus) -> bool {
+        let Some(uid) = pod.metadata.uid.clone() else { return false };
+        let Some(target) = target else {
             g.pending.remove(&uid);
-            return;
+            return false;
+        };
+        if g.sent.get(&uid).is_some_and(|(t, s)| *t == target && s == status) {
+            g.pending.remove(&uid);
+            return false;
         }
         let seq = match g.pending.get(&uid) {
             Some(p) => p.seq,
@@ -134,18 +132,23 @@ impl StatusManager {
                 g.next_seq
             }
         };
-        g.pending.insert(
-            uid.clone(),
-            Pending {
-                namespace: pod.metadata.namespace.clone().unwrap_or_default(),
-                name: pod.metadata.name.clone().unwrap_or_default(),
-                uid,
-                status: status.clone(),
-                seq,
-            },
-        );
+        let (namespace, name) = super::mirror::full_name(pod);
+        g.pending.insert(uid.clone(), Pending { namespace, name, uid, status: status.clone(), seq });
+        true
+    }
+
+    /// Queues the latest status of every static pod whose mirror changed.
+    fn requeue_statics(&self) {
+        let Ok(mut g) = self.inner.lock() else { return };
+        let statics: Vec<(Pod, PodStatus)> = g.statics.values().cloned().collect();
+        let mut any = false;
+        for (pod, status) in statics {
+            any |= Self::queue(&mut g, &pod, self.mirrors.target(&pod), &status);
+        }
         drop(g);
-        self.notify.notify_one();
+        if any {
+            self.notify.notify_one();
+        }
     }
 
     /// Finishes a graceful deletion after the node cleaned the pod up: DELETE with
@@ -190,82 +193,35 @@ impl StatusManager {
         }
     }
 
-    /// Forgets a pod (removed from every source); a static pod's mirror is deleted.
+    /// Forgets a pod whose worker is gone; a static pod's mirror may then go too.
     pub fn forget(&self, uid: &str) {
-        let mirror = match self.inner.lock() {
-            Ok(mut g) => {
-                g.pending.remove(uid);
-                g.sent.remove(uid);
-                g.static_pods.remove(uid);
-                g.mirrors.remove(uid)
-            }
-            Err(_) => None,
+        if let Ok(mut g) = self.inner.lock() {
+            g.pending.remove(uid);
+            g.sent.remove(uid);
+            g.statics.remove(uid);
+        }
+        self.mirrors.release(uid);
+    }
+
+    /// Patches one pod's status (a static pod's on its mirror); false when it
+    /// must be retried (it is queued again).
+    async fn send(&self, client: &kube::Client, p: Pending) -> bool {
+        let statik = self.inner.lock().ok().and_then(|g| g.statics.get(&p.uid).map(|(pod, _)| pod.clone()));
+        let target_uid = match &statik {
+            None => p.uid.clone(),
+            Some(pod) => match self.mirrors.target(pod) {
+                Some(t) => t,
+                // The mirror went meanwhile: queued again when the next one appears.
+                None => return true,
+            },
         };
-        if let (Some((ns, name, muid)), Some(client)) = (mirror, self.client.clone()) {
-            tokio::spawn(async move {
-                let api: Api<Pod> = Api::namespaced(client, &ns);
-                let dp = DeleteParams { grace_period_seconds: Some(0), preconditions: Some(Preconditions { uid: Some(muid), resource_version: None }), ..Default::default() };
-                match api.delete(&name, &dp).await {
-                    Ok(_) => info!(pod = %format!("{ns}/{name}"), "mirror pod deleted"),
-                    Err(e) => debug!(pod = %format!("{ns}/{name}"), error = %e, "mirror pod delete failed"),
-                }
-            });
-        }
-    }
-
-    /// Creates (or adopts) the mirror pod of a static pod; returns (ns, name, mirror UID).
-    async fn ensure_mirror(client: &kube::Client, node: &str, pod: &Pod) -> Result<(String, String, String), kube::Error> {
-        let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
-        let hash = pod.metadata.annotations.as_ref().and_then(|a| a.get(crate::pod::manifest::CONFIG_HASH).cloned());
-        if let Some(existing) = api.get_opt(&name).await? {
-            let same = existing.metadata.annotations.as_ref().and_then(|a| a.get(CONFIG_MIRROR).cloned()) == hash;
-            if same {
-                return Ok((ns, name, existing.metadata.uid.unwrap_or_default()));
-            }
-            // An outdated mirror (or a regular pod of that name): replace it, like upstream.
-            let dp = DeleteParams { grace_period_seconds: Some(0), ..Default::default() };
-            let _ = api.delete(&name, &dp).await;
-        }
-        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
-        let node_uid = nodes.get(node).await?.metadata.uid.unwrap_or_default();
-        let created = api.create(&kube::api::PostParams::default(), &mirror_pod(pod, node, &node_uid)).await?;
-        info!(pod = %format!("{ns}/{name}"), "mirror pod created");
-        Ok((ns, name, created.metadata.uid.unwrap_or_default()))
-    }
-
-    /// Patches one pod's status (creating a static pod's mirror first); false when
-    /// it must be retried (it is queued again).
-    async fn send(&self, client: &kube::Client, node: &str, p: Pending) -> bool {
-        // Static pods report on their mirror pod.
-        let statik = self.inner.lock().ok().and_then(|g| g.static_pods.get(&p.uid).cloned());
-        let mut target_uid = p.uid.clone();
-        if let Some(sp) = statik {
-            match Self::ensure_mirror(client, node, &sp).await {
-                Ok(m) => {
-                    if let Ok(mut g) = self.inner.lock() {
-                        g.static_pods.remove(&p.uid);
-                        g.mirrors.insert(p.uid.clone(), m);
-                    }
-                }
-                Err(e) => {
-                    warn!(pod = %format!("{}/{}", p.namespace, p.name), error = %e, "cannot create the mirror pod; will retry");
-                    self.requeue(p);
-                    return false;
-                }
-            }
-        }
-        if let Some((_, _, muid)) = self.inner.lock().ok().and_then(|g| g.mirrors.get(&p.uid).cloned()) {
-            target_uid = muid;
-        }
         let api: Api<Pod> = Api::namespaced(client.clone(), &p.namespace);
         let patch = status_patch(&target_uid, &p.status);
         match api.patch_status(&p.name, &PatchParams::default(), &Patch::Strategic(&patch)).await {
             Ok(_) => {
                 debug!(pod = %format!("{}/{}", p.namespace, p.name), phase = p.status.phase.as_deref().unwrap_or(""), "pod status patched");
                 if let Ok(mut g) = self.inner.lock() {
-                    g.sent.insert(p.uid.clone(), p.status);
+                    g.sent.insert(p.uid.clone(), (target_uid, p.status));
                 }
                 true
             }
@@ -288,9 +244,10 @@ impl StatusManager {
         }
     }
 
-    /// Sends queued statuses until `cancel`. `node` is this node's name (mirror pods).
-    pub async fn run(self, node: String, cancel: CancellationToken) {
+    /// Sends queued statuses until `cancel`.
+    pub async fn run(self, cancel: CancellationToken) {
         let Some(client) = self.client.clone() else { return };
+        let mut mirrors_changed = self.mirrors.subscribe();
         let mut backoff = Duration::from_millis(100);
         // Up to MAX_IN_FLIGHT patches at once, one per pod, each started as soon as a
         // slot is free: under a burst, one pod's Ready waits for a slot, not a batch.
@@ -312,7 +269,7 @@ impl StatusManager {
                 };
                 for p in start {
                     busy.insert(p.uid.clone());
-                    let (uid, send) = (p.uid.clone(), self.send(&client, &node, p));
+                    let (uid, send) = (p.uid.clone(), self.send(&client, p));
                     in_flight.push(async move { (uid, send.await) });
                 }
             }
@@ -325,6 +282,11 @@ impl StatusManager {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = self.notify.notified() => {}
+                r = mirrors_changed.changed() => {
+                    if r.is_ok() {
+                        self.requeue_statics();
+                    }
+                }
                 Some((uid, ok)) = in_flight.next(), if !in_flight.is_empty() => {
                     busy.remove(&uid);
                     if ok {
@@ -363,20 +325,6 @@ mod tests {
         let conds = p["status"]["conditions"].as_array().unwrap();
         assert_eq!(conds.len(), 2);
         assert_eq!(p["status"]["$setElementOrder/conditions"][1]["type"], "PodScheduled");
-    }
-
-    #[test]
-    fn mirror_pods_carry_the_config_hash_and_a_node_owner() {
-        let mut p = Pod::default();
-        p.metadata.name = Some("web-n1".into());
-        p.metadata.uid = Some("abc".into());
-        p.metadata.annotations = Some([(crate::pod::manifest::CONFIG_HASH.to_string(), "abc".to_string())].into());
-        let m = mirror_pod(&p, "n1", "node-uid");
-        assert!(is_mirror_pod(&m));
-        assert_eq!(m.metadata.annotations.as_ref().unwrap()[CONFIG_MIRROR], "abc");
-        assert!(m.metadata.uid.is_none());
-        let o = &m.metadata.owner_references.as_ref().unwrap()[0];
-        assert_eq!((o.kind.as_str(), o.name.as_str(), o.uid.as_str(), o.controller), ("Node", "n1", "node-uid", Some(true)));
     }
 
     #[test]

@@ -153,16 +153,14 @@ impl Manager {
                 let _ = h.tx.send(None);
             }
         }
-        for uid in self.workers.keys().filter(|u| !want.contains_key(*u)) {
-            self.ctx.status.forget(uid);
-        }
         self.finished.retain(|uid| want.contains_key(uid));
         // A rejected pod never ran: only its saved status is left to remove.
-        let root = self.ctx.config.root_dir.clone();
+        let (root, status) = (self.ctx.config.root_dir.clone(), self.ctx.status.clone());
         self.rejected.retain(|uid| {
             let keep = want.contains_key(uid);
             if !keep {
                 let _ = std::fs::remove_dir_all(super::store::pod_dir(&root, uid));
+                status.forget(uid);
             }
             keep
         });
@@ -295,14 +293,23 @@ impl Manager {
             Some(Ok(uid)) => {
                 let state = self.workers.get(&uid).map(|h| h.tx.borrow().as_ref().map(|p| p.metadata.deletion_timestamp.is_some()));
                 match state {
-                    // Removed from its source: gone for good.
+                    // Removed from its source and torn down: gone for good (a
+                    // static pod's mirror may go now, upstream's orphaned mirror cleanup).
                     Some(None) => {
                         self.workers.remove(&uid);
+                        self.ctx.status.forget(&uid);
                     }
                     // Deleted through the API and cleaned up: wait for the watch to drop it.
                     Some(Some(true)) => {
                         self.workers.remove(&uid);
                         self.finished.insert(uid.clone());
+                    }
+                    // Torn down, but wanted again meanwhile (a manifest removed and put
+                    // back): a new worker starts it.
+                    Some(Some(false)) if !self.cancel.is_cancelled() => {
+                        let pod = self.workers.remove(&uid).and_then(|h| h.tx.borrow().clone());
+                        info!(pod_uid = %uid, "pod wanted again after its teardown; starting it");
+                        self.spawn(&uid, pod);
                     }
                     _ => {}
                 }

@@ -25,6 +25,23 @@ pub async fn api_server(dir: &Path) -> Api {
     Api { srv, admin, node }
 }
 
+/// The requests of a node user the server refused with 403 (the Node authorizer
+/// or NodeRestriction), as `verb resource/subresource ns/name`.
+pub fn node_forbidden(srv: &TestApiServer) -> Vec<String> {
+    srv.requests()
+        .iter()
+        .filter(|r| r.user.starts_with("system:node:") && r.code == 403)
+        .map(|r| format!("{} {}{} {}/{}", r.verb, r.resource, if r.subresource.is_empty() { String::new() } else { format!("/{}", r.subresource) }, r.namespace, r.name))
+        .collect()
+}
+
+/// Nothing the real server would reject or drop, and no request of the node
+/// that the Node authorizer or NodeRestriction refused.
+pub fn assert_api_clean(srv: &TestApiServer) {
+    assert!(srv.violations().is_empty(), "requests the real server would reject: {:?}", srv.violations());
+    assert_eq!(node_forbidden(srv), Vec::<String>::new(), "requests of the node that a real server's Node authorizer or NodeRestriction refuses");
+}
+
 pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> (bool, String) {
     let out = Command::new("kubectl").arg("--kubeconfig").arg(kubeconfig).args(args).output().expect("kubectl");
     let mut s = String::from_utf8_lossy(&out.stdout).to_string();
