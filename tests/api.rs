@@ -474,3 +474,83 @@ async fn a11_pods_deleted_while_the_agent_was_down_are_cleaned_up_when_it_return
     });
     assert_api_clean(&api.srv);
 }
+
+/// A CNI plugin (appended to the test chain) that fails a second DEL of the same
+/// container, as plugins with no idempotent DEL do; it records each DEL.
+fn del_tracking_plugin(bin_dir: &Path, state: &Path) {
+    std::fs::create_dir_all(bin_dir).unwrap();
+    std::fs::create_dir_all(state).unwrap();
+    let script = format!(
+        r#"#!/bin/sh
+s={state}
+case "$CNI_COMMAND" in
+ADD) rm -f "$s/$CNI_CONTAINERID.del"; jq -c '.prevResult' ;;
+DEL) if [ -e "$s/$CNI_CONTAINERID.del" ]; then
+       printf '{{"cniVersion":"1.0.0","code":999,"msg":"second DEL of %s"}}' "$CNI_CONTAINERID"; exit 1
+     fi
+     echo "$CNI_CONTAINERID" >> "$s/dels"; touch "$s/$CNI_CONTAINERID.del" ;;
+VERSION) echo '{{"cniVersion":"1.0.0","supportedVersions":["0.4.0","1.0.0"]}}' ;;
+esac
+"#,
+        state = state.display()
+    );
+    let p = bin_dir.join("rk-deltrack");
+    std::fs::write(&p, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a12_an_agent_restart_during_a_graceful_termination_tears_the_pod_down_once_at_its_deadline() {
+    let api = api_server(Path::new("/var/lib/rkubelet-test/agents/a12-api")).await;
+    let node_kc = api.node.to_str().unwrap().to_string();
+    let base = Path::new("/var/lib/rkubelet-test/a12-cni");
+    let _ = std::fs::remove_dir_all(base);
+    let (bin, state) = (base.join("bin"), base.join("state"));
+    del_tracking_plugin(&bin, &state);
+    let bin_dirs = format!("{},/opt/cni/bin,/usr/lib/cni", bin.display());
+    let mut agent = tokio::task::block_in_place(|| Agent::with_options("a12", &[], &["--kubeconfig", &node_kc, "--cni-bin-dir", &bin_dirs]));
+    let _cleanup = DeletePods(api.admin.clone());
+    // The harness's chain with the tracking plugin last.
+    let conf = agent.cni_conf.join("10-test.conflist");
+    let mut list: Value = serde_json::from_str(&std::fs::read_to_string(&conf).unwrap()).unwrap();
+    list["plugins"].as_array_mut().unwrap().push(serde_json::json!({"type": "rk-deltrack"}));
+    std::fs::write(&conf, list.to_string()).unwrap();
+    let admin = api.admin.clone();
+    tokio::task::block_in_place(|| {
+        // Restarted by kill -9, then by SIGTERM (systemctl restart): either way the
+        // next agent finishes the termination at its deadline, tearing it down once.
+        for (name, sigterm) in [("killed", false), ("stopped", true)] {
+            // sleep as PID 1 ignores SIGTERM: the pod stops only when its grace period ends.
+            create(&admin, &agent.root, &format!("{name}.yaml"), &sleeper(name, "", "").replace("terminationGracePeriodSeconds: 1", "terminationGracePeriodSeconds: 10"));
+            let p = wait_for(Duration::from_secs(60), "pod Running", &agent, || pod_phase(&admin, name).filter(|p| p["status"]["phase"] == "Running"));
+            let uid = p["metadata"]["uid"].as_str().unwrap().to_string();
+            let deleted_at = std::time::Instant::now();
+            let (ok, out) = kubectl(&admin, &["delete", "pod", name, "--wait=false"]);
+            assert!(ok, "{out}");
+            agent.wait_until(Duration::from_secs(10), "termination started", || agent.log_tail(400).contains(&format!("stopping pod pod_uid={uid}")));
+            std::thread::sleep(Duration::from_secs(4));
+            if sigterm {
+                assert!(agent.terminate(Duration::from_secs(5)), "SIGTERM does not wait for a pod's grace period");
+                assert!(!containerd_containers(&uid).is_empty(), "the terminating pod is left to the next agent");
+            } else {
+                agent.kill9();
+            }
+            agent.start();
+            wait_for(Duration::from_secs(40), "graceful delete finished", &agent, || pod_phase(&admin, name).is_none().then_some(()));
+            let took = deleted_at.elapsed();
+            assert!(took >= Duration::from_secs(9), "{name}: the grace period was honoured across the restart: {took:?}");
+            assert!(took < Duration::from_secs(13), "{name}: the grace period ran to its first deadline, not anew from the restart: {took:?}");
+            wait_for(Duration::from_secs(10), "containers removed", &agent, || containerd_containers(&uid).is_empty().then_some(()));
+            let log = agent.log_tail(100_000);
+            let removed = log.matches(&format!("pod removed pod_uid={uid}")).count();
+            assert_eq!(removed, 1, "{name}: one teardown of {uid}:\n{log}");
+            let dels = std::fs::read_to_string(state.join("dels")).unwrap_or_default();
+            assert_eq!(dels.lines().count(), if sigterm { 2 } else { 1 }, "{name}: the plugin saw one DEL per sandbox: {dels}");
+        }
+        let log = agent.log_tail(100_000);
+        assert_eq!(log.matches("pod network detached").count(), 2, "one CNI DEL per pod:\n{log}");
+        assert!(!log.contains("second DEL") && !log.contains("CNI teardown failed"), "{log}");
+    });
+    assert_api_clean(&api.srv);
+}

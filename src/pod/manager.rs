@@ -297,7 +297,9 @@ impl Manager {
                     // static pod's mirror may go now, upstream's orphaned mirror cleanup).
                     Some(None) => {
                         self.workers.remove(&uid);
-                        self.ctx.status.forget(&uid);
+                        if !self.cancel.is_cancelled() {
+                            self.ctx.status.forget(&uid);
+                        }
                     }
                     // Deleted through the API and cleaned up: wait for the watch to drop it.
                     Some(Some(true)) => {

@@ -40,6 +40,26 @@ pub fn load_pod(root: &Path, uid: &str) -> Option<Pod> {
     serde_json::from_slice(&data).ok()
 }
 
+/// When the pod's termination must be over, on this node's clock: recorded when
+/// it starts (`terminating` in the pod dir), so that an agent restarted in the
+/// middle resumes with what is left of the grace period instead of a new one.
+/// Returns the deadline: the recorded one if earlier than `now + grace`.
+pub fn termination_deadline(root: &Path, uid: &str, grace: std::time::Duration) -> chrono::DateTime<chrono::Utc> {
+    let path = pod_dir(root, uid).join("terminating");
+    let now = chrono::Utc::now();
+    let wanted = now + chrono::Duration::from_std(grace).unwrap_or_default();
+    let recorded = std::fs::read_to_string(&path).ok().and_then(|s| chrono::DateTime::parse_from_rfc3339(s.trim()).ok()).map(|t| t.with_timezone(&chrono::Utc));
+    match recorded {
+        Some(t) if t <= wanted => t,
+        _ => {
+            if pod_dir(root, uid).is_dir() {
+                let _ = write_atomic(&path, wanted.to_rfc3339().as_bytes());
+            }
+            wanted
+        }
+    }
+}
+
 /// Every pod with a saved state, sorted by namespace and name.
 pub fn load_all(root: &Path) -> Vec<Pod> {
     let mut pods: Vec<Pod> = std::fs::read_dir(root.join("pods"))

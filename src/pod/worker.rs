@@ -157,8 +157,9 @@ impl Worker {
                     .min();
                 self.last_pod = Some(pod.clone());
                 let span = info_span!("terminate", pod = %pod_key(&pod), pod_uid = %self.uid);
-                self.terminate(grace).instrument(span).await;
-                self.ctx.status.finish_deletion(&pod).await;
+                if self.terminate(grace).instrument(span).await {
+                    self.ctx.status.finish_deletion(&pod).await;
+                }
                 return;
             }
             self.last_pod = Some(pod.clone());
@@ -1032,7 +1033,10 @@ impl Worker {
         let _ = rt.wait(id, Duration::from_secs(10)).await;
         let _ = rt.delete_task(id).await;
         let netns = records.iter().find(|r| r.id == id).and_then(|r| r.label(labels::NETNS)).map(PathBuf::from);
-        if netns.is_some() || self.ctx.cni.cached(id).is_some() {
+        // Attached: a cached ADD, or a namespace left (the agent died before the
+        // ADD was cached). With neither, a teardown already detached it: no second
+        // DEL, which not every plugin accepts.
+        if netns.as_deref().is_some_and(Path::exists) || self.ctx.cni.cached(id).is_some() {
             if let Err(e) = self.ctx.cni.teardown(id, netns.as_deref().filter(|p| p.exists())).await {
                 warn!(sandbox = %id, error = %e, "CNI teardown failed");
             }
@@ -1045,21 +1049,35 @@ impl Worker {
     }
 
     /// Stops and removes everything the pod had: containers (within the grace
-    /// period), sandbox, network, volumes, directories, cgroups and logs.
-    async fn terminate(&mut self, grace_override: Option<i64>) {
+    /// period), sandbox, network, volumes, directories, cgroups and logs. The
+    /// grace period runs to a deadline recorded in the pod dir, so an agent
+    /// restarted meanwhile resumes it. An agent shutting down while containers
+    /// are still within their grace period leaves them, and the teardown, to the
+    /// next agent (false); true once everything is gone.
+    async fn terminate(&mut self, grace_override: Option<i64>) -> bool {
         let pod = self.last_pod.clone().or_else(|| super::store::load_pod(&self.ctx.config.root_dir, &self.uid).map(Arc::new));
         let grace = grace_override
             .or_else(|| pod.as_ref().and_then(|p| p.spec.as_ref()).and_then(|s| s.termination_grace_period_seconds))
             .unwrap_or(30)
             .max(0) as u64;
         let grace = if self.ctx.config.kill_at_once { 0 } else { grace };
+        let deadline = super::store::termination_deadline(&self.ctx.config.root_dir, &self.uid, Duration::from_secs(grace));
         let pod_for_events = pod.clone().unwrap_or_default();
         self.prober.stop_all();
-        info!(pod_uid = %self.uid, grace_seconds = grace, "stopping pod");
+        let left = (deadline - now()).to_std().unwrap_or_default();
+        info!(pod_uid = %self.uid, grace_seconds = grace, remaining_seconds = left.as_secs(), "stopping pod");
         for attempt in 0..3 {
             match self.ctx.containers.list(Some(&self.uid)).await {
                 Ok(records) => {
-                    self.kill_pod_containers(&pod_for_events, &records, Duration::from_secs(grace.max(1))).await;
+                    let left = (deadline - now()).to_std().unwrap_or_default();
+                    let kill = self.kill_pod_containers(&pod_for_events, &records, left.max(Duration::from_secs(1)));
+                    tokio::select! {
+                        _ = kill => {}
+                        _ = self.cancel.cancelled() => {
+                            info!(pod_uid = %self.uid, "agent shutting down; the next agent finishes stopping the pod");
+                            return false;
+                        }
+                    }
                     if grace_override.is_some() && attempt == 0 {
                         // Deleted through the API: report the stopped containers first.
                         if let (Some(p), Ok((sb, _, inst))) = (pod.clone(), self.observe().await) {
@@ -1119,6 +1137,7 @@ impl Worker {
             }
         }
         info!(pod_uid = %self.uid, "pod removed");
+        true
     }
 }
 
