@@ -96,6 +96,13 @@ fn new_context(cfg: &Arc<Config>, channel: &tonic::transport::Channel, cni: Cni,
     let memory_capacity = crate::cgroups::memory_capacity();
     let cpu_capacity_milli = std::thread::available_parallelism().map(|n| n.get() as i64 * 1000).unwrap_or(1000);
     let node_opts = node_options(cfg, memory_capacity);
+    let storage = crate::api::node::ephemeral_storage_capacity(&cfg.root_dir);
+    // The same allocatable the Node reports.
+    let allocatable = crate::pod::resources::Allocatable {
+        cpu_milli: (cpu_capacity_milli - node_opts.reserved_cpu_milli).max(0),
+        memory: (memory_capacity - node_opts.reserved_memory_bytes - node_opts.eviction_memory_bytes).max(0),
+        ephemeral_storage: ((storage as f64 * (1.0 - cfg.eviction_nodefs_fraction(storage))) as i64 - node_opts.reserved_storage_bytes).max(0),
+    };
     let ctx = Arc::new(Context {
         containers: Containers::new(channel.clone(), cfg.namespace.clone(), cfg.snapshotter.clone()),
         images,
@@ -108,16 +115,17 @@ fn new_context(cfg: &Arc<Config>, channel: &tonic::transport::Channel, cni: Cni,
         cpu_capacity_milli,
         host_ip: cfg.node_ip.clone().or_else(host_ip),
         host_resolv,
-        // The same allocatable the Node reports.
+        allocatable,
         node: crate::pod::admission::NodeResources {
             name: cfg.node_name.clone(),
-            cpu_milli: (cpu_capacity_milli - node_opts.reserved_cpu_milli).max(0),
-            memory_bytes: (memory_capacity - node_opts.reserved_memory_bytes - node_opts.eviction_memory_bytes).max(0),
+            cpu_milli: allocatable.cpu_milli,
+            memory_bytes: allocatable.memory,
             pods: cfg.max_pods as i64,
             labels: crate::api::node::node_labels(&node_opts),
         },
         status: crate::api::status::StatusManager::new(client.clone()),
         objects: client.clone().map(crate::api::objects::ObjectCache::new),
+        services: client.as_ref().map(|_| crate::api::services::Services::default()),
         metrics: Arc::new(crate::metrics::Metrics::new(&cfg.node_name)),
         client: client.clone(),
         config: cfg.clone(),
@@ -381,11 +389,14 @@ fn start_server(
     // FIFOs of exec sessions an earlier run left behind (their processes were the shim's to end).
     let _ = std::fs::remove_dir_all(cfg.root_dir.join("streaming-exec"));
     let configz = serde_json::json!({ "kubeletconfig": cfg.to_kubelet_configuration() });
+    // CPU samples for /stats/summary, on cadvisor's housekeeping interval.
+    let sampler = Arc::new(crate::server::stats::Sampler::default());
+    tasks.push(tokio::spawn(crate::server::stats::run_housekeeping(sampler.clone(), cfg.root_dir.clone(), cancel.clone())));
     let state = Arc::new(crate::server::State {
         auth,
         configz,
         node: cfg.node_name.clone(),
-        sampler: Default::default(),
+        sampler,
         root_dir: cfg.root_dir.clone(),
         pod_logs_dir: cfg.pod_logs_dir.clone(),
         containers: Some(containers),
@@ -490,6 +501,9 @@ fn start_api(
     )));
     tasks.push(tokio::spawn(crate::api::lease::run(client.clone(), cfg.node_name.clone(), cfg.node_lease_duration_seconds, uid_rx, cancel.clone())));
     tasks.push(tokio::spawn(crate::api::pods::run(client.clone(), cfg.node_name.clone(), pods_tx, cancel.clone())));
+    if let Some(services) = &ctx.services {
+        tasks.push(tokio::spawn(crate::api::services::run(client.clone(), services.clone(), cancel.clone())));
+    }
     tasks.push(tokio::spawn(ctx.status.clone().run(cancel.clone())));
     tasks.push(tokio::spawn(ctx.status.mirrors().clone().run(client.clone(), cfg.node_name.clone(), node_uid.clone(), cancel.clone())));
     (tasks, readiness, node_uid)

@@ -554,3 +554,93 @@ async fn a12_an_agent_restart_during_a_graceful_termination_tears_the_pod_down_o
     });
     assert_api_clean(&api.srv);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a13_a_burst_of_spec_updates_ends_with_the_generation_observed() {
+    let api = api_server(Path::new("/var/lib/rkubelet-test/agents/a13-api")).await;
+    let node_kc = api.node.to_str().unwrap().to_string();
+    let agent = tokio::task::block_in_place(|| Agent::with_options("a13", &[], &["--kubeconfig", &node_kc]));
+    let _cleanup = DeletePods(api.admin.clone());
+    let admin = api.admin.clone();
+    tokio::task::block_in_place(|| {
+        create(&admin, &agent.root, "gen.yaml", &sleeper("gen", "  activeDeadlineSeconds: 100000\n", ""));
+        wait_for(Duration::from_secs(60), "pod Running with generation 1 observed", &agent, || {
+            pod_phase(&admin, "gen").filter(|p| p["status"]["phase"] == "Running" && p["status"]["observedGeneration"] == 1)
+        });
+    });
+    // 200 spec updates as fast as the API takes them (activeDeadlineSeconds may only go down).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let kc = kube::config::Kubeconfig::read_from(&admin).unwrap();
+    let client = kube::Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap()).unwrap();
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(client, "default");
+    let before = api.srv.count_requests("patch", "pods/status");
+    for i in 1..=200 {
+        let patch = serde_json::json!({"spec": {"activeDeadlineSeconds": 100000 - i}});
+        pods.patch("gen", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
+    }
+    let p = tokio::task::block_in_place(|| {
+        wait_for(Duration::from_secs(60), "generation 201 observed", &agent, || {
+            pod_phase(&admin, "gen").filter(|p| p["metadata"]["generation"] == 201 && p["status"]["observedGeneration"] == 201)
+        })
+    });
+    for c in p["status"]["conditions"].as_array().unwrap() {
+        assert_eq!(c["observedGeneration"], 201, "{c}");
+    }
+    assert_eq!(p["spec"]["activeDeadlineSeconds"], 99800);
+    assert_eq!(p["status"]["containerStatuses"][0]["restartCount"], 0, "spec updates of mutable fields restart nothing");
+    let patches = api.srv.count_requests("patch", "pods/status") - before;
+    println!("200 spec updates: {patches} status patches");
+    assert!(patches <= 200, "at most one status patch per update: {patches}");
+    assert_api_clean(&api.srv);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a14_containers_get_the_variables_of_the_kubernetes_service_and_their_namespaces_services() {
+    let api = api_server(Path::new("/var/lib/rkubelet-test/agents/a14-api")).await;
+    let node_kc = api.node.to_str().unwrap().to_string();
+    let agent = tokio::task::block_in_place(|| Agent::with_options("a14", &[], &["--kubeconfig", &node_kc]));
+    let _cleanup = DeletePods(api.admin.clone());
+    let admin = api.admin.clone();
+    tokio::task::block_in_place(|| {
+        // As the e2e spec "Pods should contain environment variables for services".
+        create(&admin, &agent.root, "svc.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: fooservice, namespace: default}\nspec:\n  selector: {name: srv}\n  ports:\n  - {port: 8765, targetPort: 8080}\n");
+        create(&admin, &agent.root, "headless.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: nohost, namespace: default}\nspec:\n  clusterIP: None\n  ports:\n  - {port: 80}\n");
+        let svc = kubectl_json(&admin, &["get", "service", "fooservice"]).unwrap();
+        let ip = svc["spec"]["clusterIP"].as_str().unwrap().to_string();
+        let printer = |name: &str, links: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  nodeName: {NODE}\n  restartPolicy: Never\n{links}  containers:\n  - name: c\n    image: {BUSYBOX}\n    command: [sh, -c, 'env | sort']\n    env: [{{name: API, value: \"https://$(KUBERNETES_SERVICE_HOST):$(KUBERNETES_SERVICE_PORT)\"}}]\n"
+            )
+        };
+        create(&admin, &agent.root, "envs.yaml", &printer("envs", ""));
+        create(&admin, &agent.root, "nolinks.yaml", &printer("nolinks", "  enableServiceLinks: false\n"));
+        let env_of = |pod: &str| -> Vec<String> {
+            let p = wait_for(Duration::from_secs(60), "printer Succeeded", &agent, || pod_phase(&admin, pod).filter(|p| p["status"]["phase"] == "Succeeded"));
+            let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(p).unwrap();
+            agent.container_output(&pod, "c", 0).lines().map(String::from).collect()
+        };
+        let envs = env_of("envs");
+        for want in [
+            "KUBERNETES_SERVICE_HOST=10.96.0.1".to_string(),
+            "KUBERNETES_SERVICE_PORT=443".into(),
+            "KUBERNETES_SERVICE_PORT_HTTPS=443".into(),
+            "KUBERNETES_PORT=tcp://10.96.0.1:443".into(),
+            "KUBERNETES_PORT_443_TCP_ADDR=10.96.0.1".into(),
+            "API=https://10.96.0.1:443".into(),
+            format!("FOOSERVICE_SERVICE_HOST={ip}"),
+            "FOOSERVICE_SERVICE_PORT=8765".into(),
+            format!("FOOSERVICE_PORT=tcp://{ip}:8765"),
+            format!("FOOSERVICE_PORT_8765_TCP=tcp://{ip}:8765"),
+            "FOOSERVICE_PORT_8765_TCP_PROTO=tcp".into(),
+            "FOOSERVICE_PORT_8765_TCP_PORT=8765".into(),
+            format!("FOOSERVICE_PORT_8765_TCP_ADDR={ip}"),
+        ] {
+            assert!(envs.contains(&want), "{want} in {envs:#?}");
+        }
+        assert!(!envs.iter().any(|l| l.starts_with("NOHOST_")), "a headless service gives no variables: {envs:#?}");
+        let nolinks = env_of("nolinks");
+        assert!(nolinks.contains(&"KUBERNETES_SERVICE_HOST=10.96.0.1".to_string()), "{nolinks:#?}");
+        assert!(!nolinks.iter().any(|l| l.starts_with("FOOSERVICE_")), "enableServiceLinks: false: {nolinks:#?}");
+    });
+    assert_api_clean(&api.srv);
+}

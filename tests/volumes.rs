@@ -496,3 +496,80 @@ async fn v7_host_to_container_propagation_shows_later_host_mounts_and_needs_a_sh
     drop(cleanup);
     drop(mounts);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v8_resource_values_are_rounded_up_alike_in_env_downward_api_and_projected_volumes() {
+    let api = api_server(Path::new("/var/lib/rkubelet-test/agents/v8-api")).await;
+    let node_kc = api.node.to_str().unwrap().to_string();
+    let agent = tokio::task::block_in_place(|| Agent::with_options("v8", &[], &["--kubeconfig", &node_kc]));
+    let _cleanup = DeletePods(api.admin.clone());
+    let admin = api.admin.clone();
+    // Upstream's e2e shapes: no divisor (the server stores "0"), 1m, 1Mi, 1k; container
+    // "nolimit" sets no limit, so its limits are the node's allocatable.
+    let item = |path: &str, c: &str, res: &str, div: Option<&str>| {
+        let div = div.map(|d| format!(", divisor: \"{d}\"")).unwrap_or_default();
+        format!("      - {{path: {path}, resourceFieldRef: {{containerName: {c}, resource: {res}{div}}}}}\n")
+    };
+    let items: String = [
+        item("cpu_limit", "c", "limits.cpu", None),
+        item("cpu_request", "c", "requests.cpu", None),
+        item("cpu_limit_m", "c", "limits.cpu", Some("1m")),
+        item("mem_limit", "c", "limits.memory", None),
+        item("mem_request_k", "c", "requests.memory", Some("1k")),
+        item("mem_limit_mi", "c", "limits.memory", Some("1Mi")),
+        item("nolimit_cpu_m", "nolimit", "limits.cpu", Some("1m")),
+        item("nolimit_mem_mi", "nolimit", "limits.memory", Some("1Mi")),
+    ]
+    .concat();
+    let env = |name: &str, res: &str, div: Option<&str>| {
+        let div = div.map(|d| format!(", divisor: \"{d}\"")).unwrap_or_default();
+        format!("    - {{name: {name}, valueFrom: {{resourceFieldRef: {{resource: {res}{div}}}}}}}\n")
+    };
+    let envs: String = [
+        env("CPU_LIMIT", "limits.cpu", None),
+        env("CPU_REQUEST", "requests.cpu", None),
+        env("CPU_LIMIT_M", "limits.cpu", Some("1m")),
+        env("MEMORY_LIMIT", "limits.memory", None),
+        env("MEMORY_REQUEST_K", "requests.memory", Some("1k")),
+        env("MEMORY_LIMIT_MI", "limits.memory", Some("1Mi")),
+    ]
+    .concat();
+    let yaml = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: res, namespace: default}}\nspec:\n  nodeName: {NODE}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: {BUSYBOX}\n    command: [sh, -c, 'env | grep -E \"^(CPU|MEMORY)_\" | sort; sleep 3600']\n    resources: {{limits: {{cpu: 1250m, memory: 64Mi}}, requests: {{cpu: 250m, memory: 32Mi}}}}\n    env:\n{envs}    volumeMounts:\n    - {{name: dapi, mountPath: /dapi}}\n    - {{name: proj, mountPath: /proj}}\n  - name: nolimit\n    image: {BUSYBOX}\n    command: [sleep, \"3600\"]\n  volumes:\n  - name: dapi\n    downwardAPI:\n      items:\n{items}  - name: proj\n    projected:\n      sources:\n      - downwardAPI:\n          items:\n{proj}",
+        proj = items.replace("      - {", "          - {"),
+    );
+    tokio::task::block_in_place(|| {
+        create(&admin, &agent.root, "res.yaml", &yaml);
+        let p = wait_for(Duration::from_secs(60), "pod Running", &agent, || pod_phase(&admin, "res").filter(|p| p["status"]["phase"] == "Running"));
+        assert_eq!(p["spec"]["containers"][0]["env"][0]["valueFrom"]["resourceFieldRef"]["divisor"], "0", "the server stores an unset divisor as 0");
+        let node = kubectl_json(&admin, &["get", "node", NODE]).unwrap();
+        let alloc = |r: &str| node["status"]["allocatable"][r].as_str().unwrap().to_string();
+        let cpu_m = alloc("cpu").parse::<i64>().map(|c| c * 1000).unwrap_or_else(|_| alloc("cpu").trim_end_matches('m').parse().unwrap());
+        let mem_bytes: i64 = alloc("memory").strip_suffix("Ki").map(|k| k.parse::<i64>().unwrap() * 1024).unwrap_or_else(|| alloc("memory").parse().unwrap());
+        let want_files = [
+            ("cpu_limit", "2".to_string()),
+            ("cpu_request", "1".to_string()),
+            ("cpu_limit_m", "1250".to_string()),
+            ("mem_limit", "67108864".to_string()),
+            ("mem_request_k", "33555".to_string()),
+            ("mem_limit_mi", "64".to_string()),
+            ("nolimit_cpu_m", cpu_m.to_string()),
+            ("nolimit_mem_mi", ((mem_bytes + (1 << 20) - 1) >> 20).to_string()),
+        ];
+        let uid = p["metadata"]["uid"].as_str().unwrap();
+        let vols = agent.state_dir().join("pods").join(uid).join("volumes");
+        for (plugin, vol) in [("kubernetes.io~downward-api", "dapi"), ("kubernetes.io~projected", "proj")] {
+            for (file, want) in &want_files {
+                let got = std::fs::read_to_string(vols.join(plugin).join(vol).join(file)).unwrap_or_else(|e| panic!("{vol}/{file}: {e}"));
+                assert_eq!(&got, want, "{vol}/{file}");
+            }
+        }
+        let want_env = ["CPU_LIMIT=2", "CPU_LIMIT_M=1250", "CPU_REQUEST=1", "MEMORY_LIMIT=67108864", "MEMORY_LIMIT_MI=64", "MEMORY_REQUEST_K=33555"];
+        let lines = wait_for(Duration::from_secs(20), "env printed", &agent, || {
+            let l = log_lines(&agent, &admin, "res");
+            (l.len() >= want_env.len()).then_some(l)
+        });
+        assert_eq!(lines[..want_env.len()], want_env.map(String::from), "env of c");
+    });
+    assert_api_clean(&api.srv);
+}

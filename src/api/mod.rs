@@ -10,6 +10,7 @@ pub mod mirror;
 pub mod node;
 pub mod objects;
 pub mod pods;
+pub mod services;
 pub mod status;
 
 use std::path::Path;

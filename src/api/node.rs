@@ -48,6 +48,14 @@ fn read_trim(p: &str) -> String {
     std::fs::read_to_string(p).map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
+/// The size of the filesystem holding the root dir (nodefs): ephemeral-storage capacity.
+pub fn ephemeral_storage_capacity(root_dir: &std::path::Path) -> i64 {
+    nix::sys::statvfs::statvfs(root_dir)
+        .or_else(|_| nix::sys::statvfs::statvfs("/"))
+        .map(|s| s.blocks() as i64 * s.fragment_size() as i64)
+        .unwrap_or(0)
+}
+
 impl MachineInfo {
     /// Reads /proc, /etc and statfs of the root dir; `runtime_version` is containerd's.
     pub fn read(root_dir: &std::path::Path, runtime_version: &str) -> MachineInfo {
@@ -57,10 +65,7 @@ impl MachineInfo {
             .find_map(|l| l.strip_prefix("PRETTY_NAME="))
             .map(|v| v.trim_matches('"').to_string())
             .unwrap_or_else(|| "Linux".into());
-        let storage = nix::sys::statvfs::statvfs(root_dir)
-            .or_else(|_| nix::sys::statvfs::statvfs("/"))
-            .map(|s| s.blocks() as i64 * s.fragment_size() as i64)
-            .unwrap_or(0);
+        let storage = ephemeral_storage_capacity(root_dir);
         let machine_id = read_trim("/etc/machine-id");
         let uuid = read_trim("/sys/class/dmi/id/product_uuid");
         MachineInfo {

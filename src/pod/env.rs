@@ -15,12 +15,14 @@ pub struct EnvContext<'a> {
     pub pod_ips: &'a [String],
     pub host_ip: Option<&'a str>,
     pub node_name: &'a str,
-    /// Machine capacity, used when a container has no limit (`resourceFieldRef`).
-    pub cpu_capacity_milli: i64,
-    pub memory_capacity: i64,
+    /// Node allocatable, the value of a limit a container does not set (`resourceFieldRef`).
+    pub allocatable: super::resources::Allocatable,
     /// The ConfigMaps and Secrets the container's env refers to ([`fetch`]); None
     /// without an API server.
     pub objects: Option<&'a EnvObjects>,
+    /// The service variables of the pod ([`crate::api::services`]): usable in
+    /// `$(VAR)`, and added after the container's own unless it sets them.
+    pub services: Option<&'a BTreeMap<String, String>>,
 }
 
 /// One object as env sees it: its data, `None` when it does not exist, or the
@@ -78,7 +80,9 @@ fn lookup<'o, T>(map: Option<&'o HashMap<String, Fetched<T>>>, kind: &str, ns: &
 /// messages that become `CreateContainerConfigError`.
 pub fn resolve(pod: &Pod, c: &Container, ctx: &EnvContext<'_>) -> Result<Vec<(String, String)>, String> {
     let mut out: Vec<(String, String)> = Vec::new();
-    let mut vars: HashMap<String, String> = HashMap::new();
+    // Service variables resolve `$(VAR)` where the container defines no such
+    // variable before (upstream's MappingFuncFor(tmpEnv, serviceEnv)).
+    let mut vars: HashMap<String, String> = ctx.services.into_iter().flatten().map(|(k, v)| (k.clone(), v.clone())).collect();
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     let cms = ctx.objects.map(|o| &o.config_maps);
     let secs = ctx.objects.map(|o| &o.secrets);
@@ -117,7 +121,11 @@ pub fn resolve(pod: &Pod, c: &Container, ctx: &EnvContext<'_>) -> Result<Vec<(St
             if let Some(f) = &src.field_ref {
                 field_value(pod, &f.field_path, ctx)?
             } else if let Some(r) = &src.resource_field_ref {
-                resource_value(c, &r.resource, r.divisor.as_ref().map(|d| d.0.as_str()), ctx)?
+                let divisor = r.divisor.as_ref().map(|d| d.0.as_str());
+                match r.container_name.as_deref().filter(|n| !n.is_empty()) {
+                    Some(name) => super::resources::value_by_container_name(pod, name, &r.resource, divisor, &ctx.allocatable)?,
+                    None => super::resources::container_value(c, &r.resource, divisor, &ctx.allocatable)?,
+                }
             } else if let Some(k) = &src.config_map_key_ref {
                 let optional = k.optional == Some(true);
                 match lookup(cms, "configMap", ns, &k.name)? {
@@ -147,6 +155,11 @@ pub fn resolve(pod: &Pod, c: &Container, ctx: &EnvContext<'_>) -> Result<Vec<(St
             expand(e.value.as_deref().unwrap_or(""), &vars)
         };
         set(&mut out, &mut vars, e.name.clone(), value);
+    }
+    for (k, v) in ctx.services.into_iter().flatten() {
+        if !out.iter().any(|(n, _)| n == k) {
+            out.push((k.clone(), v.clone()));
+        }
     }
     Ok(out)
 }
@@ -179,38 +192,6 @@ fn field_value(pod: &Pod, path: &str, ctx: &EnvContext<'_>) -> Result<String, St
             }
         }
     })
-}
-
-pub fn resource_value(c: &Container, resource: &str, divisor: Option<&str>, ctx: &EnvContext<'_>) -> Result<String, String> {
-    let r = c.resources.as_ref();
-    let get = |kind: &str, name: &str| {
-        let m = if kind == "limits" { r.and_then(|r| r.limits.as_ref()) } else { r.and_then(|r| r.requests.as_ref()) };
-        m.and_then(|m| m.get(name)).map(|q| q.0.clone())
-    };
-    let (kind, name) = resource.split_once('.').ok_or_else(|| format!("unsupported container resource: {resource}"))?;
-    let q = get(kind, name).or_else(|| if kind == "requests" { get("limits", name) } else { None });
-    let e = |e: crate::quantity::QuantityError| e.to_string();
-    match name {
-        "cpu" => {
-            let milli = match q {
-                Some(q) => crate::quantity::to_milli(&q).map_err(e)?,
-                None if kind == "limits" => ctx.cpu_capacity_milli,
-                None => 0,
-            };
-            let div = crate::quantity::to_milli(divisor.unwrap_or("1")).map_err(e)?.max(1);
-            Ok(((milli + div - 1) / div).to_string())
-        }
-        "memory" | "ephemeral-storage" => {
-            let v = match q {
-                Some(q) => crate::quantity::to_value(&q).map_err(e)?,
-                None if kind == "limits" && name == "memory" => ctx.memory_capacity,
-                None => 0,
-            };
-            let div = crate::quantity::to_value(divisor.unwrap_or("1")).map_err(e)?.max(1);
-            Ok(((v + div - 1) / div).to_string())
-        }
-        _ => Err(format!("unsupported container resource: {resource}")),
-    }
 }
 
 #[cfg(test)]
@@ -246,7 +227,7 @@ mod tests {
             ..Default::default()
         };
         let ips = vec!["10.0.0.9".to_string()];
-        let ctx = EnvContext { pod_ips: &ips, host_ip: None, node_name: "n1", cpu_capacity_milli: 2000, memory_capacity: 1 << 30, objects: None };
+        let ctx = EnvContext { pod_ips: &ips, host_ip: None, node_name: "n1", allocatable: Default::default(), objects: None, services: None };
         let v = resolve(&pod, &c, &ctx).unwrap();
         assert_eq!(v[0], ("NAME".into(), "web".into()));
         assert_eq!(v[2], ("MSG".into(), "web at 10.0.0.9 $(NOPE)".into()));
@@ -254,9 +235,32 @@ mod tests {
     }
 
     #[test]
+    fn service_variables_expand_and_come_after_the_containers_own() {
+        let svc: BTreeMap<String, String> = [("KUBERNETES_SERVICE_HOST", "10.96.0.1"), ("KUBERNETES_SERVICE_PORT", "443"), ("DB_SERVICE_HOST", "10.96.0.5")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let c = Container {
+            name: "c".into(),
+            env: Some(vec![
+                env("URL", Some("https://$(KUBERNETES_SERVICE_HOST):$(KUBERNETES_SERVICE_PORT)"), None),
+                env("DB_SERVICE_HOST", Some("db.local"), None),
+                env("DB", Some("$(DB_SERVICE_HOST)"), None),
+            ]),
+            ..Default::default()
+        };
+        let ctx = EnvContext { pod_ips: &[], host_ip: None, node_name: "n", allocatable: Default::default(), objects: None, services: Some(&svc) };
+        let v = resolve(&Pod::default(), &c, &ctx).unwrap();
+        let names: Vec<&str> = v.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["URL", "DB_SERVICE_HOST", "DB", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"]);
+        assert_eq!(v[0].1, "https://10.96.0.1:443");
+        assert_eq!((v[1].1.as_str(), v[2].1.as_str()), ("db.local", "db.local"), "the container's own variable wins");
+    }
+
+    #[test]
     fn unsupported_field_paths_are_config_errors() {
         let c = Container { name: "c".into(), env: Some(vec![env("X", None, Some("spec.bogus"))]), ..Default::default() };
-        let ctx = EnvContext { pod_ips: &[], host_ip: None, node_name: "n", cpu_capacity_milli: 1, memory_capacity: 1, objects: None };
+        let ctx = EnvContext { pod_ips: &[], host_ip: None, node_name: "n", allocatable: Default::default(), objects: None, services: None };
         assert!(resolve(&Pod::default(), &c, &ctx).unwrap_err().contains("spec.bogus"));
     }
 
@@ -274,7 +278,7 @@ mod tests {
         objects.config_maps.insert("cm".into(), Ok(Some([("a".to_string(), "1".to_string()), ("b".to_string(), "2".to_string())].into())));
         objects.config_maps.insert("gone".into(), Ok(None));
         objects.secrets.insert("s".into(), Ok(Some([("pw".to_string(), b"hunter2".to_vec())].into())));
-        let ctx = EnvContext { pod_ips: &[], host_ip: None, node_name: "n", cpu_capacity_milli: 1, memory_capacity: 1, objects: Some(&objects) };
+        let ctx = EnvContext { pod_ips: &[], host_ip: None, node_name: "n", allocatable: Default::default(), objects: Some(&objects), services: None };
         let with = |env: Vec<EnvVar>, from: Vec<EnvFromSource>| Container { name: "c".into(), env: Some(env), env_from: Some(from), ..Default::default() };
 
         let c = with(

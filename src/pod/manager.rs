@@ -34,6 +34,8 @@ pub struct Context {
     pub capabilities: Vec<String>,
     pub memory_capacity: i64,
     pub cpu_capacity_milli: i64,
+    /// Node allocatable: what a limit a container does not set stands for.
+    pub allocatable: super::resources::Allocatable,
     pub host_ip: Option<String>,
     pub host_resolv: String,
     /// What the node offers to pods (admission).
@@ -42,6 +44,8 @@ pub struct Context {
     pub client: Option<kube::Client>,
     /// ConfigMaps and Secrets referenced by pods, watched (with an API server).
     pub objects: Option<crate::api::objects::ObjectCache>,
+    /// Every Service, for container environments (with an API server).
+    pub services: Option<crate::api::services::Services>,
     /// Pod status to the API server (a no-op standalone).
     pub status: crate::api::status::StatusManager,
     /// `/metrics` and `/metrics/probes` of the kubelet API.
@@ -191,6 +195,7 @@ impl Manager {
                         .as_ref()
                         .map(|p| {
                             p.spec == pod.spec
+                                && p.metadata.generation == pod.metadata.generation
                                 && p.metadata.labels == pod.metadata.labels
                                 // downwardAPI volumes write annotations too.
                                 && p.metadata.annotations == pod.metadata.annotations
@@ -227,6 +232,7 @@ impl Manager {
             reason: Some(r.reason),
             message: Some(r.message),
             start_time: Some(super::k8s_time(chrono::Utc::now())),
+            observed_generation: pod.metadata.generation,
             ..Default::default()
         };
         self.ctx.status.set(pod, &status);

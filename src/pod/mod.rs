@@ -11,6 +11,7 @@ pub mod manager;
 pub mod manifest;
 pub mod plan;
 pub mod prober;
+pub mod resources;
 pub mod source;
 pub mod status;
 pub mod store;

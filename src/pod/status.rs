@@ -229,6 +229,12 @@ pub fn compute(i: &StatusInput<'_>) -> PodStatus {
         condition(i.previous, "ContainersReady", containers_ready, ready_reason, ready_msg, i.now),
         condition(i.previous, "PodScheduled", true, None, None, i.now),
     ]);
+    // The generation of the spec this status answers (KEP-5067), on the status and
+    // on every condition the kubelet owns; static pods have none.
+    let generation = i.pod.metadata.generation;
+    for c in conditions.iter_mut().filter(|c| KUBELET_CONDITIONS.contains(&c.type_.as_str())) {
+        c.observed_generation = generation;
+    }
 
     let ips: Vec<String> = i
         .sandbox
@@ -251,6 +257,7 @@ pub fn compute(i: &StatusInput<'_>) -> PodStatus {
         pod_ips: (!ips.is_empty()).then(|| ips.iter().map(|ip| PodIP { ip: ip.clone() }).collect()),
         qos_class: Some(crate::cgroups::qos_class(i.pod).as_str().into()),
         start_time: Some(start_time),
+        observed_generation: generation,
         ..Default::default()
     }
 }
@@ -397,6 +404,25 @@ mod tests {
         assert!(cs.ready && cs.started == Some(true));
         assert_eq!(cs.container_id.as_deref(), Some("containerd://a-0"));
         assert_eq!(s.qos_class.as_deref(), Some("BestEffort"));
+    }
+
+    #[test]
+    fn the_generation_acted_on_is_observed_on_the_status_and_the_kubelets_conditions() {
+        let mut p = pod("Always", &[], &["a"]);
+        p.metadata.generation = Some(7);
+        p.status = Some(PodStatus {
+            conditions: Some(vec![PodCondition { type_: "example.com/gate".into(), status: "True".into(), observed_generation: Some(3), ..Default::default() }]),
+            ..Default::default()
+        });
+        let s = run(&p, &[inst("a", Kind::App, 0, InstanceState::Running { started_at: t(1) })], &HashMap::new());
+        assert_eq!(s.observed_generation, Some(7));
+        for c in s.conditions.as_ref().unwrap() {
+            let want = if KUBELET_CONDITIONS.contains(&c.type_.as_str()) { Some(7) } else { Some(3) };
+            assert_eq!(c.observed_generation, want, "{}", c.type_);
+        }
+        // A static pod has no generation.
+        let s = run(&pod("Always", &[], &["a"]), &[], &HashMap::new());
+        assert_eq!(s.observed_generation, None);
     }
 
     #[test]

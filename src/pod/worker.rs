@@ -378,7 +378,7 @@ impl Worker {
                 let vcx = crate::volume::SetupContext {
                     client: self.ctx.client.as_ref(),
                     objects: self.ctx.objects.as_ref(),
-                    host: crate::volume::Host { cpu_capacity_milli: self.ctx.cpu_capacity_milli, memory_capacity: self.ctx.memory_capacity },
+                    host: self.ctx.allocatable,
                 };
                 match crate::volume::setup(pod, &pod_dir, &vcx).await {
                     Ok(v) => volumes = Some(v),
@@ -899,13 +899,20 @@ impl Worker {
         let img = image.config.config().as_ref().unwrap_or(&default_cfg);
         let spec = pod.spec.clone().unwrap_or_default();
         let host_network = spec.host_network.unwrap_or(false);
+        // Service variables; an API pod waits until the services were listed once
+        // (a static pod does not: it may be what serves the API).
+        let service_env = match &self.ctx.services {
+            Some(s) if !s.synced() && crate::api::status::is_api_pod(pod) => return Err(crate::api::services::NOT_SYNCED.into()),
+            Some(s) => Some(s.env(pod.metadata.namespace.as_deref().unwrap_or("default"), spec.enable_service_links != Some(false))),
+            None => None,
+        };
         let ctx = super::env::EnvContext {
             pod_ips: &sandbox.ips,
             host_ip: self.ctx.host_ip.as_deref(),
             node_name: &self.ctx.config.node_name,
-            cpu_capacity_milli: self.ctx.cpu_capacity_milli,
-            memory_capacity: self.ctx.memory_capacity,
+            allocatable: self.ctx.allocatable,
             objects: env_objects,
+            services: service_env.as_ref(),
         };
         let mut pod_env = super::env::resolve(pod, c, &ctx)?;
         let hostname = super::store::pod_hostname(pod);

@@ -80,7 +80,7 @@ pub fn collect(pod: &Pod, items: &[DownwardAPIVolumeFile], default_mode: u32, ho
         let value = if let Some(f) = &it.field_ref {
             field_value(pod, &f.field_path)
         } else if let Some(r) = &it.resource_field_ref {
-            resource(pod, r.container_name.as_deref().unwrap_or(""), &r.resource, r.divisor.as_ref().map(|d| d.0.as_str()), host)
+            crate::pod::resources::value_by_container_name(pod, r.container_name.as_deref().unwrap_or(""), &r.resource, r.divisor.as_ref().map(|d| d.0.as_str()), host)
         } else {
             Ok(String::new())
         };
@@ -96,24 +96,6 @@ pub fn collect(pod: &Pod, items: &[DownwardAPIVolumeFile], default_mode: u32, ho
         1 => Err(errs.remove(0)),
         _ => Err(format!("[{}]", errs.join(", "))),
     }
-}
-
-fn resource(pod: &Pod, container: &str, resource: &str, divisor: Option<&str>, host: &Host) -> Result<String, String> {
-    let spec = pod.spec.as_ref();
-    let c = spec
-        .into_iter()
-        .flat_map(|s| s.containers.iter().chain(s.init_containers.iter().flatten()))
-        .find(|c| c.name == container)
-        .ok_or_else(|| format!("container {container} not found"))?;
-    let ctx = crate::pod::env::EnvContext {
-        pod_ips: &[],
-        host_ip: None,
-        node_name: "",
-        cpu_capacity_milli: host.cpu_capacity_milli,
-        memory_capacity: host.memory_capacity,
-        objects: None,
-    };
-    crate::pod::env::resource_value(c, resource, divisor, &ctx)
 }
 
 /// Writes a `downwardAPI` volume under `volumes/kubernetes.io~downward-api/<name>`.
@@ -163,7 +145,7 @@ mod tests {
                 ..Default::default()
             },
         ];
-        let host = Host { cpu_capacity_milli: 4000, memory_capacity: 1 << 30 };
+        let host = Host { cpu_milli: 4000, memory: 1 << 30, ephemeral_storage: 0 };
         let p = collect(&pod, &items, 0o644, &host).unwrap();
         assert_eq!(p["labels"], (b"a=\"x\\\"y\\n\"\nb=\"2\"".to_vec(), 0o644));
         assert_eq!(p["sub/name"].0, b"p");

@@ -59,11 +59,7 @@ pub struct Prepared {
 pub type VolumeMap = HashMap<String, Prepared>;
 
 /// What the node offers, for `resourceFieldRef` without a limit.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Host {
-    pub cpu_capacity_milli: i64,
-    pub memory_capacity: i64,
-}
+pub use crate::pod::resources::Allocatable as Host;
 
 /// What volume setup needs besides the pod.
 pub struct SetupContext<'a> {

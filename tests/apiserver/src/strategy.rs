@@ -58,11 +58,17 @@ fn default_probe(p: &mut Value) {
     }
 }
 
+/// `fieldRef.apiVersion` defaults to v1; an unset `resourceFieldRef.divisor` is a
+/// zero Quantity, which the real server serializes as `"0"` (the field is not a
+/// pointer).
 fn default_field_refs(v: &mut Value) {
     match v {
         Value::Object(m) => {
             if let Some(Value::Object(fr)) = m.get_mut("fieldRef") {
                 set_default(fr, "apiVersion", json!("v1"));
+            }
+            if let Some(Value::Object(rf)) = m.get_mut("resourceFieldRef") {
+                set_default(rf, "divisor", json!("0"));
             }
             for c in m.values_mut() {
                 default_field_refs(c);
