@@ -422,3 +422,107 @@ async fn x2_kubectl_attach_with_stdin_and_a_terminal() {
     });
     assert_api_clean(&srv);
 }
+
+/// Reads a log stream over a WebSocket on `tls` (at most 40 s): the decoded text
+/// received, until the server closes or `enough` says so. `protocol` is the
+/// `Sec-WebSocket-Protocol` asked for (none: binary); the answer must name it.
+async fn ws_log<S>(tls: S, url: &str, protocol: Option<&str>, mut enough: impl FnMut(&str) -> bool) -> (String, bool)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use base64::Engine;
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+    let mut req = url.into_client_request().unwrap();
+    if let Some(p) = protocol {
+        req.headers_mut().insert("Sec-WebSocket-Protocol", p.parse().unwrap());
+    }
+    let (mut ws, resp) = tokio_tungstenite::client_async(req, tls).await.unwrap_or_else(|e| panic!("{url}: websocket handshake: {e}"));
+    assert_eq!(resp.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok()), protocol, "{url}: the negotiated protocol");
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        let m = match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(m) => m,
+            Err(_) => return (text, false),
+        };
+        match m {
+            Some(Ok(Message::Binary(b))) => {
+                assert!(protocol != Some("base64.binary.k8s.io"), "binary message on the base64 protocol");
+                text.push_str(&String::from_utf8_lossy(&b));
+            }
+            Some(Ok(Message::Text(t))) => {
+                assert_eq!(protocol, Some("base64.binary.k8s.io"), "text message on a binary protocol");
+                text.push_str(&String::from_utf8_lossy(&base64::engine::general_purpose::STANDARD.decode(t.as_str()).unwrap()));
+            }
+            Some(Ok(Message::Close(_))) | None => return (text, true),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("{url}: {e}"),
+        }
+        if enough(&text) {
+            return (text, false);
+        }
+    }
+}
+
+/// The highest `line-N` in `text`.
+fn last_line(text: &str) -> u32 {
+    text.lines().filter_map(|l| l.strip_prefix("line-")?.trim().parse().ok()).max().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x3_container_logs_over_websocket_from_the_kubelet_and_through_the_api_server() {
+    let dir = PathBuf::from("/var/lib/rkubelet-test/agents/x3-logs");
+    let KubeletApi { srv, admin, node, ca } = kubelet_api_server(&dir).await;
+    let (node_s, ca_s) = (node.to_str().unwrap().to_string(), ca.to_str().unwrap().to_string());
+    let agent = tokio::task::block_in_place(|| Agent::with_options("x3", &[], &["--kubeconfig", &node_s, "--client-ca-file", &ca_s]));
+    let _cleanup = DeletePods(admin.clone());
+    let allowed = write_cert(&srv, &dir, "apiserver-kubelet-client");
+    let allowed: Vec<&str> = allowed.iter().map(String::as_str).collect();
+    tokio::task::block_in_place(|| {
+        agent.wait_until(Duration::from_secs(20), "kubelet API up", || curl("https://127.0.0.1:10250/healthz", &[]).0 != 0);
+        let pod = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: talker, namespace: default}}\nspec:\n  nodeName: {NODE}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: {BUSYBOX}\n    command: [sh, -c, \"echo container is alive; i=0; while true; do i=$((i+1)); echo line-$i; sleep 0.2; done\"]\n"
+        );
+        create(&admin, &dir, "talker.yaml", &pod);
+        wait_for(Duration::from_secs(60), "talker logging", &agent, || {
+            pod_phase(&admin, "talker").filter(|p| p["status"]["phase"] == "Running")?;
+            let (code, body) = curl("https://127.0.0.1:10250/containerLogs/default/talker/c", &allowed);
+            (code == 200 && last_line(&body) >= 3).then_some(())
+        });
+    });
+    // Straight from the kubelet, each of wsstream's reader protocols (none = binary).
+    for protocol in [None, Some("binary.k8s.io"), Some("base64.binary.k8s.io")] {
+        let url = "wss://127.0.0.1:10250/containerLogs/default/talker/c";
+        let (text, closed) = ws_log(kubelet_tls(&allowed).await, url, protocol, |_| false).await;
+        assert!(closed, "{protocol:?}: the whole log, then a close");
+        assert!(text.starts_with("container is alive\nline-1\n"), "{protocol:?}: {text:?}");
+        // follow: what is there, then lines written after the connection.
+        let (now, _) = ws_log(kubelet_tls(&allowed).await, url, protocol, |_| false).await;
+        let at_connect = last_line(&now);
+        let (text, closed) = ws_log(kubelet_tls(&allowed).await, &format!("{url}?follow=true"), protocol, |t| last_line(t) >= at_connect + 5).await;
+        assert!(!closed && last_line(&text) >= at_connect + 5, "{protocol:?}: new lines keep coming: {text:?}");
+        assert!(text.starts_with("container is alive\n"), "{protocol:?}");
+    }
+    // Errors come before any upgrade, as plain answers.
+    let (code, _) = tokio::task::block_in_place(|| curl("https://127.0.0.1:10250/containerLogs/default/talker/nope", &allowed));
+    assert_eq!(code, 400);
+
+    // Through the API server's pods/log, as the e2e framework and kubectl's clients read it.
+    let (c, k) = srv.issue_client_cert("e2e-admin", &["system:masters"], Duration::from_secs(600)).unwrap();
+    let tls_cfg = std::sync::Arc::new(rkubelet_test_apiserver::nodeproxy::kubelet_client_tls(c.as_bytes(), k.as_bytes()).unwrap());
+    let api_tls = || async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", srv.port())).await.unwrap();
+        tokio_rustls::TlsConnector::from(tls_cfg.clone()).connect(rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap(), tcp).await.unwrap()
+    };
+    let base = format!("wss://127.0.0.1:{}/api/v1/namespaces/default/pods/talker/log?container=c", srv.port());
+    for protocol in [Some("binary.k8s.io"), Some("base64.binary.k8s.io")] {
+        let (text, closed) = ws_log(api_tls().await, &base, protocol, |_| false).await;
+        assert!(closed && text.contains("container is alive"), "{protocol:?}: {text:?}");
+        let at = last_line(&text);
+        let (text, _) = ws_log(api_tls().await, &format!("{base}&follow=true"), protocol, |t| last_line(t) >= at + 5).await;
+        assert!(last_line(&text) >= at + 5, "{protocol:?} through the API server: new lines: {text:?}");
+    }
+    assert!(srv.requests().iter().any(|r| r.subresource == "log" && r.upgrade == "websocket"), "the API server served the log as a WebSocket");
+    assert_api_clean(&srv);
+}

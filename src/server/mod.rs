@@ -39,7 +39,7 @@ pub struct State {
     /// `/configz`: `{"kubeletconfig": <the effective KubeletConfiguration>}`.
     pub configz: serde_json::Value,
     pub node: String,
-    pub sampler: stats::Sampler,
+    pub sampler: std::sync::Arc<stats::Sampler>,
     pub root_dir: PathBuf,
     pub pod_logs_dir: PathBuf,
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -223,7 +223,15 @@ async fn handle(state: Arc<State>, cert: Option<&[u8]>, req: Request<hyper::body
         }
         "/metrics" => openmetrics(state.metrics.encode(&crate::pod::store::load_all(&state.root_dir))),
         "/metrics/probes" => openmetrics(state.metrics.encode_probes()),
-        p if p.starts_with("/containerLogs/") => container_logs(state, p, &query),
+        p if p.starts_with("/containerLogs/") => {
+            let resp = container_logs(state, p, &query);
+            // A WebSocket client gets the same stream as messages (wsstream.Reader);
+            // errors are answered before any upgrade.
+            if streaming::is_websocket(&req) && resp.status() == StatusCode::OK {
+                return streaming::upgrade_byte_stream(req, resp.into_body(), state.streaming_idle_timeout);
+            }
+            resp
+        }
         p if p.starts_with("/run/") => streaming::run(state.clone(), req.method(), p, &query).await,
         _ => text(StatusCode::NOT_FOUND, "404 page not found"),
     }

@@ -116,32 +116,160 @@ fn network(time: &str, pid: Option<u32>, default_if: &str) -> Value {
     v
 }
 
-/// Remembers the last CPU reading per cgroup to report usageNanoCores.
+/// The cgroup of all pods (the `pods` system container).
+const KUBEPODS: &str = "/kubepods";
+
+/// How often the housekeeping samples CPU (cadvisor's housekeeping interval).
+pub const HOUSEKEEPING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// CPU samples per cgroup, taken on the housekeeping interval: the summary
+/// reports `usageNanoCores` from the last two, as cadvisor does, so its rate
+/// does not depend on how often the summary is read, and is there from the
+/// first request on (a cgroup sampled once so far is compared with a reading
+/// taken for the request).
 #[derive(Default)]
 pub struct Sampler {
-    last: Mutex<HashMap<String, (DateTime<Utc>, u64)>>,
+    samples: Mutex<HashMap<String, Samples>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Samples {
+    prev: Option<(DateTime<Utc>, u64)>,
+    last: (DateTime<Utc>, u64),
+}
+
+/// Two readings shorter apart than this give no rate (too noisy).
+const MIN_RATE_WINDOW: chrono::Duration = chrono::Duration::milliseconds(200);
+
+fn rate((t0, v0): (DateTime<Utc>, u64), (t1, v1): (DateTime<Utc>, u64)) -> Option<u64> {
+    let dt = (t1 - t0).num_nanoseconds()?;
+    (dt >= MIN_RATE_WINDOW.num_nanoseconds()? && v1 >= v0).then(|| ((v1 - v0) as f64 / dt as f64 * 1e9) as u64)
 }
 
 impl Sampler {
-    /// The CPU rate since the previous reading of `key` (None on the first).
-    fn rate(&self, key: &str, now: DateTime<Utc>, cpu_ns: u64) -> Option<u64> {
-        let mut g = self.last.lock().ok()?;
-        let prev = g.insert(key.to_string(), (now, cpu_ns));
-        let (t, v) = prev?;
-        let dt = (now - t).num_nanoseconds()?.max(1) as f64;
-        Some(((cpu_ns.saturating_sub(v)) as f64 / dt * 1e9) as u64)
+    /// Records a reading of `key`.
+    pub fn record(&self, key: &str, now: DateTime<Utc>, cpu_ns: u64) {
+        if let Ok(mut g) = self.samples.lock() {
+            let prev = g.get(key).map(|s| s.last).filter(|(_, v)| *v <= cpu_ns);
+            g.insert(key.to_string(), Samples { prev, last: (now, cpu_ns) });
+        }
+    }
+
+    /// Forgets cgroups not in `keys` (pods and containers that are gone).
+    pub fn retain(&self, keys: &std::collections::HashSet<String>) {
+        if let Ok(mut g) = self.samples.lock() {
+            g.retain(|k, _| keys.contains(k));
+        }
+    }
+
+    /// (time, cumulative ns, rate) of `key` for a summary: the last two samples,
+    /// or the last sample and `fresh` (a reading taken now).
+    fn cpu(&self, key: &str, fresh: Option<(DateTime<Utc>, u64)>) -> Option<(DateTime<Utc>, u64, Option<u64>)> {
+        let mut g = self.samples.lock().ok()?;
+        let s = match (g.get(key), fresh) {
+            (Some(s), _) => *s,
+            // Not sampled yet (started since the last pass): this reading is its first sample.
+            (None, Some(f)) => {
+                g.insert(key.to_string(), Samples { prev: None, last: f });
+                return Some((f.0, f.1, None));
+            }
+            (None, None) => return None,
+        };
+        drop(g);
+        match (s.prev.and_then(|p| rate(p, s.last)), fresh) {
+            (Some(r), _) => Some((s.last.0, s.last.1, Some(r))),
+            (None, Some(f)) => Some((f.0, f.1, rate(s.last, f))),
+            (None, None) => Some((s.last.0, s.last.1, None)),
+        }
     }
 }
 
-fn cpu_json(s: &Sampler, key: &str, time: &str, now: DateTime<Utc>, u: &Usage) -> Value {
-    let mut v = json!({"time": time});
-    if let Some(ns) = u.cpu_ns {
-        v["usageCoreNanoSeconds"] = json!(ns);
-        if let Some(r) = s.rate(key, now, ns) {
-            v["usageNanoCores"] = json!(r);
+/// The cgroups the summary reports CPU for, by sampler key: the node (`/`), the
+/// pods cgroup, and each pod and running container of `pods`.
+fn cpu_targets(pods: &[k8s_openapi::api::core::v1::Pod]) -> Vec<String> {
+    let mut keys = vec!["/".to_string(), KUBEPODS.to_string()];
+    for p in pods.iter().filter(|p| in_summary(p)) {
+        let parent = crate::cgroups::pod_cgroup_parent(crate::cgroups::qos_class(p), p.metadata.uid.as_deref().unwrap_or_default());
+        for id in running_container_ids(p) {
+            keys.push(format!("{parent}/{id}"));
+        }
+        keys.push(parent);
+    }
+    keys
+}
+
+/// The CPU time of a sampler key: the node's from /proc/stat, a cgroup's from it.
+fn cpu_reading(key: &str) -> Option<u64> {
+    if key == "/" {
+        node_cpu_ns()
+    } else {
+        cgroup_usage(key).cpu_ns
+    }
+}
+
+/// One housekeeping pass: samples every target's CPU time.
+pub fn housekeep(sampler: &Sampler, root_dir: &Path) {
+    let keys = cpu_targets(&crate::pod::store::load_all(root_dir));
+    for k in &keys {
+        if let Some(ns) = cpu_reading(k) {
+            sampler.record(k, Utc::now(), ns);
         }
     }
-    v
+    sampler.retain(&keys.into_iter().collect());
+}
+
+/// Samples at start, a second later (so that rates exist soon after a start),
+/// then every [`HOUSEKEEPING_INTERVAL`] until `cancel`.
+pub async fn run_housekeeping(sampler: std::sync::Arc<Sampler>, root_dir: PathBuf, cancel: tokio_util::sync::CancellationToken) {
+    let mut delay = std::time::Duration::from_secs(1);
+    loop {
+        let (s, r) = (sampler.clone(), root_dir.clone());
+        let _ = tokio::task::spawn_blocking(move || housekeep(&s, &r)).await;
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = HOUSEKEEPING_INTERVAL;
+    }
+}
+
+fn cpu_json(s: &Sampler, key: &str, now: DateTime<Utc>, u: &Usage) -> Value {
+    let fresh = u.cpu_ns.map(|ns| (now, ns));
+    match s.cpu(key, fresh) {
+        Some((t, ns, r)) => {
+            let mut v = json!({"time": crate::logs::timestamp(t), "usageCoreNanoSeconds": ns});
+            if let Some(r) = r {
+                v["usageNanoCores"] = json!(r);
+            }
+            v
+        }
+        None => {
+            let mut v = json!({"time": crate::logs::timestamp(now)});
+            if let Some(ns) = u.cpu_ns {
+                v["usageCoreNanoSeconds"] = json!(ns);
+            }
+            v
+        }
+    }
+}
+
+/// Pods the summary lists: those with a sandbox that have not finished.
+fn in_summary(p: &k8s_openapi::api::core::v1::Pod) -> bool {
+    let st = p.status.as_ref();
+    match st.and_then(|s| s.phase.as_deref()) {
+        Some("Running") => true,
+        Some("Pending") => st.and_then(|s| s.pod_ip.as_ref()).is_some(),
+        _ => false,
+    }
+}
+
+/// The ids of the pod's running containers (init, sidecar and app).
+fn running_container_ids(p: &k8s_openapi::api::core::v1::Pod) -> impl Iterator<Item = String> + '_ {
+    let st = p.status.as_ref();
+    st.into_iter()
+        .flat_map(|s| s.init_container_statuses.iter().flatten().chain(s.container_statuses.iter().flatten()))
+        .filter(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
+        .filter_map(|c| Some(c.container_id.as_deref()?.trim_start_matches("containerd://").to_string()))
 }
 
 fn memory_json(time: &str, u: &Usage, limit: Option<u64>) -> Value {
@@ -193,22 +321,20 @@ pub fn summary(node: &str, root_dir: &Path, pods: &[k8s_openapi::api::core::v1::
     let default_if = crate::agent::default_route_interface().unwrap_or_default();
     let pods_json: Vec<Value> = pods
         .iter()
-        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .filter(|p| in_summary(p))
         .map(|p| {
             let uid = p.metadata.uid.clone().unwrap_or_default();
             let parent = crate::cgroups::pod_cgroup_parent(crate::cgroups::qos_class(p), &uid);
             let st = p.status.clone().unwrap_or_default();
-            let containers: Vec<Value> = st
-                .container_statuses
-                .iter()
-                .flatten()
+            let statuses = st.init_container_statuses.iter().flatten().chain(st.container_statuses.iter().flatten());
+            let containers: Vec<Value> = statuses
                 .filter(|c| c.state.as_ref().map(|s| s.running.is_some()).unwrap_or(false))
                 .filter_map(|c| {
                     let id = c.container_id.as_deref()?.trim_start_matches("containerd://");
                     let rel = format!("{parent}/{id}");
                     let u = cgroup_usage(&rel);
                     let started = c.state.as_ref()?.running.as_ref()?.started_at.as_ref().map(|t| t.0.to_string());
-                    Some(json!({"name": c.name, "startTime": started, "cpu": cpu_json(sampler, &rel, &time, now, &u), "memory": memory_json(&time, &u, None),
+                    Some(json!({"name": c.name, "startTime": started, "cpu": cpu_json(sampler, &rel, now, &u), "memory": memory_json(&time, &u, None),
                                 "logs": fs_json(&time, Path::new("/var/log/pods")), "rootfs": fs_json(&time, root_dir)}))
                 })
                 .collect();
@@ -217,7 +343,7 @@ pub fn summary(node: &str, root_dir: &Path, pods: &[k8s_openapi::api::core::v1::
                 "podRef": {"name": p.metadata.name, "namespace": p.metadata.namespace, "uid": uid},
                 "startTime": st.start_time.as_ref().map(|t| t.0.to_string()),
                 "containers": containers,
-                "cpu": cpu_json(sampler, &parent, &time, now, &u),
+                "cpu": cpu_json(sampler, &parent, now, &u),
                 "memory": memory_json(&time, &u, None),
                 "network": network(&time, a_pid(&parent), "eth0"),
                 "ephemeral-storage": fs_json(&time, root_dir),
@@ -225,11 +351,15 @@ pub fn summary(node: &str, root_dir: &Path, pods: &[k8s_openapi::api::core::v1::
             })
         })
         .collect();
+    // The pods cgroup, as upstream's "pods" system container.
+    let pods_cg = cgroup_usage(KUBEPODS);
+    let system_containers = vec![json!({"name": "pods", "startTime": boot_time().map(crate::logs::timestamp), "cpu": cpu_json(sampler, KUBEPODS, now, &pods_cg), "memory": memory_json(&time, &pods_cg, None)})];
     json!({
         "node": {
             "nodeName": node,
             "startTime": boot_time().map(crate::logs::timestamp),
-            "cpu": cpu_json(sampler, "/", &time, now, &node_cpu),
+            "systemContainers": system_containers,
+            "cpu": cpu_json(sampler, "/", now, &node_cpu),
             "memory": memory_json(&time, &node_mem, Some(total)),
             "network": network(&time, None, &default_if),
             "fs": fs_json(&time, root_dir),
@@ -286,11 +416,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cpu_rates_come_from_consecutive_readings() {
+    fn cpu_rates_come_from_the_last_two_samples_or_a_fresh_reading() {
         let s = Sampler::default();
         let t0 = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
-        assert_eq!(s.rate("a", t0, 1_000_000_000), None);
-        assert_eq!(s.rate("a", t0 + chrono::Duration::seconds(2), 2_000_000_000), Some(500_000_000), "1 s of CPU in 2 s = half a core");
+        let secs = chrono::Duration::seconds;
+        assert!(s.cpu("a", None).is_none());
+        // A cgroup the housekeeping has not seen yet: the request's reading is its first sample.
+        assert_eq!(s.cpu("new", Some((t0, 7))), Some((t0, 7, None)));
+        assert_eq!(s.cpu("new", Some((t0 + secs(1), 1_000_000_007))), Some((t0 + secs(1), 1_000_000_007, Some(1_000_000_000))));
+        s.record("a", t0, 1_000_000_000);
+        assert_eq!(s.cpu("a", None), Some((t0, 1_000_000_000, None)));
+        // One sample so far: compared with the reading taken for the request.
+        assert_eq!(s.cpu("a", Some((t0 + secs(4), 3_000_000_000))), Some((t0 + secs(4), 3_000_000_000, Some(500_000_000))));
+        assert_eq!(s.cpu("a", Some((t0 + chrono::Duration::milliseconds(50), 1_000_000_001))).unwrap().2, None, "too close for a rate");
+        s.record("a", t0 + secs(2), 2_000_000_000);
+        // Two samples: their rate, whenever the summary is read.
+        assert_eq!(s.cpu("a", Some((t0 + secs(3), 2_100_000_000))), Some((t0 + secs(2), 2_000_000_000, Some(500_000_000))), "1 s of CPU in 2 s = half a core");
+        // A counter that went back (a new cgroup of the same name) starts over.
+        s.record("a", t0 + secs(4), 5);
+        assert_eq!(s.cpu("a", None), Some((t0 + secs(4), 5, None)));
+        s.retain(&Default::default());
+        assert!(s.cpu("a", None).is_none());
     }
 
     #[test]

@@ -406,6 +406,56 @@ where
     resp
 }
 
+/// wsstream's reader protocols for a byte stream (pod logs): raw binary
+/// messages, or base64 text messages; none requested means binary.
+pub const LOG_PROTOCOLS: &[&str] = &["binary.k8s.io", "base64.binary.k8s.io"];
+
+/// Whether `req` asks for a WebSocket upgrade.
+pub fn is_websocket(req: &Request<Incoming>) -> bool {
+    has_token(req, "connection", "upgrade") && has_token(req, "upgrade", "websocket")
+}
+
+/// A byte stream over a WebSocket upgrade, as wsstream.Reader serves pod logs:
+/// each chunk of `body` one message (binary, or base64 text), then a close.
+/// What the client sends is read and dropped (pings are answered).
+pub fn upgrade_byte_stream(req: Request<Incoming>, body: Body, idle: Duration) -> Response<Body> {
+    upgrade_ws(req, LOG_PROTOCOLS, idle, move |io, p| {
+        Box::pin(async move {
+            use futures::{SinkExt, StreamExt};
+            use http_body_util::BodyExt;
+            use tokio_tungstenite::tungstenite::protocol::Role;
+            let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+            let (mut tx, mut rx) = ws.split();
+            let mut body = body;
+            let reader = async { while let Some(Ok(_)) = rx.next().await {} };
+            let writer = async {
+                while let Some(Ok(frame)) = body.frame().await {
+                    let Ok(data) = frame.into_data() else { continue };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    let m = if p.base64 {
+                        use base64::Engine;
+                        tokio_tungstenite::tungstenite::Message::text(base64::engine::general_purpose::STANDARD.encode(&data))
+                    } else {
+                        tokio_tungstenite::tungstenite::Message::binary(data)
+                    };
+                    if tx.send(m).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = tx.send(tokio_tungstenite::tungstenite::Message::Close(None)).await;
+                let _ = tx.flush().await;
+            };
+            // The stream ends with the log (or the client).
+            tokio::select! {
+                _ = writer => {}
+                _ = reader => {}
+            }
+        })
+    })
+}
+
 /// httpstream.Handshake then the SPDY ResponseUpgrader: 101 with the chosen
 /// `X-Stream-Protocol-Version`, then `serve` on the upgraded connection.
 fn upgrade_spdy<F>(req: Request<Incoming>, supported: &'static [&'static str], idle: Duration, serve: F) -> Response<Body>

@@ -39,6 +39,7 @@ pub mod strategy;
 pub mod tables;
 pub mod typed;
 pub mod watch;
+pub mod wsstream;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;

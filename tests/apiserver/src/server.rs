@@ -265,7 +265,7 @@ type Conn = Option<std::result::Result<UserInfo, String>>;
 async fn handle(
     shared: Arc<Shared>,
     conn: Arc<Conn>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     cancel: CancellationToken,
 ) -> Response<Body> {
     let method = req.method().clone();
@@ -275,6 +275,8 @@ async fn handle(
     if let Some((ns, name, sub)) = streaming_subresource(&path) {
         return upgrade(&shared, &conn, req, ns, name, sub, &query).await;
     }
+    // A WebSocket client of pods/log gets the stream as wsstream messages.
+    let on_upgrade = (method == Method::GET && path.ends_with("/log") && crate::wsstream::is_websocket(&headers)).then(|| hyper::upgrade::on(&mut req));
     let body = match Limited::new(req.into_body(), 32 << 20).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => {
@@ -334,7 +336,13 @@ async fn handle(
             )
             .await
             {
-                Ok(r) => r,
+                Ok(r) => match on_upgrade {
+                    Some(up) if r.status() == StatusCode::OK => {
+                        rec.upgrade = "websocket".into();
+                        crate::wsstream::serve(up, &headers, r.into_body()).unwrap_or_else(|e| error_resp(&e))
+                    }
+                    _ => r,
+                },
                 Err(e) => error_resp(&e),
             }
         }
