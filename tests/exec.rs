@@ -32,6 +32,30 @@ fn write_cert(srv: &TestApiServer, dir: &Path, cn: &str) -> Vec<String> {
     vec!["--cert".into(), cp.display().to_string(), "--key".into(), kp.display().to_string()]
 }
 
+/// A kubelet-API test server, an agent `name` joined to it (its kubelet API
+/// up, `extra` flags added), the guard that deletes its pods, and curl's
+/// arguments for the allowed client certificate `apiserver-kubelet-client`.
+struct Setup {
+    srv: TestApiServer,
+    admin: PathBuf,
+    dir: PathBuf,
+    agent: Agent,
+    allowed: Vec<String>,
+    _cleanup: DeletePods,
+}
+
+async fn setup(name: &str, dir: &str, extra: &[&str]) -> Setup {
+    let dir = PathBuf::from("/var/lib/rkubelet-test/agents").join(dir);
+    let KubeletApi { srv, admin, node, ca } = kubelet_api_server(&dir).await;
+    let (node_s, ca_s) = (node.to_str().unwrap().to_string(), ca.to_str().unwrap().to_string());
+    let mut args = vec!["--kubeconfig", &node_s, "--client-ca-file", &ca_s];
+    args.extend_from_slice(extra);
+    let agent = tokio::task::block_in_place(|| Agent::with_options(name, &[], &args));
+    let allowed = write_cert(&srv, &dir, "apiserver-kubelet-client");
+    tokio::task::block_in_place(|| agent.wait_until(Duration::from_secs(20), "kubelet API up", || curl("https://127.0.0.1:10250/healthz", &[]).0 != 0));
+    Setup { srv, _cleanup: DeletePods(admin.clone()), admin, dir, agent, allowed }
+}
+
 /// `kubectl exec` with `env`: (exit code, stdout, stderr), killed after 30 s.
 fn kubectl_exec(admin: &Path, env: &[(&str, &str)], args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
     let mut cmd = Command::new("timeout");
@@ -183,18 +207,12 @@ const WEBSOCKET: &[(&str, &str)] = &[("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "true
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn x1_kubectl_exec_attach_and_port_forward_reach_the_pod_over_spdy_and_websocket() {
-    let dir = PathBuf::from("/var/lib/rkubelet-test/agents/x1-exec");
-    let KubeletApi { srv, admin, node, ca } = kubelet_api_server(&dir).await;
-    let (node_s, ca_s) = (node.to_str().unwrap().to_string(), ca.to_str().unwrap().to_string());
-    let agent = tokio::task::block_in_place(|| Agent::with_options("x1", &[], &["--kubeconfig", &node_s, "--client-ca-file", &ca_s]));
-    let _cleanup = DeletePods(admin.clone());
-    let allowed = write_cert(&srv, &dir, "apiserver-kubelet-client");
+    let Setup { srv, admin, dir, agent, allowed, _cleanup } = setup("x1", "x1-exec", &[]).await;
     let allowed: Vec<&str> = allowed.iter().map(String::as_str).collect();
     let viewer = write_cert(&srv, &dir, "viewer");
     let viewer: Vec<&str> = viewer.iter().map(String::as_str).collect();
     tokio::task::block_in_place(|| {
         let api = "https://127.0.0.1:10250";
-        agent.wait_until(Duration::from_secs(20), "kubelet API up", || curl(&format!("{api}/healthz"), &[]).0 != 0);
         let pod = format!(
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: shell, namespace: default}}\nspec:\n  nodeName: {NODE}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: {BUSYBOX}\n    command: [sleep, \"3600\"]\n    env: [{{name: GREETING, value: hello-env}}]\n  - name: web\n    image: {BUSYBOX}\n    command: [sh, -c, \"mkdir -p /www && echo hello-from-pod > /www/index.html && exec httpd -f -p 8080 -h /www\"]\n  - name: ticker\n    image: {BUSYBOX}\n    command: [sh, -c, \"i=0; while true; do i=$((i+1)); echo tick-$i; echo tock-$i >&2; sleep 0.3; done\"]\n"
         );
@@ -326,15 +344,9 @@ async fn x1_kubectl_exec_attach_and_port_forward_reach_the_pod_over_spdy_and_web
 /// `streamingConnectionIdleTimeout` ends a silent session, not a chatty one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn x2_kubectl_attach_with_stdin_and_a_terminal() {
-    let dir = PathBuf::from("/var/lib/rkubelet-test/agents/x2-attach");
-    let KubeletApi { srv, admin, node, ca } = kubelet_api_server(&dir).await;
-    let (node_s, ca_s) = (node.to_str().unwrap().to_string(), ca.to_str().unwrap().to_string());
-    let mut agent = tokio::task::block_in_place(|| Agent::with_options("x2", &[], &["--kubeconfig", &node_s, "--client-ca-file", &ca_s, "--streaming-connection-idle-timeout", "6s"]));
-    let _cleanup = DeletePods(admin.clone());
-    let allowed = write_cert(&srv, &dir, "apiserver-kubelet-client");
+    let Setup { srv, admin, dir, mut agent, allowed, _cleanup } = setup("x2", "x2-attach", &["--streaming-connection-idle-timeout", "6s"]).await;
     let allowed: Vec<&str> = allowed.iter().map(String::as_str).collect();
     tokio::task::block_in_place(|| {
-        agent.wait_until(Duration::from_secs(20), "kubelet API up", || curl("https://127.0.0.1:10250/healthz", &[]).0 != 0);
         let pod = format!(
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: interactive, namespace: default}}\nspec:\n  nodeName: {NODE}\n  restartPolicy: Never\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: once\n    image: {BUSYBOX}\n    stdin: true\n    stdinOnce: true\n    command: [sh, -c, \"while read l; do echo got-$l; echo err-$l >&2; done; echo stdin-closed; exit 5\"]\n  - name: term\n    image: {BUSYBOX}\n    stdin: true\n    tty: true\n    command: [sh]\n"
         );
@@ -472,15 +484,9 @@ fn last_line(text: &str) -> u32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn x3_container_logs_over_websocket_from_the_kubelet_and_through_the_api_server() {
-    let dir = PathBuf::from("/var/lib/rkubelet-test/agents/x3-logs");
-    let KubeletApi { srv, admin, node, ca } = kubelet_api_server(&dir).await;
-    let (node_s, ca_s) = (node.to_str().unwrap().to_string(), ca.to_str().unwrap().to_string());
-    let agent = tokio::task::block_in_place(|| Agent::with_options("x3", &[], &["--kubeconfig", &node_s, "--client-ca-file", &ca_s]));
-    let _cleanup = DeletePods(admin.clone());
-    let allowed = write_cert(&srv, &dir, "apiserver-kubelet-client");
+    let Setup { srv, admin, dir, agent, allowed, _cleanup } = setup("x3", "x3-logs", &[]).await;
     let allowed: Vec<&str> = allowed.iter().map(String::as_str).collect();
     tokio::task::block_in_place(|| {
-        agent.wait_until(Duration::from_secs(20), "kubelet API up", || curl("https://127.0.0.1:10250/healthz", &[]).0 != 0);
         let pod = format!(
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: talker, namespace: default}}\nspec:\n  nodeName: {NODE}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: {BUSYBOX}\n    command: [sh, -c, \"echo container is alive; i=0; while true; do i=$((i+1)); echo line-$i; sleep 0.2; done\"]\n"
         );

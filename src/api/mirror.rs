@@ -272,17 +272,11 @@ impl MirrorPods {
                 retry_at = failed.then(|| tokio::time::Instant::now() + backoff);
                 backoff = if failed { (backoff * 2).min(Duration::from_secs(60)) } else { Duration::from_secs(1) };
             }
-            let retry = async {
-                match retry_at {
-                    Some(t) => tokio::time::sleep_until(t).await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = self.notify.notified() => {}
                 r = node_uid.changed() => if r.is_err() { return },
-                _ = retry => {}
+                _ = super::sleep_until(retry_at) => {}
             }
         }
     }

@@ -273,12 +273,6 @@ impl StatusManager {
                     in_flight.push(async move { (uid, send.await) });
                 }
             }
-            let retry = async {
-                match retry_at {
-                    Some(t) => tokio::time::sleep_until(t).await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = self.notify.notified() => {}
@@ -296,7 +290,7 @@ impl StatusManager {
                         backoff = (backoff * 2).min(Duration::from_secs(10));
                     }
                 }
-                _ = retry => {}
+                _ = super::sleep_until(retry_at) => {}
             }
         }
     }
