@@ -92,7 +92,6 @@ fn new_context(cfg: &Arc<Config>, channel: &tonic::transport::Channel, cni: Cni,
         cfg.snapshotter.clone(),
         PullOptions { docker_config: docker_config(&cfg.root_dir), insecure_registries: vec![] },
     );
-    let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let memory_capacity = crate::cgroups::memory_capacity();
     let cpu_capacity_milli = std::thread::available_parallelism().map(|n| n.get() as i64 * 1000).unwrap_or(1000);
     let node_opts = node_options(cfg, memory_capacity);
@@ -114,7 +113,12 @@ fn new_context(cfg: &Arc<Config>, channel: &tonic::transport::Channel, cni: Cni,
         capabilities: crate::runtime::spec::current_capabilities(),
         cpu_capacity_milli,
         host_ip: cfg.node_ip.clone().or_else(host_ip),
-        host_resolv,
+        dns: crate::pod::dns::Configurer {
+            cluster_dns: cfg.cluster_dns.clone(),
+            cluster_domain: cfg.cluster_domain.clone(),
+            resolv_conf: cfg.resolv_conf.clone(),
+            node_ips: cfg.node_ip.iter().chain(host_ip().as_ref()).filter_map(|i| i.parse().ok()).collect(),
+        },
         allocatable,
         node: crate::pod::admission::NodeResources {
             name: cfg.node_name.clone(),
@@ -418,6 +422,10 @@ fn node_startup(ctx: &Context, o: &crate::api::node::NodeOptions, cpu_milli: i64
     ctx.recorder.node(node, "Normal", reason::STARTING, "Starting kubelet.");
     if crate::cgroups::uses_v1() {
         ctx.recorder.node(node, "Warning", reason::CGROUP_V1, CGROUP_V1_MESSAGE);
+    }
+    if let Some(problem) = ctx.dns.resolv_conf.as_deref().and_then(|p| crate::pod::dns::check_resolv_conf(p, ctx.dns.cluster_domain.as_deref())) {
+        warn!("{problem}");
+        ctx.recorder.node(node, "Warning", "CheckLimitsForResolvConf", problem);
     }
     // Enforced against capacity minus reservations (eviction thresholds stay usable).
     match crate::cgroups::enforce_node_allocatable(memory - o.reserved_memory_bytes, cpu_milli - o.reserved_cpu_milli) {

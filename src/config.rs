@@ -960,7 +960,7 @@ impl Config {
             port: a.port.or(non_zero(file.port)).unwrap_or(10250),
             address: a.address.clone().or_else(|| file.address.clone()).filter(|s| !s.is_empty()).unwrap_or_else(|| "0.0.0.0".into()),
             resolv_conf: match a.resolv_conf.clone().or_else(|| file.resolv_conf.clone()) {
-                None => Some(PathBuf::from("/etc/resolv.conf")),
+                None => Some(crate::pod::dns::default_resolv_conf(std::path::Path::new("/etc/resolv.conf"), std::path::Path::new(crate::pod::dns::RESOLVED_UPSTREAM))),
                 Some(s) if s.is_empty() => None,
                 Some(s) => Some(PathBuf::from(s)),
             },

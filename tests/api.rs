@@ -605,6 +605,8 @@ async fn a14_containers_get_the_variables_of_the_kubernetes_service_and_their_na
         // As the e2e spec "Pods should contain environment variables for services".
         create(&admin, &agent.root, "svc.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: fooservice, namespace: default}\nspec:\n  selector: {name: srv}\n  ports:\n  - {port: 8765, targetPort: 8080}\n");
         create(&admin, &agent.root, "headless.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: nohost, namespace: default}\nspec:\n  clusterIP: None\n  ports:\n  - {port: 80}\n");
+        create(&admin, &agent.root, "second.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: my-db, namespace: default}\nspec:\n  ports:\n  - {name: sql, port: 5432}\n  - {name: metrics, port: 9187}\n");
+        create(&admin, &agent.root, "other-ns.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: elsewhere}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: faraway, namespace: elsewhere}\nspec:\n  ports:\n  - {port: 80}\n");
         let svc = kubectl_json(&admin, &["get", "service", "fooservice"]).unwrap();
         let ip = svc["spec"]["clusterIP"].as_str().unwrap().to_string();
         let printer = |name: &str, links: &str| {
@@ -638,6 +640,10 @@ async fn a14_containers_get_the_variables_of_the_kubernetes_service_and_their_na
             assert!(envs.contains(&want), "{want} in {envs:#?}");
         }
         assert!(!envs.iter().any(|l| l.starts_with("NOHOST_")), "a headless service gives no variables: {envs:#?}");
+        for want in ["MY_DB_SERVICE_PORT=5432", "MY_DB_SERVICE_PORT_SQL=5432", "MY_DB_SERVICE_PORT_METRICS=9187", "MY_DB_PORT_9187_TCP_PORT=9187"] {
+            assert!(envs.contains(&want.to_string()), "{want} in {envs:#?}");
+        }
+        assert!(!envs.iter().any(|l| l.starts_with("FARAWAY_")), "another namespace's service is not linked: {envs:#?}");
         let nolinks = env_of("nolinks");
         assert!(nolinks.contains(&"KUBERNETES_SERVICE_HOST=10.96.0.1".to_string()), "{nolinks:#?}");
         assert!(!nolinks.iter().any(|l| l.starts_with("FOOSERVICE_")), "enableServiceLinks: false: {nolinks:#?}");

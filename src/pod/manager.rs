@@ -37,7 +37,8 @@ pub struct Context {
     /// Node allocatable: what a limit a container does not set stands for.
     pub allocatable: super::resources::Allocatable,
     pub host_ip: Option<String>,
-    pub host_resolv: String,
+    /// The cluster's DNS settings for pods' resolv.conf and hostnames.
+    pub dns: super::dns::Configurer,
     /// What the node offers to pods (admission).
     pub node: super::admission::NodeResources,
     /// The API server, when the agent has a kubeconfig.

@@ -5,6 +5,7 @@
 
 pub mod admission;
 pub mod backoff;
+pub mod dns;
 pub mod env;
 pub mod lifecycle;
 pub mod manager;

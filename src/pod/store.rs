@@ -107,52 +107,6 @@ pub fn pod_hostname(pod: &Pod) -> String {
     h.trim_end_matches(['-', '.']).to_string()
 }
 
-/// resolv.conf for the pod. Without a cluster DNS (standalone), `ClusterFirst`
-/// falls back to the host's resolv.conf like upstream (`Default`); `None` uses only
-/// `dnsConfig`.
-pub fn resolv_conf(pod: &Pod, host_resolv: &str) -> String {
-    let spec = pod.spec.as_ref();
-    let policy = spec.and_then(|s| s.dns_policy.as_deref()).unwrap_or("ClusterFirst");
-    let mut nameservers: Vec<String> = Vec::new();
-    let mut searches: Vec<String> = Vec::new();
-    let mut options: Vec<String> = Vec::new();
-    if policy != "None" {
-        for l in host_resolv.lines() {
-            let mut f = l.split_whitespace();
-            match f.next() {
-                Some("nameserver") => nameservers.extend(f.next().map(String::from)),
-                Some("search") | Some("domain") => searches.extend(f.map(String::from)),
-                Some("options") => options.extend(f.map(String::from)),
-                _ => {}
-            }
-        }
-    }
-    if let Some(dc) = spec.and_then(|s| s.dns_config.as_ref()) {
-        nameservers.extend(dc.nameservers.clone().unwrap_or_default());
-        searches.extend(dc.searches.clone().unwrap_or_default());
-        for o in dc.options.iter().flatten() {
-            let name = o.name.clone().unwrap_or_default();
-            options.retain(|x| x.split(':').next() != Some(name.as_str()));
-            options.push(match &o.value {
-                Some(v) => format!("{name}:{v}"),
-                None => name,
-            });
-        }
-    }
-    nameservers.truncate(3);
-    let mut s = String::new();
-    if !searches.is_empty() {
-        s.push_str(&format!("search {}\n", searches.join(" ")));
-    }
-    for n in nameservers {
-        s.push_str(&format!("nameserver {n}\n"));
-    }
-    if !options.is_empty() {
-        s.push_str(&format!("options {}\n", options.join(" ")));
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,13 +117,6 @@ mod tests {
         assert!(h.starts_with("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n"));
         assert!(h.contains("10.1.2.3\tweb\n"));
         assert!(h.contains("# Entries added by HostAliases.\n1.2.3.4\ta\tb\n"));
-    }
-
-    #[test]
-    fn resolv_conf_follows_the_host_for_cluster_first_without_cluster_dns() {
-        let pod = Pod::default();
-        let r = resolv_conf(&pod, "# c\nnameserver 9.9.9.9\nsearch example.org\noptions ndots:2\n");
-        assert_eq!(r, "search example.org\nnameserver 9.9.9.9\noptions ndots:2\n");
     }
 
     #[test]

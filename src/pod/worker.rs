@@ -616,7 +616,24 @@ impl Worker {
     }
 
     async fn start_pause(&mut self, pod: &Pod, id: &str, image: &ImageInfo, netns: Option<&Path>, ips: &[String], pod_dir: &Path) -> anyhow::Result<()> {
-        let hostname = super::store::pod_hostname(pod);
+        let dns = &self.ctx.dns;
+        let (hostname, domain) = super::dns::hostname_and_domain(pod, dns.cluster_domain.as_deref());
+        let kernel_hostname = super::dns::kernel_hostname(pod, &hostname, domain.as_deref()).map_err(anyhow::Error::msg)?;
+        let host_resolv = match &dns.resolv_conf {
+            Some(p) => tokio::fs::read_to_string(p).await.unwrap_or_else(|e| {
+                warn!(path = %p.display(), error = %e, "cannot read the resolver configuration");
+                String::new()
+            }),
+            None => String::new(),
+        };
+        let (dns_config, warnings) = dns.pod_dns(pod, &host_resolv);
+        for w in warnings {
+            warn!(pod = %pod_key(pod), reason = w.reason, "{}", w.message);
+            self.ctx.recorder.warning(pod, None, w.reason, w.message);
+            if let Some(m) = w.node_message {
+                self.ctx.recorder.node(&self.ctx.config.node_name, "Warning", w.reason, m);
+            }
+        }
         let spec = pod.spec.clone().unwrap_or_default();
         let aliases: Vec<(String, Vec<String>)> = spec
             .host_aliases
@@ -624,11 +641,10 @@ impl Worker {
             .flatten()
             .map(|a| (a.ip.clone(), a.hostnames.clone().unwrap_or_default()))
             .collect();
-        let domain = spec.subdomain.as_ref().map(|s| format!("{s}.{}.svc.cluster.local", pod.metadata.namespace.as_deref().unwrap_or("default")));
         tokio::task::block_in_place(|| -> std::io::Result<()> {
             super::store::write_atomic(&pod_dir.join("etc-hosts"), super::store::hosts_file(ips.first().map(String::as_str), &hostname, domain.as_deref(), &aliases).as_bytes())?;
-            super::store::write_atomic(&pod_dir.join("resolv.conf"), super::store::resolv_conf(pod, &self.ctx.host_resolv).as_bytes())?;
-            super::store::write_atomic(&pod_dir.join("hostname"), format!("{hostname}\n").as_bytes())
+            super::store::write_atomic(&pod_dir.join("resolv.conf"), super::dns::render(&dns_config, &host_resolv).as_bytes())?;
+            super::store::write_atomic(&pod_dir.join("hostname"), format!("{kernel_hostname}\n").as_bytes())
         })?;
         ensure_shm(&pod_dir.join("shm"))?;
 
@@ -639,7 +655,7 @@ impl Worker {
             pod,
             image: image.config.config().as_ref().unwrap_or(&Default::default()),
             netns,
-            hostname: &hostname,
+            hostname: &kernel_hostname,
             cgroups_path: format!("{parent}/{id}"),
             oom_score_adj: crate::cgroups::restrict_oom_score_adj(crate::cgroups::POD_INFRA_OOM_ADJ, own, cap),
         })?;
@@ -915,7 +931,9 @@ impl Worker {
             services: service_env.as_ref(),
         };
         let mut pod_env = super::env::resolve(pod, c, &ctx)?;
-        let hostname = super::store::pod_hostname(pod);
+        // As containerd's CRI: the sandbox's (kernel) hostname, the node's on the host network.
+        let (hostname, domain) = super::dns::hostname_and_domain(pod, self.ctx.dns.cluster_domain.as_deref());
+        let hostname = super::dns::kernel_hostname(pod, &hostname, domain.as_deref()).unwrap_or(hostname);
         if !pod_env.iter().any(|(k, _)| k == "HOSTNAME") {
             pod_env.insert(0, ("HOSTNAME".into(), if host_network { self.ctx.config.node_name.clone() } else { hostname }));
         }
