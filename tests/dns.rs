@@ -118,7 +118,7 @@ fn pod_yaml(name: &str, extra_spec: &str, cmd: &str) -> String {
 
 #[test]
 fn d1_pods_resolve_through_the_cluster_dns_with_upstreams_resolv_conf() {
-    let agent = Agent::with_options("d1", &[], &["--cluster-dns", DNS_IP, "--cluster-domain", "cluster.local"]);
+    let agent = Agent::with_options("dns1", &[], &["--cluster-dns", DNS_IP, "--cluster-domain", "cluster.local"]);
     let host = std::fs::read_to_string("/etc/resolv.conf").unwrap();
     // The asker: its resolv.conf, then lookups until the server answers.
     agent.write_manifest("asker.yaml", &pod_yaml("asker", "", "cat /etc/resolv.conf; while true; do nslookup web.default.svc.cluster.local; sleep 1; done"));

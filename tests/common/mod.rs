@@ -21,6 +21,37 @@ pub const PAUSE: &str = "localhost/rkubelet/pause:1.0";
 pub const NODE: &str = "rk-test";
 pub const BRIDGE: &str = "rkt0";
 
+/// Agents bind the node's fixed ports (10250, 10248) and share the test bridge
+/// and node name: one test process at a time may run them (test binaries and
+/// worktrees run side by side). Held while any Agent of this process lives.
+struct HostLock;
+
+static HOST_LOCK: std::sync::Mutex<(usize, Option<nix::fcntl::Flock<std::fs::File>>)> = std::sync::Mutex::new((0, None));
+
+impl HostLock {
+    fn acquire() -> HostLock {
+        let mut g = HOST_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        if g.0 == 0 {
+            std::fs::create_dir_all("/var/lib/rkubelet-test").unwrap();
+            let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open("/var/lib/rkubelet-test/agents.lock").unwrap();
+            // Blocks while another test process runs agents.
+            g.1 = Some(nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| e).expect("flock"));
+        }
+        g.0 += 1;
+        HostLock
+    }
+}
+
+impl Drop for HostLock {
+    fn drop(&mut self) {
+        let mut g = HOST_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        g.0 -= 1;
+        if g.0 == 0 {
+            g.1 = None;
+        }
+    }
+}
+
 pub struct Agent {
     pub root: PathBuf,
     pub manifests: PathBuf,
@@ -30,6 +61,8 @@ pub struct Agent {
     log: PathBuf,
     env: Vec<(String, String)>,
     args: Vec<String>,
+    /// Last field: released after Drop stopped the pods.
+    _host: HostLock,
 }
 
 fn run(cmd: &str, args: &[&str]) -> String {
@@ -69,6 +102,7 @@ impl Agent {
         );
         let images = ctr(&["images", "ls", "-q"]);
         assert!(images.contains(BUSYBOX) && images.contains(PAUSE), "test images missing (scripts/test-images.sh)");
+        let host = HostLock::acquire();
         let root = PathBuf::from("/var/lib/rkubelet-test/agents").join(name);
         let _ = std::fs::remove_dir_all(&root);
         let manifests = root.join("manifests");
@@ -87,7 +121,7 @@ impl Agent {
         let log = root.join("agent.log");
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let args = args.iter().map(|a| a.to_string()).collect();
-        let mut a = Agent { root, manifests, cni_conf, ipam_dir, child: None, log, env, args };
+        let mut a = Agent { root, manifests, cni_conf, ipam_dir, child: None, log, env, args, _host: host };
         a.start();
         a
     }
