@@ -6,6 +6,7 @@
 #   OCI layouts (umoci), tag 1.0:   $RK_STATE_DIR/images/{busybox,pause}
 #   containerd (ns k8s.io):         localhost/test/busybox:1.0
 #                                   localhost/rkubelet/pause:1.0
+#                                   localhost/test/nobody:1.0 (busybox, USER nobody)
 #   registry (plain HTTP):          127.0.0.1:5000/test/busybox:1.0
 #                                   127.0.0.1:5000/test/busybox:latest
 #                                   127.0.0.1:5000/test/pause:1.0
@@ -23,6 +24,7 @@ IMAGES_DIR="$RK_STATE_DIR/images"
 TAG="1.0"
 BUSYBOX_REF="localhost/test/busybox:1.0"
 PAUSE_REF="localhost/rkubelet/pause:1.0"
+NOBODY_REF="localhost/test/nobody:1.0"
 BUSYBOX_REPO="test/busybox" # in the registry, tags 1.0 and latest
 PAUSE_REPO="test/pause"     # in the registry, tag 1.0
 DEFAULT_PATH="PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -78,9 +80,12 @@ populate_busybox() {
     ln -sfn /bin/busybox "$r/usr/bin/env"
     printf '%s\n' \
         'root:x:0:0:root:/root:/bin/sh' \
+        'app:x:1000:1000:app:/home/app:/bin/sh' \
         'nobody:x:65534:65534:nobody:/nonexistent:/bin/false' >"$r/etc/passwd"
     printf '%s\n' \
         'root:x:0:' \
+        'staff:x:50:app,nobody' \
+        'app:x:1000:app' \
         'nobody:x:65534:' >"$r/etc/group"
     chmod 0644 "$r/etc/passwd" "$r/etc/group"
 }
@@ -224,9 +229,11 @@ PAUSE_CONFIG=(--config.cmd /pause --config.cmd -P)
 
 build_layout busybox populate_busybox /bin/busybox "${BUSYBOX_CONFIG[@]}"
 build_layout pause populate_pause /usr/bin/catatonit "${PAUSE_CONFIG[@]}"
+build_layout nobody populate_busybox /bin/busybox "${BUSYBOX_CONFIG[@]}" --config.user nobody
 
 import_image busybox "$BUSYBOX_REF" hi /bin/echo hi
 import_image pause "$PAUSE_REF" catatonit /pause --version
+import_image nobody "$NOBODY_REF" 65534 /bin/id -u
 
 push_image busybox "$BUSYBOX_REPO" 1.0 latest
 push_image pause "$PAUSE_REPO" 1.0

@@ -120,6 +120,7 @@ fn new_context(cfg: &Arc<Config>, channel: &tonic::transport::Channel, cni: Cni,
             node_ips: cfg.node_ip.iter().chain(host_ip().as_ref()).filter_map(|i| i.parse().ok()).collect(),
         },
         allocatable,
+        image_users: Default::default(),
         node: crate::pod::admission::NodeResources {
             name: cfg.node_name.clone(),
             cpu_milli: allocatable.cpu_milli,

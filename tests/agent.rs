@@ -541,3 +541,62 @@ fn t12_container_logs_lose_no_line_when_the_agent_is_killed_and_restarted() {
     assert_eq!(numbers, (1..=400).collect::<Vec<u32>>(), "lines lost or repeated across the restart (agent killed after {killed_at} lines)");
     assert!(killed_at < 400, "the agent was killed while the container was still writing ({killed_at} lines by then)");
 }
+
+#[test]
+fn t13_node_daemon_features_host_namespaces_devices_image_users_and_termination_messages() {
+    let agent = Agent::new("t13");
+    // A SysV shared memory segment on the host: visible in the host's IPC namespace only.
+    let out = std::process::Command::new("ipcmk").args(["-M", "4096"]).output().expect("ipcmk (util-linux)");
+    let shm_id: String = String::from_utf8_lossy(&out.stdout).split(':').nth(1).unwrap_or("").trim().to_string();
+    assert!(!shm_id.is_empty(), "ipcmk: {}", String::from_utf8_lossy(&out.stderr));
+    struct Shm(String);
+    impl Drop for Shm {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ipcrm").args(["-m", &self.0]).output();
+        }
+    }
+    let _shm = Shm(shm_id.clone());
+    let pod = |name: &str, spec: &str, image: &str, container: &str, cmd: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  restartPolicy: Never\n  terminationGracePeriodSeconds: 0\n{spec}  containers:\n  - name: c\n    image: {image}\n{container}    command: [sh, -c, '{cmd}']\n")
+    };
+    agent.write_manifest("hostpid.yaml", &pod("hostpid", "  hostPID: true\n", BUSYBOX, "", "tr \"\\\\0\" \" \" < /proc/1/cmdline"));
+    agent.write_manifest("hostipc.yaml", &pod("hostipc", "  hostIPC: true\n", BUSYBOX, "", "cat /proc/sysvipc/shm"));
+    agent.write_manifest("podipc.yaml", &pod("podipc", "", BUSYBOX, "", "cat /proc/sysvipc/shm"));
+    agent.write_manifest("priv.yaml", &pod("priv", "", BUSYBOX, "    securityContext: {privileged: true}\n", "ls /dev"));
+    agent.write_manifest("unpriv.yaml", &pod("unpriv", "", BUSYBOX, "", "ls /dev"));
+    agent.write_manifest("nobody.yaml", &pod("nobody", "", NOBODY_IMAGE, "", "id -u; id -g; id -G"));
+    agent.write_manifest("msg.yaml", &pod("msg", "", BUSYBOX, "", "echo some output; printf \"the end\" > /dev/termination-log; exit 3"));
+    agent.write_manifest("fallback.yaml", &pod("fallback", "", BUSYBOX, "    terminationMessagePolicy: FallbackToLogsOnError\n", "echo first; echo last words; exit 4"));
+    let done = |name: &str| {
+        agent.wait_pod(name, Duration::from_secs(60), "finished", |p| {
+            let phase = p.status.as_ref()?.phase.clone()?;
+            (phase == "Succeeded" || phase == "Failed").then(|| p.clone())
+        })
+    };
+    // The logger may still be writing the last lines when the status shows the exit.
+    let output = |name: &str| {
+        let p = done(name);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = agent.container_output(&p, "c", 0);
+            if !out.is_empty() || std::time::Instant::now() > deadline {
+                return out;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let host_init = std::fs::read("/proc/1/cmdline").unwrap().iter().map(|b| if *b == 0 { ' ' } else { *b as char }).collect::<String>();
+    assert_eq!(output("hostpid").trim_end(), host_init.trim_end(), "hostPID: the host's PID 1");
+    let seg = |text: &str| text.lines().skip(1).any(|l| l.split_whitespace().nth(1) == Some(shm_id.as_str()));
+    assert!(seg(&output("hostipc")), "hostIPC: the host's segment {shm_id} is visible:\n{}", output("hostipc"));
+    assert!(!seg(&output("podipc")), "a pod IPC namespace does not show it:\n{}", output("podipc"));
+    let loops = |text: &str| text.split_whitespace().filter(|d| d.starts_with("loop")).count();
+    assert!(loops(&output("priv")) > 0, "a privileged container has the host's loop devices:\n{}", output("priv"));
+    assert_eq!(loops(&output("unpriv")), 0, "{}", output("unpriv"));
+    assert_eq!(output("nobody").lines().collect::<Vec<_>>(), ["65534", "65534", "65534 50"], "USER nobody: its uid, gid and the groups that list it");
+    let terminated = |name: &str| done(name).status.unwrap().container_statuses.unwrap()[0].state.clone().unwrap().terminated.unwrap();
+    let t = terminated("msg");
+    assert_eq!((t.exit_code, t.message.as_deref()), (3, Some("the end")), "the termination message file");
+    let t = terminated("fallback");
+    assert_eq!((t.exit_code, t.message.as_deref()), (4, Some("first\nlast words\n")), "FallbackToLogsOnError: the log's tail");
+}

@@ -152,6 +152,12 @@ pub fn run(args: &[String]) -> std::process::ExitCode {
         eprintln!("rkubelet {ARG}: want <max-size>:<max-files>:<path> [<stdout fifo> <stderr fifo>]");
         return std::process::ExitCode::from(64);
     };
+    // The shim closes its ends of the pipes, then sends SIGTERM "so the logger has
+    // a chance to flush" (containerd's binaryIO.cancel), and SIGKILL 12 s later.
+    // The default action would lose what is still in the pipe, such as a last
+    // line without a newline: finish reading to EOF instead.
+    // SAFETY: installs SIG_IGN for one signal, before any thread is started.
+    let _ = unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGTERM, nix::sys::signal::SigHandler::SigIgn) };
     let writer = match Writer::open(spec) {
         Ok(w) => Arc::new(Mutex::new(w)),
         Err(e) => {

@@ -34,6 +34,8 @@ pub struct Context {
     pub capabilities: Vec<String>,
     pub memory_capacity: i64,
     pub cpu_capacity_milli: i64,
+    /// Images' /etc/passwd and /etc/group, by top layer (read once per image).
+    pub image_users: Mutex<HashMap<String, Arc<crate::runtime::user::ImageUsers>>>,
     /// Node allocatable: what a limit a container does not set stands for.
     pub allocatable: super::resources::Allocatable,
     pub host_ip: Option<String>,

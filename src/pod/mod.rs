@@ -16,6 +16,7 @@ pub mod resources;
 pub mod source;
 pub mod status;
 pub mod store;
+pub mod termination;
 pub mod worker;
 
 use chrono::{DateTime, Utc};

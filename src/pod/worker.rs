@@ -28,7 +28,7 @@ use crate::network::cni::PodNetwork;
 use crate::network::netns;
 use crate::runtime::containers::{labels, ContainerRecord, NewContainer, TaskState};
 use crate::runtime::image::{ImageError, ImageInfo, PullPolicy};
-use crate::runtime::spec::{self, BindMount, ContainerInput, SandboxInput, UserIds};
+use crate::runtime::spec::{self, BindMount, ContainerInput, SandboxInput};
 
 const KIND_SANDBOX: &str = "sandbox";
 const KIND_INIT: &str = "init";
@@ -225,6 +225,14 @@ impl Worker {
                     for (k, v) in set {
                         r.labels.insert(k.to_string(), v);
                     }
+                    // The termination message, kept next to the file the container wrote.
+                    if let Some(tlog) = r.label(labels::TERMINATION_LOG) {
+                        let fallback = r.label(labels::TERMINATION_POLICY) == Some("FallbackToLogsOnError") && exit_code != 0;
+                        let msg = super::termination::message(Path::new(tlog), fallback, r.label(labels::LOG_PATH).map(Path::new));
+                        if !msg.is_empty() {
+                            let _ = super::store::write_atomic(&super::termination::saved(Path::new(tlog)), msg.as_bytes());
+                        }
+                    }
                     rt.delete_task(&r.id).await?;
                     r.task = TaskState::None;
                     info!(container = r.label(labels::CONTAINER_NAME).unwrap_or(&kind), exit_code, reason, "container exited");
@@ -282,7 +290,7 @@ impl Worker {
                     _ => InstanceState::Exited {
                         exit_code: r.label(labels::EXIT_CODE).and_then(|c| c.parse().ok()).unwrap_or(128),
                         reason: r.label(labels::REASON).unwrap_or("Error").to_string(),
-                        message: r.label(labels::MESSAGE).map(String::from),
+                        message: super::termination::combine(r.label(labels::MESSAGE), r.label(labels::TERMINATION_LOG).map(Path::new)),
                         started_at: started,
                         finished_at: parse_time(r.label(labels::FINISHED_AT)).unwrap_or_else(now),
                     },
@@ -714,8 +722,9 @@ impl Worker {
             Some(o) => Some(super::env::fetch(pod, &c, o).await),
             None => None,
         };
-        let built = self.build_container_spec(pod, sandbox, &c, &image, volumes, &id, env_objects.as_ref());
-        let (oci, stop_signal) = match built {
+        let users = self.image_users(&image).await;
+        let built = self.build_container_spec(pod, sandbox, &c, &image, &users, volumes, &id, env_objects.as_ref());
+        let (oci, stop_signal, termination_log) = match built {
             Ok(v) => v,
             Err(msg) => {
                 rec.warning(pod, fp, reason::FAILED, format!("Error: {msg}"));
@@ -737,6 +746,12 @@ impl Worker {
         l.insert(labels::LOG_PATH.into(), log_path.display().to_string());
         l.insert(labels::CREATED_AT.into(), now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true));
         l.insert(STOP_SIGNAL.into(), stop_signal.to_string());
+        if let Some(f) = &termination_log {
+            l.insert(labels::TERMINATION_LOG.into(), f.display().to_string());
+        }
+        if c.termination_message_policy.as_deref() == Some("FallbackToLogsOnError") {
+            l.insert(labels::TERMINATION_POLICY.into(), "FallbackToLogsOnError".into());
+        }
         let t = Instant::now();
         let created = self
             .ctx
@@ -900,6 +915,27 @@ impl Worker {
         Some(t + chrono::Duration::seconds(1))
     }
 
+    /// The image's /etc/passwd and /etc/group, read once per image (top layer).
+    async fn image_users(&self, image: &ImageInfo) -> Arc<crate::runtime::user::ImageUsers> {
+        if let Some(u) = self.ctx.image_users.lock().ok().and_then(|m| m.get(&image.chain_id).cloned()) {
+            return u;
+        }
+        let users = match self.ctx.containers.read_image_files(&image.chain_id, &["/etc/passwd", "/etc/group"]).await {
+            Ok(files) => {
+                let text = |i: usize| files.get(i).cloned().flatten().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+                Arc::new(crate::runtime::user::ImageUsers::parse(&text(0), &text(1)))
+            }
+            Err(e) => {
+                warn!(image = %image.name, error = %e, "cannot read the image's users and groups");
+                return Arc::new(Default::default());
+            }
+        };
+        if let Ok(mut m) = self.ctx.image_users.lock() {
+            m.insert(image.chain_id.clone(), users.clone());
+        }
+        users
+    }
+
     #[allow(clippy::too_many_arguments)] // one call site; the inputs are unrelated
     fn build_container_spec(
         &self,
@@ -907,10 +943,11 @@ impl Worker {
         sandbox: &SandboxState,
         c: &Container,
         image: &ImageInfo,
+        users: &crate::runtime::user::ImageUsers,
         volumes: &crate::volume::VolumeMap,
         id: &str,
         env_objects: Option<&super::env::EnvObjects>,
-    ) -> Result<(oci_spec::runtime::Spec, i32), String> {
+    ) -> Result<(oci_spec::runtime::Spec, i32, Option<PathBuf>), String> {
         let default_cfg = oci_spec::image::Config::default();
         let img = image.config.config().as_ref().unwrap_or(&default_cfg);
         let spec = pod.spec.clone().unwrap_or_default();
@@ -940,7 +977,7 @@ impl Worker {
         let image_env = img.env().clone().unwrap_or_else(|| vec![spec::PATH_ENV.to_string()]);
         let env = spec::merge_env(&image_env, &pod_env);
         let args = spec::resolve_args(c, img, &env).map_err(|e| e.to_string())?;
-        let user = resolve_user(pod, c, img.user().as_deref().unwrap_or(""))?;
+        let user = crate::runtime::user::resolve(pod, c, img.user().as_deref().unwrap_or(""), users)?;
 
         let pod_dir = super::store::pod_dir(&self.ctx.config.root_dir, &self.uid);
         let privileged = c.security_context.as_ref().and_then(|s| s.privileged).unwrap_or(false);
@@ -955,14 +992,18 @@ impl Worker {
         if !host_network && !has(&mounts, "/etc/hostname") {
             mounts.push(BindMount { host_path: pod_dir.join("hostname"), container_path: "/etc/hostname".into(), read_only: false, propagation: Default::default() });
         }
-        mounts.push(BindMount { host_path: pod_dir.join("shm"), container_path: "/dev/shm".into(), read_only: false, propagation: Default::default() });
+        // The pod's /dev/shm; the host's with hostIPC (containerd's CRI).
+        let shm = if spec.host_ipc == Some(true) { PathBuf::from("/dev/shm") } else { pod_dir.join("shm") };
+        mounts.push(BindMount { host_path: shm, container_path: "/dev/shm".into(), read_only: false, propagation: Default::default() });
         let tpath = c.termination_message_path.clone().unwrap_or_else(|| "/dev/termination-log".into());
+        let mut termination_log = None;
         if !tpath.is_empty() {
             let dir = pod_dir.join("containers").join(&c.name);
             std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
             let f = dir.join(random_id().get(..8).unwrap_or("log"));
             std::fs::write(&f, b"").map_err(|e| e.to_string())?;
-            mounts.push(BindMount { host_path: f, container_path: tpath, read_only: false, propagation: Default::default() });
+            mounts.push(BindMount { host_path: f.clone(), container_path: tpath, read_only: false, propagation: Default::default() });
+            termination_log = Some(f);
         }
 
         let qos = crate::cgroups::qos_class(pod);
@@ -992,6 +1033,7 @@ impl Worker {
             cgroups_path: format!("{parent}/{id}"),
             oom_score_adj: oom,
             all_capabilities: &self.ctx.capabilities,
+            devices: if privileged { spec::host_devices() } else { Vec::new() },
         })
         .map_err(|e| e.to_string())?;
         let stop = img
@@ -999,7 +1041,7 @@ impl Worker {
             .as_deref()
             .and_then(parse_signal)
             .unwrap_or(nix::sys::signal::Signal::SIGTERM as i32);
-        Ok((oci, stop))
+        Ok((oci, stop, termination_log))
     }
 
     /// SIGTERM (or the image's STOPSIGNAL) to every running container, SIGKILL once
@@ -1208,47 +1250,6 @@ fn parse_signal(s: &str) -> Option<i32> {
     nix::sys::signal::Signal::from_str(&name).ok().map(|s| s as i32)
 }
 
-/// The identity to run as: securityContext (container over pod) over the image's
-/// USER; enforces `runAsNonRoot` with upstream's messages.
-pub fn resolve_user(pod: &Pod, c: &Container, image_user: &str) -> Result<UserIds, String> {
-    let psc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
-    let sc = c.security_context.as_ref();
-    let run_as_user = sc.and_then(|s| s.run_as_user).or(psc.and_then(|s| s.run_as_user));
-    let run_as_group = sc.and_then(|s| s.run_as_group).or(psc.and_then(|s| s.run_as_group));
-    let non_root = sc.and_then(|s| s.run_as_non_root).or(psc.and_then(|s| s.run_as_non_root)).unwrap_or(false);
-    let (img_uid, img_gid) = match image_user.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (image_user, None),
-    };
-    let uid: u32 = match run_as_user {
-        Some(u) => u as u32,
-        None if img_uid.is_empty() || img_uid == "root" => 0,
-        None => match img_uid.parse() {
-            Ok(u) => u,
-            Err(_) if non_root => {
-                return Err(format!(
-                    "container has runAsNonRoot and image has non-numeric user ({img_uid}), cannot verify user is non-root (pod: {:?}, container: {})",
-                    format_pod(pod),
-                    c.name
-                ))
-            }
-            Err(_) => return Err(format!("unable to find user {img_uid}: no matching entries in passwd file")),
-        },
-    };
-    if non_root && uid == 0 {
-        return Err(format!("container has runAsNonRoot and image will run as root (pod: {:?}, container: {})", format_pod(pod), c.name));
-    }
-    let gid = match run_as_group {
-        Some(g) => g as u32,
-        None => img_gid.and_then(|g| g.parse().ok()).unwrap_or(0),
-    };
-    let mut additional: Vec<u32> = psc.and_then(|s| s.supplemental_groups.clone()).unwrap_or_default().into_iter().map(|g| g as u32).collect();
-    if let Some(fs) = psc.and_then(|s| s.fs_group) {
-        additional.push(fs as u32);
-    }
-    Ok(UserIds { uid, gid, additional_gids: additional })
-}
-
 /// Mounts the pod's shared /dev/shm tmpfs (64 MiB, as containerd's CRI) if needed.
 fn ensure_shm(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
@@ -1271,22 +1272,6 @@ mod tests {
         p.metadata.uid = Some("u".into());
         p.spec = Some(PodSpec { security_context: psc, ..Default::default() });
         p
-    }
-
-    #[test]
-    fn run_as_non_root_rejects_root_images_with_upstream_message() {
-        let pod = pod_with(Some(PodSecurityContext { run_as_non_root: Some(true), ..Default::default() }));
-        let c = Container { name: "c".into(), ..Default::default() };
-        let e = resolve_user(&pod, &c, "").unwrap_err();
-        assert_eq!(e, "container has runAsNonRoot and image will run as root (pod: \"p_ns(u)\", container: c)");
-        assert_eq!(resolve_user(&pod, &c, "1000:1000").unwrap(), UserIds { uid: 1000, gid: 1000, additional_gids: vec![] });
-    }
-
-    #[test]
-    fn container_security_context_wins_over_pod_and_image() {
-        let pod = pod_with(Some(PodSecurityContext { run_as_user: Some(5), supplemental_groups: Some(vec![7]), ..Default::default() }));
-        let c = Container { name: "c".into(), security_context: Some(SecurityContext { run_as_user: Some(6), run_as_group: Some(8), ..Default::default() }), ..Default::default() };
-        assert_eq!(resolve_user(&pod, &c, "1000").unwrap(), UserIds { uid: 6, gid: 8, additional_gids: vec![7] });
     }
 
     #[test]

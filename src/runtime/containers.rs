@@ -51,6 +51,10 @@ pub mod labels {
     pub const POD_IPS: &str = "io.rkubelet.pod-ips";
     pub const LOG_PATH: &str = "io.rkubelet.log-path";
     pub const CREATED_AT: &str = "io.rkubelet.created-at";
+    /// The host file mounted at the container's terminationMessagePath.
+    pub const TERMINATION_LOG: &str = "io.rkubelet.termination-log";
+    /// Set (to `FallbackToLogsOnError`) when the message falls back to the log.
+    pub const TERMINATION_POLICY: &str = "io.rkubelet.termination-policy";
 }
 
 /// Errors talking to containerd about containers and tasks.
@@ -285,6 +289,37 @@ impl Containers {
         }
     }
 
+    /// Reads files of the image whose top layer is the committed snapshot
+    /// `chain_id` (a read-only view of it, removed again): each file's content,
+    /// `None` when the image does not have it. For /etc/passwd and /etc/group.
+    pub async fn read_image_files(&self, chain_id: &str, paths: &[&str]) -> Result<Vec<Option<Vec<u8>>>> {
+        if chain_id.is_empty() {
+            return Ok(vec![None; paths.len()]);
+        }
+        let key = format!("rkubelet-read-{}", uuid::Uuid::new_v4().simple());
+        let mounts = self.prepare_snapshot(&key, chain_id, true).await?;
+        // A view's layers, top first: one bind-mounted directory, or an overlay's lowerdirs.
+        let layers: Vec<std::path::PathBuf> = mounts
+            .iter()
+            .flat_map(|m| match m.r#type.as_str() {
+                "bind" => vec![std::path::PathBuf::from(&m.source)],
+                "overlay" => m.options.iter().filter_map(|o| o.strip_prefix("lowerdir=")).flat_map(|l| l.split(':')).map(std::path::PathBuf::from).collect(),
+                _ => vec![],
+            })
+            .collect();
+        let out = tokio::task::spawn_blocking({
+            let paths: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
+            move || paths.iter().map(|p| read_from_layers(&layers, p)).collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        let req = RemoveSnapshotRequest { snapshotter: self.snapshotter.clone(), key };
+        if let Err(e) = self.snapshots().remove(with_namespace!(req, self.namespace)).await {
+            debug!(error = %e.message(), "removing the read-only view failed");
+        }
+        Ok(out)
+    }
+
     /// Creates and starts the task (runc create + start) with stdio `io` (all
     /// empty: /dev/null). Returns the pid.
     pub async fn start_task(&self, id: &str, rootfs: Vec<Mount>, io: &super::stdio::TaskIo) -> Result<u32> {
@@ -406,4 +441,43 @@ impl Containers {
             .map(|_| ())
             .map_err(|source| ContainerError::Query { op: "update container labels", id: id.into(), source })
     }
+}
+
+/// A file as overlayfs would show it from `layers` (top first): the first layer
+/// that has it wins; a whiteout (a 0:0 character device) or an opaque parent
+/// directory ends the search. At most 1 MiB is read; symlinks are not followed.
+fn read_from_layers(layers: &[std::path::PathBuf], path: &str) -> Option<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let rel = path.trim_start_matches('/');
+    for layer in layers {
+        let p = layer.join(rel);
+        if let Ok(md) = std::fs::symlink_metadata(&p) {
+            if md.file_type().is_char_device() && md.rdev() == 0 {
+                return None;
+            }
+            if !md.is_file() {
+                return None;
+            }
+            let mut buf = Vec::new();
+            std::fs::File::open(&p).ok()?.take(1 << 20).read_to_end(&mut buf).ok()?;
+            return Some(buf);
+        }
+        let opaque = p.parent().and_then(|d| xattr_opaque(d)).unwrap_or(false);
+        if opaque {
+            return None;
+        }
+    }
+    None
+}
+
+/// Whether overlayfs marks `dir` opaque (`trusted.overlay.opaque` = `y`).
+fn xattr_opaque(dir: &std::path::Path) -> Option<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let name = c"trusted.overlay.opaque";
+    let mut v = [0u8; 4];
+    // SAFETY: valid NUL-terminated strings and a buffer of the length passed.
+    let n = unsafe { libc::lgetxattr(c.as_ptr(), name.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
+    Some(n == 1 && v[0] == b'y')
 }

@@ -7,6 +7,7 @@ pub mod events;
 pub mod exec;
 pub mod image;
 pub mod spec;
+pub mod user;
 pub mod stdio;
 
 use std::path::Path;

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::core::v1::{Container, Pod};
 use oci_spec::image::Config as ImageConfig;
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder,
+    Capability, LinuxBuilder, LinuxCpuBuilder, LinuxDevice, LinuxDeviceBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder,
     LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder,
     ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
@@ -137,6 +137,8 @@ pub struct ContainerInput<'a> {
     pub oom_score_adj: i32,
     /// What "all capabilities" means here (see [`current_capabilities`]).
     pub all_capabilities: &'a [String],
+    /// The host's devices, given to a privileged container ([`host_devices`]).
+    pub devices: Vec<LinuxDevice>,
 }
 
 fn caps(names: &[String]) -> Result<std::collections::HashSet<Capability>> {
@@ -333,11 +335,15 @@ pub fn sandbox_spec(i: &SandboxInput<'_>) -> Result<Spec> {
         args = vec!["/pause".into()];
     }
     let host_net = i.netns.is_none();
-    let mut namespaces = vec![
-        ns(LinuxNamespaceType::Pid, None)?,
-        ns(LinuxNamespaceType::Ipc, None)?,
-        ns(LinuxNamespaceType::Mount, None)?,
-    ];
+    let pod_spec = i.pod.spec.as_ref();
+    // hostPID/hostIPC: the host's namespace, i.e. no new one.
+    let mut namespaces = vec![ns(LinuxNamespaceType::Mount, None)?];
+    if pod_spec.and_then(|s| s.host_pid) != Some(true) {
+        namespaces.push(ns(LinuxNamespaceType::Pid, None)?);
+    }
+    if pod_spec.and_then(|s| s.host_ipc) != Some(true) {
+        namespaces.push(ns(LinuxNamespaceType::Ipc, None)?);
+    }
     if let Some(p) = i.netns {
         namespaces.push(ns(LinuxNamespaceType::Network, Some(p.to_path_buf()))?);
         namespaces.push(ns(LinuxNamespaceType::Uts, None)?);
@@ -391,12 +397,17 @@ pub fn container_spec(i: &ContainerInput<'_>) -> Result<Spec> {
     let privileged = sc.and_then(|s| s.privileged).unwrap_or(false);
     let pod_spec = i.pod.spec.as_ref();
     let share_pid = pod_spec.and_then(|s| s.share_process_namespace).unwrap_or(false);
+    let (host_pid, host_ipc) = (pod_spec.and_then(|s| s.host_pid) == Some(true), pod_spec.and_then(|s| s.host_ipc) == Some(true));
     let sandbox_ns = |n: &str| Some(PathBuf::from(format!("/proc/{}/ns/{n}", i.sandbox_pid)));
-    let mut namespaces = vec![
-        ns(LinuxNamespaceType::Mount, None)?,
-        ns(LinuxNamespaceType::Ipc, sandbox_ns("ipc"))?,
-        ns(LinuxNamespaceType::Pid, if share_pid { sandbox_ns("pid") } else { None })?,
-    ];
+    let mut namespaces = vec![ns(LinuxNamespaceType::Mount, None)?];
+    // hostIPC/hostPID: the host's namespaces (no entry); else the pod's IPC, and
+    // its PID namespace when shared.
+    if !host_ipc {
+        namespaces.push(ns(LinuxNamespaceType::Ipc, sandbox_ns("ipc"))?);
+    }
+    if !host_pid {
+        namespaces.push(ns(LinuxNamespaceType::Pid, if share_pid { sandbox_ns("pid") } else { None })?);
+    }
     if !i.host_network {
         namespaces.push(ns(LinuxNamespaceType::Network, sandbox_ns("net"))?);
         namespaces.push(ns(LinuxNamespaceType::Uts, sandbox_ns("uts"))?);
@@ -478,10 +489,18 @@ pub fn container_spec(i: &ContainerInput<'_>) -> Result<Spec> {
         .namespaces(namespaces)
         .cgroups_path(PathBuf::from(&i.cgroups_path))
         .resources(resources.build()?);
-    if !privileged {
+    if privileged {
+        linux = linux.devices(i.devices.clone());
+    }
+    // procMount: Unmasked leaves /proc as it is (no masked or read-only paths).
+    let unmasked = sc.and_then(|s| s.proc_mount.as_deref()) == Some("Unmasked");
+    if !privileged && !unmasked {
         linux = linux
             .masked_paths(MASKED_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
             .readonly_paths(READONLY_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    } else {
+        // Not the builder's defaults: nothing masked.
+        linux = linux.masked_paths(Vec::new()).readonly_paths(Vec::new());
     }
     // containerd's CRI: the root becomes rshared for Bidirectional mounts, rslave for
     // HostToContainer ones, so propagation reaches the container.
@@ -504,6 +523,54 @@ pub fn container_spec(i: &ContainerInput<'_>) -> Result<Spec> {
     // The UTS namespace is the sandbox's (which set the pod's hostname) or the host's.
     spec.set_hostname(None);
     Ok(spec)
+}
+
+/// The host's devices as containerd's `HostDevices` lists them for a
+/// privileged container: every character and block device under /dev, except
+/// in pts, shm, fd, mqueue and the .lxc/.lxd-mounts/.udev directories, and
+/// except /dev/console.
+pub fn host_devices() -> Vec<LinuxDevice> {
+    fn walk(dir: &Path, out: &mut Vec<LinuxDevice>) {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+        let Ok(rd) = std::fs::read_dir(dir) else { return };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            let Ok(md) = std::fs::symlink_metadata(e.path()) else { continue };
+            let ft = md.file_type();
+            if ft.is_dir() {
+                if !matches!(name.as_str(), "pts" | "shm" | "fd" | "mqueue" | ".lxc" | ".lxd-mounts" | ".udev") {
+                    walk(&e.path(), out);
+                }
+                continue;
+            }
+            if name == "console" {
+                continue;
+            }
+            let typ = if ft.is_char_device() {
+                LinuxDeviceType::C
+            } else if ft.is_block_device() {
+                LinuxDeviceType::B
+            } else {
+                continue;
+            };
+            let rdev = md.rdev();
+            let dev = LinuxDeviceBuilder::default()
+                .path(e.path())
+                .typ(typ)
+                .major(nix::sys::stat::major(rdev) as i64)
+                .minor(nix::sys::stat::minor(rdev) as i64)
+                .file_mode(md.permissions().mode() & 0o777)
+                .uid(md.uid())
+                .gid(md.gid())
+                .build();
+            if let Ok(d) = dev {
+                out.push(d);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(Path::new("/dev"), &mut out);
+    out
 }
 
 /// CFS period the kubelet uses (100ms).
@@ -640,6 +707,7 @@ mod tests {
             cgroups_path: "/kubepods/podx/abc".into(),
             oom_score_adj: 1000,
             all_capabilities: &[],
+            devices: vec![],
         })
         .unwrap();
         let v = serde_json::to_value(&spec).unwrap();
@@ -662,5 +730,49 @@ mod tests {
         let k = v["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/kubelet").unwrap();
         assert!(k["options"].as_array().unwrap().iter().any(|o| o == "rslave"), "HostToContainer is rslave: {k}");
         assert_eq!(v["linux"]["rootfsPropagation"], "rslave");
+    }
+
+    #[test]
+    fn host_namespaces_privileged_devices_and_unmasked_proc() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({"spec": {"hostPID": true, "hostIPC": true, "containers": []}})).unwrap();
+        let img = image(&[], &[]);
+        fn input<'a>(pod: &'a Pod, c: &'a Container, img: &'a ImageConfig, devices: Vec<LinuxDevice>) -> ContainerInput<'a> {
+            ContainerInput {
+            pod,
+            container: c,
+            image: img,
+            sandbox_pid: 42,
+            host_network: false,
+            env: vec![],
+            args: vec!["/bin/sh".into()],
+            user: UserIds { uid: 0, gid: 0, additional_gids: vec![] },
+            mounts: vec![],
+            cgroups_path: "/kubepods/podx/abc".into(),
+            oom_score_adj: 1000,
+            all_capabilities: &[],
+            devices,
+            }
+        }
+        let types = |v: &serde_json::Value| v["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+        let plain = ctr(Some(&["/bin/sh"]), None);
+        let v = serde_json::to_value(container_spec(&input(&pod, &plain, &img, vec![])).unwrap()).unwrap();
+        assert!(!types(&v).contains(&"pid".to_string()) && !types(&v).contains(&"ipc".to_string()), "hostPID/hostIPC: {:?}", types(&v));
+        assert!(v["linux"]["maskedPaths"].as_array().is_some_and(|m| !m.is_empty()));
+        let sandbox = sandbox_spec(&SandboxInput { pod: &pod, image: &img, netns: None, hostname: "h", cgroups_path: "/x".into(), oom_score_adj: -998 }).unwrap();
+        assert_eq!(types(&serde_json::to_value(&sandbox).unwrap()), ["mount"], "the pause container in the host's pid, ipc and network namespaces");
+        let mut unmasked = plain.clone();
+        unmasked.security_context = Some(SecurityContext { proc_mount: Some("Unmasked".into()), ..Default::default() });
+        let v = serde_json::to_value(container_spec(&input(&pod, &unmasked, &img, vec![])).unwrap()).unwrap();
+        let none = |x: &serde_json::Value| x.as_array().is_none_or(|a| a.is_empty());
+        assert!(none(&v["linux"]["maskedPaths"]) && none(&v["linux"]["readonlyPaths"]), "procMount Unmasked: {}", v["linux"]);
+        let mut privileged = plain.clone();
+        privileged.security_context = Some(SecurityContext { privileged: Some(true), ..Default::default() });
+        let devices = host_devices();
+        assert!(devices.iter().any(|d| d.path() == Path::new("/dev/null")), "the host's /dev/null is a device");
+        assert!(!devices.iter().any(|d| d.path().starts_with("/dev/pts") || d.path() == Path::new("/dev/console")));
+        let v = serde_json::to_value(container_spec(&input(&pod, &privileged, &img, devices.clone())).unwrap()).unwrap();
+        assert_eq!(v["linux"]["devices"].as_array().unwrap().len(), devices.len());
+        assert!(none(&v["linux"]["maskedPaths"]), "privileged: nothing masked");
+        assert!(container_spec(&input(&pod, &plain, &img, devices)).unwrap().linux().as_ref().unwrap().devices().is_none(), "only privileged containers get them");
     }
 }

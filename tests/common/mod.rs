@@ -18,6 +18,8 @@ pub mod api;
 
 pub const BUSYBOX: &str = "localhost/test/busybox:1.0";
 pub const PAUSE: &str = "localhost/rkubelet/pause:1.0";
+/// busybox with `USER nobody` (scripts/test-images.sh).
+pub const NOBODY_IMAGE: &str = "localhost/test/nobody:1.0";
 pub const NODE: &str = "rk-test";
 pub const BRIDGE: &str = "rkt0";
 
