@@ -1263,17 +1263,6 @@ fn ensure_shm(dir: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{PodSecurityContext, PodSpec, SecurityContext};
-
-    fn pod_with(psc: Option<PodSecurityContext>) -> Pod {
-        let mut p = Pod::default();
-        p.metadata.name = Some("p".into());
-        p.metadata.namespace = Some("ns".into());
-        p.metadata.uid = Some("u".into());
-        p.spec = Some(PodSpec { security_context: psc, ..Default::default() });
-        p
-    }
-
     #[test]
     fn signals_parse_by_name_or_number() {
         assert_eq!(parse_signal("SIGQUIT"), Some(3));

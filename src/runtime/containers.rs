@@ -463,7 +463,7 @@ fn read_from_layers(layers: &[std::path::PathBuf], path: &str) -> Option<Vec<u8>
             std::fs::File::open(&p).ok()?.take(1 << 20).read_to_end(&mut buf).ok()?;
             return Some(buf);
         }
-        let opaque = p.parent().and_then(|d| xattr_opaque(d)).unwrap_or(false);
+        let opaque = p.parent().and_then(xattr_opaque).unwrap_or(false);
         if opaque {
             return None;
         }
