@@ -117,7 +117,7 @@ pub fn resolve(pod: &Pod, c: &Container, image_user: &str, users: &ImageUsers) -
     let mut additional = vec![gid];
     let username = users.by_uid(uid).map(|p| p.name.clone()).unwrap_or_default();
     if !username.is_empty() {
-        for g in users.group.iter().filter(|g| g.name != username && g.members.iter().any(|m| *m == username)) {
+        for g in users.group.iter().filter(|g| g.name != username && g.members.contains(&username)) {
             additional.push(g.gid);
         }
     }
