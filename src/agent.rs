@@ -131,6 +131,7 @@ fn new_context(cfg: &Arc<Config>, channel: &tonic::transport::Channel, cni: Cni,
         status: crate::api::status::StatusManager::new(client.clone()),
         objects: client.clone().map(crate::api::objects::ObjectCache::new),
         services: client.as_ref().map(|_| crate::api::services::Services::default()),
+        runtime_classes: client.as_ref().map(|_| crate::api::runtime_classes::RuntimeClasses::default()),
         metrics: Arc::new(crate::metrics::Metrics::new(&cfg.node_name)),
         client: client.clone(),
         config: cfg.clone(),
@@ -455,6 +456,7 @@ fn node_options(cfg: &Config, memory_capacity: i64) -> crate::api::node::NodeOpt
         reserved_memory_bytes: cfg.reserved("memory"),
         reserved_storage_bytes: cfg.reserved("ephemeral-storage"),
         kubelet_port: cfg.port,
+        runtime_handlers: cfg.runtime_handlers.keys().cloned().collect(),
     }
 }
 
@@ -512,6 +514,9 @@ fn start_api(
     tasks.push(tokio::spawn(crate::api::pods::run(client.clone(), cfg.node_name.clone(), pods_tx, cancel.clone())));
     if let Some(services) = &ctx.services {
         tasks.push(tokio::spawn(crate::api::services::run(client.clone(), services.clone(), cancel.clone())));
+    }
+    if let Some(classes) = &ctx.runtime_classes {
+        tasks.push(tokio::spawn(crate::api::runtime_classes::run(client.clone(), classes.clone(), cancel.clone())));
     }
     tasks.push(tokio::spawn(ctx.status.clone().run(cancel.clone())));
     tasks.push(tokio::spawn(ctx.status.mirrors().clone().run(client.clone(), cfg.node_name.clone(), node_uid.clone(), cancel.clone())));

@@ -273,11 +273,24 @@ pub struct AgentArgs {
     /// resolv.conf for pods with dnsPolicy Default; "" disables [default: /etc/resolv.conf] [config: resolvConf].
     #[arg(long = "resolv-conf")]
     pub resolv_conf: Option<String>,
+    /// A RuntimeClass handler and the containerd runtime it runs (rkubelet's own
+    /// flag; containerd's CRI keeps this map in its config), repeatable:
+    /// NAME=RUNTIME_TYPE [default: runc=io.containerd.runc.v2].
+    #[arg(long = "runtime-handler", value_parser = parse_runtime_handler)]
+    pub runtime_handlers: Vec<(String, String)>,
     /// Log verbosity like upstream's -v: 0-1 info, 2-3 debug, 4+ trace. RUST_LOG overrides.
     #[arg(short = 'v', long = "v", default_value_t = 0)]
     pub verbosity: u8,
     #[command(flatten)]
     pub ignored: IgnoredFlags,
+}
+
+/// `NAME=RUNTIME_TYPE` of `--runtime-handler`.
+fn parse_runtime_handler(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((n, t)) if !n.is_empty() && !t.is_empty() => Ok((n.to_string(), t.to_string())),
+        _ => Err(format!("{s:?}: want NAME=RUNTIME_TYPE, e.g. runc=io.containerd.runc.v2")),
+    }
 }
 
 /// Parses a Go boolean flag value (`strconv.ParseBool`): 1, t, T, TRUE, true, True, 0, f, F, FALSE, false, False.
@@ -485,6 +498,8 @@ pub struct Config {
     pub address: String,
     /// `resolvConf` for dnsPolicy Default pods; `None` when set to "" (disabled).
     pub resolv_conf: Option<PathBuf>,
+    /// RuntimeClass handler → containerd runtime type; "" is the default runtime.
+    pub runtime_handlers: std::collections::BTreeMap<String, String>,
 }
 
 /// The cgroup driver (`cgroupDriver`, `--cgroup-driver`).
@@ -959,6 +974,11 @@ impl Config {
             healthz_bind_address: a.healthz_bind_address.clone().or_else(|| file.healthz_bind_address.clone()).filter(|s| !s.is_empty()).unwrap_or_else(|| "127.0.0.1".into()),
             port: a.port.or(non_zero(file.port)).unwrap_or(10250),
             address: a.address.clone().or_else(|| file.address.clone()).filter(|s| !s.is_empty()).unwrap_or_else(|| "0.0.0.0".into()),
+            runtime_handlers: {
+                let mut m: std::collections::BTreeMap<String, String> = [(String::new(), DEFAULT_RUNTIME_TYPE.to_string()), ("runc".to_string(), DEFAULT_RUNTIME_TYPE.to_string())].into();
+                m.extend(a.runtime_handlers.iter().cloned());
+                m
+            },
             resolv_conf: match a.resolv_conf.clone().or_else(|| file.resolv_conf.clone()) {
                 None => Some(crate::pod::dns::default_resolv_conf(std::path::Path::new("/etc/resolv.conf"), std::path::Path::new(crate::pod::dns::RESOLVED_UPSTREAM))),
                 Some(s) if s.is_empty() => None,
@@ -967,6 +987,9 @@ impl Config {
         })
     }
 }
+
+/// The containerd runtime of the default handler (and of `runc`).
+pub const DEFAULT_RUNTIME_TYPE: &str = "io.containerd.runc.v2";
 
 /// containerd's default socket, upstream's default `containerRuntimeEndpoint`.
 pub const DEFAULT_RUNTIME_ENDPOINT: &str = "unix:///run/containerd/containerd.sock";

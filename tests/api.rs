@@ -650,3 +650,42 @@ async fn a14_containers_get_the_variables_of_the_kubernetes_service_and_their_na
     });
     assert_api_clean(&api.srv);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a15_runtime_classes_pick_the_containerd_runtime_of_their_handler() {
+    let api = api_server(Path::new("/var/lib/rkubelet-test/agents/a15-api")).await;
+    let node_kc = api.node.to_str().unwrap().to_string();
+    let agent = tokio::task::block_in_place(|| Agent::with_options("a15", &[], &["--kubeconfig", &node_kc, "--runtime-handler", "legacy=io.containerd.runc.v1"]));
+    let _cleanup = DeletePods(api.admin.clone());
+    let admin = api.admin.clone();
+    tokio::task::block_in_place(|| {
+        create(&admin, &agent.root, "rc.yaml", "apiVersion: node.k8s.io/v1\nkind: RuntimeClass\nmetadata: {name: old-shim}\nhandler: legacy\n---\napiVersion: node.k8s.io/v1\nkind: RuntimeClass\nmetadata: {name: unconfigured}\nhandler: missing\n");
+        let node = wait_for(Duration::from_secs(30), "node lists its runtime handlers", &agent, || {
+            kubectl_json(&admin, &["get", "node", NODE]).filter(|n| n["status"]["runtimeHandlers"].is_array())
+        });
+        let names: Vec<&str> = node["status"]["runtimeHandlers"].as_array().unwrap().iter().map(|h| h["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["", "legacy", "runc"]);
+        let with_class = |name: &str, class: &str| sleeper(name, &format!("  runtimeClassName: {class}\n"), "");
+        create(&admin, &agent.root, "old.yaml", &with_class("old", "old-shim"));
+        let p = wait_for(Duration::from_secs(60), "pod of the legacy handler Running", &agent, || pod_phase(&admin, "old").filter(|p| p["status"]["phase"] == "Running"));
+        let uid = p["metadata"]["uid"].as_str().unwrap();
+        let ids = containerd_containers(uid);
+        assert_eq!(ids.len(), 2, "sandbox and container: {ids:?}");
+        for id in ids {
+            let info: Value = serde_json::from_str(&ctr(&["containers", "info", &id])).unwrap();
+            assert_eq!(info["Runtime"]["Name"], "io.containerd.runc.v1", "{id}: the handler's runtime");
+        }
+        // A class whose handler this node does not have: containerd CRI's error.
+        create(&admin, &agent.root, "unconf.yaml", &with_class("unconf", "unconfigured"));
+        wait_for(Duration::from_secs(30), "FailedCreatePodSandBox", &agent, || {
+            let evs = kubectl_json(&admin, &["get", "events", "--field-selector", "involvedObject.name=unconf"])?;
+            evs["items"].as_array()?.iter().find(|e| e["reason"] == "FailedCreatePodSandBox" && e["message"] == "Failed to create pod sandbox: rpc error: code = Unknown desc = failed to get sandbox runtime: no runtime for \"missing\" is configured").cloned()
+        });
+        // A class that does not exist: the API server's RuntimeClass admission refuses the pod.
+        let f = agent.root.join("nope.yaml");
+        std::fs::write(&f, with_class("nope", "nope")).unwrap();
+        let (ok, out) = kubectl(&admin, &["create", "-f", f.to_str().unwrap()]);
+        assert!(!ok && out.contains("pod rejected: RuntimeClass \"nope\" not found"), "{out}");
+    });
+    assert_api_clean(&api.srv);
+}

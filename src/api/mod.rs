@@ -10,6 +10,7 @@ pub mod mirror;
 pub mod node;
 pub mod objects;
 pub mod pods;
+pub mod runtime_classes;
 pub mod services;
 pub mod status;
 

@@ -100,6 +100,8 @@ pub struct NodeOptions {
     /// nodefs.available hard eviction threshold as a fraction (default 0.10).
     pub eviction_nodefs_fraction: f64,
     pub kubelet_port: i32,
+    /// The runtime handlers pods may use (RuntimeClass handlers; "" the default).
+    pub runtime_handlers: Vec<String>,
 }
 
 /// The network error the readiness watch starts with, before the first check.
@@ -217,6 +219,17 @@ pub fn node_status(o: &NodeOptions, m: &MachineInfo, host_ip: Option<&str>, r: &
         conditions: Some(conditions),
         addresses: Some(addresses),
         daemon_endpoints: Some(NodeDaemonEndpoints { kubelet_endpoint: Some(DaemonEndpoint { port: o.kubelet_port }) }),
+        // As a runtime that reports its handlers does (containerd 2's CRI); neither
+        // recursive read-only mounts nor user namespaces are supported here.
+        runtime_handlers: (!o.runtime_handlers.is_empty()).then(|| {
+            o.runtime_handlers
+                .iter()
+                .map(|h| k8s_openapi::api::core::v1::NodeRuntimeHandler {
+                    name: Some(h.clone()),
+                    features: Some(k8s_openapi::api::core::v1::NodeRuntimeHandlerFeatures { recursive_read_only_mounts: Some(false), user_namespaces: Some(false) }),
+                })
+                .collect()
+        }),
         node_info: Some(NodeSystemInfo {
             architecture: go_arch().into(),
             boot_id: m.boot_id.clone(),
@@ -430,6 +443,9 @@ mod tests {
         assert_eq!(alloc["cpu"].0, "2");
         assert_eq!(s.addresses.unwrap()[0].address, "192.0.2.7");
         assert_eq!(s.daemon_endpoints.unwrap().kubelet_endpoint.unwrap().port, 10250);
+        let o = NodeOptions { runtime_handlers: vec!["".into(), "runc".into()], ..opts() };
+        let hs = node_status(&o, &machine(), None, &Readiness { runtime_ok: true, network_error: None }, None, t(0)).runtime_handlers.unwrap();
+        assert_eq!(hs.iter().map(|h| h.name.clone().unwrap()).collect::<Vec<_>>(), ["", "runc"]);
     }
 
     #[test]

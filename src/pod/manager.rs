@@ -47,6 +47,8 @@ pub struct Context {
     pub client: Option<kube::Client>,
     /// ConfigMaps and Secrets referenced by pods, watched (with an API server).
     pub objects: Option<crate::api::objects::ObjectCache>,
+    /// RuntimeClasses, for pods' runtime handlers (with an API server).
+    pub runtime_classes: Option<crate::api::runtime_classes::RuntimeClasses>,
     /// Every Service, for container environments (with an API server).
     pub services: Option<crate::api::services::Services>,
     /// Pod status to the API server (a no-op standalone).

@@ -98,6 +98,8 @@ impl Instance {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SandboxState {
     pub id: String,
+    /// The RuntimeClass handler it was created with ("" = the default runtime).
+    pub handler: String,
     pub ready: bool,
     pub pid: u32,
     pub ips: Vec<String>,

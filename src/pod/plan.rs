@@ -214,7 +214,7 @@ mod tests {
         }
     }
     fn sb() -> SandboxState {
-        SandboxState { id: "s".into(), ready: true, pid: 1, ips: vec![], created_at: t(0) }
+        SandboxState { id: "s".into(), handler: String::new(), ready: true, pid: 1, ips: vec![], created_at: t(0) }
     }
     fn exited(name: &str, kind: Kind, attempt: u32, code: i32, at: i64) -> Instance {
         Instance {

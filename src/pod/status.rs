@@ -331,7 +331,7 @@ mod tests {
         InstanceState::Exited { exit_code: code, reason: reason.into(), message: None, started_at: Some(t(0)), finished_at: t(1) }
     }
     fn sb() -> SandboxState {
-        SandboxState { id: "s".into(), ready: true, pid: 1, ips: vec!["10.0.0.5".into()], created_at: t(0) }
+        SandboxState { id: "s".into(), handler: String::new(), ready: true, pid: 1, ips: vec!["10.0.0.5".into()], created_at: t(0) }
     }
     fn run(p: &Pod, inst: &[Instance], waiting: &HashMap<String, Waiting>) -> PodStatus {
         let s = sb();

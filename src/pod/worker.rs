@@ -268,6 +268,7 @@ impl Worker {
             .max_by_key(|r| r.label(labels::CREATED_AT).unwrap_or("").to_string())
             .map(|r| SandboxState {
                 id: r.id.clone(),
+                handler: r.label(labels::RUNTIME_HANDLER).unwrap_or("").to_string(),
                 ready: matches!(r.task, TaskState::Running { .. }),
                 pid: match r.task {
                     TaskState::Running { pid } => pid,
@@ -577,6 +578,13 @@ impl Worker {
     async fn create_sandbox(&mut self, pod: &Pod) -> anyhow::Result<()> {
         let started = Instant::now();
         let spec = pod.spec.clone().unwrap_or_default();
+        // The RuntimeClass's handler first (upstream looks it up before anything
+        // else); standalone, without RuntimeClasses, the default runtime.
+        let handler = match (spec.runtime_class_name.as_deref().filter(|n| !n.is_empty()), &self.ctx.runtime_classes) {
+            (Some(name), Some(classes)) => classes.handler(name).map_err(anyhow::Error::msg)?,
+            _ => String::new(),
+        };
+        let runtime = self.runtime_type(&handler).map_err(anyhow::Error::msg)?;
         let host_network = spec.host_network.unwrap_or(false);
         let id = random_id();
         let image = self.ensure_pause_image().await?;
@@ -608,7 +616,7 @@ impl Worker {
             ips.push(h.clone());
         }
 
-        let res = self.start_pause(pod, &id, &image, netns_path.as_deref(), &ips, &pod_dir).await;
+        let res = self.start_pause(pod, &id, &image, netns_path.as_deref(), &ips, &pod_dir, (&handler, &runtime)).await;
         if let Err(e) = res {
             if netns_path.is_some() {
                 let _ = self.ctx.cni.teardown(&id, netns_path.as_deref()).await;
@@ -623,7 +631,8 @@ impl Worker {
         Ok(())
     }
 
-    async fn start_pause(&mut self, pod: &Pod, id: &str, image: &ImageInfo, netns: Option<&Path>, ips: &[String], pod_dir: &Path) -> anyhow::Result<()> {
+    #[allow(clippy::too_many_arguments)] // one call site
+    async fn start_pause(&mut self, pod: &Pod, id: &str, image: &ImageInfo, netns: Option<&Path>, ips: &[String], pod_dir: &Path, (handler, runtime): (&str, &str)) -> anyhow::Result<()> {
         let dns = &self.ctx.dns;
         let (hostname, domain) = super::dns::hostname_and_domain(pod, dns.cluster_domain.as_deref());
         let kernel_hostname = super::dns::kernel_hostname(pod, &hostname, domain.as_deref()).map_err(anyhow::Error::msg)?;
@@ -674,14 +683,20 @@ impl Worker {
         if let Some(n) = netns {
             l.insert(labels::NETNS.into(), n.display().to_string());
         }
+        l.insert(labels::RUNTIME_HANDLER.into(), handler.to_string());
         let mounts = self
             .ctx
             .containers
-            .create(&NewContainer { id, image: &image.name, chain_id: &image.chain_id, spec: &oci, labels: l, log_uri: String::new(), read_only_rootfs_view: false })
+            .create(&NewContainer { id, image: &image.name, chain_id: &image.chain_id, spec: &oci, labels: l, log_uri: String::new(), read_only_rootfs_view: false, runtime })
             .await?;
         self.register(id);
         self.ctx.containers.start_task(id, mounts, &Default::default()).await?;
         Ok(())
+    }
+
+    /// The containerd runtime of a handler, or containerd CRI's error for one not configured.
+    fn runtime_type(&self, handler: &str) -> Result<String, String> {
+        self.ctx.config.runtime_handlers.get(handler).cloned().ok_or_else(|| format!("rpc error: code = Unknown desc = failed to get sandbox runtime: no runtime for {handler:?} is configured"))
     }
 
     fn base_labels(&self, pod: &Pod) -> HashMap<String, String> {
@@ -756,7 +771,7 @@ impl Worker {
         let created = self
             .ctx
             .containers
-            .create(&NewContainer { id: &id, image: &image.name, chain_id: &image.chain_id, spec: &oci, labels: l, log_uri: String::new(), read_only_rootfs_view: false })
+            .create(&NewContainer { id: &id, image: &image.name, chain_id: &image.chain_id, spec: &oci, labels: l, log_uri: String::new(), read_only_rootfs_view: false, runtime: &self.runtime_type(&sandbox.handler).unwrap_or_else(|_| crate::config::DEFAULT_RUNTIME_TYPE.into()) })
             .await;
         self.ctx.metrics.operation("create_container", t.elapsed(), created.is_ok());
         let mounts = match created {

@@ -55,6 +55,8 @@ pub mod labels {
     pub const TERMINATION_LOG: &str = "io.rkubelet.termination-log";
     /// Set (to `FallbackToLogsOnError`) when the message falls back to the log.
     pub const TERMINATION_POLICY: &str = "io.rkubelet.termination-policy";
+    /// The RuntimeClass handler the sandbox (and so every container of the pod) runs with.
+    pub const RUNTIME_HANDLER: &str = "io.rkubelet.runtime-handler";
 }
 
 /// Errors talking to containerd about containers and tasks.
@@ -126,6 +128,8 @@ pub struct NewContainer<'a> {
     pub log_uri: String,
     /// Create the rootfs read-only as a view (the pause container needs no writable layer).
     pub read_only_rootfs_view: bool,
+    /// The containerd runtime (`io.containerd.runc.v2`): the pod's handler's.
+    pub runtime: &'a str,
 }
 
 /// A handle on containerd for containers, tasks and snapshots in one namespace.
@@ -231,7 +235,7 @@ impl Containers {
             id: c.id.to_string(),
             labels: c.labels.clone(),
             image: c.image.to_string(),
-            runtime: Some(RuntimeInfo { name: RUNC_RUNTIME.into(), options: None }),
+            runtime: Some(RuntimeInfo { name: c.runtime.into(), options: None }),
             spec: Some(Any { type_url: SPEC_TYPE_URL.into(), value: spec_json }),
             snapshotter: self.snapshotter.clone(),
             snapshot_key: c.id.to_string(),

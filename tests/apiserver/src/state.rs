@@ -405,7 +405,7 @@ impl Shared {
         let errs = strategy::prepare_create(def, &mut obj, &mut ctx);
         if let Some(e) = errs
             .iter()
-            .find(|e| e.field == "spec.serviceAccountName" && e.reason == "FieldValueForbidden")
+            .find(|e| (e.field == "spec.serviceAccountName" || e.field == "spec.runtimeClassName") && e.reason == "FieldValueForbidden")
         {
             return Err(auth::admission_denied(
                 def,

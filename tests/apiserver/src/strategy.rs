@@ -352,6 +352,17 @@ fn prepare_pod_create(pod: &mut Value, ctx: &mut Ctx<'_>) -> Vec<FieldError> {
             errs.push(e);
         }
     }
+    // The RuntimeClass admission plugin: the class must exist; its overhead is the pod's.
+    if let Some(rc) = pod.pointer("/spec/runtimeClassName").and_then(Value::as_str).filter(|n| !n.is_empty()).map(str::to_string) {
+        match ctx.store.get("runtimeclasses.node.k8s.io", "", &rc) {
+            None => errs.push(FieldError::forbidden("spec.runtimeClassName", &format!("pod rejected: RuntimeClass {rc:?} not found"))),
+            Some(class) => {
+                if let Some(o) = class.pointer("/overhead/podFixed") {
+                    obj_mut(pod, "spec").insert("overhead".into(), o.clone());
+                }
+            }
+        }
+    }
     // PrepareForCreate: the status is the server's.
     let dropped = pod.get("status").cloned().unwrap_or(json!({}));
     let qos = qos_class(pod);
