@@ -689,3 +689,37 @@ async fn a15_runtime_classes_pick_the_containerd_runtime_of_their_handler() {
     });
     assert_api_clean(&api.srv);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a16_a_changed_image_restarts_only_that_container() {
+    let api = api_server(Path::new("/var/lib/rkubelet-test/agents/a16-api")).await;
+    let node_kc = api.node.to_str().unwrap().to_string();
+    let agent = tokio::task::block_in_place(|| Agent::with_options("a16", &[], &["--kubeconfig", &node_kc]));
+    let _cleanup = DeletePods(api.admin.clone());
+    let admin = api.admin.clone();
+    tokio::task::block_in_place(|| {
+        let two = format!("  - name: d\n    image: {BUSYBOX}\n    command: [sleep, \"3600\"]\n");
+        create(&admin, &agent.root, "img.yaml", &format!("{}{two}", sleeper("img", "  restartPolicy: Never\n", "")));
+        let p = wait_for(Duration::from_secs(60), "pod Running", &agent, || pod_phase(&admin, "img").filter(|p| p["status"]["phase"] == "Running"));
+        let ids = |p: &Value| p["status"]["containerStatuses"].as_array().unwrap().iter().map(|c| (c["name"].as_str().unwrap().to_string(), c["containerID"].as_str().unwrap_or("").to_string())).collect::<Vec<_>>();
+        let before = ids(&p);
+        // The same busybox by another name, pulled from the registry.
+        let (ok, out) = kubectl(&admin, &["set", "image", "pod/img", "c=127.0.0.1:5000/test/busybox:1.0"]);
+        assert!(ok, "{out}");
+        let p = wait_for(Duration::from_secs(60), "c restarted with the new image", &agent, || {
+            let p = pod_phase(&admin, "img")?;
+            let c = p["status"]["containerStatuses"].as_array()?.iter().find(|c| c["name"] == "c")?.clone();
+            (c["restartCount"] == 1 && c["image"] == "127.0.0.1:5000/test/busybox:1.0" && c["state"]["running"].is_object()).then_some(p)
+        });
+        assert_eq!(p["status"]["phase"], "Running", "restartPolicy Never does not stop a changed container from restarting");
+        let after = ids(&p);
+        assert_ne!(after[0], before[0]);
+        assert_eq!(after[1], before[1], "the other container kept running");
+        let evs = kubectl_json(&admin, &["get", "events", "--field-selector", "involvedObject.name=img"]).unwrap();
+        assert!(
+            evs["items"].as_array().unwrap().iter().any(|e| e["reason"] == "Killing" && e["message"] == "Container c definition changed, will be restarted"),
+            "{evs}"
+        );
+    });
+    assert_api_clean(&api.srv);
+}

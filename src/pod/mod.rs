@@ -62,6 +62,12 @@ pub struct Instance {
     pub image: String,
     pub image_id: String,
     pub state: InstanceState,
+    /// The container hash it was started with ([`plan::container_hash`]); none for
+    /// instances of an older agent.
+    pub hash: Option<String>,
+    /// Killed because the container's definition changed: restarted whatever the
+    /// restart policy and back-off.
+    pub changed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

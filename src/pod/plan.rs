@@ -32,6 +32,26 @@ pub struct Plan {
     pub wake_at: Option<DateTime<Utc>>,
     /// `Succeeded` or `Failed` once nothing will ever run again.
     pub terminal: Option<&'static str>,
+    /// Running containers whose definition changed (instance id, name): killed,
+    /// then started again.
+    pub kill: Vec<(String, String)>,
+}
+
+/// The container hash (kubecontainer.HashContainer): since 1.31 only the name and
+/// the image, so that changes of other fields, or an agent upgrade, restart nothing.
+pub fn container_hash(c: &Container) -> String {
+    // FNV-1a, 32 bits, over the two fields (the value stays in this node's labels).
+    let mut h: u32 = 0x811c_9dc5;
+    for b in c.name.bytes().chain([0u8]).chain(c.image.as_deref().unwrap_or("").bytes()) {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    format!("{h:08x}")
+}
+
+/// A running instance started from another definition of container `c`.
+fn definition_changed(i: &Instance, c: &Container) -> bool {
+    i.is_running() && i.hash.as_deref().is_some_and(|h| h != container_hash(c))
 }
 
 /// The newest instance of each container name.
@@ -94,7 +114,7 @@ pub fn plan_with(
         return p;
     }
 
-    let mut restart_or_backoff = |p: &mut Plan, name: &str, kind: Kind, finished: DateTime<Utc>| {
+    let restart_or_backoff = |p: &mut Plan, backoff: &mut Backoff, name: &str, kind: Kind, finished: DateTime<Utc>| {
         if let Some(until) = backoff.in_backoff_since(name, finished, now) {
             let delay = backoff.delay(name).unwrap_or_default();
             p.crash_loop.push((
@@ -120,15 +140,28 @@ pub fn plan_with(
                     p.start.push(Start { name: c.name.clone(), kind: Kind::Init });
                     return p;
                 }
+                Some(i) if definition_changed(i, c) => {
+                    p.kill.push((i.id.clone(), c.name.clone()));
+                    if !later_ran {
+                        return p;
+                    }
+                }
                 Some(i) if i.is_running() => {
                     if !later_ran && !sidecar_started(i, started) {
+                        return p;
+                    }
+                }
+                Some(i) if i.changed => {
+                    backoff.forget(&c.name);
+                    p.start.push(Start { name: c.name.clone(), kind: Kind::Init });
+                    if !later_ran {
                         return p;
                     }
                 }
                 Some(i) => {
                     // A sidecar restarts whatever the pod's restartPolicy, with back-off.
                     let finished = i.finished_at().unwrap_or(now);
-                    restart_or_backoff(&mut p, &c.name, Kind::Init, finished);
+                    restart_or_backoff(&mut p, backoff, &c.name, Kind::Init, finished);
                     if !later_ran {
                         return p;
                     }
@@ -146,7 +179,7 @@ pub fn plan_with(
                 InstanceState::Exited { exit_code: 0, .. } => continue,
                 InstanceState::Exited { finished_at, .. } => {
                     // Never was handled by terminal_phase; Always/OnFailure retry with back-off.
-                    restart_or_backoff(&mut p, &c.name, Kind::Init, *finished_at);
+                    restart_or_backoff(&mut p, backoff, &c.name, Kind::Init, *finished_at);
                     return p;
                 }
             },
@@ -156,11 +189,18 @@ pub fn plan_with(
     for c in &spec.containers {
         match latest(instances, &c.name, Kind::App) {
             None => p.start.push(Start { name: c.name.clone(), kind: Kind::App }),
+            // computePodActions: a changed definition restarts the container whatever
+            // the restart policy, with a fresh back-off (its key has the hash).
+            Some(i) if definition_changed(i, c) => p.kill.push((i.id.clone(), c.name.clone())),
+            Some(i) if i.changed && !i.is_running() => {
+                backoff.forget(&c.name);
+                p.start.push(Start { name: c.name.clone(), kind: Kind::App });
+            }
             Some(i) => match &i.state {
                 InstanceState::Running { .. } => {}
                 InstanceState::Exited { exit_code, finished_at, .. } => {
                     if should_restart(policy, *exit_code) {
-                        restart_or_backoff(&mut p, &c.name, Kind::App, *finished_at);
+                        restart_or_backoff(&mut p, backoff, &c.name, Kind::App, *finished_at);
                     }
                 }
             },
@@ -187,7 +227,11 @@ pub fn terminal_phase(spec: &PodSpec, instances: &[Instance]) -> Option<&'static
     }
     let mut all_zero = true;
     for c in &spec.containers {
-        let code = latest(instances, &c.name, Kind::App)?.exit_code()?;
+        let i = latest(instances, &c.name, Kind::App)?;
+        if i.changed {
+            return None;
+        }
+        let code = i.exit_code()?;
         if should_restart(policy, code) {
             return None;
         }
@@ -225,6 +269,8 @@ mod tests {
             image: String::new(),
             image_id: String::new(),
             state: InstanceState::Exited { exit_code: code, reason: String::new(), message: None, started_at: None, finished_at: t(at) },
+            hash: None,
+            changed: false,
         }
     }
     fn running(name: &str, kind: Kind) -> Instance {
@@ -332,5 +378,35 @@ mod tests {
         assert_eq!(terminal_phase(&onf, &ok), Some("Succeeded"));
         assert_eq!(terminal_phase(&onf, &bad), None);
         assert_eq!(terminal_phase(&spec("Always", &[], &["a", "b"]), &ok), None);
+    }
+
+    #[test]
+    fn a_changed_image_restarts_the_container_whatever_the_policy() {
+        let mut sp = spec("Never", &[], &["a"]);
+        sp.containers[0].image = Some("img:2".into());
+        let old = Container { name: "a".into(), image: Some("img:1".into()), ..Default::default() };
+        let mut b = Backoff::default();
+        let mut run = running("a", Kind::App);
+        run.hash = Some(container_hash(&old));
+        let p = plan(&sp, "p", &[run.clone()], Some(&sb()), &mut b, t(10));
+        assert_eq!(p.kill, vec![("a0".to_string(), "a".to_string())]);
+        assert!(p.start.is_empty());
+        // Killed for the change: started again at once, even under Never; not terminal.
+        let mut killed = exited("a", Kind::App, 0, 137, 11);
+        killed.changed = true;
+        b.next("a", t(5));
+        assert_eq!(terminal_phase(&sp, &[killed.clone()]), None);
+        let p = plan(&sp, "p", &[killed], Some(&sb()), &mut b, t(12));
+        assert_eq!(p.start, vec![Start { name: "a".into(), kind: Kind::App }]);
+        assert!(p.crash_loop.is_empty(), "a fresh back-off");
+        // The same definition, or an instance of an older agent: nothing.
+        run.hash = Some(container_hash(&sp.containers[0]));
+        assert!(plan(&sp, "p", &[run.clone()], Some(&sb()), &mut b, t(13)).kill.is_empty());
+        run.hash = None;
+        assert!(plan(&sp, "p", &[run], Some(&sb()), &mut b, t(13)).kill.is_empty());
+        assert_ne!(container_hash(&old), container_hash(&sp.containers[0]));
+        let mut other = old.clone();
+        other.command = Some(vec!["x".into()]);
+        assert_eq!(container_hash(&old), container_hash(&other), "only name and image count");
     }
 }

@@ -325,7 +325,7 @@ mod tests {
         }
     }
     fn inst(name: &str, kind: Kind, attempt: u32, state: InstanceState) -> Instance {
-        Instance { id: format!("{name}-{attempt}"), name: name.into(), kind, attempt, image: String::new(), image_id: String::new(), state }
+        Instance { id: format!("{name}-{attempt}"), name: name.into(), kind, attempt, image: String::new(), image_id: String::new(), state, hash: None, changed: false }
     }
     fn exited(code: i32, reason: &str) -> InstanceState {
         InstanceState::Exited { exit_code: code, reason: reason.into(), message: None, started_at: Some(t(0)), finished_at: t(1) }

@@ -304,6 +304,8 @@ impl Worker {
                     image: r.label(labels::IMAGE).unwrap_or("").to_string(),
                     image_id: r.label(labels::IMAGE_ID).unwrap_or("").to_string(),
                     state,
+                    hash: r.label(labels::SPEC_HASH).map(String::from),
+                    changed: r.label(labels::DEFINITION_CHANGED).is_some(),
                 })
             })
             .collect();
@@ -428,6 +430,11 @@ impl Worker {
             }
             let sandbox = sandbox.expect("plan creates the sandbox when there is none");
             let volumes = volumes.as_ref().expect("volumes are set up before the sandbox");
+            if !p.kill.is_empty() {
+                self.kill_changed(pod, &records, &p.kill).await;
+                // Observe the exits and start the new definitions.
+                continue;
+            }
 
             for (name, msg) in &p.crash_loop {
                 let attempt = latest(&instances, name, Kind::App).or_else(|| latest(&instances, name, Kind::Init)).map(|i| i.attempt).unwrap_or(0);
@@ -694,6 +701,24 @@ impl Worker {
         Ok(())
     }
 
+    /// Kills running containers whose definition changed ("Container c definition
+    /// changed, will be restarted") and marks them, so the plan starts them again.
+    async fn kill_changed(&self, pod: &Pod, records: &[ContainerRecord], kill: &[(String, String)]) {
+        let pod_ip = super::lifecycle::pod_ip(records);
+        let grace = super::lifecycle::pod_grace(pod);
+        for (id, name) in kill {
+            let Some(r) = records.iter().find(|r| r.id == *id) else { continue };
+            let kind = if r.label(labels::KIND) == Some(KIND_INIT) { Kind::Init } else { Kind::App };
+            let Some(c) = container_of(pod, name, kind) else { continue };
+            info!(container = %name, "container definition changed; restarting it");
+            let message = format!("Container {name} definition changed, will be restarted");
+            super::lifecycle::kill_container(&self.ctx, pod, r, c, kind, grace, Some(message), pod_ip.as_deref()).await;
+            if let Err(e) = self.ctx.containers.set_labels(id, &[(labels::DEFINITION_CHANGED, "true".into())]).await {
+                warn!(container = %name, error = %e, "cannot mark the changed container");
+            }
+        }
+    }
+
     /// The containerd runtime of a handler, or containerd CRI's error for one not configured.
     fn runtime_type(&self, handler: &str) -> Result<String, String> {
         self.ctx.config.runtime_handlers.get(handler).cloned().ok_or_else(|| format!("rpc error: code = Unknown desc = failed to get sandbox runtime: no runtime for {handler:?} is configured"))
@@ -761,6 +786,7 @@ impl Worker {
         l.insert(labels::LOG_PATH.into(), log_path.display().to_string());
         l.insert(labels::CREATED_AT.into(), now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true));
         l.insert(STOP_SIGNAL.into(), stop_signal.to_string());
+        l.insert(labels::SPEC_HASH.into(), super::plan::container_hash(&c));
         if let Some(f) = &termination_log {
             l.insert(labels::TERMINATION_LOG.into(), f.display().to_string());
         }
@@ -828,6 +854,8 @@ impl Worker {
                     image: image_ref,
                     image_id: image_id(&image),
                     state: InstanceState::Running { started_at },
+                    hash: Some(super::plan::container_hash(&c)),
+                    changed: false,
                 })
             }
             Err(e) => {

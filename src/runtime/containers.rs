@@ -55,6 +55,8 @@ pub mod labels {
     pub const TERMINATION_LOG: &str = "io.rkubelet.termination-log";
     /// Set (to `FallbackToLogsOnError`) when the message falls back to the log.
     pub const TERMINATION_POLICY: &str = "io.rkubelet.termination-policy";
+    /// Set when the container was killed because its definition changed.
+    pub const DEFINITION_CHANGED: &str = "io.rkubelet.definition-changed";
     /// The RuntimeClass handler the sandbox (and so every container of the pod) runs with.
     pub const RUNTIME_HANDLER: &str = "io.rkubelet.runtime-handler";
 }
