@@ -154,6 +154,11 @@ impl Recorder {
 }
 
 /// `spec.containers{name}` / `spec.initContainers{name}`: upstream's field path.
+/// The field path of an ephemeral container, for its events.
+pub fn ephemeral_field_path(container: &str) -> Option<String> {
+    Some(format!("spec.ephemeralContainers{{{container}}}"))
+}
+
 pub fn field_path(container: &str, init: bool) -> Option<String> {
     Some(if init { format!("spec.initContainers{{{container}}}") } else { format!("spec.containers{{{container}}}") })
 }

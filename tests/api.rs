@@ -723,3 +723,42 @@ async fn a16_a_changed_image_restarts_only_that_container() {
     });
     assert_api_clean(&api.srv);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a17_kubectl_debug_starts_an_ephemeral_container_in_the_targets_process_namespace() {
+    let api = api_server(Path::new("/var/lib/rkubelet-test/agents/a17-api")).await;
+    let node_kc = api.node.to_str().unwrap().to_string();
+    let agent = tokio::task::block_in_place(|| Agent::with_options("a17", &[], &["--kubeconfig", &node_kc]));
+    let _cleanup = DeletePods(api.admin.clone());
+    let admin = api.admin.clone();
+    tokio::task::block_in_place(|| {
+        create(&admin, &agent.root, "target.yaml", &sleeper("target", "", ""));
+        wait_for(Duration::from_secs(60), "target Running", &agent, || pod_phase(&admin, "target").filter(|p| p["status"]["phase"] == "Running"));
+        let (ok, out) = kubectl(&admin, &["debug", "target", &format!("--image={BUSYBOX}"), "--target=c", "--container=dbg", "--", "sh", "-c", "ps; sleep 30"]);
+        assert!(ok, "{out}");
+        let p = wait_for(Duration::from_secs(60), "ephemeral container running", &agent, || {
+            let p = pod_phase(&admin, "target")?;
+            (p["status"]["ephemeralContainerStatuses"][0]["state"]["running"].is_object()).then_some(p)
+        });
+        let st = &p["status"]["ephemeralContainerStatuses"][0];
+        assert_eq!((st["name"].as_str(), st["ready"].as_bool(), st["restartCount"].as_i64()), (Some("dbg"), Some(false), Some(0)), "{st}");
+        assert_eq!(p["status"]["containerStatuses"][0]["restartCount"], 0, "the target keeps running");
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(p).unwrap();
+        agent.wait_until(Duration::from_secs(20), "ps shows the target's process", || agent.container_output(&pod, "dbg", 0).contains("sleep 3600"));
+        // Another debug container without a target sees only itself.
+        let (ok, out) = kubectl(&admin, &["debug", "target", &format!("--image={BUSYBOX}"), "--container=alone", "--", "sh", "-c", "ps; sleep 30"]);
+        assert!(ok, "{out}");
+        wait_for(Duration::from_secs(60), "second ephemeral container running", &agent, || {
+            pod_phase(&admin, "target")?["status"]["ephemeralContainerStatuses"].as_array()?.iter().find(|s| s["name"] == "alone" && s["state"]["running"].is_object()).cloned()
+        });
+        let mut shown = String::new();
+        agent.wait_until(Duration::from_secs(20), "ps printed", || {
+            shown = agent.container_output(&pod, "alone", 0);
+            shown.contains("ps")
+        });
+        assert!(!shown.contains("sleep 3600"), "{shown}");
+        let evs = kubectl_json(&admin, &["get", "events", "--field-selector", "involvedObject.name=target"]).unwrap();
+        assert!(evs["items"].as_array().unwrap().iter().any(|e| e["reason"] == "Started" && e["involvedObject"]["fieldPath"] == "spec.ephemeralContainers{dbg}"), "{evs}");
+    });
+    assert_api_clean(&api.srv);
+}

@@ -156,7 +156,7 @@ pub fn pod_grace(pod: &Pod) -> i64 {
 #[allow(clippy::too_many_arguments)]
 pub async fn kill_container(ctx: &Context, pod: &Pod, r: &ContainerRecord, c: &Container, kind: Kind, grace_secs: i64, message: Option<String>, pod_ip: Option<&str>) {
     let rt = &ctx.containers;
-    let fp = field_path(&c.name, kind == Kind::Init);
+    let fp = if kind == Kind::Ephemeral { crate::events::ephemeral_field_path(&c.name) } else { field_path(&c.name, kind == Kind::Init) };
     ctx.recorder.normal(pod, fp.clone(), crate::events::reason::KILLING, message.unwrap_or_else(|| format!("Stopping container {}", c.name)));
     let grace = grace_secs.max(0);
     let mut hook_secs = 0;

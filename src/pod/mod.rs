@@ -49,6 +49,19 @@ pub fn pod_key(pod: &Pod) -> String {
 pub enum Kind {
     Init,
     App,
+    /// `spec.ephemeralContainers` (kubectl debug): started once, never restarted.
+    Ephemeral,
+}
+
+/// An ephemeral container as the Container it describes (the same fields, plus
+/// `targetContainerName`, which [`ephemeral_target`] reads).
+pub fn ephemeral_as_container(e: &k8s_openapi::api::core::v1::EphemeralContainer) -> k8s_openapi::api::core::v1::Container {
+    serde_json::to_value(e).ok().and_then(|v| serde_json::from_value(v).ok()).unwrap_or_else(|| k8s_openapi::api::core::v1::Container { name: e.name.clone(), ..Default::default() })
+}
+
+/// The container whose process namespace ephemeral container `name` targets.
+pub fn ephemeral_target<'a>(pod: &'a Pod, name: &str) -> Option<&'a str> {
+    pod.spec.as_ref()?.ephemeral_containers.as_ref()?.iter().find(|e| e.name == name)?.target_container_name.as_deref().filter(|t| !t.is_empty())
 }
 
 /// One observed instance (attempt) of a container, from containerd's record.

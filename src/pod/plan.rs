@@ -114,6 +114,14 @@ pub fn plan_with(
         return p;
     }
 
+    // Ephemeral containers start once, even before initialization completes, and
+    // are never restarted (computePodActions).
+    for e in spec.ephemeral_containers.iter().flatten() {
+        if latest(instances, &e.name, Kind::Ephemeral).is_none() {
+            p.start.push(Start { name: e.name.clone(), kind: Kind::Ephemeral });
+        }
+    }
+
     let restart_or_backoff = |p: &mut Plan, backoff: &mut Backoff, name: &str, kind: Kind, finished: DateTime<Utc>| {
         if let Some(until) = backoff.in_backoff_since(name, finished, now) {
             let delay = backoff.delay(name).unwrap_or_default();
@@ -378,6 +386,18 @@ mod tests {
         assert_eq!(terminal_phase(&onf, &ok), Some("Succeeded"));
         assert_eq!(terminal_phase(&onf, &bad), None);
         assert_eq!(terminal_phase(&spec("Always", &[], &["a", "b"]), &ok), None);
+    }
+
+    #[test]
+    fn ephemeral_containers_start_once_even_before_initialization() {
+        let mut sp = spec("Always", &["i"], &["a"]);
+        sp.ephemeral_containers = Some(vec![k8s_openapi::api::core::v1::EphemeralContainer { name: "dbg".into(), ..Default::default() }]);
+        let mut b = Backoff::default();
+        let p = plan(&sp, "p", &[running("i", Kind::Init)], Some(&sb()), &mut b, t(1));
+        assert_eq!(p.start, vec![Start { name: "dbg".into(), kind: Kind::Ephemeral }]);
+        let done = exited("dbg", Kind::Ephemeral, 0, 1, 2);
+        let p = plan(&sp, "p", &[exited("i", Kind::Init, 0, 0, 1), done], Some(&sb()), &mut b, t(3));
+        assert_eq!(p.start, vec![Start { name: "a".into(), kind: Kind::App }], "an exited ephemeral container stays exited");
     }
 
     #[test]

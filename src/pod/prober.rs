@@ -200,6 +200,8 @@ fn spec_of<'a>(pod: &'a Pod, name: &str, kind: Kind) -> Option<&'a Container> {
         Kind::App => spec.containers.iter().find(|c| c.name == name),
         // Only restartable init containers (sidecars) are probed.
         Kind::Init => spec.init_containers.iter().flatten().find(|c| c.name == name && c.restart_policy.as_deref() == Some("Always")),
+        // Ephemeral containers have no probes.
+        Kind::Ephemeral => None,
     }
 }
 
@@ -318,7 +320,11 @@ impl Prober {
         let mut kills = Vec::new();
         for (id, ty) in failed {
             let Some(r) = records.iter().find(|r| r.id == id) else { continue };
-            let kind = if r.label(labels::KIND) == Some("init") { Kind::Init } else { Kind::App };
+            let kind = match r.label(labels::KIND) {
+                Some("init") => Kind::Init,
+                Some("ephemeral") => Kind::Ephemeral,
+                _ => Kind::App,
+            };
             let Some(c) = r.label(labels::CONTAINER_NAME).and_then(|n| spec_of(pod, n, kind)) else { continue };
             let mut message = format!("Container {} failed {} probe", c.name, ty.name().to_lowercase());
             if restart || kind == Kind::Init {

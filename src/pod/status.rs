@@ -112,6 +112,7 @@ fn container_status(
         Kind::App => running && probed.is_none_or(|h| h.ready),
         Kind::Init if super::plan::is_sidecar(c) => running && probed.is_none_or(|h| h.ready),
         Kind::Init => succeeded,
+        Kind::Ephemeral => false,
     };
     st.state = Some(state);
     st
@@ -171,6 +172,12 @@ pub fn compute(i: &StatusInput<'_>) -> PodStatus {
     let inits = spec.init_containers.as_deref().unwrap_or(&[]);
     let default_reason = if inits.is_empty() { "ContainerCreating" } else { "PodInitializing" };
 
+    let ephemeral_statuses: Vec<ContainerStatus> = spec
+        .ephemeral_containers
+        .iter()
+        .flatten()
+        .map(|e| container_status(&super::ephemeral_as_container(e), Kind::Ephemeral, i.instances, i.waiting, i.health, "ContainerCreating"))
+        .collect();
     let init_statuses: Vec<ContainerStatus> =
         inits.iter().map(|c| container_status(c, Kind::Init, i.instances, i.waiting, i.health, default_reason)).collect();
     let app_statuses: Vec<ContainerStatus> =
@@ -251,6 +258,7 @@ pub fn compute(i: &StatusInput<'_>) -> PodStatus {
         conditions: Some(conditions),
         container_statuses: Some(app_statuses),
         init_container_statuses: (!inits.is_empty()).then_some(init_statuses),
+        ephemeral_container_statuses: (!ephemeral_statuses.is_empty()).then_some(ephemeral_statuses),
         host_ip: i.host_ip.map(String::from),
         host_ips: i.host_ip.map(|h| vec![HostIP { ip: h.into() }]),
         pod_ip: ips.first().cloned(),

@@ -33,6 +33,7 @@ use crate::runtime::spec::{self, BindMount, ContainerInput, SandboxInput};
 const KIND_SANDBOX: &str = "sandbox";
 const KIND_INIT: &str = "init";
 const KIND_APP: &str = "app";
+const KIND_EPHEMERAL: &str = "ephemeral";
 const STOP_SIGNAL: &str = super::lifecycle::STOP_SIGNAL_LABEL;
 /// Upstream's message for a pod past its activeDeadlineSeconds.
 const DEADLINE_MESSAGE: &str = "Pod was active on the node longer than the specified deadline";
@@ -88,11 +89,38 @@ fn random_id() -> String {
     hex::encode(b)
 }
 
-fn container_of<'a>(pod: &'a Pod, name: &str, kind: Kind) -> Option<&'a Container> {
+fn container_of(pod: &Pod, name: &str, kind: Kind) -> Option<Container> {
     let spec = pod.spec.as_ref()?;
     match kind {
-        Kind::Init => spec.init_containers.as_ref()?.iter().find(|c| c.name == name),
-        Kind::App => spec.containers.iter().find(|c| c.name == name),
+        Kind::Init => spec.init_containers.as_ref()?.iter().find(|c| c.name == name).cloned(),
+        Kind::App => spec.containers.iter().find(|c| c.name == name).cloned(),
+        Kind::Ephemeral => spec.ephemeral_containers.as_ref()?.iter().find(|c| c.name == name).map(super::ephemeral_as_container),
+    }
+}
+
+/// The kind of a container record (sandboxes read as app containers).
+fn kind_of(r: &ContainerRecord) -> Kind {
+    match r.label(labels::KIND) {
+        Some(KIND_INIT) => Kind::Init,
+        Some(KIND_EPHEMERAL) => Kind::Ephemeral,
+        _ => Kind::App,
+    }
+}
+
+/// The label value of a container kind.
+fn kind_label(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Init => KIND_INIT,
+        Kind::App => KIND_APP,
+        Kind::Ephemeral => KIND_EPHEMERAL,
+    }
+}
+
+/// The field path of a container for its events.
+fn event_field_path(name: &str, kind: Kind) -> Option<String> {
+    match kind {
+        Kind::Ephemeral => crate::events::ephemeral_field_path(name),
+        k => field_path(name, k == Kind::Init),
     }
 }
 
@@ -283,6 +311,7 @@ impl Worker {
                 let kind = match r.label(labels::KIND)? {
                     KIND_INIT => Kind::Init,
                     KIND_APP => Kind::App,
+                    KIND_EPHEMERAL => Kind::Ephemeral,
                     _ => return None,
                 };
                 let started = parse_time(r.label(labels::STARTED_AT));
@@ -466,7 +495,7 @@ impl Worker {
                 }
                 if *kind == Kind::Init {
                     // A sidecar keeps running (no exit wakes us): plan again right away.
-                    started_sidecar = container_of(pod, name, Kind::Init).map(super::plan::is_sidecar).unwrap_or(false);
+                    started_sidecar = container_of(pod, name, Kind::Init).as_ref().map(super::plan::is_sidecar).unwrap_or(false);
                     break;
                 }
             }
@@ -708,11 +737,11 @@ impl Worker {
         let grace = super::lifecycle::pod_grace(pod);
         for (id, name) in kill {
             let Some(r) = records.iter().find(|r| r.id == *id) else { continue };
-            let kind = if r.label(labels::KIND) == Some(KIND_INIT) { Kind::Init } else { Kind::App };
+            let kind = kind_of(r);
             let Some(c) = container_of(pod, name, kind) else { continue };
             info!(container = %name, "container definition changed; restarting it");
             let message = format!("Container {name} definition changed, will be restarted");
-            super::lifecycle::kill_container(&self.ctx, pod, r, c, kind, grace, Some(message), pod_ip.as_deref()).await;
+            super::lifecycle::kill_container(&self.ctx, pod, r, &c, kind, grace, Some(message), pod_ip.as_deref()).await;
             if let Err(e) = self.ctx.containers.set_labels(id, &[(labels::DEFINITION_CHANGED, "true".into())]).await {
                 warn!(container = %name, error = %e, "cannot mark the changed container");
             }
@@ -745,8 +774,8 @@ impl Worker {
         attempt: u32,
         volumes: &crate::volume::VolumeMap,
     ) -> Started {
-        let Some(c) = container_of(pod, name, kind).cloned() else { return Started::Not(None) };
-        let fp = field_path(name, kind == Kind::Init);
+        let Some(c) = container_of(pod, name, kind) else { return Started::Not(None) };
+        let fp = event_field_path(name, kind);
         let rec = self.ctx.recorder.clone();
         let image_ref = c.image.clone().unwrap_or_default();
 
@@ -763,7 +792,22 @@ impl Worker {
             None => None,
         };
         let users = self.image_users(&image).await;
-        let built = self.build_container_spec(pod, sandbox, &c, &image, &users, volumes, &id, env_objects.as_ref());
+        // An ephemeral container with a target joins the target's process namespace.
+        let mut target_pid = None;
+        if let Some(target) = (kind == Kind::Ephemeral).then(|| super::ephemeral_target(pod, name)).flatten() {
+            let records = self.ctx.containers.list(Some(&self.uid)).await.unwrap_or_default();
+            target_pid = records.iter().filter(|r| r.label(labels::CONTAINER_NAME) == Some(target) && kind_of(r) != Kind::Ephemeral).find_map(|r| match r.task {
+                TaskState::Running { pid } => Some(pid),
+                _ => None,
+            });
+            if target_pid.is_none() {
+                let msg = format!("container {target:?} to target is not running");
+                self.waiting.insert(name.into(), Waiting { reason: "CreateContainerConfigError".into(), message: msg.clone() });
+                rec.warning(pod, fp, reason::FAILED, format!("Error: {msg}"));
+                return Started::Not(Some(now() + chrono::Duration::seconds(2)));
+            }
+        }
+        let built = self.build_container_spec(pod, sandbox, &c, &image, &users, target_pid, volumes, &id, env_objects.as_ref());
         let (oci, stop_signal, termination_log) = match built {
             Ok(v) => v,
             Err(msg) => {
@@ -778,7 +822,7 @@ impl Worker {
             let _ = tokio::fs::create_dir_all(dir).await;
         }
         let mut l = self.base_labels(pod);
-        l.insert(labels::KIND.into(), if kind == Kind::Init { KIND_INIT } else { KIND_APP }.into());
+        l.insert(labels::KIND.into(), kind_label(kind).into());
         l.insert(labels::CONTAINER_NAME.into(), name.into());
         l.insert(labels::ATTEMPT.into(), attempt.to_string());
         l.insert(labels::IMAGE.into(), image_ref.clone());
@@ -987,6 +1031,7 @@ impl Worker {
         c: &Container,
         image: &ImageInfo,
         users: &crate::runtime::user::ImageUsers,
+        target_pid: Option<u32>,
         volumes: &crate::volume::VolumeMap,
         id: &str,
         env_objects: Option<&super::env::EnvObjects>,
@@ -1077,6 +1122,7 @@ impl Worker {
             oom_score_adj: oom,
             all_capabilities: &self.ctx.capabilities,
             devices: if privileged { spec::host_devices() } else { Vec::new() },
+            target_pid,
         })
         .map_err(|e| e.to_string())?;
         let stop = img
@@ -1124,8 +1170,8 @@ impl Worker {
         let mut kills = Vec::new();
         for r in containers {
             let name = r.label(labels::CONTAINER_NAME).unwrap_or("").to_string();
-            let kind = if r.label(labels::KIND) == Some(KIND_INIT) { Kind::Init } else { Kind::App };
-            let c = container_of(pod, &name, kind).cloned().unwrap_or(Container { name, ..Default::default() });
+            let kind = kind_of(r);
+            let c = container_of(pod, &name, kind).unwrap_or(Container { name, ..Default::default() });
             let ctx = &self.ctx;
             kills.push(async move {
                 let t = Instant::now();

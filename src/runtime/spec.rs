@@ -139,6 +139,9 @@ pub struct ContainerInput<'a> {
     pub all_capabilities: &'a [String],
     /// The host's devices, given to a privileged container ([`host_devices`]).
     pub devices: Vec<LinuxDevice>,
+    /// Another container's process, whose PID namespace this one joins (an
+    /// ephemeral container's `targetContainerName`).
+    pub target_pid: Option<u32>,
 }
 
 fn caps(names: &[String]) -> Result<std::collections::HashSet<Capability>> {
@@ -406,7 +409,12 @@ pub fn container_spec(i: &ContainerInput<'_>) -> Result<Spec> {
         namespaces.push(ns(LinuxNamespaceType::Ipc, sandbox_ns("ipc"))?);
     }
     if !host_pid {
-        namespaces.push(ns(LinuxNamespaceType::Pid, if share_pid { sandbox_ns("pid") } else { None })?);
+        let pid_ns = match i.target_pid {
+            Some(t) => Some(PathBuf::from(format!("/proc/{t}/ns/pid"))),
+            None if share_pid => sandbox_ns("pid"),
+            None => None,
+        };
+        namespaces.push(ns(LinuxNamespaceType::Pid, pid_ns)?);
     }
     if !i.host_network {
         namespaces.push(ns(LinuxNamespaceType::Network, sandbox_ns("net"))?);
@@ -708,6 +716,7 @@ mod tests {
             oom_score_adj: 1000,
             all_capabilities: &[],
             devices: vec![],
+            target_pid: None,
         })
         .unwrap();
         let v = serde_json::to_value(&spec).unwrap();
@@ -751,6 +760,7 @@ mod tests {
             oom_score_adj: 1000,
             all_capabilities: &[],
             devices,
+            target_pid: None,
             }
         }
         let types = |v: &serde_json::Value| v["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].as_str().unwrap().to_string()).collect::<Vec<_>>();

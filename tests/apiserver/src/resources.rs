@@ -100,7 +100,7 @@ pub static RESOURCES: &[ResourceDef] = &[
             "Pod",
             true,
             &["po"],
-            &["status", "binding", "log"],
+            &["status", "binding", "log", "ephemeralcontainers"],
         )
     },
     def("", "nodes", "node", "Node", false, &["no"], &["status"]),

@@ -1017,6 +1017,51 @@ pub fn prepare_update(
                 }
             }
         }
+        // pods/ephemeralcontainers: only spec.ephemeralContainers, and only additions.
+        "ephemeralcontainers" => {
+            let added: Vec<Value> = new.pointer("/spec/ephemeralContainers").and_then(Value::as_array).cloned().unwrap_or_default();
+            let before: Vec<Value> = old.pointer("/spec/ephemeralContainers").and_then(Value::as_array).cloned().unwrap_or_default();
+            let mut spec = old.get("spec").cloned().unwrap_or(json!({}));
+            let mut list = Vec::new();
+            for (i, e) in added.into_iter().enumerate() {
+                let name = e.get("name").and_then(Value::as_str).unwrap_or("").to_string();
+                match before.iter().find(|b| b.get("name").and_then(Value::as_str) == Some(name.as_str())) {
+                    Some(b) => {
+                        let mut e = e.clone();
+                        default_container(&mut e, false, true);
+                        if e != *b {
+                            errs.push(FieldError::forbidden(format!("spec.ephemeralContainers[{i}]"), "existing ephemeral containers may not be changed"));
+                        }
+                        list.push(b.clone());
+                    }
+                    None => {
+                        let taken = ["containers", "initContainers"].iter().any(|k| spec.get(*k).and_then(Value::as_array).is_some_and(|cs| cs.iter().any(|c| c.get("name").and_then(Value::as_str) == Some(name.as_str()))));
+                        if taken || name.is_empty() {
+                            errs.push(FieldError::invalid(format!("spec.ephemeralContainers[{i}].name"), &json!(name), "must be unique and not empty"));
+                        }
+                        let mut e = e;
+                        default_container(&mut e, false, true);
+                        default_field_refs(&mut e);
+                        list.push(e);
+                    }
+                }
+            }
+            if before.iter().any(|b| !list.iter().any(|l| l.get("name") == b.get("name"))) {
+                errs.push(FieldError::forbidden("spec.ephemeralContainers", "ephemeral containers may not be removed"));
+            }
+            spec["ephemeralContainers"] = json!(list);
+            new["spec"] = spec;
+            for k in ["status", "metadata"] {
+                if let Some(v) = old.get(k) {
+                    if k == "status" {
+                        new[k] = v.clone();
+                    }
+                }
+            }
+            if labels_changed {
+                ctx.violation("pods/ephemeralcontainers write changed labels/annotations, which the server ignores");
+            }
+        }
         "status" => {
             if spec_changed {
                 ctx.violation(format!(
