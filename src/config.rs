@@ -59,6 +59,9 @@ pub enum ConfigError {
         /// What is wrong with it.
         message: String,
     },
+    /// The credential provider plugins cannot be registered.
+    #[error(transparent)]
+    CredentialProvider(#[from] crate::runtime::image::ProviderError),
     /// `--bootstrap-kubeconfig` without `--kubeconfig` (where the bootstrap writes its result).
     #[error("--bootstrap-kubeconfig requires --kubeconfig: the path where the bootstrapped kubeconfig is written")]
     BootstrapWithoutKubeconfig,
@@ -258,6 +261,21 @@ pub struct AgentArgs {
     /// Cancel an image pull that makes no progress for this long [default: 1m] [config: imagePullProgressDeadline].
     #[arg(long = "image-pull-progress-deadline", value_parser = parse_duration)]
     pub image_pull_progress_deadline: Option<Duration>,
+    /// Pull one image at a time [default: true, false when maxParallelImagePulls > 1] [config: serializeImagePulls].
+    #[arg(long = "serialize-image-pulls", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_go_bool)]
+    pub serialize_image_pulls: Option<bool>,
+    /// Image pulls at once when not serialized [default: no limit] [config: maxParallelImagePulls].
+    #[arg(long = "max-parallel-image-pulls", allow_hyphen_values = true)]
+    pub max_parallel_image_pulls: Option<i32>,
+    /// The CredentialProviderConfig file (or directory of them) of the image credential provider plugins.
+    #[arg(long = "image-credential-provider-config")]
+    pub image_credential_provider_config: Option<PathBuf>,
+    /// Where the image credential provider plugins' executables are.
+    #[arg(long = "image-credential-provider-bin-dir")]
+    pub image_credential_provider_bin_dir: Option<PathBuf>,
+    /// containerd's registry config_path: <dir>/<host[:port]>/hosts.toml (mirrors, CAs); "" disables [default: containerd's config_path, else /etc/containerd/certs.d].
+    #[arg(long = "registry-config-path")]
+    pub registry_config_path: Option<String>,
     /// Port of the healthz endpoint, 0 disables it [default: 10248] [config: healthzPort].
     #[arg(long = "healthz-port")]
     pub healthz_port: Option<i32>,
@@ -346,8 +364,6 @@ ignored_flags! {
     kube_api_qps => "kube-api-qps",
     kube_api_burst => "kube-api-burst",
     kube_api_content_type => "kube-api-content-type",
-    serialize_image_pulls => "serialize-image-pulls",
-    max_parallel_image_pulls => "max-parallel-image-pulls",
     registry_qps => "registry-qps",
     registry_burst => "registry-burst",
     image_gc_high_threshold => "image-gc-high-threshold",
@@ -485,6 +501,14 @@ pub struct Config {
     pub address: String,
     /// `resolvConf` for dnsPolicy Default pods; `None` when set to "" (disabled).
     pub resolv_conf: Option<PathBuf>,
+    /// `serializeImagePulls`.
+    pub serialize_image_pulls: bool,
+    /// `maxParallelImagePulls` (`None`: no limit).
+    pub max_parallel_image_pulls: Option<u32>,
+    /// The plugins of `--image-credential-provider-config`, loaded and checked.
+    pub credential_providers: Option<std::sync::Arc<crate::runtime::image::CredentialProviders>>,
+    /// containerd's registry hosts directory (`hosts.toml`s); `None`: disabled.
+    pub registry_config_path: Option<PathBuf>,
 }
 
 /// The cgroup driver (`cgroupDriver`, `--cgroup-driver`).
@@ -683,6 +707,8 @@ impl Config {
             "containerLogMaxFiles": self.container_log_max_files,
             "containerRuntimeEndpoint": format!("unix://{}", self.containerd_socket.display()),
             "enforceNodeAllocatable": ["pods"],
+            "serializeImagePulls": self.serialize_image_pulls,
+            "maxParallelImagePulls": self.max_parallel_image_pulls,
         })
     }
 }
@@ -897,6 +923,40 @@ impl Config {
         if a.bootstrap_kubeconfig.is_some() && a.kubeconfig.is_none() {
             return Err(ConfigError::BootstrapWithoutKubeconfig);
         }
+        // Upstream: v1beta1 defaults (serializeImagePulls follows maxParallelImagePulls) and validation.
+        let max_parallel = a.max_parallel_image_pulls.or(file.max_parallel_image_pulls);
+        let serialize_image_pulls = a.serialize_image_pulls.or(file.serialize_image_pulls).unwrap_or(max_parallel.is_none_or(|n| n < 2));
+        let max_parallel_image_pulls = match max_parallel {
+            Some(n) if n < 1 => {
+                return Err(ConfigError::Invalid { field: "maxParallelImagePulls".into(), value: n.to_string(), message: "must be a positive number".into() })
+            }
+            Some(n) if n > 1 && serialize_image_pulls => {
+                return Err(ConfigError::Invalid {
+                    field: "maxParallelImagePulls".into(),
+                    value: n.to_string(),
+                    message: "cannot be larger than 1 unless SerializeImagePulls (--serialize-image-pulls) is set to false".into(),
+                })
+            }
+            n => n.map(|n| n as u32),
+        };
+        // Upstream registers the plugins when either flag is given (and fails when the other is missing).
+        let credential_providers = match (&a.image_credential_provider_config, &a.image_credential_provider_bin_dir) {
+            (None, None) => None,
+            (config, bin_dir) => Some(std::sync::Arc::new(crate::runtime::image::CredentialProviders::load(
+                config.as_deref().unwrap_or(std::path::Path::new("")),
+                bin_dir.as_deref().unwrap_or(std::path::Path::new("")),
+            )?)),
+        };
+        let registry_config_path = match &a.registry_config_path {
+            Some(p) if p.is_empty() => None,
+            Some(p) => Some(PathBuf::from(p)),
+            None => Some(
+                std::fs::read_to_string("/etc/containerd/config.toml")
+                    .ok()
+                    .and_then(|t| crate::runtime::image::containerd_config_path(&t))
+                    .unwrap_or_else(|| PathBuf::from(crate::runtime::image::DEFAULT_HOSTS_DIR)),
+            ),
+        };
         let pod_manifest_path = a.pod_manifest_path.clone().or_else(|| file.static_pod_path.clone().filter(|p| !p.is_empty()).map(PathBuf::from));
         Ok(Config {
             kill_at_once: false,
@@ -964,6 +1024,10 @@ impl Config {
                 Some(s) if s.is_empty() => None,
                 Some(s) => Some(PathBuf::from(s)),
             },
+            serialize_image_pulls,
+            max_parallel_image_pulls,
+            credential_providers,
+            registry_config_path,
         })
     }
 }
