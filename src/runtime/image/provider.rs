@@ -150,7 +150,6 @@ pub struct CredentialProviders {
     providers: Vec<Provider>,
 }
 
-#[derive(Debug)]
 struct Provider {
     name: String,
     match_images: Vec<String>,
@@ -161,8 +160,9 @@ struct Provider {
     binary: PathBuf,
     /// Cache key → (credentials, expiry).
     cache: Mutex<HashMap<String, (DockerConfig, Instant)>>,
-    /// One execution at a time per image (upstream's singleflight).
-    running: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The execution under way per image, whose answer concurrent callers share
+    /// (upstream's singleflight).
+    running: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Option<DockerConfig>>>>>,
 }
 
 impl CredentialProviders {
@@ -191,7 +191,7 @@ impl CredentialProviders {
                 api_version: p.api_version,
                 args: p.args,
                 cache: Mutex::default(),
-                running: tokio::sync::Mutex::default(),
+                running: Mutex::default(),
             });
         }
         Ok(CredentialProviders { providers })
@@ -372,6 +372,13 @@ fn registry_of(repo: &str) -> &str {
     repo.split('/').next().unwrap_or(repo)
 }
 
+impl std::fmt::Debug for Provider {
+    // Not derived: the cache holds credentials.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provider").field("name", &self.name).field("match_images", &self.match_images).field("binary", &self.binary).finish_non_exhaustive()
+    }
+}
+
 impl Provider {
     fn matches(&self, repo: &str) -> bool {
         self.match_images.iter().any(|m| url_matches(m, repo))
@@ -394,18 +401,18 @@ impl Provider {
             debug!(provider = %self.name, image = %repo, "credential provider cache hit");
             return Some(hit);
         }
-        let lock = self.running.lock().await.entry(repo.to_owned()).or_default().clone();
-        let _running = lock.lock().await;
-        if let Some(hit) = self.cached(repo, Instant::now()) {
-            return Some(hit);
+        let cell = self.running.lock().unwrap_or_else(PoisonError::into_inner).entry(repo.to_owned()).or_default().clone();
+        let answer = cell.get_or_init(|| self.run_and_cache(repo)).await.clone();
+        let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        if running.get(repo).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            running.remove(repo);
         }
+        answer
+    }
+
+    /// Runs the plugin for `repo` and caches its answer as it asks.
+    async fn run_and_cache(&self, repo: &str) -> Option<DockerConfig> {
         let result = self.exec(repo).await;
-        {
-            let mut running = self.running.lock().await;
-            if Arc::strong_count(&lock) == 2 {
-                running.remove(repo);
-            }
-        }
         let response = match result {
             Ok(r) => r,
             Err(e) => {
@@ -611,6 +618,21 @@ printf '{{"kind":"CredentialProviderResponse","apiVersion":"credentialprovider.k
         providers.keyring("127.0.0.1:9/other").await;
         assert_eq!(runs(dir.path()).len(), 1, "Global key");
         assert!(providers.providers[0].cached("x", Instant::now() + Duration::from_secs(2)).is_none(), "cacheDuration 1s");
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_for_one_image_share_one_run() {
+        let dir = tempfile::tempdir().unwrap();
+        counting_plugin(dir.path());
+        let body = std::fs::read_to_string(dir.path().join("test-plugin")).unwrap().replacen("req=$(cat);", "req=$(cat); sleep 0.5;", 1);
+        std::fs::write(dir.path().join("test-plugin"), body).unwrap();
+        let cfg = write(dir.path(), "config.yaml", &CONFIG.replace("defaultCacheDuration: 10m", "defaultCacheDuration: 0s"));
+        let providers = CredentialProviders::load(&cfg, dir.path()).unwrap();
+        let (a, b) = tokio::join!(providers.keyring("127.0.0.1:5103/a"), providers.keyring("127.0.0.1:5103/a"));
+        assert!(!a.is_empty() && !b.is_empty());
+        assert_eq!(runs(dir.path()).len(), 1);
+        providers.keyring("127.0.0.1:5103/a").await;
+        assert_eq!(runs(dir.path()).len(), 2, "not cached: a later request runs it again");
     }
 
     #[tokio::test]
