@@ -1289,4 +1289,38 @@ mod tests {
         assert_eq!(c.resolv_conf, Some(PathBuf::from("/run/systemd/resolve/resolv.conf")));
         assert_eq!(c.cgroup_driver, CgroupDriver::Systemd);
     }
+
+    #[test]
+    fn image_pulls_are_serialized_unless_parallel_pulls_are_asked_for() {
+        let c = with_file("pulls0", HEAD, &[]).unwrap();
+        assert!(c.serialize_image_pulls);
+        assert_eq!(c.max_parallel_image_pulls, None);
+        // maxParallelImagePulls > 1 alone turns serialization off (v1beta1 defaulting).
+        let c = with_file("pulls1", &format!("{HEAD}maxParallelImagePulls: 4\n"), &[]).unwrap();
+        assert!(!c.serialize_image_pulls);
+        assert_eq!(c.max_parallel_image_pulls, Some(4));
+        let c = with_file("pulls2", &format!("{HEAD}serializeImagePulls: false\n"), &["--max-parallel-image-pulls", "2"]).unwrap();
+        assert_eq!((c.serialize_image_pulls, c.max_parallel_image_pulls), (false, Some(2)));
+        let c = with_file("pulls3", &format!("{HEAD}serializeImagePulls: false\n"), &["--serialize-image-pulls=true"]).unwrap();
+        assert!(c.serialize_image_pulls, "the flag wins");
+        let e = with_file("pulls4", &format!("{HEAD}serializeImagePulls: true\nmaxParallelImagePulls: 3\n"), &[]).unwrap_err().to_string();
+        assert_eq!(e, "invalid maxParallelImagePulls \"3\": cannot be larger than 1 unless SerializeImagePulls (--serialize-image-pulls) is set to false");
+        let e = with_file("pulls5", &format!("{HEAD}maxParallelImagePulls: 0\n"), &[]).unwrap_err().to_string();
+        assert_eq!(e, "invalid maxParallelImagePulls \"0\": must be a positive number");
+        let c = with_file("pulls6", &format!("{HEAD}serializeImagePulls: true\nmaxParallelImagePulls: 1\n"), &[]).unwrap();
+        assert!(c.serialize_image_pulls);
+    }
+
+    #[test]
+    fn registry_hosts_and_credential_providers_come_from_flags() {
+        let c = with_file("hosts0", HEAD, &["--registry-config-path", "/etc/x/certs.d"]).unwrap();
+        assert_eq!(c.registry_config_path, Some(PathBuf::from("/etc/x/certs.d")));
+        assert_eq!(with_file("hosts1", HEAD, &["--registry-config-path", ""]).unwrap().registry_config_path, None);
+        assert!(with_file("hosts2", HEAD, &[]).unwrap().credential_providers.is_none());
+        // One of the two provider flags alone fails as upstream's registration does.
+        let e = with_file("prov0", HEAD, &["--image-credential-provider-config", "/nonexistent/p.yaml"]).unwrap_err().to_string();
+        assert_eq!(e, "plugin binary directory  did not exist");
+        let e = with_file("prov1", HEAD, &["--image-credential-provider-bin-dir", "/"]).unwrap_err().to_string();
+        assert_eq!(e, "credential provider config path is empty");
+    }
 }
