@@ -671,7 +671,7 @@ async fn a_credential_provider_plugin_answers_once_for_two_pulls() {
     reg.push("test/private:2.0");
     let dir = tempfile::tempdir_in("/var/lib/rkubelet-test").unwrap();
     let bin = dir.path().join("bin");
-    registry::credential_plugin(&bin, "test-provider", &reg.addr, "bob", "pw", "Registry", "5m", "0");
+    registry::credential_plugin(&bin, "test-provider", &reg.addr, ("bob", "pw"), ("Registry", "5m"), "0");
     let config = dir.path().join("providers.yaml");
     registry::provider_config(&config, "test-provider", &[&reg.addr]);
     let providers = std::sync::Arc::new(CredentialProviders::load(&config, &bin).expect("valid provider config"));
@@ -739,7 +739,7 @@ async fn two_pulls_at_once(max_parallel_pulls: Option<usize>, port: u16) -> Vec<
     let dir = tempfile::tempdir_in("/var/lib/rkubelet-test").unwrap();
     let bin = dir.path().join("bin");
     // Not cached, one second per run: every pull runs it inside its pull slot.
-    registry::credential_plugin(&bin, "slow", &reg.addr, "carol", "pw", "Image", "0s", "1");
+    registry::credential_plugin(&bin, "slow", &reg.addr, ("carol", "pw"), ("Image", "0s"), "1");
     let config = dir.path().join("providers.yaml");
     registry::provider_config(&config, "slow", &[&reg.addr]);
     let providers = std::sync::Arc::new(CredentialProviders::load(&config, &bin).unwrap());

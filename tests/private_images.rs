@@ -53,7 +53,7 @@ async fn p1_pull_secrets_service_accounts_and_credential_providers_reach_a_priva
     let work = Path::new("/var/lib/rkubelet-test/agents/p1-work");
     let _ = std::fs::remove_dir_all(work);
     let bin = work.join("bin");
-    credential_plugin(&bin, "test-provider", "localhost:5151", "alice", "s3cret", "Registry", "5m", "0");
+    credential_plugin(&bin, "test-provider", "localhost:5151", ("alice", "s3cret"), ("Registry", "5m"), "0");
     let config = work.join("providers.yaml");
     provider_config(&config, "test-provider", &["localhost:5151"]);
     let node_kc = api.node.to_str().unwrap().to_string();

@@ -193,7 +193,7 @@ pub enum StepError {
         reference: String,
         /// What is wrong with it.
         #[source]
-        source: HostsError,
+        source: Box<HostsError>,
     },
     /// Fetching a platform manifest from the registry failed.
     #[error("failed to fetch manifest {digest}: {}", registry_message(source))]
@@ -720,7 +720,7 @@ impl ImageService {
             reference::is_loopback_registry(&registry) || reference::is_listed(&registry, insecure) || reference::is_listed(reference.registry(), insecure);
         let hosts = hosts::hosts_for(self.inner.options.hosts_dir.as_deref(), reference.registry(), default_plain_http)
             .await
-            .map_err(|source| StepError::Hosts { reference: name.to_owned(), source })?;
+            .map_err(|source| StepError::Hosts { reference: name.to_owned(), source: Box::new(source) })?;
         let mut first_error: Option<StepError> = None;
         let mut not_found: Option<StepError> = None;
         for host in hosts.iter().filter(|h| h.resolve || (h.pull && reference.digest().is_some())) {
@@ -742,7 +742,7 @@ impl ImageService {
         }
         Err(first_error.or(not_found).unwrap_or_else(|| StepError::Hosts {
             reference: name.to_owned(),
-            source: HostsError::NoResolveHost(reference.registry().to_owned()),
+            source: Box::new(HostsError::NoResolveHost(reference.registry().to_owned())),
         }))
     }
 

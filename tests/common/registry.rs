@@ -83,7 +83,7 @@ impl Drop for Registry {
 /// appends a line (`<start-ms> <end-ms> <request>`) to `<bin_dir>/<name>.runs`
 /// per run, sleeps `sleep` seconds, and answers `user:password` for
 /// `registry` with the given cache key type and duration.
-pub fn credential_plugin(bin_dir: &Path, name: &str, registry: &str, user: &str, password: &str, key_type: &str, duration: &str, sleep: &str) {
+pub fn credential_plugin(bin_dir: &Path, name: &str, registry: &str, (user, password): (&str, &str), (key_type, duration): (&str, &str), sleep: &str) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(bin_dir).unwrap();
     let runs = bin_dir.join(format!("{name}.runs"));

@@ -481,7 +481,7 @@ mod tests {
         let mut k = keyring(&[("r.example", "first")]);
         k.add(&Source::Provider("p".into()), vec![("r.example".into(), RegistryAuth::Basic("second".into(), "x".into()))]);
         let found = k.lookup("r.example/a");
-        assert_eq!(found.iter().map(|c| user(c)).collect::<Vec<_>>(), ["first", "second"]);
+        assert_eq!(found.iter().map(user).collect::<Vec<_>>(), ["first", "second"]);
         assert_eq!(found[1].source, Source::Provider("p".into()));
     }
 

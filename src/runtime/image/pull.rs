@@ -56,7 +56,7 @@ pub(crate) async fn registry_client(registry: &str, host: &RegistryHost) -> Resu
     for path in &host.ca {
         let data = tokio::fs::read(path).await.map_err(|source| StepError::Hosts {
             reference: registry.to_owned(),
-            source: HostsError::Read { path: path.clone(), source },
+            source: Box::new(HostsError::Read { path: path.clone(), source }),
         })?;
         extra_root_certificates.push(Certificate { encoding: CertificateEncoding::Pem, data });
     }
