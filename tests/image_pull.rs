@@ -664,17 +664,32 @@ async fn an_authenticating_registry_needs_a_matching_credential_and_each_is_trie
     node.ensure(&image, PullPolicy::Always).await.expect("pull with the node's docker config");
 }
 
-#[tokio::test]
-async fn a_credential_provider_plugin_answers_once_for_two_pulls() {
-    let reg = registry::Registry::start("provider", 5142, Some(("bob", "pw")));
-    reg.push("test/private:1.0");
-    reg.push("test/private:2.0");
+/// A registry (user `u`, password `pw`) holding `repos`, and a credential
+/// provider plugin `name` answering for it with `cache` (key type, duration)
+/// after `sleep` seconds; the plugin's directory lives as long as the `TempDir`.
+fn registry_with_plugin(
+    port: u16,
+    repos: &[&str],
+    name: &str,
+    cache: (&str, &str),
+    sleep: &str,
+) -> (registry::Registry, tempfile::TempDir, std::path::PathBuf, std::sync::Arc<CredentialProviders>) {
+    let reg = registry::Registry::start(name, port, Some(("u", "pw")));
+    for repo in repos {
+        reg.push(repo);
+    }
     let dir = tempfile::tempdir_in("/var/lib/rkubelet-test").unwrap();
     let bin = dir.path().join("bin");
-    registry::credential_plugin(&bin, "test-provider", &reg.addr, ("bob", "pw"), ("Registry", "5m"), "0");
+    registry::credential_plugin(&bin, name, &reg.addr, ("u", "pw"), cache, sleep);
     let config = dir.path().join("providers.yaml");
-    registry::provider_config(&config, "test-provider", &[&reg.addr]);
+    registry::provider_config(&config, name, &[&reg.addr]);
     let providers = std::sync::Arc::new(CredentialProviders::load(&config, &bin).expect("valid provider config"));
+    (reg, dir, bin, providers)
+}
+
+#[tokio::test]
+async fn a_credential_provider_plugin_answers_once_for_two_pulls() {
+    let (reg, _dir, bin, providers) = registry_with_plugin(5142, &["test/private:1.0", "test/private:2.0"], "test-provider", ("Registry", "5m"), "0");
     let channel = connect().await;
     let ns = TestNamespace::new();
     let images = service_with(&channel, &ns.name, PullOptions { credential_providers: Some(providers), ..PullOptions::default() });
@@ -733,16 +748,8 @@ async fn a_hosts_toml_mirror_serves_an_image_its_server_does_not_have() {
 
 /// Pulls two images at once; returns the plugin's run intervals.
 async fn two_pulls_at_once(max_parallel_pulls: Option<usize>, port: u16) -> Vec<(u64, u64, String)> {
-    let reg = registry::Registry::start("parallel", port, Some(("carol", "pw")));
-    reg.push("test/private-a:1.0");
-    reg.push("test/private-b:1.0");
-    let dir = tempfile::tempdir_in("/var/lib/rkubelet-test").unwrap();
-    let bin = dir.path().join("bin");
     // Not cached, one second per run: every pull runs it inside its pull slot.
-    registry::credential_plugin(&bin, "slow", &reg.addr, ("carol", "pw"), ("Image", "0s"), "1");
-    let config = dir.path().join("providers.yaml");
-    registry::provider_config(&config, "slow", &[&reg.addr]);
-    let providers = std::sync::Arc::new(CredentialProviders::load(&config, &bin).unwrap());
+    let (reg, _dir, bin, providers) = registry_with_plugin(port, &["test/private-a:1.0", "test/private-b:1.0"], "slow", ("Image", "0s"), "1");
     let channel = connect().await;
     let ns = TestNamespace::new();
     let images = service_with(&channel, &ns.name, PullOptions { credential_providers: Some(providers), max_parallel_pulls, ..PullOptions::default() });

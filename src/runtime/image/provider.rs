@@ -549,16 +549,22 @@ printf '{{"kind":"CredentialProviderResponse","apiVersion":"credentialprovider.k
         );
     }
 
+    /// A counting plugin and `config` in a fresh directory, loaded.
+    fn loaded(config: &str) -> (tempfile::TempDir, CredentialProviders) {
+        let dir = tempfile::tempdir().unwrap();
+        counting_plugin(dir.path());
+        let cfg = write(dir.path(), "config.yaml", config);
+        let providers = CredentialProviders::load(&cfg, dir.path()).unwrap();
+        (dir, providers)
+    }
+
     fn runs(dir: &Path) -> Vec<String> {
         std::fs::read_to_string(dir.join("runs")).unwrap_or_default().lines().map(String::from).collect()
     }
 
     #[tokio::test]
     async fn plugin_answers_are_cached_by_registry_and_matched_to_the_image() {
-        let dir = tempfile::tempdir().unwrap();
-        counting_plugin(dir.path());
-        let cfg = write(dir.path(), "config.yaml", CONFIG);
-        let providers = CredentialProviders::load(&cfg, dir.path()).unwrap();
+        let (dir, providers) = loaded(CONFIG);
         assert_eq!(providers.names(), ["test-plugin"]);
 
         let found = providers.keyring("127.0.0.1:5103/test/busybox").await.lookup("127.0.0.1:5103/test/busybox");
@@ -584,10 +590,7 @@ printf '{{"kind":"CredentialProviderResponse","apiVersion":"credentialprovider.k
 
     #[tokio::test]
     async fn image_keys_zero_durations_and_expiry() {
-        let dir = tempfile::tempdir().unwrap();
-        counting_plugin(dir.path());
-        let cfg = write(dir.path(), "config.yaml", &CONFIG.replace("value: registry", "value: image"));
-        let providers = CredentialProviders::load(&cfg, dir.path()).unwrap();
+        let (dir, providers) = loaded(&CONFIG.replace("value: registry", "value: image"));
         providers.keyring("127.0.0.1:5103/a").await;
         providers.keyring("127.0.0.1:5103/a").await;
         providers.keyring("127.0.0.1:5103/b").await;
@@ -598,10 +601,7 @@ printf '{{"kind":"CredentialProviderResponse","apiVersion":"credentialprovider.k
         assert!(p.cached("127.0.0.1:5103/a", Instant::now()).is_some());
         assert!(p.cached("127.0.0.1:5103/a", later).is_none(), "defaultCacheDuration 10m expires");
 
-        let dir2 = tempfile::tempdir().unwrap();
-        counting_plugin(dir2.path());
-        let cfg = write(dir2.path(), "config.yaml", &CONFIG.replace("defaultCacheDuration: 10m", "defaultCacheDuration: 0s"));
-        let providers = CredentialProviders::load(&cfg, dir2.path()).unwrap();
+        let (dir2, providers) = loaded(&CONFIG.replace("defaultCacheDuration: 10m", "defaultCacheDuration: 0s"));
         providers.keyring("127.0.0.1:5103/a").await;
         providers.keyring("127.0.0.1:5103/a").await;
         assert_eq!(runs(dir2.path()).len(), 2, "a zero default duration caches nothing");
@@ -609,10 +609,7 @@ printf '{{"kind":"CredentialProviderResponse","apiVersion":"credentialprovider.k
 
     #[tokio::test]
     async fn response_cache_duration_wins_and_global_keys_cover_everything() {
-        let dir = tempfile::tempdir().unwrap();
-        counting_plugin(dir.path());
-        let cfg = write(dir.path(), "config.yaml", &CONFIG.replace("value: registry", "value: Global\n      - name: EXTRA\n        value: '\"cacheDuration\":\"1s\",'"));
-        let providers = CredentialProviders::load(&cfg, dir.path()).unwrap();
+        let (dir, providers) = loaded(&CONFIG.replace("value: registry", "value: Global\n      - name: EXTRA\n        value: '\"cacheDuration\":\"1s\",'"));
         let config = providers.providers[0].provide("127.0.0.1:5103/a").await.unwrap();
         assert_eq!(first_user(&config), Some("plugin-user"));
         providers.keyring("127.0.0.1:9/other").await;
