@@ -746,6 +746,35 @@ async fn a_hosts_toml_mirror_serves_an_image_its_server_does_not_have() {
     assert!(err.contains(&format!("failed to decode hosts.toml {}", host_dir.join("hosts.toml").display())), "{err}");
 }
 
+#[tokio::test]
+async fn a_hosts_toml_ca_or_skip_verify_reaches_an_https_registry() {
+    let dir = tempfile::tempdir_in("/var/lib/rkubelet-test").unwrap();
+    let (ca, cert, key) = registry::tls_files(&dir.path().join("tls"));
+    let reg = registry::Registry::start_with("tls", 5148, None, Some((&cert, &key)));
+    reg.push("test/tls:1.0");
+    let image = format!("{}/test/tls:1.0", reg.addr);
+    let hosts = dir.path().join("certs.d");
+    let host_dir = hosts.join(&reg.addr);
+    std::fs::create_dir_all(&host_dir).unwrap();
+    let channel = connect().await;
+    let ns = TestNamespace::new();
+    let with_hosts = |toml: String| {
+        std::fs::write(host_dir.join("hosts.toml"), toml).unwrap();
+        service_with(&channel, &ns.name, PullOptions { hosts_dir: Some(hosts.clone()), ..PullOptions::default() })
+    };
+
+    // HTTPS without the CA: the certificate is refused.
+    let err = with_hosts(format!("server = \"https://{}\"\n", reg.addr)).ensure(&image, PullPolicy::Always).await.unwrap_err();
+    assert_eq!(err.reason(), "ErrImagePull");
+    assert!(err.to_string().to_lowercase().contains("certificate"), "{err}");
+    // The CA from hosts.toml (relative to the host's directory): trusted.
+    std::fs::copy(&ca, host_dir.join("registry-ca.pem")).unwrap();
+    let info = with_hosts(format!("server = \"https://{}\"\nca = \"registry-ca.pem\"\n", reg.addr)).ensure(&image, PullPolicy::Always).await.expect("pull with the CA");
+    assert_eq!(info.name, image);
+    // skip_verify: any certificate.
+    with_hosts(format!("server = \"https://{}\"\nskip_verify = true\n", reg.addr)).ensure(&image, PullPolicy::Always).await.expect("pull with skip_verify");
+}
+
 /// Pulls two images at once; returns the plugin's run intervals.
 async fn two_pulls_at_once(max_parallel_pulls: Option<usize>, port: u16) -> Vec<(u64, u64, String)> {
     // Not cached, one second per run: every pull runs it inside its pull slot.

@@ -22,8 +22,13 @@ pub struct Registry {
 
 impl Registry {
     /// Starts a registry on 127.0.0.1:`port` (never 5000), with basic auth for
-    /// `user:password` when given; waits (bounded) until /v2/ answers.
+    /// `user:password` when given; waits (bounded) until its port answers.
     pub fn start(name: &str, port: u16, auth: Option<(&str, &str)>) -> Registry {
+        Self::start_with(name, port, auth, None)
+    }
+
+    /// Like [`Registry::start`], serving HTTPS with `(certificate, key)` PEM files when given.
+    pub fn start_with(name: &str, port: u16, auth: Option<(&str, &str)>, tls: Option<(&Path, &Path)>) -> Registry {
         assert_ne!(port, 5000, "5000 is the shared registry");
         let dir = PathBuf::from("/var/lib/rkubelet-test/registries").join(format!("{name}-{port}"));
         let _ = std::fs::remove_dir_all(&dir);
@@ -36,6 +41,9 @@ impl Registry {
             let hash = bcrypt::hash(password, 5).unwrap();
             std::fs::write(dir.join("htpasswd"), format!("{user}:{hash}\n")).unwrap();
             config.push_str(&format!("auth:\n  htpasswd:\n    realm: rk-test\n    path: {}\n", dir.join("htpasswd").display()));
+        }
+        if let Some((cert, key)) = tls {
+            config.push_str(&format!("  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display()));
         }
         std::fs::write(dir.join("config.yml"), config).unwrap();
         let log = std::fs::File::create(dir.join("registry.log")).unwrap();
@@ -124,4 +132,25 @@ pub fn provider_config(path: &Path, name: &str, match_images: &[&str]) {
         ),
     )
     .unwrap();
+}
+
+/// A CA and a serving certificate for 127.0.0.1 it signs, written as
+/// `ca.pem`, `cert.pem` and `key.pem` into `dir`.
+pub fn tls_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    std::fs::create_dir_all(dir).unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "rkubelet test registry CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let paths = (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&paths.0, ca_cert.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
 }
