@@ -90,7 +90,13 @@ fn new_context(cfg: &Arc<Config>, channel: &tonic::transport::Channel, cni: Cni,
         channel.clone(),
         cfg.namespace.clone(),
         cfg.snapshotter.clone(),
-        PullOptions { docker_config: docker_config(&cfg.root_dir), insecure_registries: vec![] },
+        PullOptions {
+            docker_config: docker_config(&cfg.root_dir),
+            insecure_registries: vec![],
+            hosts_dir: cfg.registry_config_path.clone(),
+            credential_providers: cfg.credential_providers.clone(),
+            max_parallel_pulls: if cfg.serialize_image_pulls { Some(1) } else { cfg.max_parallel_image_pulls.map(|n| n as usize) },
+        },
     );
     let memory_capacity = crate::cgroups::memory_capacity();
     let cpu_capacity_milli = std::thread::available_parallelism().map(|n| n.get() as i64 * 1000).unwrap_or(1000);

@@ -59,6 +59,9 @@ pub enum ConfigError {
         /// What is wrong with it.
         message: String,
     },
+    /// The credential provider plugins cannot be registered.
+    #[error(transparent)]
+    CredentialProvider(#[from] crate::runtime::image::ProviderError),
     /// `--bootstrap-kubeconfig` without `--kubeconfig` (where the bootstrap writes its result).
     #[error("--bootstrap-kubeconfig requires --kubeconfig: the path where the bootstrapped kubeconfig is written")]
     BootstrapWithoutKubeconfig,
@@ -258,6 +261,21 @@ pub struct AgentArgs {
     /// Cancel an image pull that makes no progress for this long [default: 1m] [config: imagePullProgressDeadline].
     #[arg(long = "image-pull-progress-deadline", value_parser = parse_duration)]
     pub image_pull_progress_deadline: Option<Duration>,
+    /// Pull one image at a time [default: true, false when maxParallelImagePulls > 1] [config: serializeImagePulls].
+    #[arg(long = "serialize-image-pulls", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_go_bool)]
+    pub serialize_image_pulls: Option<bool>,
+    /// Image pulls at once when not serialized [default: no limit] [config: maxParallelImagePulls].
+    #[arg(long = "max-parallel-image-pulls", allow_hyphen_values = true)]
+    pub max_parallel_image_pulls: Option<i32>,
+    /// The CredentialProviderConfig file (or directory of them) of the image credential provider plugins.
+    #[arg(long = "image-credential-provider-config")]
+    pub image_credential_provider_config: Option<PathBuf>,
+    /// Where the image credential provider plugins' executables are.
+    #[arg(long = "image-credential-provider-bin-dir")]
+    pub image_credential_provider_bin_dir: Option<PathBuf>,
+    /// containerd's registry config_path: <dir>/<host[:port]>/hosts.toml (mirrors, CAs); "" disables [default: containerd's config_path, else /etc/containerd/certs.d].
+    #[arg(long = "registry-config-path")]
+    pub registry_config_path: Option<String>,
     /// Port of the healthz endpoint, 0 disables it [default: 10248] [config: healthzPort].
     #[arg(long = "healthz-port")]
     pub healthz_port: Option<i32>,
@@ -359,8 +377,6 @@ ignored_flags! {
     kube_api_qps => "kube-api-qps",
     kube_api_burst => "kube-api-burst",
     kube_api_content_type => "kube-api-content-type",
-    serialize_image_pulls => "serialize-image-pulls",
-    max_parallel_image_pulls => "max-parallel-image-pulls",
     registry_qps => "registry-qps",
     registry_burst => "registry-burst",
     image_gc_high_threshold => "image-gc-high-threshold",
@@ -500,6 +516,14 @@ pub struct Config {
     pub resolv_conf: Option<PathBuf>,
     /// RuntimeClass handler → containerd runtime type; "" is the default runtime.
     pub runtime_handlers: std::collections::BTreeMap<String, String>,
+    /// `serializeImagePulls`.
+    pub serialize_image_pulls: bool,
+    /// `maxParallelImagePulls` (`None`: no limit).
+    pub max_parallel_image_pulls: Option<u32>,
+    /// The plugins of `--image-credential-provider-config`, loaded and checked.
+    pub credential_providers: Option<std::sync::Arc<crate::runtime::image::CredentialProviders>>,
+    /// containerd's registry hosts directory (`hosts.toml`s); `None`: disabled.
+    pub registry_config_path: Option<PathBuf>,
 }
 
 /// The cgroup driver (`cgroupDriver`, `--cgroup-driver`).
@@ -698,6 +722,8 @@ impl Config {
             "containerLogMaxFiles": self.container_log_max_files,
             "containerRuntimeEndpoint": format!("unix://{}", self.containerd_socket.display()),
             "enforceNodeAllocatable": ["pods"],
+            "serializeImagePulls": self.serialize_image_pulls,
+            "maxParallelImagePulls": self.max_parallel_image_pulls,
         })
     }
 }
@@ -912,6 +938,40 @@ impl Config {
         if a.bootstrap_kubeconfig.is_some() && a.kubeconfig.is_none() {
             return Err(ConfigError::BootstrapWithoutKubeconfig);
         }
+        // Upstream: v1beta1 defaults (serializeImagePulls follows maxParallelImagePulls) and validation.
+        let max_parallel = a.max_parallel_image_pulls.or(file.max_parallel_image_pulls);
+        let serialize_image_pulls = a.serialize_image_pulls.or(file.serialize_image_pulls).unwrap_or(max_parallel.is_none_or(|n| n < 2));
+        let max_parallel_image_pulls = match max_parallel {
+            Some(n) if n < 1 => {
+                return Err(ConfigError::Invalid { field: "maxParallelImagePulls".into(), value: n.to_string(), message: "must be a positive number".into() })
+            }
+            Some(n) if n > 1 && serialize_image_pulls => {
+                return Err(ConfigError::Invalid {
+                    field: "maxParallelImagePulls".into(),
+                    value: n.to_string(),
+                    message: "cannot be larger than 1 unless SerializeImagePulls (--serialize-image-pulls) is set to false".into(),
+                })
+            }
+            n => n.map(|n| n as u32),
+        };
+        // Upstream registers the plugins when either flag is given (and fails when the other is missing).
+        let credential_providers = match (&a.image_credential_provider_config, &a.image_credential_provider_bin_dir) {
+            (None, None) => None,
+            (config, bin_dir) => Some(std::sync::Arc::new(crate::runtime::image::CredentialProviders::load(
+                config.as_deref().unwrap_or(std::path::Path::new("")),
+                bin_dir.as_deref().unwrap_or(std::path::Path::new("")),
+            )?)),
+        };
+        let registry_config_path = match &a.registry_config_path {
+            Some(p) if p.is_empty() => None,
+            Some(p) => Some(PathBuf::from(p)),
+            None => Some(
+                std::fs::read_to_string("/etc/containerd/config.toml")
+                    .ok()
+                    .and_then(|t| crate::runtime::image::containerd_config_path(&t))
+                    .unwrap_or_else(|| PathBuf::from(crate::runtime::image::DEFAULT_HOSTS_DIR)),
+            ),
+        };
         let pod_manifest_path = a.pod_manifest_path.clone().or_else(|| file.static_pod_path.clone().filter(|p| !p.is_empty()).map(PathBuf::from));
         Ok(Config {
             kill_at_once: false,
@@ -984,6 +1044,10 @@ impl Config {
                 Some(s) if s.is_empty() => None,
                 Some(s) => Some(PathBuf::from(s)),
             },
+            serialize_image_pulls,
+            max_parallel_image_pulls,
+            credential_providers,
+            registry_config_path,
         })
     }
 }
@@ -1247,5 +1311,39 @@ mod tests {
         assert_eq!(c.taints[0].key, "node-role.kubernetes.io/control-plane");
         assert_eq!(c.resolv_conf, Some(PathBuf::from("/run/systemd/resolve/resolv.conf")));
         assert_eq!(c.cgroup_driver, CgroupDriver::Systemd);
+    }
+
+    #[test]
+    fn image_pulls_are_serialized_unless_parallel_pulls_are_asked_for() {
+        let c = with_file("pulls0", HEAD, &[]).unwrap();
+        assert!(c.serialize_image_pulls);
+        assert_eq!(c.max_parallel_image_pulls, None);
+        // maxParallelImagePulls > 1 alone turns serialization off (v1beta1 defaulting).
+        let c = with_file("pulls1", &format!("{HEAD}maxParallelImagePulls: 4\n"), &[]).unwrap();
+        assert!(!c.serialize_image_pulls);
+        assert_eq!(c.max_parallel_image_pulls, Some(4));
+        let c = with_file("pulls2", &format!("{HEAD}serializeImagePulls: false\n"), &["--max-parallel-image-pulls", "2"]).unwrap();
+        assert_eq!((c.serialize_image_pulls, c.max_parallel_image_pulls), (false, Some(2)));
+        let c = with_file("pulls3", &format!("{HEAD}serializeImagePulls: false\n"), &["--serialize-image-pulls=true"]).unwrap();
+        assert!(c.serialize_image_pulls, "the flag wins");
+        let e = with_file("pulls4", &format!("{HEAD}serializeImagePulls: true\nmaxParallelImagePulls: 3\n"), &[]).unwrap_err().to_string();
+        assert_eq!(e, "invalid maxParallelImagePulls \"3\": cannot be larger than 1 unless SerializeImagePulls (--serialize-image-pulls) is set to false");
+        let e = with_file("pulls5", &format!("{HEAD}maxParallelImagePulls: 0\n"), &[]).unwrap_err().to_string();
+        assert_eq!(e, "invalid maxParallelImagePulls \"0\": must be a positive number");
+        let c = with_file("pulls6", &format!("{HEAD}serializeImagePulls: true\nmaxParallelImagePulls: 1\n"), &[]).unwrap();
+        assert!(c.serialize_image_pulls);
+    }
+
+    #[test]
+    fn registry_hosts_and_credential_providers_come_from_flags() {
+        let c = with_file("hosts0", HEAD, &["--registry-config-path", "/etc/x/certs.d"]).unwrap();
+        assert_eq!(c.registry_config_path, Some(PathBuf::from("/etc/x/certs.d")));
+        assert_eq!(with_file("hosts1", HEAD, &["--registry-config-path", ""]).unwrap().registry_config_path, None);
+        assert!(with_file("hosts2", HEAD, &[]).unwrap().credential_providers.is_none());
+        // One of the two provider flags alone fails as upstream's registration does.
+        let e = with_file("prov0", HEAD, &["--image-credential-provider-config", "/nonexistent/p.yaml"]).unwrap_err().to_string();
+        assert_eq!(e, "plugin binary directory  did not exist");
+        let e = with_file("prov1", HEAD, &["--image-credential-provider-bin-dir", "/"]).unwrap_err().to_string();
+        assert_eq!(e, "credential provider config path is empty");
     }
 }

@@ -22,6 +22,7 @@ pub mod reason {
     pub const FAILED_CREATE_POD_SANDBOX: &str = "FailedCreatePodSandBox";
     pub const SANDBOX_CHANGED: &str = "SandboxChanged";
     pub const FAILED_MOUNT: &str = "FailedMount";
+    pub const FAILED_TO_RETRIEVE_IMAGE_PULL_SECRET: &str = "FailedToRetrieveImagePullSecret";
     pub const FAILED_KILL_POD: &str = "FailedKillPod";
     pub const STARTING: &str = "Starting";
     pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";

@@ -216,6 +216,10 @@ pub struct KubeletConfiguration {
     pub resolv_conf: Option<String>,
     pub register_with_taints: Option<Vec<k8s_openapi::api::core::v1::Taint>>,
     pub pod_logs_dir: Option<String>,
+    /// Pull one image at a time (default: true unless `maxParallelImagePulls` > 1).
+    pub serialize_image_pulls: Option<bool>,
+    /// Image pulls at once when they are not serialized (unset: no limit).
+    pub max_parallel_image_pulls: Option<i32>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }

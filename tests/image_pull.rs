@@ -29,10 +29,15 @@ use containerd_client::services::v1::{
     DeleteRequest, GetImageRequest, Image, InfoRequest, ListImagesRequest, ListRequest,
 };
 use rand::RngCore;
-use rkubelet::runtime::image::{ImageError, ImageService, PullOptions, PullPolicy};
+use rkubelet::runtime::image::{
+    CredentialProviders, ImageError, ImageService, PullOptions, PullPolicy, PullSecrets,
+};
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 use tonic::Request;
+
+#[path = "common/registry.rs"]
+mod registry;
 
 const SOCKET: &str = "/run/containerd/containerd.sock";
 const SNAPSHOTTER: &str = "overlayfs";
@@ -587,4 +592,211 @@ async fn a_new_multi_layer_image_is_downloaded_and_unpacked() {
         lease_ids(&channel, &ns.name).await.is_empty(),
         "pull lease released"
     );
+}
+
+// ---- private registries (issue 12) ---------------------------------------------
+
+fn docker_secret(name: &str, location: &str, user: &str, password: &str) -> k8s_openapi::api::core::v1::Secret {
+    use base64::Engine;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let config = format!(r#"{{"auths":{{"{location}":{{"auth":"{auth}"}}}}}}"#);
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "namespace": "default"},
+        "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": base64::engine::general_purpose::STANDARD.encode(config)},
+    }))
+    .unwrap()
+}
+
+fn service_with(channel: &Channel, namespace: &str, options: PullOptions) -> ImageService {
+    ImageService::new(channel.clone(), namespace, SNAPSHOTTER, options)
+}
+
+#[tokio::test]
+async fn an_authenticating_registry_needs_a_matching_credential_and_each_is_tried_in_turn() {
+    let reg = registry::Registry::start("auth", 5141, Some(("alice", "secret")));
+    reg.push("test/private:1.0");
+    let image = format!("{}/test/private:1.0", reg.addr);
+    let channel = connect().await;
+    let ns = TestNamespace::new();
+    let images = service(&channel, &ns.name);
+
+    // No credential: containerd 1.6's wording for the 401 of its resolver.
+    let err = images.ensure(&image, PullPolicy::Always).await.expect_err("anonymous pull");
+    assert_eq!(err.reason(), "ErrImagePull");
+    let unauthorized = format!(
+        r#"failed to pull and unpack image "{image}": failed to resolve reference "{image}": pulling from host {} failed with status code [manifests 1.0]: 401 Unauthorized"#,
+        reg.addr
+    );
+    assert_eq!(err.to_string(), unauthorized);
+
+    // A credential for another registry does not match: the same anonymous failure.
+    let other = PullSecrets::from_secrets(&[docker_secret("other", "127.0.0.1:5000", "alice", "secret")]).unwrap();
+    let err = images.ensure_with(&image, PullPolicy::Always, &other).await.unwrap_err();
+    assert_eq!(err.to_string(), unauthorized);
+
+    // Two wrong credentials: both tried, Go's aggregate of the (equal) messages.
+    let wrong = PullSecrets::from_secrets(&[
+        docker_secret("w1", &format!("https://{}", reg.addr), "x", "y"),
+        docker_secret("w2", &format!("{}/test", reg.addr), "alice", "wrong"),
+    ])
+    .unwrap();
+    let err = images.ensure_with(&image, PullPolicy::Always, &wrong).await.unwrap_err();
+    assert!(matches!(err, ImageError::PullAttempts { ref errors, .. } if errors.len() == 2), "{err:?}");
+    assert_eq!(err.reason(), "ErrImagePull");
+    assert_eq!(err.to_string(), unauthorized);
+
+    // A wrong one first (more specific path), then the right one: the pull succeeds.
+    let secrets = PullSecrets::from_secrets(&[
+        docker_secret("right", &reg.addr, "alice", "secret"),
+        docker_secret("wrong", &format!("{}/test/private", reg.addr), "alice", "nope"),
+    ])
+    .unwrap();
+    let info = images.ensure_with(&image, PullPolicy::Always, &secrets).await.expect("pull with the secret");
+    assert_eq!(info.name, image);
+    assert!(reg.log().contains("alice"), "the registry saw the user");
+
+    // The node's docker config (a fresh service: no pull in memory).
+    let dir = tempfile::tempdir_in("/var/lib/rkubelet-test").unwrap();
+    let config = dir.path().join("config.json");
+    std::fs::write(&config, format!(r#"{{"auths":{{"http://{}":{{"username":"alice","password":"secret"}}}}}}"#, reg.addr)).unwrap();
+    let node = service_with(&channel, &ns.name, PullOptions { docker_config: Some(config), ..PullOptions::default() });
+    node.ensure(&image, PullPolicy::Always).await.expect("pull with the node's docker config");
+}
+
+/// A registry (user `u`, password `pw`) holding `repos`, and a credential
+/// provider plugin `name` answering for it with `cache` (key type, duration)
+/// after `sleep` seconds; the plugin's directory lives as long as the `TempDir`.
+fn registry_with_plugin(
+    port: u16,
+    repos: &[&str],
+    name: &str,
+    cache: (&str, &str),
+    sleep: &str,
+) -> (registry::Registry, tempfile::TempDir, std::path::PathBuf, std::sync::Arc<CredentialProviders>) {
+    let reg = registry::Registry::start(name, port, Some(("u", "pw")));
+    for repo in repos {
+        reg.push(repo);
+    }
+    let dir = tempfile::tempdir_in("/var/lib/rkubelet-test").unwrap();
+    let bin = dir.path().join("bin");
+    registry::credential_plugin(&bin, name, &reg.addr, ("u", "pw"), cache, sleep);
+    let config = dir.path().join("providers.yaml");
+    registry::provider_config(&config, name, &[&reg.addr]);
+    let providers = std::sync::Arc::new(CredentialProviders::load(&config, &bin).expect("valid provider config"));
+    (reg, dir, bin, providers)
+}
+
+#[tokio::test]
+async fn a_credential_provider_plugin_answers_once_for_two_pulls() {
+    let (reg, _dir, bin, providers) = registry_with_plugin(5142, &["test/private:1.0", "test/private:2.0"], "test-provider", ("Registry", "5m"), "0");
+    let channel = connect().await;
+    let ns = TestNamespace::new();
+    let images = service_with(&channel, &ns.name, PullOptions { credential_providers: Some(providers), ..PullOptions::default() });
+
+    for tag in ["1.0", "2.0"] {
+        images.ensure(&format!("{}/test/private:{tag}", reg.addr), PullPolicy::Always).await.unwrap_or_else(|e| panic!("{tag}: {e}"));
+    }
+    let runs = registry::plugin_runs(&bin, "test-provider");
+    assert_eq!(runs.len(), 1, "the Registry-keyed answer is cached: {runs:?}");
+    let request: serde_json::Value = serde_json::from_str(&runs[0].2).unwrap();
+    assert_eq!(request["image"], format!("{}/test/private", reg.addr));
+    assert_eq!(request["kind"], "CredentialProviderRequest");
+
+    // An image the plugin does not match: not run, anonymous, refused.
+    let err = images.ensure("127.0.0.1:5000/test/nope:1", PullPolicy::Always).await.unwrap_err();
+    assert!(err.to_string().ends_with("not found"), "{err}");
+    assert_eq!(registry::plugin_runs(&bin, "test-provider").len(), 1);
+}
+
+#[tokio::test]
+async fn a_hosts_toml_mirror_serves_an_image_its_server_does_not_have() {
+    let mirror = registry::Registry::start("mirror", 5143, None);
+    mirror.push("test/mirrored:1.0");
+    // Nothing listens on 5144: the server is unreachable, only the mirror has the image.
+    let image = "127.0.0.1:5144/test/mirrored:1.0";
+    let dir = tempfile::tempdir_in("/var/lib/rkubelet-test").unwrap();
+    let host_dir = dir.path().join("127.0.0.1:5144");
+    std::fs::create_dir_all(&host_dir).unwrap();
+    std::fs::write(
+        host_dir.join("hosts.toml"),
+        format!("server = \"http://127.0.0.1:5144\"\n\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n", mirror.addr),
+    )
+    .unwrap();
+    let channel = connect().await;
+    let ns = TestNamespace::new();
+
+    let without = service(&channel, &ns.name);
+    assert_eq!(without.ensure(image, PullPolicy::Always).await.unwrap_err().reason(), "ErrImagePull");
+
+    let images = service_with(&channel, &ns.name, PullOptions { hosts_dir: Some(dir.path().to_owned()), ..PullOptions::default() });
+    let info = images.ensure(image, PullPolicy::Always).await.expect("pull through the mirror");
+    assert_eq!(info.name, image);
+    let record = image_record(&channel, &ns.name, image).await.expect("image record under the server's name");
+    assert_eq!(record.target.unwrap().digest, info.target_digest);
+    // Blobs are labelled with the image's own registry, as containerd does.
+    let labels = content_labels(&channel, &ns.name, &info.target_digest).await;
+    assert!(labels.contains_key("containerd.io/distribution.source.127.0.0.1"), "{labels:?}");
+    assert!(mirror.log().contains("/v2/test/mirrored/manifests/1.0"), "the mirror served the manifest");
+
+    // A broken hosts.toml fails the pull with a message naming the file.
+    std::fs::write(host_dir.join("hosts.toml"), "server = [").unwrap();
+    let fresh = service_with(&channel, &ns.name, PullOptions { hosts_dir: Some(dir.path().to_owned()), ..PullOptions::default() });
+    let err = fresh.ensure(image, PullPolicy::Always).await.unwrap_err().to_string();
+    assert!(err.contains(&format!("failed to decode hosts.toml {}", host_dir.join("hosts.toml").display())), "{err}");
+}
+
+#[tokio::test]
+async fn a_hosts_toml_ca_or_skip_verify_reaches_an_https_registry() {
+    let dir = tempfile::tempdir_in("/var/lib/rkubelet-test").unwrap();
+    let (ca, cert, key) = registry::tls_files(&dir.path().join("tls"));
+    let reg = registry::Registry::start_with("tls", 5148, None, Some((&cert, &key)));
+    reg.push("test/tls:1.0");
+    let image = format!("{}/test/tls:1.0", reg.addr);
+    let hosts = dir.path().join("certs.d");
+    let host_dir = hosts.join(&reg.addr);
+    std::fs::create_dir_all(&host_dir).unwrap();
+    let channel = connect().await;
+    let ns = TestNamespace::new();
+    let with_hosts = |toml: String| {
+        std::fs::write(host_dir.join("hosts.toml"), toml).unwrap();
+        service_with(&channel, &ns.name, PullOptions { hosts_dir: Some(hosts.clone()), ..PullOptions::default() })
+    };
+
+    // HTTPS without the CA: the certificate is refused.
+    let err = with_hosts(format!("server = \"https://{}\"\n", reg.addr)).ensure(&image, PullPolicy::Always).await.unwrap_err();
+    assert_eq!(err.reason(), "ErrImagePull");
+    assert!(err.to_string().to_lowercase().contains("certificate"), "{err}");
+    // The CA from hosts.toml (relative to the host's directory): trusted.
+    std::fs::copy(&ca, host_dir.join("registry-ca.pem")).unwrap();
+    let info = with_hosts(format!("server = \"https://{}\"\nca = \"registry-ca.pem\"\n", reg.addr)).ensure(&image, PullPolicy::Always).await.expect("pull with the CA");
+    assert_eq!(info.name, image);
+    // skip_verify: any certificate.
+    with_hosts(format!("server = \"https://{}\"\nskip_verify = true\n", reg.addr)).ensure(&image, PullPolicy::Always).await.expect("pull with skip_verify");
+}
+
+/// Pulls two images at once; returns the plugin's run intervals.
+async fn two_pulls_at_once(max_parallel_pulls: Option<usize>, port: u16) -> Vec<(u64, u64, String)> {
+    // Not cached, one second per run: every pull runs it inside its pull slot.
+    let (reg, _dir, bin, providers) = registry_with_plugin(port, &["test/private-a:1.0", "test/private-b:1.0"], "slow", ("Image", "0s"), "1");
+    let channel = connect().await;
+    let ns = TestNamespace::new();
+    let images = service_with(&channel, &ns.name, PullOptions { credential_providers: Some(providers), max_parallel_pulls, ..PullOptions::default() });
+    // Two repositories: one plugin run each (runs for one repository at once are shared).
+    let (a, b) = (format!("{}/test/private-a:1.0", reg.addr), format!("{}/test/private-b:1.0", reg.addr));
+    let (x, y) = tokio::join!(images.ensure(&a, PullPolicy::Always), images.ensure(&b, PullPolicy::Always));
+    x.expect("first pull");
+    y.expect("second pull");
+    let mut runs = registry::plugin_runs(&bin, "slow");
+    runs.sort();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    runs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serialized_pulls_take_turns_and_parallel_ones_overlap() {
+    let serial = two_pulls_at_once(Some(1), 5146).await;
+    assert!(serial[1].0 >= serial[0].1, "serializeImagePulls: the second pull starts after the first: {serial:?}");
+    let parallel = two_pulls_at_once(Some(2), 5147).await;
+    assert!(parallel[1].0 < parallel[0].1, "maxParallelImagePulls 2: both pulls at once: {parallel:?}");
 }

@@ -27,7 +27,7 @@ use crate::events::{field_path, reason};
 use crate::network::cni::PodNetwork;
 use crate::network::netns;
 use crate::runtime::containers::{labels, ContainerRecord, NewContainer, TaskState};
-use crate::runtime::image::{ImageError, ImageInfo, PullPolicy};
+use crate::runtime::image::{ImageError, ImageInfo, PullPolicy, PullSecrets};
 use crate::runtime::spec::{self, BindMount, ContainerInput, SandboxInput};
 
 const KIND_SANDBOX: &str = "sandbox";
@@ -939,6 +939,7 @@ impl Worker {
         let policy = PullPolicy::from_k8s(c.image_pull_policy.as_deref(), &image);
         let rec = self.ctx.recorder.clone();
         let key = image.clone();
+        let pull_secrets = self.pull_secrets(pod).await;
         let t = now();
         if let Some((failed_at, err)) = self.image_failures.get(&key).cloned() {
             if let Some(until) = self.image_backoff.in_backoff_since(&key, failed_at, t) {
@@ -968,9 +969,22 @@ impl Worker {
                 Err(e) => return Err(self.image_error(pod, &c.name, fp, &image, e)),
             }
         }
+        // Upstream reads the secrets' docker configs only for a pull; one that does not
+        // parse fails the container's start with its error as the waiting reason
+        // (no pull, no back-off), like the kubelet's MakeDockerKeyring error.
+        let secrets = match PullSecrets::from_secrets(&pull_secrets) {
+            Ok(s) => s,
+            Err(e) => {
+                let msg = e.to_string();
+                warn!(pod = %pod_key(pod), container = %name, error = %msg, "cannot read the pod's image pull secrets");
+                rec.warning(pod, fp, reason::FAILED, format!("Error: {msg}"));
+                self.waiting.insert(name, Waiting { reason: msg.clone(), message: msg });
+                return Err(Some(now() + chrono::Duration::seconds(10)));
+            }
+        };
         rec.normal(pod, fp.clone(), reason::PULLING, format!("Pulling image {image:?}"));
         let started = Instant::now();
-        match self.ctx.images.ensure(&image, PullPolicy::Always).await {
+        match self.ctx.images.ensure_with(&image, PullPolicy::Always, &secrets).await {
             Ok(info) => {
                 let ms = started.elapsed().as_millis();
                 rec.normal(pod, fp, reason::PULLED, format!("Successfully pulled image {image:?} in {ms}ms ({ms}ms including waiting)"));
@@ -980,6 +994,38 @@ impl Worker {
             }
             Err(e) => Err(self.image_error(pod, &c.name, fp, &image, e)),
         }
+    }
+
+    /// The pod's `imagePullSecrets` that can be read; the others are reported in one
+    /// `FailedToRetrieveImagePullSecret` event and the pull goes on without them
+    /// (upstream's getPullSecretsForPod).
+    async fn pull_secrets(&self, pod: &Pod) -> Vec<k8s_openapi::api::core::v1::Secret> {
+        let refs = pod.spec.as_ref().and_then(|s| s.image_pull_secrets.as_ref());
+        let names = refs.into_iter().flatten().map(|r| r.name.as_str()).filter(|n| !n.is_empty());
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let (mut found, mut failed) = (Vec::new(), Vec::new());
+        for name in names {
+            let secret = match &self.ctx.objects {
+                Some(objects) => objects.secret(namespace, name).await.map_err(|e| e.to_string()).and_then(|s| s.ok_or_else(|| format!("secret {name:?} not found"))),
+                None => Err("no API server to read it from".to_owned()),
+            };
+            match secret {
+                Ok(s) => found.push(s),
+                Err(error) => {
+                    info!(pod = %pod_key(pod), secret = %format!("{namespace}/{name}"), %error, "Unable to retrieve pull secret, the image pull may not succeed.");
+                    failed.push(name);
+                }
+            }
+        }
+        if !failed.is_empty() {
+            self.ctx.recorder.warning(
+                pod,
+                None,
+                reason::FAILED_TO_RETRIEVE_IMAGE_PULL_SECRET,
+                format!("Unable to retrieve some image pull secrets ({}); attempting to pull the image may not succeed.", failed.join(", ")),
+            );
+        }
+        found
     }
 
     fn image_error(&mut self, pod: &Pod, name: &str, fp: Option<String>, image: &str, e: ImageError) -> Option<DateTime<Utc>> {

@@ -13,17 +13,30 @@
 //! [`ImageService`]; callers that waited on a pull of the same reference
 //! reuse its result, so thirty pods of one image cost one pull.
 //!
-//! Submodules: `reference` (names, policies), `auth` (docker config
-//! credentials), `manifest` (index/manifest parsing, platforms, GC labels,
-//! chain IDs), `store` (containerd calls), `pull` (registry to content
-//! store), `unpack` (content store to snapshots).
+//! Credentials (the kubelet's keyring, pkg/kubelet/images/image_manager.go):
+//! the pod's pull secrets ([`PullSecrets`]), then the node's docker config,
+//! then credential provider plugins ([`CredentialProviders`]), each matching
+//! credential tried in turn until a pull succeeds; none matching means an
+//! anonymous pull. Hosts: containerd's `hosts.toml` for the registry (mirrors
+//! first, then the server). Pulls from registries are limited node-wide by
+//! `serializeImagePulls`/`maxParallelImagePulls`.
+//!
+//! Submodules: `reference` (names, policies), `keyring` (credential
+//! matching, pull secrets), `auth` (the node's docker config), `provider`
+//! (credential provider plugins), `hosts` (registry hosts), `manifest`
+//! (index/manifest parsing, platforms, GC labels, chain IDs), `store`
+//! (containerd calls), `pull` (registry to content store), `unpack` (content
+//! store to snapshots).
 //!
 //! Errors carry their whole cause in their message, like the upstream
 //! messages that end up in a container's waiting state, and
 //! [`ImageError::reason`] gives the kubelet's waiting reason.
 
 mod auth;
+mod hosts;
+mod keyring;
 mod manifest;
+mod provider;
 mod pull;
 mod reference;
 mod store;
@@ -36,14 +49,19 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use oci_client::errors::OciDistributionError;
+use oci_client::secrets::RegistryAuth;
 use oci_spec::image::ImageConfiguration;
 use tonic::transport::Channel;
 use tonic::Status;
 use tracing::{debug, info, instrument, warn};
 
+pub use hosts::{containerd_config_path, HostsError, DEFAULT_CONFIG_PATH as DEFAULT_HOSTS_DIR};
+pub use keyring::{PullSecrets, SecretError};
+pub use provider::{CredentialProviders, ProviderError};
 pub use reference::{normalize_reference, PullPolicy};
 
-use auth::Credentials;
+use hosts::RegistryHost;
+use keyring::Credential;
 use manifest::{Descriptor, HostPlatform, Index, Kind, Manifest};
 use pull::{Puller, MAX_METADATA_SIZE};
 use store::Containerd;
@@ -92,6 +110,15 @@ pub enum ImageError {
         #[source]
         source: StepError,
     },
+    /// Every credential that matched the image failed (`ErrImagePull`); the
+    /// message is Go's aggregate of the attempts' messages.
+    #[error("{}", provider::aggregate(&errors.iter().map(ToString::to_string).collect::<Vec<_>>()))]
+    PullAttempts {
+        /// The normalized name.
+        image: String,
+        /// One error per credential tried, in order.
+        errors: Vec<ImageError>,
+    },
     /// Deleting the image record failed.
     #[error("failed to remove image {image:?}: {}", status_message(source))]
     Remove {
@@ -113,7 +140,7 @@ impl ImageError {
             ImageError::InvalidName { .. } => "InvalidImageName",
             ImageError::NotPresent { .. } => "ErrImageNeverPull",
             ImageError::Inspect { .. } => "ImageInspectError",
-            ImageError::Pull { .. } => "ErrImagePull",
+            ImageError::Pull { .. } | ImageError::PullAttempts { .. } => "ErrImagePull",
             ImageError::Remove { .. } => "ImageGCFailed",
         }
     }
@@ -145,6 +172,28 @@ pub enum StepError {
         /// The registry's error.
         #[source]
         source: OciDistributionError,
+    },
+    /// A registry host answered the resolution with an error status
+    /// (containerd 1.6's resolver wording).
+    #[error("failed to resolve reference {reference:?}: pulling from host {host} failed with status code [manifests {object}]: {status}")]
+    ResolveStatus {
+        /// The normalized reference.
+        reference: String,
+        /// The host (`host[:port]`) that answered.
+        host: String,
+        /// The tag or digest asked for.
+        object: String,
+        /// The HTTP status (`401 Unauthorized`).
+        status: String,
+    },
+    /// The registry's host configuration (`hosts.toml`) is unusable.
+    #[error("failed to resolve reference {reference:?}: {source}")]
+    Hosts {
+        /// The normalized reference.
+        reference: String,
+        /// What is wrong with it.
+        #[source]
+        source: Box<HostsError>,
     },
     /// Fetching a platform manifest from the registry failed.
     #[error("failed to fetch manifest {digest}: {}", registry_message(source))]
@@ -361,11 +410,17 @@ fn status_message(status: &Status) -> String {
     }
 }
 
-/// A registry error in upstream words: missing manifests and blobs are "not
-/// found", anything else is the error with its causes.
-fn registry_message(error: &OciDistributionError) -> String {
+impl StepError {
+    /// Whether the registry does not have the reference (another host may).
+    fn is_not_found(&self) -> bool {
+        matches!(self, StepError::ResolveReference { source, .. } if is_not_found(source))
+    }
+}
+
+/// Whether a registry error says the manifest, blob or repository is unknown.
+fn is_not_found(error: &OciDistributionError) -> bool {
     use oci_client::errors::OciErrorCode;
-    let not_found = match error {
+    match error {
         OciDistributionError::RegistryError { envelope, .. } => envelope.errors.iter().any(|e| {
             matches!(
                 e.code,
@@ -378,8 +433,32 @@ fn registry_message(error: &OciDistributionError) -> String {
         OciDistributionError::ServerError { code, .. } => *code == 404,
         OciDistributionError::ImageManifestNotFoundError(_) => true,
         _ => false,
+    }
+}
+
+/// The HTTP status of a registry's refusal (`401 Unauthorized`), when the
+/// error is one; `None` for not found and for transport or protocol errors.
+pub(crate) fn refusal_status(error: &OciDistributionError) -> Option<String> {
+    use oci_client::errors::OciErrorCode;
+    let code = match error {
+        OciDistributionError::UnauthorizedError { .. } => 401,
+        OciDistributionError::ServerError { code, .. } if *code >= 400 && *code != 404 => *code,
+        OciDistributionError::RegistryError { envelope, .. } => match envelope.errors.first().map(|e| &e.code) {
+            Some(OciErrorCode::Unauthorized) => 401,
+            Some(OciErrorCode::Denied) => 403,
+            Some(OciErrorCode::Toomanyrequests) => 429,
+            _ => return None,
+        },
+        _ => return None,
     };
-    if not_found {
+    let status = http::StatusCode::from_u16(code).ok()?;
+    Some(format!("{} {}", status.as_u16(), status.canonical_reason().unwrap_or("")).trim_end().to_owned())
+}
+
+/// A registry error in upstream words: missing manifests and blobs are "not
+/// found", anything else is the error with its causes.
+fn registry_message(error: &OciDistributionError) -> String {
+    if is_not_found(error) {
         return "not found".to_owned();
     }
     let mut message = error.to_string();
@@ -416,11 +495,18 @@ pub struct ImageInfo {
 #[derive(Debug, Clone, Default)]
 pub struct PullOptions {
     /// A Docker `config.json` with registry credentials (`auths.<host>.auth`
-    /// or `username`/`password`), read at each pull. Absent file: anonymous.
+    /// or `username`/`password`), read at each pull. Absent file: no node credentials.
     pub docker_config: Option<PathBuf>,
     /// Registries (`host[:port]`; a bare host covers every port) reached
     /// over plain HTTP. Loopback registries always are, like in containerd and Docker.
     pub insecure_registries: Vec<String>,
+    /// containerd's registry `config_path` (`<dir>/<host>/hosts.toml`); `None`: no hosts configuration.
+    pub hosts_dir: Option<PathBuf>,
+    /// Credential provider plugins, tried after pull secrets and the docker config.
+    pub credential_providers: Option<Arc<CredentialProviders>>,
+    /// Registry pulls at once across the service: `Some(1)` is
+    /// `serializeImagePulls`, `None` no limit.
+    pub max_parallel_pulls: Option<usize>,
 }
 
 /// Pulls, unpacks and inspects images in one containerd namespace and
@@ -438,6 +524,8 @@ struct Inner {
     locks: KeyedLocks<RefSlot>,
     /// One lock per blob digest being written.
     blob_locks: BlobLocks,
+    /// Permits for registry pulls (`max_parallel_pulls`); `None`: unlimited.
+    pull_slots: Option<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for ImageService {
@@ -461,10 +549,11 @@ impl ImageService {
         Self {
             inner: Arc::new(Inner {
                 containerd: Containerd::new(channel, namespace.into(), snapshotter.into()),
-                options,
                 platform: HostPlatform::current(),
                 locks: KeyedLocks::default(),
                 blob_locks: BlobLocks::default(),
+                pull_slots: options.max_parallel_pulls.map(|n| tokio::sync::Semaphore::new(n.max(1))),
+                options,
             }),
         }
     }
@@ -474,8 +563,14 @@ impl ImageService {
     /// when it is absent; `Always` resolves the reference again (blobs
     /// already stored are not downloaded again). A caller that waited for a
     /// pull of the same reference to finish gets that pull's result.
-    #[instrument(skip(self), fields(image = %image))]
     pub async fn ensure(&self, image: &str, policy: PullPolicy) -> Result<ImageInfo> {
+        self.ensure_with(image, policy, &PullSecrets::default()).await
+    }
+
+    /// [`ImageService::ensure`] with a pod's pull secrets, whose credentials
+    /// are tried before the node's.
+    #[instrument(skip(self, secrets), fields(image = %image))]
+    pub async fn ensure_with(&self, image: &str, policy: PullPolicy, secrets: &PullSecrets) -> Result<ImageInfo> {
         let reference = reference::parse(image)?;
         let name = reference.whole();
         let slot = self.inner.locks.slot(&name);
@@ -505,7 +600,7 @@ impl ImageService {
                 }
             }
         }
-        let info = self.pull_locked(&name, reference).await?;
+        let info = self.pull_locked(&name, reference, secrets).await?;
         *last_pull = Some(info.clone());
         slot.pulls.fetch_add(1, Ordering::AcqRel);
         Ok(info)
@@ -533,7 +628,7 @@ impl ImageService {
         let name = reference.whole();
         let slot = self.inner.locks.slot(&name);
         let mut last_pull = slot.last_pull.lock().await;
-        let info = self.pull_locked(&name, reference).await?;
+        let info = self.pull_locked(&name, reference, &PullSecrets::default()).await?;
         *last_pull = Some(info.clone());
         slot.pulls.fetch_add(1, Ordering::AcqRel);
         Ok(info)
@@ -559,51 +654,101 @@ impl ImageService {
         }
     }
 
-    /// Pulls `reference` (named `name`); the caller holds its lock.
-    async fn pull_locked(&self, name: &str, reference: oci_client::Reference) -> Result<ImageInfo> {
+    /// Pulls `reference` (named `name`) with each matching credential in
+    /// turn (pull secrets, node docker config, credential providers) until
+    /// one succeeds, or anonymously when none matches; the caller holds the
+    /// reference's lock. Takes a pull slot (`serializeImagePulls`) first.
+    async fn pull_locked(&self, name: &str, reference: oci_client::Reference, secrets: &PullSecrets) -> Result<ImageInfo> {
+        let _slot = match &self.inner.pull_slots {
+            Some(slots) => Some(slots.acquire().await.expect("the pull semaphore is never closed")),
+            None => None,
+        };
         let started = Instant::now();
-        info!(image = %name, "pulling image");
-        match self.fetch_and_unpack(name, reference).await {
-            Ok(info) => {
-                info!(
-                    image = %name,
-                    digest = %info.target_digest,
-                    id = %info.id,
-                    elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                    "image pulled"
-                );
-                Ok(info)
+        let credentials = self.credentials(&reference, secrets).await;
+        info!(image = %name, credentials = credentials.len(), "pulling image");
+        let attempts: Vec<Option<&Credential>> = if credentials.is_empty() { vec![None] } else { credentials.iter().map(Some).collect() };
+        let mut errors = Vec::new();
+        for credential in attempts {
+            let auth = credential.map_or(RegistryAuth::Anonymous, |c| c.auth.clone());
+            let used = credential.map_or_else(|| "anonymous".to_owned(), |c| c.source.to_string());
+            match self.fetch_from_hosts(name, &reference, &auth).await {
+                Ok(info) => {
+                    info!(
+                        image = %name,
+                        digest = %info.target_digest,
+                        id = %info.id,
+                        credential = %used,
+                        elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                        "image pulled"
+                    );
+                    return Ok(info);
+                }
+                Err(source) => {
+                    warn!(image = %name, credential = %used, error = %source, "image pull failed");
+                    errors.push(ImageError::Pull { image: name.to_owned(), source });
+                }
             }
-            Err(source) => {
-                warn!(image = %name, error = %source, "image pull failed");
-                Err(ImageError::Pull {
-                    image: name.to_owned(),
-                    source,
-                })
-            }
+        }
+        if errors.len() == 1 {
+            Err(errors.pop().expect("one error"))
+        } else {
+            Err(ImageError::PullAttempts { image: name.to_owned(), errors })
         }
     }
 
-    async fn fetch_and_unpack(
-        &self,
-        name: &str,
-        reference: oci_client::Reference,
-    ) -> Result<ImageInfo, StepError> {
-        let containerd = &self.inner.containerd;
+    /// The credentials for `reference`, in the kubelet's order: pull secrets,
+    /// then the node's docker config, then credential provider plugins.
+    async fn credentials(&self, reference: &oci_client::Reference, secrets: &PullSecrets) -> Vec<Credential> {
+        let repo = format!("{}/{}", reference.registry(), reference.repository());
+        let mut out = secrets.lookup(&repo);
+        if let Some(path) = &self.inner.options.docker_config {
+            out.extend(auth::load(path).await.lookup(&repo));
+        }
+        if let Some(providers) = &self.inner.options.credential_providers {
+            out.extend(providers.keyring(&repo).await.lookup(&repo));
+        }
+        out
+    }
+
+    /// One pull attempt with `auth`: the registry's hosts in order (mirrors,
+    /// then the server), the first that serves the image wins. The error is
+    /// the first one that is not "not found", as containerd's resolver reports.
+    async fn fetch_from_hosts(&self, name: &str, reference: &oci_client::Reference, auth: &RegistryAuth) -> Result<ImageInfo, StepError> {
         let registry = reference.resolve_registry().to_owned();
-        let plain_http = reference::is_loopback_registry(&registry)
-            || reference::is_listed(&registry, &self.inner.options.insecure_registries)
-            || reference::is_listed(
-                reference.registry(),
-                &self.inner.options.insecure_registries,
-            );
-        let client = pull::registry_client(&registry, plain_http)?;
-        let auth = match &self.inner.options.docker_config {
-            Some(path) => Credentials::load(path)
-                .await
-                .for_registry(reference.registry()),
-            None => oci_client::secrets::RegistryAuth::Anonymous,
-        };
+        let insecure = &self.inner.options.insecure_registries;
+        let default_plain_http =
+            reference::is_loopback_registry(&registry) || reference::is_listed(&registry, insecure) || reference::is_listed(reference.registry(), insecure);
+        let hosts = hosts::hosts_for(self.inner.options.hosts_dir.as_deref(), reference.registry(), default_plain_http)
+            .await
+            .map_err(|source| StepError::Hosts { reference: name.to_owned(), source: Box::new(source) })?;
+        let mut first_error: Option<StepError> = None;
+        let mut not_found: Option<StepError> = None;
+        for host in hosts.iter().filter(|h| h.resolve || (h.pull && reference.digest().is_some())) {
+            let mut target = reference.clone();
+            if let Some(h) = host.host.as_ref().filter(|h| **h != registry) {
+                target.set_mirror_registry(h.clone());
+            }
+            match self.fetch_and_unpack(name, target, host, auth.clone()).await {
+                Ok(info) => return Ok(info),
+                Err(e) if e.is_not_found() => {
+                    debug!(image = %name, host = %host.name(&registry), "not found on host, trying the next one");
+                    not_found = Some(e);
+                }
+                Err(e) => {
+                    debug!(image = %name, host = %host.name(&registry), error = %e, "pull from host failed, trying the next one");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_error.or(not_found).unwrap_or_else(|| StepError::Hosts {
+            reference: name.to_owned(),
+            source: Box::new(HostsError::NoResolveHost(reference.registry().to_owned())),
+        }))
+    }
+
+    async fn fetch_and_unpack(&self, name: &str, reference: oci_client::Reference, host: &RegistryHost, auth: RegistryAuth) -> Result<ImageInfo, StepError> {
+        let containerd = &self.inner.containerd;
+        let client = pull::registry_client(reference.resolve_registry(), host).await?;
 
         let lease = containerd
             .create_lease()

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 
 pub mod api;
+pub mod registry;
 
 pub const BUSYBOX: &str = "localhost/test/busybox:1.0";
 pub const PAUSE: &str = "localhost/rkubelet/pause:1.0";

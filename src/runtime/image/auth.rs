@@ -1,25 +1,21 @@
 //! Registry credentials from a Docker `config.json`, the node-wide credential
-//! source the kubelet's `credentialprovider` reads: `auths.<host>.auth`
+//! source the kubelet's `credentialprovider` reads: `auths.<location>.auth`
 //! (base64 of `user:password`), `username`/`password`, or `registrytoken`.
-//! The legacy `.dockercfg` layout (hosts at the top level) is read too.
+//! The legacy `.dockercfg` layout (locations at the top level) is read too.
+//! The entries become a [`Keyring`] (source [`Source::Node`]), matched to
+//! images like every other credential source.
 //!
-//! A missing or unreadable file means anonymous pulls, as upstream: it is
-//! logged, never fatal.
+//! A missing or unreadable file means no node credentials, as upstream: it is
+//! logged, never fatal; so is an entry without a usable credential.
 
-use std::collections::HashMap;
 use std::path::Path;
 
-use base64::Engine as _;
 use oci_client::secrets::RegistryAuth;
 use serde::Deserialize;
 use serde_json::Value;
 use tracing::{debug, warn};
 
-/// Credentials by normalized registry host (`127.0.0.1:5000`, `docker.io`).
-#[derive(Debug, Default)]
-pub(crate) struct Credentials {
-    by_host: HashMap<String, RegistryAuth>,
-}
+use super::keyring::{basic_or_anonymous, decode_auth_field, DockerConfig, Keyring, Source};
 
 /// One `auths` entry of a Docker config file.
 #[derive(Debug, Default, Deserialize)]
@@ -34,57 +30,49 @@ struct AuthEntry {
     registrytoken: Option<String>,
 }
 
-impl Credentials {
-    /// Reads `path`; problems are logged and give no credentials.
-    pub(crate) async fn load(path: &Path) -> Credentials {
-        match tokio::fs::read(path).await {
-            Ok(bytes) => parse_docker_config(&bytes).unwrap_or_else(|error| {
-                warn!(path = %path.display(), %error, "ignoring unparseable docker config");
-                Credentials::default()
-            }),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                debug!(path = %path.display(), "no docker config, pulling anonymously");
-                Credentials::default()
-            }
-            Err(error) => {
-                warn!(path = %path.display(), %error, "cannot read docker config, pulling anonymously");
-                Credentials::default()
-            }
+/// Reads the node's docker config at `path` into a keyring; problems are
+/// logged and give an empty keyring.
+pub(crate) async fn load(path: &Path) -> Keyring {
+    let config = match tokio::fs::read(path).await {
+        Ok(bytes) => parse_docker_config(&bytes).unwrap_or_else(|error| {
+            warn!(path = %path.display(), %error, "ignoring unparseable docker config");
+            DockerConfig::new()
+        }),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            debug!(path = %path.display(), "no docker config, no node credentials");
+            DockerConfig::new()
         }
-    }
-
-    /// The credentials for a registry (as named in the image reference), or anonymous.
-    pub(crate) fn for_registry(&self, registry: &str) -> RegistryAuth {
-        self.by_host
-            .get(&normalize_host(registry))
-            .cloned()
-            .unwrap_or(RegistryAuth::Anonymous)
-    }
+        Err(error) => {
+            warn!(path = %path.display(), %error, "cannot read docker config, no node credentials");
+            DockerConfig::new()
+        }
+    };
+    let mut keyring = Keyring::default();
+    keyring.add(&Source::Node, config);
+    keyring
 }
 
 /// Parses a Docker `config.json` (or legacy `.dockercfg`). Entries that carry
 /// no usable credential are skipped; a document that is not a JSON object is an error.
-pub(crate) fn parse_docker_config(bytes: &[u8]) -> Result<Credentials, serde_json::Error> {
+pub(crate) fn parse_docker_config(bytes: &[u8]) -> Result<DockerConfig, serde_json::Error> {
     let document: serde_json::Map<String, Value> = serde_json::from_slice(bytes)?;
     let entries = match document.get("auths") {
         Some(Value::Object(auths)) => auths.clone(),
-        // Legacy .dockercfg: the hosts are the top-level keys.
+        // Legacy .dockercfg: the locations are the top-level keys.
         _ => document,
     };
-    let mut by_host = HashMap::new();
+    let mut config = DockerConfig::new();
     for (key, value) in entries {
         if !value.is_object() {
             continue;
         }
         let entry: AuthEntry = serde_json::from_value(value)?;
         match credential(&entry) {
-            Some(auth) => {
-                by_host.insert(normalize_host(&key), auth);
-            }
+            Some(auth) => config.push((key, auth)),
             None => debug!(registry = %key, "docker config entry without usable credentials"),
         }
     }
-    Ok(Credentials { by_host })
+    Ok(config)
 }
 
 /// The credential of one entry: a registry token, else `auth`, else username/password.
@@ -93,45 +81,34 @@ fn credential(entry: &AuthEntry) -> Option<RegistryAuth> {
         return Some(RegistryAuth::Bearer(token.to_owned()));
     }
     if let Some(encoded) = entry.auth.as_deref().filter(|a| !a.is_empty()) {
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(encoded.trim())
-            .ok()
-            .and_then(|bytes| String::from_utf8(bytes).ok());
-        match decoded.as_deref().and_then(|pair| pair.split_once(':')) {
-            Some((user, password)) => {
-                return Some(RegistryAuth::Basic(user.to_owned(), password.to_owned()))
-            }
-            None => warn!("docker config \"auth\" is not base64 of user:password; ignored"),
+        match decode_auth_field(encoded.trim()) {
+            Ok((user, password)) => return Some(RegistryAuth::Basic(user, password)),
+            Err(_) => warn!("docker config \"auth\" is not base64 of user:password; ignored"),
         }
     }
     match (entry.username.as_deref(), entry.password.as_deref()) {
-        (Some(user), Some(password)) if !user.is_empty() => {
-            Some(RegistryAuth::Basic(user.to_owned(), password.to_owned()))
-        }
+        (Some(user), Some(password)) if !user.is_empty() => Some(basic_or_anonymous(user.to_owned(), password.to_owned())),
         _ => None,
-    }
-}
-
-/// Reduces a config key or registry name to `host[:port]`, lowercase:
-/// `https://index.docker.io/v1/` → `docker.io`, `http://h:5000/v2/` → `h:5000`.
-fn normalize_host(key: &str) -> String {
-    let key = key.trim();
-    let key = key
-        .strip_prefix("https://")
-        .or_else(|| key.strip_prefix("http://"))
-        .unwrap_or(key);
-    let host = key.split('/').next().unwrap_or(key).to_ascii_lowercase();
-    match host.as_str() {
-        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
-            "docker.io".to_owned()
-        }
-        _ => host,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
+
+    /// What a pull of `registry/repo` would use first.
+    trait ForRegistry {
+        fn for_registry(&self, registry: &str) -> RegistryAuth;
+    }
+
+    impl ForRegistry for DockerConfig {
+        fn for_registry(&self, registry: &str) -> RegistryAuth {
+            let mut keyring = Keyring::default();
+            keyring.add(&Source::Node, self.clone());
+            keyring.lookup(&format!("{registry}/team/repo")).first().map(|c| c.auth.clone()).unwrap_or(RegistryAuth::Anonymous)
+        }
+    }
 
     fn basic(auth: &RegistryAuth) -> Option<(&str, &str)> {
         match auth {
@@ -162,10 +139,6 @@ mod tests {
         let creds = parse_docker_config(json).unwrap();
         assert_eq!(
             basic(&creds.for_registry("registry.example.com")),
-            Some(("bob", "pw"))
-        );
-        assert_eq!(
-            basic(&creds.for_registry("REGISTRY.example.com")),
             Some(("bob", "pw"))
         );
     }
@@ -220,10 +193,7 @@ mod tests {
 
     #[tokio::test]
     async fn missing_file_means_anonymous() {
-        let creds = Credentials::load(Path::new("/nonexistent/rkubelet/config.json")).await;
-        assert!(matches!(
-            creds.for_registry("docker.io"),
-            RegistryAuth::Anonymous
-        ));
+        let keyring = load(Path::new("/nonexistent/rkubelet/config.json")).await;
+        assert!(keyring.is_empty());
     }
 }

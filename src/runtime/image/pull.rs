@@ -11,17 +11,18 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 use oci_client::Reference;
 use tonic::Code;
 use tracing::{debug, warn};
 
+use super::hosts::{HostsError, RegistryHost};
 use super::manifest::{self, Descriptor, HostPlatform, Index, Kind, Manifest};
 use super::reference::{append_source_repo, distribution_source};
 use super::store::{Containerd, Lease, WRITE_CHUNK};
-use super::{BlobLocks, StepError};
+use super::{refusal_status, BlobLocks, StepError};
 
 /// Upper bound for manifests, indexes and configs held in memory.
 pub(crate) const MAX_METADATA_SIZE: usize = 32 << 20;
@@ -48,17 +49,21 @@ pub(crate) struct Fetched {
     pub config: Vec<u8>,
 }
 
-/// Builds a registry client speaking HTTPS, or plain HTTP when `plain_http`.
-pub(crate) fn registry_client(
-    registry: &str,
-    plain_http: bool,
-) -> Result<oci_client::Client, StepError> {
+/// Builds a registry client for `host`: plain HTTP or HTTPS, trusting its
+/// extra CAs (PEM files) or, with `skip_verify`, any certificate.
+pub(crate) async fn registry_client(registry: &str, host: &RegistryHost) -> Result<oci_client::Client, StepError> {
+    let mut extra_root_certificates = Vec::new();
+    for path in &host.ca {
+        let data = tokio::fs::read(path).await.map_err(|source| StepError::Hosts {
+            reference: registry.to_owned(),
+            source: Box::new(HostsError::Read { path: path.clone(), source }),
+        })?;
+        extra_root_certificates.push(Certificate { encoding: CertificateEncoding::Pem, data });
+    }
     let config = ClientConfig {
-        protocol: if plain_http {
-            ClientProtocol::Http
-        } else {
-            ClientProtocol::Https
-        },
+        protocol: if host.plain_http { ClientProtocol::Http } else { ClientProtocol::Https },
+        accept_invalid_certificates: host.skip_verify,
+        extra_root_certificates,
         platform_resolver: None,
         connect_timeout: Some(CONNECT_TIMEOUT),
         read_timeout: Some(READ_TIMEOUT),
@@ -101,9 +106,18 @@ impl Puller<'_> {
                 &manifest::ACCEPTED_MANIFEST_TYPES,
             )
             .await
-            .map_err(|source| StepError::ResolveReference {
-                reference: name.clone(),
-                source,
+            .map_err(|source| match refusal_status(&source) {
+                // containerd 1.6's resolver names the host and the object it asked for.
+                Some(status) => StepError::ResolveStatus {
+                    reference: name.clone(),
+                    host: self.reference.resolve_registry().to_owned(),
+                    object: self.reference.digest().or(self.reference.tag()).unwrap_or("latest").to_owned(),
+                    status,
+                },
+                None => StepError::ResolveReference {
+                    reference: name.clone(),
+                    source,
+                },
             })?;
         let media_type =
             manifest::sniff_media_type(&body).map_err(|source| StepError::ParseManifest {

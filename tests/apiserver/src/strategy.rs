@@ -195,6 +195,24 @@ fn service_account_admission(pod: &mut Value, ctx: &Ctx<'_>) -> Result<(), Field
             &format!("error looking up service account {ns}/{sa_name}: serviceaccount {sa_name:?} not found"),
         ));
     };
+    // The account's imagePullSecrets go to a pod that has none, whether or not a
+    // token is mounted (plugin/pkg/admission/serviceaccount/admission.go).
+    let has_pull_secrets = spec
+        .get("imagePullSecrets")
+        .and_then(Value::as_array)
+        .is_some_and(|a| !a.is_empty());
+    if !has_pull_secrets {
+        let names: Vec<Value> = sa
+            .get("imagePullSecrets")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|r| json!({"name": r.get("name").and_then(Value::as_str).unwrap_or_default()}))
+            .collect();
+        if !names.is_empty() {
+            spec.insert("imagePullSecrets".into(), Value::Array(names));
+        }
+    }
     let automount = spec
         .get("automountServiceAccountToken")
         .and_then(Value::as_bool)
@@ -865,7 +883,10 @@ pub fn prepare_create(def: &ResourceDef, obj: &mut Value, ctx: &mut Ctx<'_>) -> 
             errs.extend(validate_pod(obj));
         }
         ("", "events") => errs.extend(validate_event(obj, ctx)),
-        ("", "secrets") => merge_string_data(obj),
+        ("", "secrets") => {
+            merge_string_data(obj);
+            errs.extend(validate_secret(obj));
+        }
         ("", "namespaces") => {
             obj["status"] = json!({"phase": "Active"});
             obj_mut(obj, "spec").insert("finalizers".into(), json!(["kubernetes"]));
@@ -1181,8 +1202,35 @@ pub fn prepare_update(
     }
     if def.plural == "secrets" {
         merge_string_data(new);
+        errs.extend(validate_secret(new));
     }
     errs
+}
+
+/// The docker-config secret types need their key holding a JSON object
+/// (pkg/apis/core/validation ValidateSecret); other types are not checked here.
+fn validate_secret(secret: &Value) -> Vec<FieldError> {
+    use base64::Engine;
+    let key = match secret.get("type").and_then(Value::as_str) {
+        Some("kubernetes.io/dockercfg") => ".dockercfg",
+        Some("kubernetes.io/dockerconfigjson") => ".dockerconfigjson",
+        _ => return Vec::new(),
+    };
+    let field = format!("data[{key}]");
+    let Some(encoded) = secret.pointer(&format!("/data/{key}")).and_then(Value::as_str) else {
+        return vec![FieldError::required(field, "")];
+    };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .unwrap_or_default();
+    match serde_json::from_slice::<Map<String, Value>>(&bytes) {
+        Ok(_) => Vec::new(),
+        Err(e) => vec![FieldError::invalid(
+            field,
+            &json!("<secret contents redacted>"),
+            &e.to_string(),
+        )],
+    }
 }
 
 /// A Secret's write-only `stringData` is merged into `data` (base64), its keys

@@ -1041,3 +1041,57 @@ async fn request_log_matches_audit_verbs() {
     assert_eq!(r.code, 200);
     assert_eq!(r.user, "kubernetes-admin");
 }
+
+#[tokio::test]
+async fn service_account_pull_secrets_are_copied_into_pods_without_their_own() {
+    let srv = start().await;
+    let c = client(&srv, &User::Admin).await;
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(c.clone(), "default");
+    let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "puller"},
+                    "automountServiceAccountToken": false, "imagePullSecrets": [{"name": "reg-a"}, {"name": "reg-b"}]});
+    sas.create(&PostParams::default(), &serde_json::from_value(sa).unwrap()).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    let names = |p: &Pod| -> Vec<String> {
+        p.spec.as_ref().unwrap().image_pull_secrets.iter().flatten().map(|r| r.name.clone()).collect()
+    };
+
+    // No secrets of its own: the account's, in order, even without a mounted token.
+    let mut p = pod_json("sa-pod", json!({}));
+    p["spec"]["serviceAccountName"] = json!("puller");
+    let created = pods.create(&PostParams::default(), &serde_json::from_value(p).unwrap()).await.unwrap();
+    assert_eq!(names(&created), ["reg-a", "reg-b"]);
+    assert!(created.spec.as_ref().unwrap().volumes.is_none(), "automount off: no token volume");
+
+    // Its own secrets win.
+    let mut p = pod_json("own-pod", json!({}));
+    p["spec"]["serviceAccountName"] = json!("puller");
+    p["spec"]["imagePullSecrets"] = json!([{"name": "mine"}]);
+    let created = pods.create(&PostParams::default(), &serde_json::from_value(p).unwrap()).await.unwrap();
+    assert_eq!(names(&created), ["mine"]);
+
+    // The default account has none: nothing added.
+    let created = pods.create(&PostParams::default(), &serde_json::from_value(pod_json("plain", json!({}))).unwrap()).await.unwrap();
+    assert!(names(&created).is_empty());
+}
+
+#[tokio::test]
+async fn docker_config_secrets_must_hold_a_json_object() {
+    use base64::Engine;
+    let srv = start().await;
+    let c = client(&srv, &User::Admin).await;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(c, "default");
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let secret = |name: &str, type_: &str, data: Value| -> k8s_openapi::api::core::v1::Secret {
+        serde_json::from_value(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "type": type_, "data": data})).unwrap()
+    };
+    let ok = secret("good", "kubernetes.io/dockerconfigjson", json!({".dockerconfigjson": b64(r#"{"auths":{}}"#)}));
+    secrets.create(&PostParams::default(), &ok).await.unwrap();
+    let bad = secret("bad", "kubernetes.io/dockerconfigjson", json!({".dockerconfigjson": b64("{nope")}));
+    let (status, reason, message) = code(secrets.create(&PostParams::default(), &bad).await.unwrap_err());
+    assert_eq!((status, reason.as_str()), (422, "Invalid"), "{message}");
+    assert!(message.contains("data[.dockerconfigjson]: Invalid value: \"<secret contents redacted>\""), "{message}");
+    let missing = secret("missing", "kubernetes.io/dockercfg", json!({"other": b64("{}")}));
+    let (status, _, message) = code(secrets.create(&PostParams::default(), &missing).await.unwrap_err());
+    assert_eq!(status, 422);
+    assert!(message.contains("data[.dockercfg]: Required value"), "{message}");
+}
