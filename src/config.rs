@@ -206,13 +206,13 @@ pub struct AgentArgs {
     #[arg(long = "register-with-taints", value_delimiter = ',')]
     pub register_with_taints: Vec<String>,
     /// Maximum number of pods on this node [default: 110] [config: maxPods].
-    #[arg(long = "max-pods")]
+    #[arg(long = "max-pods", value_parser = go_u32)]
     pub max_pods: Option<u32>,
     /// Rotate a container's log file at this size [default: 10Mi] [config: containerLogMaxSize].
     #[arg(long = "container-log-max-size")]
     pub container_log_max_size: Option<String>,
     /// Log files kept per container, the current one included [default: 5] [config: containerLogMaxFiles].
-    #[arg(long = "container-log-max-files")]
+    #[arg(long = "container-log-max-files", value_parser = go_u32)]
     pub container_log_max_files: Option<u32>,
     /// How often the node status is computed (and patched if it changed) [default: 10s] [config: nodeStatusUpdateFrequency].
     #[arg(long = "node-status-update-frequency", value_parser = parse_duration)]
@@ -221,7 +221,7 @@ pub struct AgentArgs {
     #[arg(long = "node-status-report-frequency", value_parser = parse_duration)]
     pub node_status_report_frequency: Option<Duration>,
     /// Duration of the node Lease; it is renewed every quarter of it [default: 40] [config: nodeLeaseDurationSeconds].
-    #[arg(long = "node-lease-duration-seconds")]
+    #[arg(long = "node-lease-duration-seconds", value_parser = go_i32)]
     pub node_lease_duration_seconds: Option<i32>,
     /// DNS server IPs for pods, comma separated [config: clusterDNS].
     #[arg(long = "cluster-dns", value_delimiter = ',')]
@@ -254,7 +254,7 @@ pub struct AgentArgs {
     #[arg(long = "authorization-webhook-cache-unauthorized-ttl", value_parser = parse_duration)]
     pub authorization_webhook_cache_unauthorized_ttl: Option<Duration>,
     /// Maximum number of processes per pod; -1 for no limit [default: -1] [config: podPidsLimit].
-    #[arg(long = "pod-max-pids", allow_hyphen_values = true)]
+    #[arg(long = "pod-max-pids", allow_hyphen_values = true, value_parser = go_i64)]
     pub pod_max_pids: Option<i64>,
     /// Hard eviction thresholds: memory.available<100Mi,nodefs.available<10% [config: evictionHard].
     #[arg(long = "eviction-hard")]
@@ -269,13 +269,13 @@ pub struct AgentArgs {
     #[arg(long = "image-pull-progress-deadline", value_parser = parse_duration)]
     pub image_pull_progress_deadline: Option<Duration>,
     /// Port of the healthz endpoint, 0 disables it [default: 10248] [config: healthzPort].
-    #[arg(long = "healthz-port")]
+    #[arg(long = "healthz-port", value_parser = go_i32)]
     pub healthz_port: Option<i32>,
     /// Address of the healthz endpoint [default: 127.0.0.1] [config: healthzBindAddress].
     #[arg(long = "healthz-bind-address")]
     pub healthz_bind_address: Option<String>,
     /// Port of the kubelet server [default: 10250] [config: port].
-    #[arg(long = "port")]
+    #[arg(long = "port", value_parser = go_i32)]
     pub port: Option<i32>,
     /// Address of the kubelet server [default: 0.0.0.0] [config: address].
     #[arg(long = "address")]
@@ -308,6 +308,21 @@ fn parse_runtime_handler(s: &str) -> Result<(String, String), String> {
         Some((n, t)) if !n.is_empty() && !t.is_empty() => Ok((n.to_string(), t.to_string())),
         _ => Err(format!("{s:?}: want NAME=RUNTIME_TYPE, e.g. runc=io.containerd.runc.v2")),
     }
+}
+
+/// An int32 flag value as upstream's flag set parses it (strconv.ParseInt(s, 0, 32): `8080`, `0x1f90`).
+fn go_i32(s: &str) -> Result<i32, String> {
+    crate::compat::parse_go_int(s, 32).map(|n| n as i32)
+}
+
+/// An int64 flag value (strconv.ParseInt(s, 0, 64)).
+fn go_i64(s: &str) -> Result<i64, String> {
+    crate::compat::parse_go_int(s, 64)
+}
+
+/// An int32 flag value that must not be negative.
+fn go_u32(s: &str) -> Result<u32, String> {
+    go_i32(s).and_then(|n| u32::try_from(n).map_err(|_| format!("{s:?} must not be negative")))
 }
 
 /// Parses a Go boolean flag value (`strconv.ParseBool`): 1, t, T, TRUE, true, True, 0, f, F, FALSE, false, False.
@@ -1359,6 +1374,8 @@ mod tests {
         let given = a.unimplemented.given();
         assert!(given.contains(&("cpu-manager-policy", "none".to_string())), "{given:?}");
         assert!(given.contains(&("eviction-soft", "memory.available<1Gi,nodefs.available<5%".to_string())), "{given:?}");
+        let a = Cli::parse_from(["rkubelet", "-v=3", "--max-pods=0x10", "--pod-max-pids", "-1"]).agent;
+        assert_eq!((a.verbosity, a.max_pods, a.pod_max_pids), (3, Some(16), Some(-1)));
         assert!(Cli::parse_from(["rkubelet", "--version"]).agent.prints_version());
         assert!(Cli::parse_from(["rkubelet", "--version=raw"]).agent.prints_version());
         assert!(!Cli::parse_from(["rkubelet", "--version=false"]).agent.prints_version());
