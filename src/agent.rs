@@ -185,6 +185,18 @@ pub async fn remove_all_pods(mut cfg: Config, all_nodes: bool, timeout: Duration
     Ok((removed, left))
 }
 
+/// At start: upstream's lenient-decoding line for the config file's unknown fields
+/// (`pkg/kubelet/kubeletconfig/util/codec`), and one warning naming every flag and
+/// field given that rkubelet does not implement.
+fn log_compat(cfg: &Config) {
+    if let (Some(err), Some(file)) = (cfg.compat.strict_decoding_error(), &cfg.config_file) {
+        info!(file = %file.display(), err, "Using lenient decoding as strict decoding failed");
+    }
+    if !cfg.compat.not_implemented.is_empty() {
+        warn!(settings = ?cfg.compat.not_implemented, "upstream kubelet flags and config fields rkubelet does not implement yet are ignored; remove them or expect upstream behaviour to differ");
+    }
+}
+
 /// Runs the agent until `shutdown` resolves.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
@@ -193,6 +205,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     // For `rkubelet reset`, after kubeadm reset has removed the flags that named the node.
     tokio::fs::write(cfg.root_dir.join(crate::reset::NODE_NAME_FILE), &cfg.node_name).await?;
     info!(node = %cfg.node_name, root_dir = %cfg.root_dir.display(), version = %crate::config::version_line(), "rkubelet starting");
+    log_compat(&cfg);
 
     tokio::pin!(shutdown);
     let channel = tokio::select! {

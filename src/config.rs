@@ -4,8 +4,9 @@
 //! `--container-runtime-endpoint`, …) so that unit files and habits carry over. A
 //! KubeletConfiguration file ([`crate::kubelet_config`]) can set most of them; as
 //! upstream, a flag given on the command line overrides the file, and upstream's
-//! defaults apply when neither says anything. Upstream flags that kubeadm setups pass
-//! but rkubelet does not implement are accepted and ignored ([`IgnoredFlags`]).
+//! defaults apply when neither says anything. Every other flag upstream's kubelet 1.36
+//! accepts is accepted too ([`UnimplementedFlags`], from [`crate::compat::SETTINGS`])
+//! and, unless its value is what rkubelet does anyway, named in [`Config::compat`].
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -72,10 +73,6 @@ pub enum ConfigError {
 // concatenates KUBELET_KUBEADM_ARGS and KUBELET_EXTRA_ARGS); list flags accumulate.
 #[command(name = "rkubelet", about = "A Kubernetes node agent on containerd's native API", version = None, disable_version_flag = true, args_override_self = true)]
 pub struct Cli {
-    /// Print the version (`Kubernetes vX.Y.Z+rkubelet...`) and exit.
-    #[arg(long = "version", global = true)]
-    pub version: bool,
-
     #[command(subcommand)]
     pub command: Option<Command>,
 
@@ -133,6 +130,10 @@ pub struct PodsArgs {
 /// file's value (or upstream's default) is used; see [`Config::from_args`].
 #[derive(Debug, Args, Clone)]
 pub struct AgentArgs {
+    /// Print the version (`Kubernetes vX.Y.Z+rkubelet...`) and exit; as upstream,
+    /// also `--version=raw`, and `--version=vX.Y.Z` (not implemented: sets the reported version).
+    #[arg(long = "version", global = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "true|raw|vX.Y.Z", value_parser = |s: &str| crate::compat::Kind::Version.parse(s))]
+    pub version: Option<String>,
     /// A KubeletConfiguration file (kubelet.config.k8s.io/v1beta1); flags given explicitly override it.
     #[arg(long = "config")]
     pub config: Option<PathBuf>,
@@ -208,13 +209,13 @@ pub struct AgentArgs {
     #[arg(long = "register-with-taints", value_delimiter = ',')]
     pub register_with_taints: Vec<String>,
     /// Maximum number of pods on this node [default: 110] [config: maxPods].
-    #[arg(long = "max-pods")]
+    #[arg(long = "max-pods", value_parser = go_u32)]
     pub max_pods: Option<u32>,
     /// Rotate a container's log file at this size [default: 10Mi] [config: containerLogMaxSize].
     #[arg(long = "container-log-max-size")]
     pub container_log_max_size: Option<String>,
     /// Log files kept per container, the current one included [default: 5] [config: containerLogMaxFiles].
-    #[arg(long = "container-log-max-files")]
+    #[arg(long = "container-log-max-files", value_parser = go_u32)]
     pub container_log_max_files: Option<u32>,
     /// How often the node status is computed (and patched if it changed) [default: 10s] [config: nodeStatusUpdateFrequency].
     #[arg(long = "node-status-update-frequency", value_parser = parse_duration)]
@@ -223,7 +224,7 @@ pub struct AgentArgs {
     #[arg(long = "node-status-report-frequency", value_parser = parse_duration)]
     pub node_status_report_frequency: Option<Duration>,
     /// Duration of the node Lease; it is renewed every quarter of it [default: 40] [config: nodeLeaseDurationSeconds].
-    #[arg(long = "node-lease-duration-seconds")]
+    #[arg(long = "node-lease-duration-seconds", value_parser = go_i32)]
     pub node_lease_duration_seconds: Option<i32>,
     /// DNS server IPs for pods, comma separated [config: clusterDNS].
     #[arg(long = "cluster-dns", value_delimiter = ',')]
@@ -240,14 +241,23 @@ pub struct AgentArgs {
     /// Check bearer tokens with TokenReviews [default: true] [config: authentication.webhook.enabled].
     #[arg(long = "authentication-token-webhook", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_go_bool)]
     pub authentication_token_webhook: Option<bool>,
+    /// How long TokenReview answers are cached [default: 2m] [config: authentication.webhook.cacheTTL].
+    #[arg(long = "authentication-token-webhook-cache-ttl", value_parser = parse_duration)]
+    pub authentication_token_webhook_cache_ttl: Option<Duration>,
     /// CA bundle for client certificates on the kubelet server [config: authentication.x509.clientCAFile].
     #[arg(long = "client-ca-file")]
     pub client_ca_file: Option<PathBuf>,
     /// AlwaysAllow or Webhook [default: Webhook] [config: authorization.mode].
     #[arg(long = "authorization-mode")]
     pub authorization_mode: Option<String>,
+    /// How long allowed SubjectAccessReview answers are cached [default: 5m] [config: authorization.webhook.cacheAuthorizedTTL].
+    #[arg(long = "authorization-webhook-cache-authorized-ttl", value_parser = parse_duration)]
+    pub authorization_webhook_cache_authorized_ttl: Option<Duration>,
+    /// How long denied SubjectAccessReview answers are cached [default: 30s] [config: authorization.webhook.cacheUnauthorizedTTL].
+    #[arg(long = "authorization-webhook-cache-unauthorized-ttl", value_parser = parse_duration)]
+    pub authorization_webhook_cache_unauthorized_ttl: Option<Duration>,
     /// Maximum number of processes per pod; -1 for no limit [default: -1] [config: podPidsLimit].
-    #[arg(long = "pod-max-pids", allow_hyphen_values = true)]
+    #[arg(long = "pod-max-pids", allow_hyphen_values = true, value_parser = go_i64)]
     pub pod_max_pids: Option<i64>,
     /// Hard eviction thresholds: memory.available<100Mi,nodefs.available<10% [config: evictionHard].
     #[arg(long = "eviction-hard")]
@@ -277,13 +287,13 @@ pub struct AgentArgs {
     #[arg(long = "registry-config-path")]
     pub registry_config_path: Option<String>,
     /// Port of the healthz endpoint, 0 disables it [default: 10248] [config: healthzPort].
-    #[arg(long = "healthz-port")]
+    #[arg(long = "healthz-port", value_parser = go_i32)]
     pub healthz_port: Option<i32>,
     /// Address of the healthz endpoint [default: 127.0.0.1] [config: healthzBindAddress].
     #[arg(long = "healthz-bind-address")]
     pub healthz_bind_address: Option<String>,
     /// Port of the kubelet server [default: 10250] [config: port].
-    #[arg(long = "port")]
+    #[arg(long = "port", value_parser = go_i32)]
     pub port: Option<i32>,
     /// Address of the kubelet server [default: 0.0.0.0] [config: address].
     #[arg(long = "address")]
@@ -300,7 +310,14 @@ pub struct AgentArgs {
     #[arg(short = 'v', long = "v", default_value_t = 0)]
     pub verbosity: u8,
     #[command(flatten)]
-    pub ignored: IgnoredFlags,
+    pub unimplemented: UnimplementedFlags,
+}
+
+impl AgentArgs {
+    /// `--version`, `--version=true` or `--version=raw`: print the version and exit.
+    pub fn prints_version(&self) -> bool {
+        matches!(self.version.as_deref(), Some("raw")) || self.version.as_deref().is_some_and(|v| parse_go_bool(v) == Ok(true))
+    }
 }
 
 /// `NAME=RUNTIME_TYPE` of `--runtime-handler`.
@@ -309,6 +326,21 @@ fn parse_runtime_handler(s: &str) -> Result<(String, String), String> {
         Some((n, t)) if !n.is_empty() && !t.is_empty() => Ok((n.to_string(), t.to_string())),
         _ => Err(format!("{s:?}: want NAME=RUNTIME_TYPE, e.g. runc=io.containerd.runc.v2")),
     }
+}
+
+/// An int32 flag value as upstream's flag set parses it (strconv.ParseInt(s, 0, 32): `8080`, `0x1f90`).
+fn go_i32(s: &str) -> Result<i32, String> {
+    crate::compat::parse_go_int(s, 32).map(|n| n as i32)
+}
+
+/// An int64 flag value (strconv.ParseInt(s, 0, 64)).
+fn go_i64(s: &str) -> Result<i64, String> {
+    crate::compat::parse_go_int(s, 64)
+}
+
+/// An int32 flag value that must not be negative.
+fn go_u32(s: &str) -> Result<u32, String> {
+    go_i32(s).and_then(|n| u32::try_from(n).map_err(|_| format!("{s:?} must not be negative")))
 }
 
 /// Parses a Go boolean flag value (`strconv.ParseBool`): 1, t, T, TRUE, true, True, 0, f, F, FALSE, false, False.
@@ -320,92 +352,75 @@ pub fn parse_go_bool(s: &str) -> Result<bool, String> {
     }
 }
 
-/// Declares upstream kubelet flags that kubeadm and distribution setups commonly pass
-/// (through `KUBELET_KUBEADM_ARGS` or `KUBELET_EXTRA_ARGS`) but rkubelet does not
-/// implement. They are accepted, so such setups start, and listed in a debug log.
-macro_rules! ignored_flags {
-    ($($field:ident => $name:literal),* $(,)?) => {
-        /// Upstream kubelet flags accepted and ignored (see [`IgnoredFlags::given`]).
-        #[derive(Debug, Args, Clone, Default)]
-        pub struct IgnoredFlags {
-            $(
-                #[arg(long = $name, hide = true, num_args = 0..=1, default_missing_value = "true")]
-                pub $field: Option<String>,
-            )*
-        }
-
-        impl IgnoredFlags {
-            /// The ignored flags that were given, as `(name, value)`.
-            pub fn given(&self) -> Vec<(&'static str, &str)> {
-                let mut v = Vec::new();
-                $(
-                    if let Some(x) = &self.$field {
-                        v.push(($name, x.as_str()));
-                    }
-                )*
-                v
-            }
-        }
-    };
+/// The upstream kubelet flags rkubelet accepts without reading them into
+/// [`Config`]: every [`crate::compat::SETTINGS`] flag that is not implemented (or
+/// has no effect), with upstream's value syntax (booleans only as `--flag` or
+/// `--flag=false`, lists and maps accumulating over repeats). Hidden from `--help`.
+#[derive(Debug, Clone, Default)]
+pub struct UnimplementedFlags {
+    given: Vec<(&'static str, String)>,
 }
 
-ignored_flags! {
-    container_runtime => "container-runtime",
-    network_plugin => "network-plugin",
-    image_service_endpoint => "image-service-endpoint",
-    runtime_request_timeout => "runtime-request-timeout",
-    fail_swap_on => "fail-swap-on",
-    cgroups_per_qos => "cgroups-per-qos",
-    cgroup_root => "cgroup-root",
-    enforce_node_allocatable => "enforce-node-allocatable",
-    runtime_cgroups => "runtime-cgroups",
-    kubelet_cgroups => "kubelet-cgroups",
-    system_cgroups => "system-cgroups",
-    feature_gates => "feature-gates",
-    cloud_provider => "cloud-provider",
-    provider_id => "provider-id",
-    register_node => "register-node",
-    read_only_port => "read-only-port",
-    tls_cert_file => "tls-cert-file",
-    tls_private_key_file => "tls-private-key-file",
-    tls_cipher_suites => "tls-cipher-suites",
-    tls_min_version => "tls-min-version",
-    protect_kernel_defaults => "protect-kernel-defaults",
-    make_iptables_util_chains => "make-iptables-util-chains",
-    event_qps => "event-qps",
-    event_burst => "event-burst",
-    kube_api_qps => "kube-api-qps",
-    kube_api_burst => "kube-api-burst",
-    kube_api_content_type => "kube-api-content-type",
-    registry_qps => "registry-qps",
-    registry_burst => "registry-burst",
-    image_gc_high_threshold => "image-gc-high-threshold",
-    image_gc_low_threshold => "image-gc-low-threshold",
-    minimum_image_ttl_duration => "minimum-image-ttl-duration",
-    eviction_soft => "eviction-soft",
-    eviction_soft_grace_period => "eviction-soft-grace-period",
-    eviction_pressure_transition_period => "eviction-pressure-transition-period",
-    eviction_max_pod_grace_period => "eviction-max-pod-grace-period",
-    eviction_minimum_reclaim => "eviction-minimum-reclaim",
-    volume_plugin_dir => "volume-plugin-dir",
-    volume_stats_agg_period => "volume-stats-agg-period",
-    cpu_manager_policy => "cpu-manager-policy",
-    topology_manager_policy => "topology-manager-policy",
-    seccomp_default => "seccomp-default",
-    node_status_max_images => "node-status-max-images",
-    pod_cidr => "pod-cidr",
-    hairpin_mode => "hairpin-mode",
-    oom_score_adj => "oom-score-adj",
-    max_open_files => "max-open-files",
-    lock_file => "lock-file",
-    exit_on_lock_contention => "exit-on-lock-contention",
-    logging_format => "logging-format",
-    log_dir => "log-dir",
-    log_file => "log-file",
-    logtostderr => "logtostderr",
-    alsologtostderr => "alsologtostderr",
-    experimental_allocatable_ignore_eviction => "experimental-allocatable-ignore-eviction",
-    dynamic_config_dir => "dynamic-config-dir",
+impl UnimplementedFlags {
+    /// The flags given on the command line, as `(name, value)`; a repeated list or
+    /// map flag's values are joined by commas.
+    pub fn given(&self) -> &[(&'static str, String)] {
+        &self.given
+    }
+}
+
+impl clap::FromArgMatches for UnimplementedFlags {
+    fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let given = crate::compat::accepted_only()
+            .filter_map(|s| s.flag)
+            .filter(|name| m.value_source(name) == Some(clap::parser::ValueSource::CommandLine))
+            .filter_map(|name| Some((name, m.get_many::<String>(name)?.cloned().collect::<Vec<_>>().join(","))))
+            .collect();
+        Ok(UnimplementedFlags { given })
+    }
+
+    fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+impl Args for UnimplementedFlags {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        use clap::{Arg, ArgAction};
+        crate::compat::accepted_only().fold(cmd, |cmd, s| {
+            let Some(name) = s.flag else { return cmd };
+            let kind = s.kind;
+            let arg = Arg::new(name).long(name).hide(true).value_parser(move |v: &str| kind.parse(v));
+            let arg = match kind {
+                crate::compat::Kind::Bool => arg.num_args(0..=1).require_equals(true).default_missing_value("true"),
+                k => arg.num_args(1).allow_hyphen_values(true).action(if k.accumulates() { ArgAction::Append } else { ArgAction::Set }),
+            };
+            cmd.arg(arg)
+        })
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+/// Normalizes flag names as upstream's `WordSepNormalizeFunc`: `--cluster_dns=…`
+/// is `--cluster-dns=…`. Values, subcommands and anything after `--` are kept.
+pub fn normalize_flag_names(args: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut done = false;
+    args.into_iter()
+        .map(|a| {
+            if done || !a.starts_with("--") || a.len() == 2 {
+                done |= a == "--";
+                return a;
+            }
+            match a.split_once('=') {
+                Some((name, value)) => format!("{}={value}", name.replace('_', "-")),
+                None => a.replace('_', "-"),
+            }
+        })
+        .collect()
 }
 
 /// Parses Go-style durations as the kubelet accepts them: `20s`, `1m`, `1m30s`, `500ms`.
@@ -524,6 +539,9 @@ pub struct Config {
     pub credential_providers: Option<std::sync::Arc<crate::runtime::image::CredentialProviders>>,
     /// containerd's registry hosts directory (`hosts.toml`s); `None`: disabled.
     pub registry_config_path: Option<PathBuf>,
+    /// The upstream flags and file fields given that rkubelet does not implement,
+    /// and the file's unknown fields: logged at start, listed by doctor.
+    pub compat: crate::compat::Report,
 }
 
 /// The cgroup driver (`cgroupDriver`, `--cgroup-driver`).
@@ -776,18 +794,13 @@ impl Config {
     pub fn from_args(a: &AgentArgs) -> Result<Self, ConfigError> {
         use crate::kubelet_config::{GoDuration, KubeletConfiguration};
         let file = match &a.config {
-            Some(p) => {
-                let f = KubeletConfiguration::load(p)?;
-                let unknown = f.unknown_fields();
-                if !unknown.is_empty() {
-                    tracing::debug!(file = %p.display(), fields = ?unknown, "ignoring KubeletConfiguration fields rkubelet does not implement");
-                }
-                f
-            }
+            Some(p) => KubeletConfiguration::load(p)?,
             None => KubeletConfiguration::default(),
         };
-        for (flag, value) in a.ignored.given() {
-            tracing::debug!(flag = %format!("--{flag}"), value, "ignoring an upstream kubelet flag rkubelet does not implement");
+        let mut compat = crate::compat::report(a.unimplemented.given(), a.config.as_ref().map(|_| &file.document), &crate::compat::Host::detect());
+        if a.version.as_deref().is_some_and(|v| v.starts_with('v')) {
+            // Upstream runs and reports that version; rkubelet reports its own.
+            compat.not_implemented.insert(0, "--version".into());
         }
         let dur = |d: Option<GoDuration>| d.and_then(GoDuration::non_zero);
         let non_zero = |n: Option<i32>| n.filter(|n| *n != 0);
@@ -883,7 +896,7 @@ impl Config {
                 .clone()
                 .or_else(|| fauth.x509.as_ref().and_then(|x| x.client_ca_file.clone()).filter(|f| !f.is_empty()).map(PathBuf::from)),
             webhook_enabled: a.authentication_token_webhook.or(fauth.webhook.as_ref().and_then(|w| w.enabled)).unwrap_or(true),
-            webhook_cache_ttl: dur(fauth.webhook.as_ref().and_then(|w| w.cache_ttl)).unwrap_or(Duration::from_secs(120)),
+            webhook_cache_ttl: a.authentication_token_webhook_cache_ttl.or(dur(fauth.webhook.as_ref().and_then(|w| w.cache_ttl))).unwrap_or(Duration::from_secs(120)),
             anonymous_enabled: a.anonymous_auth.or(fauth.anonymous.as_ref().and_then(|an| an.enabled)).unwrap_or(false),
         };
         let fauthz = file.authorization.clone().unwrap_or_default();
@@ -897,8 +910,14 @@ impl Config {
                     return Err(ConfigError::Invalid { field, value: mode, message: "want AlwaysAllow or Webhook".into() });
                 }
             },
-            webhook_cache_authorized_ttl: dur(fauthz.webhook.as_ref().and_then(|w| w.cache_authorized_ttl)).unwrap_or(Duration::from_secs(300)),
-            webhook_cache_unauthorized_ttl: dur(fauthz.webhook.as_ref().and_then(|w| w.cache_unauthorized_ttl)).unwrap_or(Duration::from_secs(30)),
+            webhook_cache_authorized_ttl: a
+                .authorization_webhook_cache_authorized_ttl
+                .or(dur(fauthz.webhook.as_ref().and_then(|w| w.cache_authorized_ttl)))
+                .unwrap_or(Duration::from_secs(300)),
+            webhook_cache_unauthorized_ttl: a
+                .authorization_webhook_cache_unauthorized_ttl
+                .or(dur(fauthz.webhook.as_ref().and_then(|w| w.cache_unauthorized_ttl)))
+                .unwrap_or(Duration::from_secs(30)),
         };
 
         // evictionHard: the flag replaces the file's map; either replaces the defaults
@@ -1039,6 +1058,7 @@ impl Config {
                 m.extend(a.runtime_handlers.iter().cloned());
                 m
             },
+            compat,
             resolv_conf: match a.resolv_conf.clone().or_else(|| file.resolv_conf.clone()) {
                 None => Some(crate::pod::dns::default_resolv_conf(std::path::Path::new("/etc/resolv.conf"), std::path::Path::new(crate::pod::dns::RESOLVED_UPSTREAM))),
                 Some(s) if s.is_empty() => None,
@@ -1282,12 +1302,11 @@ mod tests {
         assert_eq!(c.node_lease_duration_seconds, 40);
         assert_eq!(c.max_pods, 110);
         assert_eq!(c.eviction_memory_bytes(1 << 30), 100 << 20);
-        // The file's unknown fields (failCgroupV1, logging, crashLoopBackOff, ...) are ignored.
+        // Every field kubeadm writes is an upstream v1beta1 field, and its zero values
+        // (failCgroupV1: false, logging, crashLoopBackOff: {}, ...) are what rkubelet does.
         let kc = crate::kubelet_config::KubeletConfiguration::parse(body, std::path::Path::new("config.yaml")).unwrap();
-        let unknown = kc.unknown_fields();
-        for f in ["failCgroupV1", "logging", "crashLoopBackOff", "memorySwap", "cpuManagerReconcilePeriod"] {
-            assert!(unknown.iter().any(|u| u == f), "{f} in {unknown:?}");
-        }
+        assert!(kc.unknown_fields().is_empty(), "{:?}", kc.unknown_fields());
+        assert_eq!(c.compat, crate::compat::Report::default());
     }
 
     #[test]
@@ -1298,19 +1317,150 @@ mod tests {
         argv.extend(args.split_whitespace().map(String::from));
         let c = Config::from_args(&Cli::parse_from(&argv).agent).unwrap();
         assert_eq!(c.node_name, "node-1");
-        // Flags older kubeadm versions and distributions pass, accepted and ignored.
+        // Upstream flags that distributions pass, rkubelet's values or not.
         let a = Cli::parse_from([
-            "rkubelet", "--hostname-override=n1", "--container-runtime=remote", "--network-plugin=cni", "--fail-swap-on=false", "--cgroups-per-qos",
-            "--feature-gates=A=true,B=false", "--read-only-port", "0", "--pod-infra-container-image=registry.k8s.io/pause:3.10", "--node-ip=192.0.2.7",
-            "--register-with-taints=node-role.kubernetes.io/control-plane:NoSchedule", "--resolv-conf=/run/systemd/resolve/resolv.conf", "--cgroup-driver=systemd",
+            "rkubelet", "--hostname-override=n1", "--fail-swap-on=false", "--cgroups-per-qos", "--feature-gates=A=true,B=false", "--read-only-port", "0",
+            "--pod-infra-container-image=registry.k8s.io/pause:3.10", "--node-ip=192.0.2.7", "--register-with-taints=node-role.kubernetes.io/control-plane:NoSchedule",
+            "--resolv-conf=/run/systemd/resolve/resolv.conf", "--cgroup-driver=systemd",
         ])
         .agent;
-        let given = a.ignored.given();
-        assert!(given.contains(&("fail-swap-on", "false")) && given.contains(&("cgroups-per-qos", "true")) && given.contains(&("read-only-port", "0")), "{given:?}");
+        let given = a.unimplemented.given();
+        for (flag, value) in [("fail-swap-on", "false"), ("cgroups-per-qos", "true"), ("read-only-port", "0"), ("feature-gates", "A=true,B=false")] {
+            assert!(given.iter().any(|(f, v)| *f == flag && v == value), "{flag}={value} in {given:?}");
+        }
         let c = Config::from_args(&a).unwrap();
         assert_eq!(c.taints[0].key, "node-role.kubernetes.io/control-plane");
         assert_eq!(c.resolv_conf, Some(PathBuf::from("/run/systemd/resolve/resolv.conf")));
         assert_eq!(c.cgroup_driver, CgroupDriver::Systemd);
+        assert_eq!(c.compat.not_implemented, vec!["--feature-gates"], "the others are at what rkubelet does");
+    }
+
+    /// A valid value of each kind of flag, and of the implemented flags rkubelet checks further.
+    fn sample(flag: &str, kind: crate::compat::Kind) -> &'static str {
+        use crate::compat::Kind::*;
+        match flag {
+            "hostname-override" => "n2",
+            "node-ip" => "192.0.2.1",
+            "address" | "healthz-bind-address" => "127.0.0.1",
+            "container-runtime-endpoint" => "unix:///run/containerd/containerd.sock",
+            "cgroup-driver" => "systemd",
+            "authorization-mode" => "AlwaysAllow",
+            "container-log-max-size" => "10Mi",
+            "cluster-dns" => "10.96.0.10,10.96.0.11",
+            "kube-reserved" | "system-reserved" => "cpu=100m,memory=100Mi",
+            "eviction-hard" => "memory.available<100Mi,nodefs.available<10%",
+            "version" => "false",
+            _ => match kind {
+                Bool => "true",
+                Int32 => "3",
+                Int64 => "-1",
+                Float => "0.5",
+                Duration => "90s",
+                Str | Object => "/some/value",
+                List => "a,b",
+                Map => "a=b,c=d",
+                MapNoSplit => "full-pcpus-only=true",
+                MapLangle => "memory.available<1Gi",
+                MapBool => "Foo=true,Bar=false",
+                MapColon => "a:b,c:d",
+                Quantity => "2Ki",
+                ReservedMemory => "0:memory=1Gi,hugepages-1Gi=2Gi;1:memory=2Gi",
+                VModule => "foo=2,bar*=4",
+                Taints => "k=v:NoSchedule,gpu:NoExecute",
+                Version => "raw",
+            },
+        }
+    }
+
+    #[test]
+    fn every_upstream_1_36_flag_is_accepted_with_its_value_syntax() {
+        let file = write_config("every-flag", HEAD);
+        for s in crate::compat::SETTINGS {
+            let Some(flag) = s.flag else { continue };
+            if flag == "help" {
+                continue;
+            }
+            let mut base = vec!["rkubelet".to_string(), "--hostname-override=n1".to_string()];
+            match flag {
+                "bootstrap-kubeconfig" => base.push("--kubeconfig=/k".into()),
+                "config" => {}
+                _ => base.push(format!("--config={}", file.display())),
+            }
+            let value = if flag == "config" { file.display().to_string() } else { sample(flag, s.kind).to_string() };
+            let mut forms = vec![vec![format!("--{flag}={value}")], vec![format!("--{flag}={value}"), format!("--{flag}={value}")]];
+            match s.kind {
+                // Booleans (and --version): bare, or with `=`; never as a separate word.
+                crate::compat::Kind::Bool | crate::compat::Kind::Version => forms.extend([vec![format!("--{flag}")], vec![format!("--{flag}=false")]]),
+                _ => forms.push(vec![format!("--{flag}"), value.clone()]),
+            }
+            // Underscores in names are normalized, as upstream's flag set does.
+            forms.push(vec![format!("--{}={value}", flag.replace('-', "_"))]);
+            for form in forms {
+                let argv = normalize_flag_names(base.iter().cloned().chain(form.iter().cloned()));
+                let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+                // The provider flags load their files (tested with real ones in runtime::image).
+                if flag.starts_with("image-credential-provider") {
+                    continue;
+                }
+                if let Err(e) = Config::from_args(&cli.agent) {
+                    panic!("{argv:?}: {e}");
+                }
+            }
+            if matches!(s.kind, crate::compat::Kind::Bool | crate::compat::Kind::Version) {
+                let argv = [base.clone(), vec![format!("--{flag}"), "false".into()]].concat();
+                assert!(Cli::try_parse_from(&argv).is_err(), "{argv:?}: a boolean takes its value only with =");
+            }
+        }
+    }
+
+    #[test]
+    fn flags_are_upstream_s_or_rkubelet_s_own_and_others_are_refused() {
+        let mut cmd = <Cli as clap::CommandFactory>::command();
+        cmd.build();
+        for arg in cmd.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            assert!(
+                crate::compat::by_flag(long).is_some() || crate::compat::RKUBELET_FLAGS.contains(&long),
+                "--{long} is neither an upstream 1.36 flag in compat::SETTINGS nor listed in compat::RKUBELET_FLAGS"
+            );
+        }
+        for s in crate::compat::SETTINGS.iter().filter_map(|s| s.flag) {
+            assert!(cmd.get_arguments().any(|a| a.get_long() == Some(s)), "--{s} is not declared");
+        }
+        // Flags upstream removed before 1.36, and made-up ones, are errors as upstream.
+        for bad in ["--container-runtime=remote", "--network-plugin=cni", "--logtostderr", "--cloud-config=/c", "--no-such-flag"] {
+            assert!(Cli::try_parse_from(["rkubelet", bad]).is_err(), "{bad} must be refused");
+        }
+        // Wrong values are errors naming the flag.
+        for bad in ["--image-gc-high-threshold=high", "--eviction-soft=memory.available", "--feature-gates=A=perhaps", "--housekeeping-interval=10"] {
+            let e = Cli::try_parse_from(["rkubelet", bad]).unwrap_err().to_string();
+            assert!(e.contains(bad.split('=').next().unwrap()), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn repeated_flags_keep_the_last_value_or_accumulate_like_upstream() {
+        let a = Cli::parse_from(["rkubelet", "--cpu-manager-policy=static", "--cpu-manager-policy=none", "--eviction-soft=memory.available<1Gi", "--eviction-soft", "nodefs.available<5%"]).agent;
+        let given = a.unimplemented.given();
+        assert!(given.contains(&("cpu-manager-policy", "none".to_string())), "{given:?}");
+        assert!(given.contains(&("eviction-soft", "memory.available<1Gi,nodefs.available<5%".to_string())), "{given:?}");
+        let a = Cli::parse_from(["rkubelet", "-v=3", "--max-pods=0x10", "--pod-max-pids", "-1"]).agent;
+        assert_eq!((a.verbosity, a.max_pods, a.pod_max_pids), (3, Some(16), Some(-1)));
+        assert!(Cli::parse_from(["rkubelet", "--version"]).agent.prints_version());
+        assert!(Cli::parse_from(["rkubelet", "--version=raw"]).agent.prints_version());
+        assert!(!Cli::parse_from(["rkubelet", "--version=false"]).agent.prints_version());
+        assert_eq!(normalize_flag_names(["rkubelet", "--cluster_dns=10.0.0.1", "--", "--a_b"].map(String::from)), ["rkubelet", "--cluster-dns=10.0.0.1", "--", "--a_b"]);
+    }
+
+    #[test]
+    fn unimplemented_flags_and_fields_are_named_in_the_config() {
+        let body = format!("{HEAD}evictionSoft:\n  memory.available: 1.5Gi\ncpuManagerPolicy: none\nmaxPod: 3\n");
+        let c = with_file("compat", &body, &["--image-gc-high-threshold=90", "--cpu-manager-policy=none", "--version=v1.36.9"]).unwrap();
+        assert_eq!(c.compat.not_implemented, vec!["--version", "--image-gc-high-threshold", "evictionSoft"]);
+        assert_eq!(c.compat.unknown_fields, vec!["maxPod"]);
+        let c = with_file("compat-none", HEAD, &["--cpu-manager-policy=none", "--cgroups-per-qos=true", "--authentication-token-webhook-cache-ttl=10s"]).unwrap();
+        assert!(c.compat.not_implemented.is_empty(), "{:?}", c.compat);
+        assert_eq!(c.authentication.webhook_cache_ttl, Duration::from_secs(10));
     }
 
     #[test]

@@ -9,9 +9,13 @@
 //! `maxPods: 0`, which kubeadm writes for everything it leaves to the kubelet) means
 //! "use the default".
 //!
-//! Fields rkubelet does not know (`failCgroupV1`, `logging`, `cpuManagerReconcilePeriod`…)
-//! are ignored, and listed at debug level. A known field with the wrong type is an error
-//! naming the field's path (`authentication.webhook.enabled`).
+//! Every v1beta1 field is known ([`crate::compat::SETTINGS`]): those rkubelet reads
+//! are typed here, and a wrong type is an error naming the field's path
+//! (`authentication.webhook.enabled`); the others are accepted with any value and
+//! kept in the [`KubeletConfiguration::document`], from which [`crate::compat`]
+//! tells which are set. Fields v1beta1 does not have are listed by
+//! [`KubeletConfiguration::unknown_fields`] and otherwise ignored, as upstream's
+//! lenient decoding does.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -97,17 +101,12 @@ impl<'de> Deserialize<'de> for GoDuration {
     }
 }
 
-/// Fields rkubelet does not read, kept only to be listed in a debug log.
-pub type Unknown = BTreeMap<String, serde_yaml::Value>;
-
 /// `authentication.x509`.
 #[derive(Debug, Default, Clone, Deserialize)]
 pub struct X509Authentication {
     /// `clientCAFile`: the CA bundle that verifies client certificates on the kubelet's server.
     #[serde(rename = "clientCAFile")]
     pub client_ca_file: Option<String>,
-    #[serde(flatten)]
-    pub unknown: Unknown,
 }
 
 /// `authentication.webhook`.
@@ -118,8 +117,6 @@ pub struct WebhookAuthentication {
     /// `cacheTTL`: how long TokenReview answers are cached.
     #[serde(rename = "cacheTTL")]
     pub cache_ttl: Option<GoDuration>,
-    #[serde(flatten)]
-    pub unknown: Unknown,
 }
 
 /// `authentication.anonymous`.
@@ -127,8 +124,6 @@ pub struct WebhookAuthentication {
 pub struct AnonymousAuthentication {
     /// `enabled`: unauthenticated requests are user `system:anonymous`.
     pub enabled: Option<bool>,
-    #[serde(flatten)]
-    pub unknown: Unknown,
 }
 
 /// `authentication`: how the kubelet's own server authenticates its clients.
@@ -137,8 +132,6 @@ pub struct Authentication {
     pub x509: Option<X509Authentication>,
     pub webhook: Option<WebhookAuthentication>,
     pub anonymous: Option<AnonymousAuthentication>,
-    #[serde(flatten)]
-    pub unknown: Unknown,
 }
 
 /// `authorization.webhook`.
@@ -151,8 +144,6 @@ pub struct WebhookAuthorization {
     /// `cacheUnauthorizedTTL`.
     #[serde(rename = "cacheUnauthorizedTTL")]
     pub cache_unauthorized_ttl: Option<GoDuration>,
-    #[serde(flatten)]
-    pub unknown: Unknown,
 }
 
 /// `authorization`: how the kubelet's own server authorizes requests.
@@ -161,11 +152,9 @@ pub struct Authorization {
     /// `mode`: `AlwaysAllow` or `Webhook` (SubjectAccessReviews).
     pub mode: Option<String>,
     pub webhook: Option<WebhookAuthorization>,
-    #[serde(flatten)]
-    pub unknown: Unknown,
 }
 
-/// The fields of a v1beta1 KubeletConfiguration that rkubelet reads.
+/// The fields of a v1beta1 KubeletConfiguration that rkubelet reads, and the whole document.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct KubeletConfiguration {
@@ -220,8 +209,9 @@ pub struct KubeletConfiguration {
     pub serialize_image_pulls: Option<bool>,
     /// Image pulls at once when they are not serialized (unset: no limit).
     pub max_parallel_image_pulls: Option<i32>,
-    #[serde(flatten)]
-    pub unknown: Unknown,
+    /// The document as read: every field, those rkubelet does not type included.
+    #[serde(skip)]
+    pub document: serde_yaml::Value,
 }
 
 impl KubeletConfiguration {
@@ -233,8 +223,9 @@ impl KubeletConfiguration {
 
     /// Parses a configuration document; `path` only names the file in errors.
     pub fn parse(text: &str, path: &Path) -> Result<KubeletConfiguration, KubeletConfigError> {
-        let de = serde_yaml::Deserializer::from_str(text);
-        let cfg: KubeletConfiguration = serde_path_to_error::deserialize(de).map_err(|e| {
+        let document: serde_yaml::Value =
+            serde_yaml::from_str(text).map_err(|e| KubeletConfigError::Syntax { path: path.to_path_buf(), message: e.to_string() })?;
+        let mut cfg: KubeletConfiguration = serde_path_to_error::deserialize(document.clone()).map_err(|e| {
             let field = e.path().to_string();
             let message = e.inner().to_string();
             if field == "." || field.is_empty() {
@@ -247,37 +238,14 @@ impl KubeletConfiguration {
         if av != API_VERSION || kind != KIND {
             return Err(KubeletConfigError::Kind { path: path.to_path_buf(), api_version: av, kind });
         }
+        cfg.document = document;
         Ok(cfg)
     }
 
-    /// Paths of the fields that were present but are not read (`failCgroupV1`,
+    /// Paths of the fields upstream's v1beta1 does not have (`somethingNew`,
     /// `authentication.webhook.foo`), sorted.
     pub fn unknown_fields(&self) -> Vec<String> {
-        fn add(out: &mut Vec<String>, prefix: &str, u: &Unknown) {
-            out.extend(u.keys().map(|k| format!("{prefix}{k}")));
-        }
-        let mut out = Vec::new();
-        add(&mut out, "", &self.unknown);
-        if let Some(a) = &self.authentication {
-            add(&mut out, "authentication.", &a.unknown);
-            if let Some(x) = &a.x509 {
-                add(&mut out, "authentication.x509.", &x.unknown);
-            }
-            if let Some(w) = &a.webhook {
-                add(&mut out, "authentication.webhook.", &w.unknown);
-            }
-            if let Some(an) = &a.anonymous {
-                add(&mut out, "authentication.anonymous.", &an.unknown);
-            }
-        }
-        if let Some(a) = &self.authorization {
-            add(&mut out, "authorization.", &a.unknown);
-            if let Some(w) = &a.webhook {
-                add(&mut out, "authorization.webhook.", &w.unknown);
-            }
-        }
-        out.sort();
-        out
+        crate::compat::unknown_fields(&self.document)
     }
 }
 
@@ -294,7 +262,7 @@ mod tests {
     #[test]
     fn known_fields_are_read_and_unknown_ones_listed() {
         let c = parse(&format!(
-            "{HEAD}maxPods: 42\nsyncFrequency: 1m30s\nfailCgroupV1: false\nlogging: {{verbosity: 0}}\nauthentication:\n  webhook: {{enabled: true, cacheTTL: 0s, extra: 1}}\n  x509: {{clientCAFile: /ca.crt}}\n"
+            "{HEAD}maxPods: 42\nsyncFrequency: 1m30s\nfailCgroupV1: false\nlogging: {{verbosity: 0}}\nauthentication:\n  webhook: {{enabled: true, cacheTTL: 0s, extra: 1}}\n  x509: {{clientCAFile: /ca.crt}}\nsomethingNew: [1]\nimageGCHighThresholdPercent: {{not: a number}}\n"
         ))
         .unwrap();
         assert_eq!(c.max_pods, Some(42));
@@ -303,7 +271,9 @@ mod tests {
         assert_eq!(a.webhook.as_ref().unwrap().enabled, Some(true));
         assert_eq!(a.webhook.as_ref().unwrap().cache_ttl.unwrap().non_zero(), None);
         assert_eq!(a.x509.as_ref().unwrap().client_ca_file.as_deref(), Some("/ca.crt"));
-        assert_eq!(c.unknown_fields(), vec!["authentication.webhook.extra", "failCgroupV1", "logging"]);
+        // Upstream fields rkubelet does not read take any value; only fields v1beta1 lacks are unknown.
+        assert_eq!(c.unknown_fields(), vec!["authentication.webhook.extra", "somethingNew"]);
+        assert_eq!(c.document["failCgroupV1"], serde_yaml::Value::Bool(false));
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod agent;
 pub mod api;
 pub mod cgroups;
 pub mod cli;
+pub mod compat;
 pub mod config;
 pub mod doctor;
 pub mod events;

@@ -25,8 +25,8 @@ fn main() -> std::process::ExitCode {
     if args.nth(1).as_deref() == Some(rkubelet::logs::driver::ARG) {
         return rkubelet::logs::driver::run(&args.collect::<Vec<_>>());
     }
-    let cli = Cli::parse();
-    if cli.version {
+    let cli = Cli::parse_from(rkubelet::config::normalize_flag_names(std::env::args()));
+    if cli.agent.prints_version() {
         println!("{}", rkubelet::config::version_line());
         return std::process::ExitCode::SUCCESS;
     }

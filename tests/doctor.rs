@@ -9,6 +9,11 @@
 //! * d2: `--pod` explains a crash-looping pod with its actual exit code and
 //!   last output, and a pod whose image does not exist with the registry's
 //!   error as the agent recorded it.
+//! * d3: an agent started with upstream settings rkubelet does not implement
+//!   (`--image-gc-high-threshold=90`, `evictionSoft` in its config file) and one it
+//!   does at its value (`--cpu-manager-policy=none`): the `settings` check is the
+//!   one WARN (exit 1), naming the first two with the fix; the config file's field
+//!   v1beta1 does not have is a `config` WARN; without them, both are OK.
 
 mod common;
 
@@ -16,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{agent_binary, Agent, BUSYBOX, NODE};
+use common::{agent_binary, compat_config, Agent, BUSYBOX, NODE};
 use serde_json::Value;
 
 /// `rkubelet <agent flags> doctor <args>`: (exit code, stdout).
@@ -189,4 +194,31 @@ fn d2_pod_explains_a_crash_loop_and_a_missing_image() {
     assert!(text.contains("has no pod default/elsewhere"), "{text}");
 
     agent.remove_all_pods();
+}
+
+#[test]
+fn d3_settings_rkubelet_does_not_implement_are_a_warning_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = compat_config(dir.path());
+    let flags = ["--image-gc-high-threshold=90", "--cpu-manager-policy=none", "--config", config.to_str().unwrap()];
+    let agent = Agent::with_options("d3", &[], &flags);
+    agent.wait_until(Duration::from_secs(30), "healthz", || doctor(&agent, &flags, &["-o", "json"]).1.contains("/healthz: ok"));
+
+    let (code, v) = report(&agent, &flags);
+    let not_ok: Vec<(&str, &str)> =
+        v["checks"].as_array().unwrap().iter().filter(|c| c["status"] != "OK").map(|c| (c["name"].as_str().unwrap(), c["status"].as_str().unwrap())).collect();
+    assert_eq!((code, not_ok), (1, vec![("config", "WARN"), ("settings", "WARN")]), "{v}");
+    let settings = check(&v, "settings");
+    let message = settings["message"].as_str().unwrap();
+    assert!(message.contains("--image-gc-high-threshold") && message.contains("evictionSoft"), "{settings}");
+    assert!(!message.contains("cpu-manager-policy"), "none is what rkubelet does: {settings}");
+    assert_eq!(settings["fix"], "not implemented by rkubelet yet; remove it or expect upstream behaviour to differ");
+    assert!(check(&v, "config")["message"].as_str().unwrap().contains("someFutureField"), "{v}");
+    let (_, text) = doctor(&agent, &flags, &[]);
+    assert!(text.contains("WARN  settings") && text.contains("fix: not implemented by rkubelet yet"), "{text}");
+
+    // The same agent checked without those settings: nothing to report.
+    let (code, v) = report(&agent, &[]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(check(&v, "settings")["status"], "OK");
 }

@@ -231,12 +231,22 @@ fn clock(date: Option<&str>, sent: SystemTime) -> Check {
 
 /// Swap, which the upstream kubelet refuses by default (failSwapOn).
 pub fn swap() -> Check {
-    let swaps = std::fs::read_to_string("/proc/swaps").unwrap_or_default();
-    let active: Vec<&str> = swaps.lines().skip(1).filter_map(|l| l.split_whitespace().next()).collect();
+    let active = crate::compat::active_swaps();
     if active.is_empty() {
         Check::ok("swap", "off")
     } else {
         Check::warn("swap", format!("on ({}): pods' memory limits do not bound their swap use", active.join(", ")), "swapoff -a, and remove swap from /etc/fstab")
+    }
+}
+
+/// The upstream flags and config fields the agent was given that rkubelet does
+/// not implement (what the agent's start-up warning names).
+pub fn settings(cfg: &Config) -> Check {
+    let given = &cfg.compat.not_implemented;
+    if given.is_empty() {
+        Check::ok("settings", "every upstream flag and config field given is implemented (or its value is what rkubelet does)")
+    } else {
+        Check::warn("settings", format!("not implemented: {}", given.join(", ")), crate::compat::FIX)
     }
 }
 

@@ -118,7 +118,7 @@ pub fn agent_processes() -> Vec<AgentProcess> {
 
 fn config_of(args: &[String]) -> Option<Config> {
     use clap::Parser;
-    let cli = Cli::try_parse_from(args).ok()?;
+    let cli = Cli::try_parse_from(crate::config::normalize_flag_names(args.iter().cloned())).ok()?;
     Config::from_args(&cli.agent).ok()
 }
 
@@ -177,8 +177,16 @@ pub async fn run(agent: &AgentArgs, explicit: bool, pod_ref: Option<&str>) -> Re
         return finish(Report { node: String::new(), version: crate::config::version_line(), config_from: from, checks, pod: None, exit_code: 0 });
     };
     if let Some(f) = &cfg.config_file {
-        checks.push(Check::ok("config", format!("{} loads", f.display())));
+        checks.push(match cfg.compat.unknown_fields.as_slice() {
+            [] => Check::ok("config", format!("{} loads", f.display())),
+            unknown => Check::warn(
+                "config",
+                format!("{} loads; fields kubelet.config.k8s.io/v1beta1 does not have are ignored: {}", f.display(), unknown.join(", ")),
+                "correct or remove them (a misspelt field is ignored, by upstream's kubelet too)",
+            ),
+        });
     }
+    checks.push(checks::settings(&cfg));
     checks.push(checks::containerd(&cfg).await);
     checks.push(checks::runc());
     checks.push(checks::cni(&cfg));

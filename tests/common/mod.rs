@@ -358,3 +358,16 @@ pub fn wait_for<T>(timeout: Duration, what: &str, agent: &Agent, mut f: impl FnM
     }
     panic!("timed out after {timeout:?} waiting for {what}\nagent log:\n{}", agent.log_tail(60));
 }
+
+/// Writes a KubeletConfiguration with upstream fields rkubelet does not implement
+/// (`evictionSoft`, `evictionSoftGracePeriod`) and one v1beta1 does not have
+/// (`someFutureField`) into `dir`; for the config compatibility tests.
+pub fn compat_config(dir: &Path) -> PathBuf {
+    let p = dir.join("config.yaml");
+    std::fs::write(
+        &p,
+        "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nevictionSoft:\n  memory.available: 1.5Gi\nevictionSoftGracePeriod:\n  memory.available: 1m30s\nsomeFutureField: true\n",
+    )
+    .unwrap();
+    p
+}
