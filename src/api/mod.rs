@@ -64,6 +64,42 @@ pub fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
 }
 
+/// What a whole-resource list+watch saw: the full set (on each list and re-list),
+/// then single changes.
+pub enum Change<K> {
+    Listed(Vec<K>),
+    Applied(K),
+    Deleted(K),
+}
+
+/// Lists and watches every object of `api` until `cancel` (kube-runtime's
+/// watcher: resumes, re-lists on 410, backs off through outages), handing each
+/// change to `on`; `what` names the resource in the warnings.
+pub async fn reflect<K>(api: kube::Api<K>, what: &str, cancel: tokio_util::sync::CancellationToken, mut on: impl FnMut(Change<K>))
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    use futures::StreamExt;
+    use kube::runtime::{watcher, WatchStreamExt};
+    let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
+    let mut initial: Vec<K> = Vec::new();
+    loop {
+        let ev = tokio::select! {
+            _ = cancel.cancelled() => return,
+            ev = stream.next() => ev,
+        };
+        match ev {
+            None => return,
+            Some(Ok(watcher::Event::Init)) => initial.clear(),
+            Some(Ok(watcher::Event::InitApply(o))) => initial.push(o),
+            Some(Ok(watcher::Event::InitDone)) => on(Change::Listed(std::mem::take(&mut initial))),
+            Some(Ok(watcher::Event::Apply(o))) => on(Change::Applied(o)),
+            Some(Ok(watcher::Event::Delete(o))) => on(Change::Deleted(o)),
+            Some(Err(e)) => tracing::warn!(error = %e, "{what} watch failed; retrying with back-off"),
+        }
+    }
+}
+
 /// Sleeps until `at`; never returns without one (a retry that is not scheduled).
 pub async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {

@@ -5,12 +5,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use futures::StreamExt;
 use k8s_openapi::api::node::v1::RuntimeClass;
 use kube::api::Api;
-use kube::runtime::{watcher, WatchStreamExt};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
 #[derive(Default)]
 struct State {
@@ -58,27 +56,15 @@ impl RuntimeClasses {
 
 /// Lists and watches RuntimeClasses until `cancel`.
 pub async fn run(client: kube::Client, classes: RuntimeClasses, cancel: CancellationToken) {
-    let api: Api<RuntimeClass> = Api::all(client);
-    let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
-    let mut initial: Vec<RuntimeClass> = Vec::new();
-    loop {
-        let ev = tokio::select! {
-            _ = cancel.cancelled() => return,
-            ev = stream.next() => ev,
-        };
-        match ev {
-            None => return,
-            Some(Ok(watcher::Event::Init)) => initial.clear(),
-            Some(Ok(watcher::Event::InitApply(rc))) => initial.push(rc),
-            Some(Ok(watcher::Event::InitDone)) => {
-                info!(runtime_classes = initial.len(), "runtime classes listed");
-                classes.set(std::mem::take(&mut initial), true);
-            }
-            Some(Ok(watcher::Event::Apply(rc))) => classes.set([rc], false),
-            Some(Ok(watcher::Event::Delete(rc))) => classes.remove(&rc),
-            Some(Err(e)) => warn!(error = %e, "runtime class watch failed; retrying with back-off"),
+    super::reflect(Api::<RuntimeClass>::all(client), "runtime class", cancel, |change| match change {
+        super::Change::Listed(all) => {
+            info!(runtime_classes = all.len(), "runtime classes listed");
+            classes.set(all, true);
         }
-    }
+        super::Change::Applied(rc) => classes.set([rc], false),
+        super::Change::Deleted(rc) => classes.remove(&rc),
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -11,12 +11,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::Api;
-use kube::runtime::{watcher, WatchStreamExt};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::info;
 
 /// The services the kubelet always links, from the `default` namespace.
 const MASTER_SERVICES: &[&str] = &["kubernetes"];
@@ -146,37 +144,19 @@ fn from_service(name: &str, e: &Entry, out: &mut BTreeMap<String, String>) {
     }
 }
 
-/// Lists and watches every Service until `cancel` (kube-runtime's watcher:
-/// resumes, re-lists on 410, backs off through outages).
+/// Lists and watches every Service until `cancel`.
 pub async fn run(client: kube::Client, services: Services, cancel: CancellationToken) {
-    let api: Api<Service> = Api::all(client);
-    let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
-    let mut initial: Option<Vec<Service>> = None;
-    loop {
-        let ev = tokio::select! {
-            _ = cancel.cancelled() => return,
-            ev = stream.next() => ev,
-        };
-        match ev {
-            None => return,
-            Some(Ok(watcher::Event::Init)) => initial = Some(Vec::new()),
-            Some(Ok(watcher::Event::InitApply(s))) => initial.get_or_insert_with(Vec::new).push(s),
-            Some(Ok(watcher::Event::InitDone)) => {
-                let all = initial.take().unwrap_or_default();
-                let first = !services.synced();
-                if first {
-                    info!(services = all.len(), "services listed");
-                }
-                services.replace(all);
+    super::reflect(Api::<Service>::all(client), "service", cancel, |change| match change {
+        super::Change::Listed(all) => {
+            if !services.synced() {
+                info!(services = all.len(), "services listed");
             }
-            Some(Ok(watcher::Event::Apply(s))) => services.apply(&s, false),
-            Some(Ok(watcher::Event::Delete(s))) => {
-                debug!(service = s.metadata.name.as_deref().unwrap_or(""), "service deleted");
-                services.apply(&s, true);
-            }
-            Some(Err(e)) => warn!(error = %e, "service watch failed; retrying with back-off"),
+            services.replace(all);
         }
-    }
+        super::Change::Applied(s) => services.apply(&s, false),
+        super::Change::Deleted(s) => services.apply(&s, true),
+    })
+    .await
 }
 
 #[cfg(test)]
