@@ -139,6 +139,7 @@ fn new_context(cfg: &Arc<Config>, channel: &tonic::transport::Channel, cni: Cni,
         services: client.as_ref().map(|_| crate::api::services::Services::default()),
         runtime_classes: client.as_ref().map(|_| crate::api::runtime_classes::RuntimeClasses::default()),
         metrics: Arc::new(crate::metrics::Metrics::new(&cfg.node_name)),
+        allocated: Default::default(),
         client: client.clone(),
         config: cfg.clone(),
     });

@@ -32,6 +32,10 @@ pub mod reason {
     pub const CGROUP_V1: &str = "CgroupV1";
     pub const NODE_READY: &str = "NodeReady";
     pub const NODE_NOT_READY: &str = "NodeNotReady";
+    pub const RESIZE_STARTED: &str = "ResizeStarted";
+    pub const RESIZE_COMPLETED: &str = "ResizeCompleted";
+    pub const RESIZE_DEFERRED: &str = "ResizeDeferred";
+    pub const RESIZE_INFEASIBLE: &str = "ResizeInfeasible";
 }
 
 /// The kind of object an event is about.

@@ -762,3 +762,121 @@ async fn a17_kubectl_debug_starts_an_ephemeral_container_in_the_targets_process_
     });
     assert_api_clean(&api.srv);
 }
+
+/// The container's cgroup files as the container sees them (cgroup v1 here, v2 on real nodes).
+fn cgroup_limits(admin: &Path, pod: &str, c: &str) -> Option<(String, String)> {
+    let (ok, out) = kubectl(admin, &["exec", pod, "-c", c, "--", "sh", "-c", "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null || (cat /sys/fs/cgroup/memory.max; cut -d' ' -f1 /sys/fs/cgroup/cpu.max)"]);
+    let mut l = out.lines().map(str::trim).filter(|l| !l.is_empty());
+    let got = ok.then(|| Some((l.next()?.to_string(), l.next()?.to_string()))).flatten();
+    if got.is_none() {
+        eprintln!("reading {pod}/{c}'s cgroup failed: {out}");
+    }
+    got
+}
+
+fn event_messages(admin: &Path, pod: &str, reason: &str) -> Vec<String> {
+    let evs = kubectl_json(admin, &["get", "events", "--field-selector", &format!("involvedObject.name={pod},reason={reason}")]).unwrap_or_default();
+    evs["items"].as_array().into_iter().flatten().filter_map(|e| e["message"].as_str().map(String::from)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a18_kubectl_resize_changes_cgroup_limits_in_place_or_restarts_per_resize_policy() {
+    // The kubelet API serves the API server's exec/attach (client certificates).
+    let KubeletApi { srv, admin, node, ca } = kubelet_api_server(Path::new("/var/lib/rkubelet-test/agents/a18-api")).await;
+    let (node_kc, ca) = (node.to_str().unwrap().to_string(), ca.to_str().unwrap().to_string());
+    let agent = tokio::task::block_in_place(|| Agent::with_options("a18", &[], &["--kubeconfig", &node_kc, "--client-ca-file", &ca]));
+    let _cleanup = DeletePods(admin.clone());
+    tokio::task::block_in_place(|| {
+        let res = "    resources: {requests: {cpu: 100m, memory: 32Mi}, limits: {cpu: 200m, memory: 64Mi}}\n";
+        let restarting = format!("{res}  - name: r\n    image: {BUSYBOX}\n    command: [sleep, \"3600\"]\n{res}    resizePolicy: [{{resourceName: memory, restartPolicy: RestartContainer}}]\n");
+        create(&admin, &agent.root, "rz.yaml", &sleeper("rz", "", &restarting));
+        let p = wait_for(Duration::from_secs(60), "rz Running with status resources", &agent, || {
+            pod_phase(&admin, "rz").filter(|p| p["status"]["phase"] == "Running" && p["status"]["containerStatuses"][0]["resources"].is_object())
+        });
+        let want = serde_json::json!({"limits": {"cpu": "200m", "memory": "64Mi"}, "requests": {"cpu": "100m", "memory": "32Mi"}});
+        assert_eq!(p["status"]["containerStatuses"][0]["resources"], want, "{}", p["status"]);
+        let id = p["status"]["containerStatuses"][0]["containerID"].clone();
+        assert_eq!(cgroup_limits(&admin, "rz", "c"), Some(((64u64 << 20).to_string(), "20000".into())));
+
+        // The API server's rules for pods/resize.
+        let (ok, out) = kubectl(&admin, &["patch", "pod", "rz", "--subresource", "resize", "-p", r#"{"spec":{"containers":[{"name":"c","resources":{"requests":{"cpu":"200m","memory":"64Mi"}}},{"name":"r","resources":{"requests":{"cpu":"200m","memory":"64Mi"}}}]}}"#]);
+        assert!(!ok && out.contains("Pod QOS Class may not change as a result of resizing"), "{out}");
+        let (ok, out) = kubectl(&admin, &["patch", "pod", "rz", "--subresource", "resize", "-p", r#"{"spec":{"containers":[{"name":"c","resources":{"limits":{"ephemeral-storage":"1Gi"}}}]}}"#]);
+        assert!(!ok && out.contains("only cpu and memory resources are mutable"), "{out}");
+
+        // In place: memory and cpu limits grow, the container keeps running.
+        let (ok, out) = kubectl(&admin, &["patch", "pod", "rz", "--subresource", "resize", "-p", r#"{"spec":{"containers":[{"name":"c","resources":{"limits":{"cpu":"300m","memory":"96Mi"}}}]}}"#]);
+        assert!(ok, "{out}");
+        let p = wait_for(Duration::from_secs(60), "resize of c completed", &agent, || {
+            pod_phase(&admin, "rz").filter(|p| p["status"]["containerStatuses"][0]["resources"]["limits"]["memory"] == "96Mi" && condition(p, "PodResizeInProgress").is_none())
+        });
+        let st = &p["status"]["containerStatuses"][0];
+        assert_eq!((&st["containerID"], &st["restartCount"], &st["resources"]["limits"]["cpu"]), (&id, &serde_json::json!(0), &serde_json::json!("300m")), "{st}");
+        assert_eq!(p["status"]["observedGeneration"], p["metadata"]["generation"]);
+        assert_eq!(cgroup_limits(&admin, "rz", "c"), Some(((96u64 << 20).to_string(), "30000".into())));
+        let started = event_messages(&admin, "rz", "ResizeStarted");
+        assert!(started.iter().any(|m| m.starts_with(r#"Pod resize started: {"containers":[{"name":"c","resources":{"limits":{"cpu":"300m","memory":"96Mi"}"#)), "{started:?}");
+        let done = event_messages(&admin, "rz", "ResizeCompleted");
+        assert!(done.iter().any(|m| m.starts_with("Pod resize completed: ") && m.contains(r#""generation":2"#)), "{done:?}");
+
+        // Beyond the node: Infeasible, nothing changes; a feasible one replaces it.
+        let (ok, out) = kubectl(&admin, &["patch", "pod", "rz", "--subresource", "resize", "-p", r#"{"spec":{"containers":[{"name":"c","resources":{"requests":{"memory":"900Gi"},"limits":{"memory":"900Gi"}}}]}}"#]);
+        assert!(ok, "{out}");
+        let p = wait_for(Duration::from_secs(30), "PodResizePending Infeasible", &agent, || pod_phase(&admin, "rz").filter(|p| condition(p, "PodResizePending").is_some()));
+        let (s, r, m) = condition(&p, "PodResizePending").unwrap();
+        assert_eq!((s.as_str(), r.as_str()), ("True", "Infeasible"), "{m}");
+        assert!(m.starts_with("Node didn't have enough capacity: memory, requested: 966401196032, capacity: "), "{m}");
+        assert!(event_messages(&admin, "rz", "ResizeInfeasible").iter().any(|m| m.starts_with("Pod resize Infeasible: ")));
+        assert_eq!(cgroup_limits(&admin, "rz", "c").map(|l| l.0), Some((96u64 << 20).to_string()));
+        let (ok, out) = kubectl(&admin, &["patch", "pod", "rz", "--subresource", "resize", "-p", r#"{"spec":{"containers":[{"name":"c","resources":{"requests":{"memory":"32Mi"},"limits":{"memory":"80Mi"}}}]}}"#]);
+        assert!(ok, "{out}");
+        wait_for(Duration::from_secs(60), "pending cleared and 80Mi applied", &agent, || {
+            pod_phase(&admin, "rz").filter(|p| condition(p, "PodResizePending").is_none() && condition(p, "PodResizeInProgress").is_none() && p["status"]["containerStatuses"][0]["resources"]["limits"]["memory"] == "80Mi")
+        });
+        assert_eq!(cgroup_limits(&admin, "rz", "c").map(|l| l.0), Some((80u64 << 20).to_string()));
+
+        // resizePolicy RestartContainer for memory: that container restarts with the new limit.
+        let (ok, out) = kubectl(&admin, &["patch", "pod", "rz", "--subresource", "resize", "-p", r#"{"spec":{"containers":[{"name":"r","resources":{"limits":{"memory":"128Mi"}}}]}}"#]);
+        assert!(ok, "{out}");
+        let p = wait_for(Duration::from_secs(60), "r restarted with 128Mi", &agent, || {
+            pod_phase(&admin, "rz").filter(|p| {
+                let r = &p["status"]["containerStatuses"][1];
+                r["restartCount"] == 1 && r["state"]["running"].is_object() && r["resources"]["limits"]["memory"] == "128Mi" && condition(p, "PodResizeInProgress").is_none()
+            })
+        });
+        assert_eq!(p["status"]["containerStatuses"][0]["restartCount"], 0, "c kept running");
+        assert_eq!(cgroup_limits(&admin, "rz", "r").map(|l| l.0), Some((128u64 << 20).to_string()));
+        let killing = event_messages(&admin, "rz", "Killing");
+        assert!(killing.iter().any(|m| m.contains("Container r resize requires restart")), "{killing:?}");
+    });
+    assert_api_clean(&srv);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a19_kubectl_debug_attaches_to_the_ephemeral_container() {
+    // The kubelet API serves the API server's exec/attach (client certificates).
+    let KubeletApi { srv, admin, node, ca } = kubelet_api_server(Path::new("/var/lib/rkubelet-test/agents/a19-api")).await;
+    let (node_kc, ca) = (node.to_str().unwrap().to_string(), ca.to_str().unwrap().to_string());
+    let agent = tokio::task::block_in_place(|| Agent::with_options("a19", &[], &["--kubeconfig", &node_kc, "--client-ca-file", &ca]));
+    let _cleanup = DeletePods(admin.clone());
+    tokio::task::block_in_place(|| {
+        create(&admin, &agent.root, "target.yaml", &sleeper("target", "", ""));
+        wait_for(Duration::from_secs(60), "target Running", &agent, || pod_phase(&admin, "target").filter(|p| p["status"]["phase"] == "Running"));
+        // `kubectl debug -i`: creates the container, waits for it, attaches its stdin
+        // and output; the shell reads our commands and sees the target's processes.
+        let script = "sleep 3; echo 'echo marker-$((6*7))'; echo ps; sleep 3";
+        let out = std::process::Command::new("timeout")
+            .args(["60", "sh", "-c", &format!("({script}) | kubectl --kubeconfig {} debug -i target --image={BUSYBOX} --target=c --container=dbg -- sh", admin.display())])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(pod_phase(&admin, "target").unwrap()).unwrap();
+        assert!(stdout.contains("marker-42"), "stdout: {stdout}\nstderr: {stderr}\ncontainer log: {}", agent.container_output(&pod, "dbg", 0));
+        assert!(stdout.contains("sleep 3600"), "the target's process is visible: {stdout}");
+        let p = pod_phase(&admin, "target").unwrap();
+        let st = &p["status"]["ephemeralContainerStatuses"][0];
+        assert_eq!(st["name"], "dbg", "{st}");
+    });
+    assert_api_clean(&srv);
+}

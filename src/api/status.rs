@@ -27,6 +27,8 @@ struct Pending {
     name: String,
     uid: String,
     status: PodStatus,
+    /// Condition types to delete ([`status_patch`]).
+    gone: Vec<String>,
     /// Queue position: patches go out oldest first, and a newer status for a pod
     /// already waiting keeps its place (no pod starves under a burst).
     seq: u64,
@@ -66,15 +68,22 @@ pub fn is_api_pod(pod: &Pod) -> bool {
 /// Conditions other components own (readiness gates) are left out: they merge by
 /// type, so the server keeps its current copy and a controller's concurrent
 /// update is never overwritten with an older one.
-pub fn status_patch(uid: &str, status: &PodStatus) -> serde_json::Value {
+///
+/// `gone` are condition types the kubelet set before and no longer does (the
+/// resize conditions): the patch deletes them.
+pub fn status_patch(uid: &str, status: &PodStatus, gone: &[String]) -> serde_json::Value {
     let mut status = status.clone();
     if let Some(cs) = status.conditions.as_mut() {
-        cs.retain(|c| crate::pod::status::KUBELET_CONDITIONS.contains(&c.type_.as_str()));
+        cs.retain(|c| crate::pod::status::kubelet_owned(&c.type_));
     }
     let mut v = serde_json::to_value(&status).unwrap_or(json!({}));
     if let (Some(o), Some(conds)) = (v.as_object_mut(), status.conditions.as_ref()) {
         let order: Vec<_> = conds.iter().map(|c| json!({"type": c.type_})).collect();
         o.insert("$setElementOrder/conditions".into(), json!(order));
+        // Conditions that went away (a finished resize's): deleted by type.
+        if let Some(list) = o.get_mut("conditions").and_then(|c| c.as_array_mut()) {
+            list.extend(gone.iter().map(|t| json!({"type": t, "$patch": "delete"})));
+        }
     }
     json!({ "metadata": { "uid": uid }, "status": v })
 }
@@ -133,7 +142,15 @@ impl StatusManager {
             }
         };
         let (namespace, name) = super::mirror::full_name(pod);
-        g.pending.insert(uid.clone(), Pending { namespace, name, uid, status: status.clone(), seq });
+        // Resize conditions the server has (as the watch or our last patch shows) but this status does not.
+        let had = pod.status.iter().chain(g.sent.get(&uid).map(|(_, s)| s)).flat_map(|s| s.conditions.iter().flatten());
+        let mut gone: Vec<String> = had
+            .map(|c| c.type_.clone())
+            .filter(|t| (t == crate::pod::resize::PENDING || t == crate::pod::resize::IN_PROGRESS) && !status.conditions.iter().flatten().any(|c| c.type_ == *t))
+            .collect();
+        gone.sort();
+        gone.dedup();
+        g.pending.insert(uid.clone(), Pending { namespace, name, uid, status: status.clone(), gone, seq });
         true
     }
 
@@ -168,7 +185,7 @@ impl StatusManager {
         // delete, as upstream's status manager does.
         let last = self.inner.lock().ok().and_then(|mut g| g.pending.remove(&uid));
         if let Some(p) = last {
-            match api.patch_status(&name, &PatchParams::default(), &Patch::Strategic(&status_patch(&uid, &p.status))).await {
+            match api.patch_status(&name, &PatchParams::default(), &Patch::Strategic(&status_patch(&uid, &p.status, &p.gone))).await {
                 Ok(_) => debug!(pod = %format!("{ns}/{name}"), "final pod status patched"),
                 Err(e) => debug!(pod = %format!("{ns}/{name}"), error = %e, "final pod status not patched"),
             }
@@ -216,7 +233,7 @@ impl StatusManager {
             },
         };
         let api: Api<Pod> = Api::namespaced(client.clone(), &p.namespace);
-        let patch = status_patch(&target_uid, &p.status);
+        let patch = status_patch(&target_uid, &p.status, &p.gone);
         match api.patch_status(&p.name, &PatchParams::default(), &Patch::Strategic(&patch)).await {
             Ok(_) => {
                 debug!(pod = %format!("{}/{}", p.namespace, p.name), phase = p.status.phase.as_deref().unwrap_or(""), "pod status patched");
@@ -313,12 +330,16 @@ mod tests {
         };
         let mut with_gate = s.clone();
         with_gate.conditions.as_mut().unwrap().insert(0, PodCondition { type_: "example.com/gate".into(), status: "False".into(), ..Default::default() });
-        assert_eq!(status_patch("u-1", &with_gate), status_patch("u-1", &s), "a readiness gate's condition is not ours to send");
-        let p = status_patch("u-1", &s);
+        assert_eq!(status_patch("u-1", &with_gate, &[]), status_patch("u-1", &s, &[]), "a readiness gate's condition is not ours to send");
+        let p = status_patch("u-1", &s, &[]);
         assert_eq!(p["metadata"]["uid"], "u-1");
         let conds = p["status"]["conditions"].as_array().unwrap();
         assert_eq!(conds.len(), 2);
         assert_eq!(p["status"]["$setElementOrder/conditions"][1]["type"], "PodScheduled");
+        // A finished resize's condition is deleted by type, after ours.
+        let p = status_patch("u-1", &s, &["PodResizeInProgress".to_string()]);
+        assert_eq!(p["status"]["conditions"][2], json!({"type": "PodResizeInProgress", "$patch": "delete"}));
+        assert_eq!(p["status"]["$setElementOrder/conditions"].as_array().unwrap().len(), 2);
     }
 
     #[test]

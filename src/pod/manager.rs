@@ -55,6 +55,9 @@ pub struct Context {
     pub status: crate::api::status::StatusManager,
     /// `/metrics` and `/metrics/probes` of the kubelet API.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Each running pod's allocated requests (cpu millicores, memory bytes), by
+    /// UID: what an in-place resize must fit next to (`pod::resize`).
+    pub allocated: Mutex<HashMap<String, (i64, i64)>>,
 }
 
 #[derive(Default)]

@@ -12,6 +12,7 @@ pub mod manager;
 pub mod manifest;
 pub mod plan;
 pub mod prober;
+pub mod resize;
 pub mod resources;
 pub mod source;
 pub mod status;
@@ -81,6 +82,8 @@ pub struct Instance {
     /// Killed because the container's definition changed: restarted whatever the
     /// restart policy and back-off.
     pub changed: bool,
+    /// The cpu and memory its cgroup has (none for instances of an older agent).
+    pub resources: Option<resize::Applied>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -279,6 +279,7 @@ mod tests {
             state: InstanceState::Exited { exit_code: code, reason: String::new(), message: None, started_at: None, finished_at: t(at) },
             hash: None,
             changed: false,
+            resources: None,
         }
     }
     fn running(name: &str, kind: Kind) -> Instance {

@@ -27,6 +27,10 @@ pub struct StatusInput<'a> {
     pub host_ip: Option<&'a str>,
     pub previous: Option<&'a PodStatus>,
     pub now: DateTime<Utc>,
+    /// The allocated resources of resizable containers (`pod::resize`).
+    pub allocation: Option<&'a super::resize::Allocation>,
+    /// `PodResizePending` / `PodResizeInProgress`, when set.
+    pub resize: &'a [PodCondition],
 }
 
 fn time(t: DateTime<Utc>) -> Time {
@@ -48,14 +52,8 @@ fn terminated(i: &Instance) -> Option<ContainerStateTerminated> {
     }
 }
 
-fn container_status(
-    c: &Container,
-    kind: Kind,
-    instances: &[Instance],
-    waiting: &HashMap<String, Waiting>,
-    health: &HashMap<String, super::prober::Health>,
-    default_reason: &str,
-) -> ContainerStatus {
+fn container_status(c: &Container, kind: Kind, i: &StatusInput<'_>, default_reason: &str) -> ContainerStatus {
+    let (instances, waiting, health) = (i.instances, i.waiting, i.health);
     let cur = latest(instances, &c.name, kind);
     let prev = cur.and_then(|cur| {
         instances.iter().filter(|i| i.name == c.name && i.kind == kind && i.attempt < cur.attempt).max_by_key(|i| i.attempt)
@@ -114,6 +112,11 @@ fn container_status(
         Kind::Init => succeeded,
         Kind::Ephemeral => false,
     };
+    // What a running container has (upstream reports it with InPlacePodVerticalScaling).
+    if running {
+        let allocated = i.allocation.and_then(|a| a.get(&c.name)).or(c.resources.as_ref());
+        st.resources = Some(super::resize::status_resources(allocated, cur.and_then(|i| i.resources.as_ref())));
+    }
     st.state = Some(state);
     st
 }
@@ -138,6 +141,12 @@ fn condition(prev: Option<&PodStatus>, type_: &str, ok: bool, reason: Option<Str
 
 /// The condition types the kubelet sets; any other condition belongs to someone else.
 pub const KUBELET_CONDITIONS: &[&str] = &["PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady", "PodScheduled"];
+
+/// Whether the kubelet owns a condition type: [`KUBELET_CONDITIONS`] and the resize
+/// conditions, which come and go (and carry their own observedGeneration).
+pub fn kubelet_owned(type_: &str) -> bool {
+    KUBELET_CONDITIONS.contains(&type_) || type_ == super::resize::PENDING || type_ == super::resize::IN_PROGRESS
+}
 
 /// Upstream's messages for the pod's readiness gates that are not `True` (empty
 /// when every gate is satisfied).
@@ -176,12 +185,12 @@ pub fn compute(i: &StatusInput<'_>) -> PodStatus {
         .ephemeral_containers
         .iter()
         .flatten()
-        .map(|e| container_status(&super::ephemeral_as_container(e), Kind::Ephemeral, i.instances, i.waiting, i.health, "ContainerCreating"))
+        .map(|e| container_status(&super::ephemeral_as_container(e), Kind::Ephemeral, i, "ContainerCreating"))
         .collect();
     let init_statuses: Vec<ContainerStatus> =
-        inits.iter().map(|c| container_status(c, Kind::Init, i.instances, i.waiting, i.health, default_reason)).collect();
+        inits.iter().map(|c| container_status(c, Kind::Init, i, default_reason)).collect();
     let app_statuses: Vec<ContainerStatus> =
-        spec.containers.iter().map(|c| container_status(c, Kind::App, i.instances, i.waiting, i.health, default_reason)).collect();
+        spec.containers.iter().map(|c| container_status(c, Kind::App, i, default_reason)).collect();
 
     // Initialized once every regular init container succeeded and every sidecar
     // started; it stays so once app containers have run (a sidecar restart later
@@ -212,7 +221,7 @@ pub fn compute(i: &StatusInput<'_>) -> PodStatus {
         .and_then(|s| s.conditions.as_ref())
         .into_iter()
         .flatten()
-        .filter(|c| !KUBELET_CONDITIONS.contains(&c.type_.as_str()))
+        .filter(|c| !kubelet_owned(&c.type_))
         .cloned()
         .collect();
     let gates = readiness_gate_messages(spec, &external);
@@ -236,6 +245,7 @@ pub fn compute(i: &StatusInput<'_>) -> PodStatus {
         condition(i.previous, "ContainersReady", containers_ready, ready_reason, ready_msg, i.now),
         condition(i.previous, "PodScheduled", true, None, None, i.now),
     ]);
+    conditions.extend(i.resize.iter().cloned());
     // The generation of the spec this status answers (KEP-5067), on the status and
     // on every condition the kubelet owns; static pods have none.
     let generation = i.pod.metadata.generation;
@@ -333,7 +343,7 @@ mod tests {
         }
     }
     fn inst(name: &str, kind: Kind, attempt: u32, state: InstanceState) -> Instance {
-        Instance { id: format!("{name}-{attempt}"), name: name.into(), kind, attempt, image: String::new(), image_id: String::new(), state, hash: None, changed: false }
+        Instance { id: format!("{name}-{attempt}"), name: name.into(), kind, attempt, image: String::new(), image_id: String::new(), state, hash: None, changed: false, resources: None }
     }
     fn exited(code: i32, reason: &str) -> InstanceState {
         InstanceState::Exited { exit_code: code, reason: reason.into(), message: None, started_at: Some(t(0)), finished_at: t(1) }
@@ -343,7 +353,7 @@ mod tests {
     }
     fn run(p: &Pod, inst: &[Instance], waiting: &HashMap<String, Waiting>) -> PodStatus {
         let s = sb();
-        compute(&StatusInput { pod: p, sandbox: Some(&s), instances: inst, waiting, health: &HashMap::new(), host_ip: Some("192.0.2.1"), previous: None, now: t(5) })
+        compute(&StatusInput { pod: p, sandbox: Some(&s), instances: inst, waiting, health: &HashMap::new(), host_ip: Some("192.0.2.1"), previous: None, now: t(5), allocation: None, resize: &[] })
     }
     fn cond<'a>(s: &'a PodStatus, t: &str) -> &'a PodCondition {
         s.conditions.as_ref().unwrap().iter().find(|c| c.type_ == t).unwrap()
@@ -359,7 +369,7 @@ mod tests {
         ];
         let s = sb();
         let status = |health: &HashMap<String, Health>| {
-            compute(&StatusInput { pod: &p, sandbox: Some(&s), instances: &running, waiting: &HashMap::new(), health, host_ip: None, previous: None, now: t(5) })
+            compute(&StatusInput { pod: &p, sandbox: Some(&s), instances: &running, waiting: &HashMap::new(), health, host_ip: None, previous: None, now: t(5), allocation: None, resize: &[] })
         };
         // "a" waits for its startup probe, "b" (no probes) is started and ready.
         let h = HashMap::from([("a-0".to_string(), Health { started: false, ready: false })]);
@@ -486,7 +496,7 @@ mod tests {
         let i = [inst("a", Kind::App, 0, InstanceState::Running { started_at: t(1) })];
         let s1 = run(&p, &i, &HashMap::new());
         let sbx = sb();
-        let s2 = compute(&StatusInput { pod: &p, sandbox: Some(&sbx), instances: &i, waiting: &HashMap::new(), health: &HashMap::new(), host_ip: None, previous: Some(&s1), now: t(99) });
+        let s2 = compute(&StatusInput { pod: &p, sandbox: Some(&sbx), instances: &i, waiting: &HashMap::new(), health: &HashMap::new(), host_ip: None, previous: Some(&s1), now: t(99), allocation: None, resize: &[] });
         assert_eq!(cond(&s2, "Ready").last_transition_time, Some(super::super::k8s_time(t(5))));
     }
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
+use k8s_openapi::api::core::v1::{Container, Pod, PodCondition, PodStatus};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
@@ -65,12 +65,18 @@ pub struct Worker {
     /// This worker started a container, and whether the pod start was measured.
     started_any: bool,
     start_measured: bool,
+    /// The allocated resources of the pod's resizable containers (`pod::resize`),
+    /// checkpointed in the pod directory; None until the first sync.
+    allocation: Option<super::resize::Allocation>,
+    /// `PodResizePending` and `PodResizeInProgress`, while they hold.
+    resize_pending: Option<PodCondition>,
+    resize_in_progress: Option<PodCondition>,
 }
 
 /// What `start_container` did.
 enum Started {
     /// The container runs (its post-start hook, if any, succeeded).
-    Running(Instance),
+    Running(Box<Instance>),
     /// Not started, or started and failed; maybe a time to try again.
     Not(Option<DateTime<Utc>>),
 }
@@ -133,6 +139,7 @@ impl Worker {
         cancel: CancellationToken,
     ) -> Self {
         let last_status = super::store::load_pod(&ctx.config.root_dir, &uid).and_then(|p| p.status);
+        let allocation = super::resize::load(&super::store::pod_dir(&ctx.config.root_dir, &uid));
         let prober = super::prober::Prober::new(ctx.clone(), notify.clone(), &cancel);
         Self {
             prober,
@@ -155,6 +162,9 @@ impl Worker {
             last_pod: None,
             registered: HashSet::new(),
             eviction: None,
+            allocation,
+            resize_pending: None,
+            resize_in_progress: None,
         }
     }
 
@@ -335,6 +345,7 @@ impl Worker {
                     state,
                     hash: r.label(labels::SPEC_HASH).map(String::from),
                     changed: r.label(labels::DEFINITION_CHANGED).is_some(),
+                    resources: r.label(labels::RESOURCES).and_then(|s| serde_json::from_str(s).ok()),
                 })
             })
             .collect();
@@ -373,6 +384,12 @@ impl Worker {
                 wake = Some(deadline);
             }
         }
+        // In-place resize: allocate a changed spec's resources when they fit.
+        if pinned.is_none() {
+            if let Some(retry) = self.allocate(pod) {
+                wake = Some(wake.map_or(retry, |w| w.min(retry)));
+            }
+        }
         // A sync may create the sandbox and then go on to start containers.
         let rounds = 3 + spec.init_containers.as_ref().map(Vec::len).unwrap_or(0);
         let mut volumes: Option<crate::volume::VolumeMap> = None;
@@ -402,6 +419,7 @@ impl Worker {
                 };
                 let sb = sandbox.map(|s| SandboxState { ready: false, ..s });
                 self.unregister_objects();
+                self.unpublish_allocation();
                 self.write_status_with_phase(pod, sb.as_ref(), &instances, pinned.as_deref(), pod_reason)?;
                 return Ok(None);
             }
@@ -460,8 +478,17 @@ impl Worker {
             let sandbox = sandbox.expect("plan creates the sandbox when there is none");
             let volumes = volumes.as_ref().expect("volumes are set up before the sandbox");
             if !p.kill.is_empty() {
-                self.kill_changed(pod, &records, &p.kill).await;
+                self.kill_changed(pod, &records, &p.kill, false).await;
                 // Observe the exits and start the new definitions.
+                continue;
+            }
+            // In-place resize: running containers get their allocated resources.
+            let (restart, updated) = self.actuate(pod, &instances).await;
+            if !restart.is_empty() {
+                self.kill_changed(pod, &records, &restart, true).await;
+                continue;
+            }
+            if updated {
                 continue;
             }
 
@@ -489,7 +516,7 @@ impl Worker {
                 self.waiting.remove(name);
                 let attempt = latest(&instances, name, *kind).map(|i| i.attempt + 1).unwrap_or(0);
                 match self.start_container(pod, &sandbox, name, *kind, attempt, volumes).await {
-                    Started::Running(i) => fresh.push(i),
+                    Started::Running(i) => fresh.push(*i),
                     Started::Not(Some(retry)) => wake = Some(wake.map_or(retry, |w| w.min(retry))),
                     Started::Not(None) => {}
                 }
@@ -534,6 +561,150 @@ impl Worker {
         DateTime::from_timestamp(start.0.as_second(), 0).map(|s| s + chrono::Duration::seconds(secs))
     }
 
+    /// In-place resize, step 1 (upstream's allocation manager): the first sync
+    /// allocates the admitted spec; a later spec asking for other resources is
+    /// allocated when it fits (`ResizeStarted`), or the pod gets
+    /// `PodResizePending` (Deferred: retried every 30 s and on changes; Infeasible:
+    /// only when the spec changes again). Returns when to retry.
+    fn allocate(&mut self, pod: &Pod) -> Option<DateTime<Utc>> {
+        use super::resize::{self, Decision};
+        let pod_dir = super::store::pod_dir(&self.ctx.config.root_dir, &self.uid);
+        let generation = pod.metadata.generation.unwrap_or(0);
+        let Some(current) = self.allocation.as_ref() else {
+            let a = resize::desired(pod);
+            if let Err(e) = resize::save(&pod_dir, &a) {
+                warn!(error = %e, "cannot checkpoint the pod's allocated resources");
+            }
+            self.publish_allocation(pod, &a);
+            self.allocation = Some(a);
+            return None;
+        };
+        self.publish_allocation(pod, &current.clone());
+        if !resize::differs(pod, current) {
+            self.resize_pending = None;
+            return None;
+        }
+        let infeasible_already = self.resize_pending.as_ref().is_some_and(|c| c.reason.as_deref() == Some(resize::INFEASIBLE) && c.observed_generation == Some(generation));
+        if infeasible_already {
+            return None;
+        }
+        let others = self.ctx.allocated.lock().map(|m| m.iter().filter(|(u, _)| **u != self.uid).fold((0, 0), |a, (_, r)| (a.0 + r.0, a.1 + r.1))).unwrap_or_default();
+        let want = super::admission::pod_requests(pod);
+        let rec = self.ctx.recorder.clone();
+        match resize::decide(want, others, &self.ctx.node) {
+            Decision::Accept => {
+                let a = resize::desired(pod);
+                if let Err(e) = resize::save(&pod_dir, &a) {
+                    warn!(error = %e, "cannot checkpoint the pod's allocated resources");
+                    return Some(now() + chrono::Duration::seconds(5));
+                }
+                info!(generation, "pod resize allocated");
+                self.publish_allocation(pod, &a);
+                self.allocation = Some(a);
+                self.resize_pending = None;
+                self.resize_in_progress = Some(resize_condition(resize::IN_PROGRESS, None, None, generation, self.resize_in_progress.as_ref()));
+                rec.normal(pod, None, reason::RESIZE_STARTED, resize::event_message("Pod resize started", pod, generation, ""));
+                None
+            }
+            Decision::Pending(why, msg) => {
+                let same = self.resize_pending.as_ref().is_some_and(|c| c.reason.as_deref() == Some(why) && c.message.as_deref() == Some(msg.as_str()) && c.observed_generation == Some(generation));
+                if !same {
+                    info!(generation, reason = why, message = %msg, "pod resize pending");
+                    let event = if why == resize::INFEASIBLE { reason::RESIZE_INFEASIBLE } else { reason::RESIZE_DEFERRED };
+                    rec.warning(pod, None, event, resize::event_message(&format!("Pod resize {why}"), pod, generation, &msg));
+                    self.resize_pending = Some(resize_condition(resize::PENDING, Some(why), Some(msg), generation, self.resize_pending.as_ref()));
+                }
+                (why == resize::DEFERRED).then(|| now() + chrono::Duration::seconds(30))
+            }
+        }
+    }
+
+    /// Makes the pod's allocated requests known to other pods' resizes.
+    fn publish_allocation(&self, pod: &Pod, a: &super::resize::Allocation) {
+        let requests = super::admission::pod_requests(&super::resize::allocated_pod(pod, a));
+        if let Ok(mut m) = self.ctx.allocated.lock() {
+            m.insert(self.uid.clone(), requests);
+        }
+    }
+
+    fn unpublish_allocation(&self) {
+        if let Ok(mut m) = self.ctx.allocated.lock() {
+            m.remove(&self.uid);
+        }
+    }
+
+    /// In-place resize, step 2 (kuberuntime's doPodResizeAction): running
+    /// resizable containers get their allocated cpu and memory, in place through
+    /// containerd, or — when their `resizePolicy` says RestartContainer for a
+    /// changed resource — by a restart: returned as (id, name) to kill. True in
+    /// the second value when a container was updated.
+    async fn actuate(&mut self, pod: &Pod, instances: &[Instance]) -> (Vec<(String, String)>, bool) {
+        use super::resize::{self, Applied};
+        let Some(alloc) = self.allocation.clone() else { return (Vec::new(), false) };
+        let (mut restart, mut updated, mut error) = (Vec::new(), false, None);
+        for i in instances.iter().filter(|i| i.is_running()) {
+            let Some(c) = container_of(pod, &i.name, i.kind).filter(|c| resize::resizable(c, i.kind)) else { continue };
+            // An instance started by an older agent: what it has is unknown.
+            let Some(actual) = i.resources else { continue };
+            let target = Applied::of(alloc.get(&i.name));
+            if actual == target {
+                continue;
+            }
+            let changed = resize::changes(&actual, &target);
+            if resize::needs_restart(&c, changed) {
+                restart.push((i.id.clone(), i.name.clone()));
+                continue;
+            }
+            match self.ctx.containers.update_resources(&i.id, &target.linux_resources()).await {
+                Ok(()) => {
+                    info!(container = %i.name, id = %i.id, ?target, "container resources updated in place");
+                    let label = serde_json::to_string(&target).unwrap_or_default();
+                    if let Err(e) = self.ctx.containers.set_labels(&i.id, &[(labels::RESOURCES, label)]).await {
+                        warn!(container = %i.name, error = %e, "cannot record the container's new resources");
+                    }
+                    updated = true;
+                }
+                Err(e) => {
+                    warn!(container = %i.name, error = %e, "updating the container's resources failed; will retry");
+                    error = Some(e.to_string());
+                }
+            }
+        }
+        let generation = self.resize_in_progress.as_ref().and_then(|c| c.observed_generation).or(pod.metadata.generation).unwrap_or(0);
+        match error {
+            Some(msg) => self.resize_in_progress = Some(resize_condition(resize::IN_PROGRESS, Some(resize::ERROR), Some(msg), generation, self.resize_in_progress.as_ref())),
+            None if self.resize_in_progress.as_ref().is_some_and(|c| c.reason.is_some()) => {
+                self.resize_in_progress = Some(resize_condition(resize::IN_PROGRESS, None, None, generation, self.resize_in_progress.as_ref()));
+            }
+            None => {}
+        }
+        (restart, updated)
+    }
+
+    /// In-place resize, step 3: `PodResizeInProgress` while a running resizable
+    /// container's resources differ from its allocation (set again after an
+    /// agent restart), cleared with `ResizeCompleted` once none does. The resize
+    /// conditions the status carries.
+    fn resize_conditions(&mut self, pod: &Pod, instances: &[Instance]) -> Vec<PodCondition> {
+        use super::resize::{self, Applied};
+        if let Some(alloc) = self.allocation.as_ref() {
+            let behind = instances.iter().filter(|i| i.is_running()).any(|i| {
+                container_of(pod, &i.name, i.kind).is_some_and(|c| resize::resizable(&c, i.kind)) && i.resources.is_some_and(|a| a != Applied::of(alloc.get(&i.name)))
+            });
+            if behind && self.resize_in_progress.is_none() {
+                self.resize_in_progress = Some(resize_condition(resize::IN_PROGRESS, None, None, pod.metadata.generation.unwrap_or(0), None));
+            } else if !behind {
+                if let Some(c) = self.resize_in_progress.take() {
+                    let generation = c.observed_generation.unwrap_or(0);
+                    info!(generation, "pod resize completed");
+                    let allocated = resize::allocated_pod(pod, alloc);
+                    self.ctx.recorder.normal(pod, None, reason::RESIZE_COMPLETED, resize::event_message("Pod resize completed", &allocated, generation, ""));
+                }
+            }
+        }
+        self.resize_pending.iter().chain(self.resize_in_progress.iter()).cloned().collect()
+    }
+
     /// Keeps the newest two instances of each container (current + lastState),
     /// deleting older dead ones like the kubelet's container GC.
     async fn gc_instances(&mut self, records: &[ContainerRecord], instances: &[Instance]) {
@@ -565,7 +736,10 @@ impl Worker {
     ) -> std::io::Result<()> {
         self.prober.sync(pod, sandbox, instances);
         let health = self.prober.health(pod, instances);
+        let resize = if phase.is_some() { Vec::new() } else { self.resize_conditions(pod, instances) };
         let mut status = compute(&StatusInput {
+            allocation: self.allocation.as_ref(),
+            resize: &resize,
             pod,
             sandbox,
             instances,
@@ -732,15 +906,23 @@ impl Worker {
 
     /// Kills running containers whose definition changed ("Container c definition
     /// changed, will be restarted") and marks them, so the plan starts them again.
-    async fn kill_changed(&self, pod: &Pod, records: &[ContainerRecord], kill: &[(String, String)]) {
+    /// Kills running containers to restart them at once (whatever the restart
+    /// policy and back-off): their definition changed, or (`resize`) their
+    /// resizePolicy restarts them for a resize.
+    async fn kill_changed(&self, pod: &Pod, records: &[ContainerRecord], kill: &[(String, String)], resize: bool) {
         let pod_ip = super::lifecycle::pod_ip(records);
         let grace = super::lifecycle::pod_grace(pod);
         for (id, name) in kill {
             let Some(r) = records.iter().find(|r| r.id == *id) else { continue };
             let kind = kind_of(r);
             let Some(c) = container_of(pod, name, kind) else { continue };
-            info!(container = %name, "container definition changed; restarting it");
-            let message = format!("Container {name} definition changed, will be restarted");
+            let message = if resize {
+                info!(container = %name, "container resize requires a restart");
+                format!("Container {name} resize requires restart")
+            } else {
+                info!(container = %name, "container definition changed; restarting it");
+                format!("Container {name} definition changed, will be restarted")
+            };
             super::lifecycle::kill_container(&self.ctx, pod, r, &c, kind, grace, Some(message), pod_ip.as_deref()).await;
             if let Err(e) = self.ctx.containers.set_labels(id, &[(labels::DEFINITION_CHANGED, "true".into())]).await {
                 warn!(container = %name, error = %e, "cannot mark the changed container");
@@ -774,7 +956,9 @@ impl Worker {
         attempt: u32,
         volumes: &crate::volume::VolumeMap,
     ) -> Started {
-        let Some(c) = container_of(pod, name, kind) else { return Started::Not(None) };
+        // With its allocated resources (an in-place resize may not be allocated yet).
+        let Some(c) = container_of(pod, name, kind).map(|c| super::resize::with_allocation(c, self.allocation.as_ref())) else { return Started::Not(None) };
+        let applied = super::resize::Applied::of(c.resources.as_ref());
         let fp = event_field_path(name, kind);
         let rec = self.ctx.recorder.clone();
         let image_ref = c.image.clone().unwrap_or_default();
@@ -831,6 +1015,7 @@ impl Worker {
         l.insert(labels::CREATED_AT.into(), now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true));
         l.insert(STOP_SIGNAL.into(), stop_signal.to_string());
         l.insert(labels::SPEC_HASH.into(), super::plan::container_hash(&c));
+        l.insert(labels::RESOURCES.into(), serde_json::to_string(&applied).unwrap_or_default());
         if let Some(f) = &termination_log {
             l.insert(labels::TERMINATION_LOG.into(), f.display().to_string());
         }
@@ -890,7 +1075,7 @@ impl Worker {
                     return Started::Not(None);
                 }
                 // As observe() would read it back from the labels.
-                Started::Running(Instance {
+                Started::Running(Box::new(Instance {
                     id,
                     name: name.to_string(),
                     kind,
@@ -900,7 +1085,8 @@ impl Worker {
                     state: InstanceState::Running { started_at },
                     hash: Some(super::plan::container_hash(&c)),
                     changed: false,
-                })
+                    resources: Some(applied),
+                }))
             }
             Err(e) => {
                 stdio.failed().await;
@@ -1308,6 +1494,7 @@ impl Worker {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         self.unregister_all();
+        self.unpublish_allocation();
         let pod_dir = super::store::pod_dir(&self.ctx.config.root_dir, &self.uid);
         if let Err(e) = crate::volume::teardown(&pod_dir) {
             warn!(error = %e, "volume teardown failed");
@@ -1340,6 +1527,22 @@ impl Worker {
         }
         info!(pod_uid = %self.uid, "pod removed");
         true
+    }
+}
+
+/// A resize condition as upstream's status manager sets it: True, probed now, its
+/// transition time kept while the reason stays.
+fn resize_condition(type_: &str, reason: Option<&str>, message: Option<String>, generation: i64, before: Option<&PodCondition>) -> PodCondition {
+    let t = super::k8s_time(now());
+    let kept = before.filter(|b| b.reason.as_deref() == reason).and_then(|b| b.last_transition_time.clone());
+    PodCondition {
+        type_: type_.into(),
+        status: "True".into(),
+        reason: reason.map(String::from),
+        message,
+        last_probe_time: Some(t.clone()),
+        last_transition_time: Some(kept.unwrap_or(t)),
+        observed_generation: Some(generation),
     }
 }
 

@@ -10,7 +10,7 @@ use containerd_client::services::v1::container::Runtime as RuntimeInfo;
 use containerd_client::services::v1::snapshots::{PrepareSnapshotRequest, RemoveSnapshotRequest};
 use containerd_client::services::v1::{
     Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest, DeleteTaskRequest,
-    GetRequest, KillRequest, ListContainersRequest, StartRequest, UpdateContainerRequest, WaitRequest,
+    GetRequest, KillRequest, ListContainersRequest, StartRequest, UpdateContainerRequest, UpdateTaskRequest, WaitRequest,
 };
 use containerd_client::types::v1::Status as TaskStatus;
 use containerd_client::types::Mount;
@@ -25,6 +25,8 @@ use tracing::debug;
 pub const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
 /// Type URL containerd expects for an OCI runtime spec.
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+/// Type URL of the OCI `LinuxResources` a task update carries.
+const RESOURCES_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
 
 /// Label keys rkubelet puts on its containerd containers.
 pub mod labels {
@@ -59,6 +61,8 @@ pub mod labels {
     pub const DEFINITION_CHANGED: &str = "io.rkubelet.definition-changed";
     /// The RuntimeClass handler the sandbox (and so every container of the pod) runs with.
     pub const RUNTIME_HANDLER: &str = "io.rkubelet.runtime-handler";
+    /// The cpu and memory the container's cgroup was given (JSON, `pod::resize::Applied`).
+    pub const RESOURCES: &str = "io.rkubelet.resources";
 }
 
 /// Errors talking to containerd about containers and tasks.
@@ -427,6 +431,22 @@ impl Containers {
             Err(s) if is_not_found(&s) => Ok(()),
             Err(source) => Err(ContainerError::Delete { id: format!("snapshot {key}"), source }),
         }
+    }
+
+    /// Updates a running task's cgroup resources in place (what containerd's CRI
+    /// UpdateContainerResources does to the task): `resources` is an OCI
+    /// `LinuxResources` object.
+    pub async fn update_resources(&self, id: &str, resources: &serde_json::Value) -> Result<()> {
+        let req = UpdateTaskRequest {
+            container_id: id.into(),
+            resources: Some(Any { type_url: RESOURCES_TYPE_URL.into(), value: serde_json::to_vec(resources).map_err(ContainerError::Spec)? }),
+            annotations: HashMap::new(),
+        };
+        self.tasks()
+            .update(with_namespace!(req, self.namespace))
+            .await
+            .map(|_| ())
+            .map_err(|source| ContainerError::Query { op: "update task resources", id: id.into(), source })
     }
 
     /// Adds or replaces labels on a container record.

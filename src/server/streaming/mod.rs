@@ -192,7 +192,10 @@ pub async fn serve(state: Arc<State>, req: Request<Incoming>, query: Vec<(String
             let runner: Runner = if attach {
                 let uid = found_pod.metadata.uid.clone().unwrap_or_default();
                 let spec = found_pod.spec.as_ref();
-                let c = spec.and_then(|s| s.containers.iter().chain(s.init_containers.iter().flatten()).find(|c| c.name == container));
+                // Ephemeral containers too (`kubectl debug -it` attaches to one).
+                let ephemeral = spec.and_then(|s| s.ephemeral_containers.iter().flatten().find(|e| e.name == container)).map(crate::pod::ephemeral_as_container);
+                let c = spec.and_then(|s| s.containers.iter().chain(s.init_containers.iter().flatten()).find(|c| c.name == container)).cloned().or(ephemeral);
+                let c = c.as_ref();
                 let stdin_fifo = crate::runtime::stdio::stdin_path(&state.root_dir, &uid, &cid);
                 let target = AttachTarget {
                     logs: state.pod_logs_dir.join(format!("{ns}_{pod}_{uid}")).join(container),
@@ -365,7 +368,8 @@ async fn follow_output(stdout: Option<tokio::sync::mpsc::Sender<Bytes>>, stderr:
 fn current_attempt(root: &Path, uid: &str, container: &str) -> Option<i32> {
     let pod = crate::pod::store::load_pod(root, uid)?;
     let st = pod.status?;
-    st.container_statuses.into_iter().flatten().find(|c| c.name == container && c.state.as_ref().is_some_and(|s| s.running.is_some())).map(|c| c.restart_count)
+    let all = st.container_statuses.into_iter().flatten().chain(st.init_container_statuses.into_iter().flatten()).chain(st.ephemeral_container_statuses.into_iter().flatten());
+    all.into_iter().find(|c| c.name == container && c.state.as_ref().is_some_and(|s| s.running.is_some())).map(|c| c.restart_count)
 }
 
 /// Upgrades to a WebSocket or SPDY and runs the remote command protocol.

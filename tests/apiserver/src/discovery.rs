@@ -56,7 +56,7 @@ pub fn api_group(g: &str) -> Option<Value> {
 
 fn sub_verbs(sub: &str) -> (&'static [&'static str], &'static str) {
     match sub {
-        "status" | "approval" | "ephemeralcontainers" => (&["get", "patch", "update"], ""),
+        "status" | "approval" | "ephemeralcontainers" | "resize" => (&["get", "patch", "update"], ""),
         "binding" | "token" => (&["create"], ""),
         _ => (&[], ""),
     }

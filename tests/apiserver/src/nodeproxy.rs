@@ -166,7 +166,9 @@ pub async fn upgrade(shared: &Arc<Shared>, ns: &str, name: &str, subresource: &s
             None if containers.len() == 1 => containers[0].clone(),
             None => return Err(ApiError::bad_request(format!("a container name must be specified for pod {name}, choose one of: [{}]", containers.join(" ")))),
         };
-        if !containers.contains(&container) {
+        // Any container of the pod: app, init or ephemeral (upstream's podHasContainerWithName).
+        let any = ["initContainers", "ephemeralContainers"].iter().flat_map(|k| pod.pointer(&format!("/spec/{k}")).and_then(Value::as_array).into_iter().flatten()).any(|c| c["name"].as_str() == Some(container.as_str()));
+        if !containers.contains(&container) && !any {
             return Err(ApiError::bad_request(format!("container {container} is not valid for pod {name}")));
         }
         let enc = |v: &str| percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC).to_string();

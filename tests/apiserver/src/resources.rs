@@ -100,7 +100,7 @@ pub static RESOURCES: &[ResourceDef] = &[
             "Pod",
             true,
             &["po"],
-            &["status", "binding", "log", "ephemeralcontainers"],
+            &["status", "binding", "log", "ephemeralcontainers", "resize"],
         )
     },
     def("", "nodes", "node", "Node", false, &["no"], &["status"]),

@@ -510,7 +510,7 @@ async fn dispatch(
     rec.verb = verb.to_string();
     let sub_ok = match rp.subresource.as_str() {
         "" => def.verbs.contains(&verb) && (verb != "create" || rp.name.is_empty()),
-        "status" | "approval" | "ephemeralcontainers" => ["get", "update", "patch"].contains(&verb) && !rp.name.is_empty(),
+        "status" | "approval" | "ephemeralcontainers" | "resize" => ["get", "update", "patch"].contains(&verb) && !rp.name.is_empty(),
         "binding" | "token" => verb == "create",
         "log" => verb == "get" && def.plural == "pods",
         _ => false,

@@ -545,6 +545,112 @@ fn validate_pod(pod: &Value) -> Vec<FieldError> {
     errs
 }
 
+/// A cpu or memory quantity in thousandths of its unit ("100m" → 100, "64Mi" →
+/// 67108864000); None for what does not parse.
+fn quantity_milli(q: &Value) -> Option<i128> {
+    let s = q.as_str()?.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (num, suffix) = s.split_at(split);
+    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+    let digits: i128 = format!("{int}{frac}").parse().ok()?;
+    let scale = 10i128.pow(frac.len() as u32);
+    let mult: i128 = match suffix {
+        "m" => 1,
+        "" => 1000,
+        "k" => 1000 * 1000,
+        "M" => 1000 * 1_000_000,
+        "G" => 1000 * 1_000_000_000,
+        "T" => 1000 * 1_000_000_000_000,
+        "Ki" => 1000 << 10,
+        "Mi" => 1000 << 20,
+        "Gi" => 1000 << 30,
+        "Ti" => 1000 << 40,
+        _ => return None,
+    };
+    Some(digits * mult / scale)
+}
+
+/// Upstream's ValidatePodResize for `pods/resize`: no static pods, the QoS class
+/// stays, the node reports container resources, containers keep their order,
+/// requests and limits are not removed and requests stay within limits, non-sidecar
+/// init containers keep theirs, and nothing but cpu and memory (and resizePolicy)
+/// changes.
+fn validate_pod_resize(new: &Value, old: &Value) -> Vec<FieldError> {
+    let mut errs = Vec::new();
+    if old.pointer("/metadata/annotations/kubernetes.io~1config.mirror").is_some() {
+        return vec![FieldError::forbidden("", "static pods cannot be resized")];
+    }
+    let old_qos = old.pointer("/status/qosClass").and_then(Value::as_str).map(String::from).unwrap_or_else(|| qos_class(old).to_string());
+    if qos_class(new) != old_qos {
+        errs.push(FieldError::invalid("spec", &json!(old_qos), "Pod QOS Class may not change as a result of resizing"));
+    }
+    // The node must report resources for running containers (its kubelet supports resize).
+    let running = old.pointer("/status/containerStatuses").and_then(Value::as_array).into_iter().flatten().find(|c| c.pointer("/state/running").is_some());
+    if running.is_some_and(|c| c.get("resources").is_none()) {
+        errs.push(FieldError::forbidden("spec", "Pod running on node without support for resize"));
+    }
+    let names = |p: &Value, k: &str| -> Vec<Value> { p.pointer(&format!("/spec/{k}")).and_then(Value::as_array).into_iter().flatten().map(|c| c.get("name").cloned().unwrap_or(Value::Null)).collect() };
+    for k in ["initContainers", "containers"] {
+        if names(new, k) != names(old, k) {
+            errs.push(FieldError::forbidden(format!("spec.{k}"), "containers may not be renamed or reordered on resize"));
+            return errs;
+        }
+    }
+    let mut stripped_new = new.get("spec").cloned().unwrap_or(json!({}));
+    let mut stripped_old = old.get("spec").cloned().unwrap_or(json!({}));
+    for k in ["initContainers", "containers"] {
+        let olds = old.pointer(&format!("/spec/{k}")).and_then(Value::as_array).cloned().unwrap_or_default();
+        let news = new.pointer(&format!("/spec/{k}")).and_then(Value::as_array).cloned().unwrap_or_default();
+        for (i, (n, o)) in news.iter().zip(&olds).enumerate() {
+            let path = format!("spec.{k}[{i}].resources");
+            let (nr, or) = (n.get("resources").cloned().unwrap_or(json!({})), o.get("resources").cloned().unwrap_or(json!({})));
+            if k == "initContainers" && o.get("restartPolicy").and_then(Value::as_str) != Some("Always") {
+                if nr != or {
+                    errs.push(FieldError::forbidden(&path, "resources for non-sidecar init containers are immutable"));
+                }
+                continue;
+            }
+            for (section, what) in [("requests", "resource requests cannot be removed"), ("limits", "resource limits cannot be removed")] {
+                let had = or.get(section).and_then(Value::as_object);
+                let has = nr.get(section).and_then(Value::as_object);
+                if had.is_some_and(|h| h.keys().any(|r| (r == "cpu" || r == "memory") && has.is_none_or(|n| !n.contains_key(r)))) {
+                    errs.push(FieldError::forbidden(format!("{path}.{section}"), what));
+                }
+            }
+            for r in ["cpu", "memory"] {
+                let (req, lim) = (nr.pointer(&format!("/requests/{r}")), nr.pointer(&format!("/limits/{r}")));
+                if let (Some(q), Some(l)) = (req, lim) {
+                    if quantity_milli(q) > quantity_milli(l) {
+                        let detail = format!("must be less than or equal to {r} limit of {}", l.as_str().unwrap_or(""));
+                        errs.push(FieldError::invalid(format!("{path}.requests"), q, &detail));
+                    }
+                }
+            }
+        }
+        // What may differ: cpu and memory requests and limits, and resizePolicy.
+        for spec in [&mut stripped_new, &mut stripped_old] {
+            for c in spec.get_mut(k).and_then(Value::as_array_mut).into_iter().flatten().filter_map(Value::as_object_mut) {
+                c.remove("resizePolicy");
+                if let Some(res) = c.get_mut("resources").and_then(Value::as_object_mut) {
+                    for section in ["requests", "limits"] {
+                        if let Some(m) = res.get_mut(section).and_then(Value::as_object_mut) {
+                            m.remove("cpu");
+                            m.remove("memory");
+                            if m.is_empty() {
+                                res.remove(section);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if errs.is_empty() && stripped_new != stripped_old {
+        errs.push(FieldError::forbidden("spec", "only cpu and memory resources are mutable"));
+    }
+    errs
+}
+
 /// The parts of a pod spec an update may change (upstream's ValidatePodUpdate).
 fn mutable_spec_stripped(spec: &Value) -> Value {
     let mut s = spec.clone();
@@ -1081,6 +1187,20 @@ pub fn prepare_update(
             }
             if labels_changed {
                 ctx.violation("pods/ephemeralcontainers write changed labels/annotations, which the server ignores");
+            }
+        }
+        // pods/resize: only cpu and memory of containers and sidecars (upstream's ValidatePodResize).
+        "resize" => {
+            errs.extend(validate_pod_resize(new, old));
+            if let Some(v) = old.get("status") {
+                new["status"] = v.clone();
+            }
+            if labels_changed {
+                ctx.violation("pods/resize write changed labels/annotations, which the server ignores");
+            }
+            if spec_changed && errs.is_empty() {
+                let g = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
+                meta::meta_mut(new).insert("generation".into(), json!(g + 1));
             }
         }
         "status" => {
