@@ -108,7 +108,9 @@ fn new_context(cfg: &Arc<Config>, channel: &tonic::transport::Channel, cni: Cni,
         memory: (memory_capacity - node_opts.reserved_memory_bytes - node_opts.eviction_memory_bytes).max(0),
         ephemeral_storage: ((storage as f64 * (1.0 - cfg.eviction_nodefs_fraction(storage))) as i64 - node_opts.reserved_storage_bytes).max(0),
     };
+    crate::cgroups::set_driver(cfg.cgroup_driver);
     let ctx = Arc::new(Context {
+        cgroups: Arc::new(crate::cgroups::pods::PodCgroups::new(cfg.cgroup_driver, cfg.pod_pids_limit)),
         containers: Containers::new(channel.clone(), cfg.namespace.clone(), cfg.snapshotter.clone()),
         images,
         cni,
@@ -231,7 +233,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     let runtime_version = crate::runtime::version(&channel).await.unwrap_or_default();
     let (ctx, node_opts, events_task) = new_context(&cfg, &channel, cni, client.clone());
     let (cpu_capacity_milli, memory_capacity) = (ctx.cpu_capacity_milli, ctx.memory_capacity);
-    node_startup(&ctx, &node_opts, cpu_capacity_milli, memory_capacity);
+    node_startup(&ctx, &node_opts, cpu_capacity_milli, memory_capacity).await;
     let server_tasks = start_server(&cfg, client.clone(), ctx.host_ip.clone(), ctx.containers.clone(), ctx.metrics.clone(), &cancel);
     let mut manager = Manager::new(ctx.clone(), cancel.clone());
 
@@ -438,7 +440,7 @@ const CGROUP_V1_MESSAGE: &str = "cgroup v1 detected. cgroup v1 support is deprec
 
 /// What the kubelet does once at start: the `Starting` event, the cgroup v1
 /// warning, and node allocatable enforced on the `kubepods` cgroup.
-fn node_startup(ctx: &Context, o: &crate::api::node::NodeOptions, cpu_milli: i64, memory: i64) {
+async fn node_startup(ctx: &Context, o: &crate::api::node::NodeOptions, cpu_milli: i64, memory: i64) {
     use crate::events::reason;
     let node = &ctx.config.node_name;
     ctx.recorder.node(node, "Normal", reason::STARTING, "Starting kubelet.");
@@ -450,9 +452,9 @@ fn node_startup(ctx: &Context, o: &crate::api::node::NodeOptions, cpu_milli: i64
         ctx.recorder.node(node, "Warning", "CheckLimitsForResolvConf", problem);
     }
     // Enforced against capacity minus reservations (eviction thresholds stay usable).
-    match crate::cgroups::enforce_node_allocatable(memory - o.reserved_memory_bytes, cpu_milli - o.reserved_cpu_milli) {
+    match ctx.cgroups.enforce_node_allocatable(memory - o.reserved_memory_bytes, cpu_milli - o.reserved_cpu_milli).await {
         Ok(dir) => {
-            info!(cgroup = %dir.display(), "node allocatable enforced on the pods cgroup");
+            info!(cgroup = %dir, driver = ?ctx.cgroups.driver, "node allocatable enforced on the pods cgroup");
             ctx.recorder.node(node, "Normal", reason::NODE_ALLOCATABLE_ENFORCED, "Updated Node Allocatable limit across pods");
         }
         Err(e) => {

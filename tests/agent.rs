@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -599,4 +600,48 @@ fn t13_node_daemon_features_host_namespaces_devices_image_users_and_termination_
     assert_eq!((t.exit_code, t.message.as_deref()), (3, Some("the end")), "the termination message file");
     let t = terminated("fallback");
     assert_eq!((t.exit_code, t.message.as_deref()), (4, Some("first\nlast words\n")), "FallbackToLogsOnError: the log's tail");
+}
+
+/// A cgroup file of the pods' hierarchy (`controller` names the v1 hierarchy;
+/// on v2 the unified one), trimmed.
+fn pod_cgroup_file(controller: &str, rel: &str, file: &str) -> Option<String> {
+    let v1 = Path::new("/sys/fs/cgroup").join(controller).join(rel.trim_start_matches('/')).join(file);
+    std::fs::read_to_string(v1).ok().map(|s| s.trim().to_string())
+}
+
+#[test]
+fn t14_pod_and_qos_cgroups_carry_the_pods_summed_limits_pids_and_shares() {
+    let agent = Agent::with_options("t14", &[], &["--pod-max-pids", "64"]);
+    let c = |name: &str, res: &str| format!("  - name: {name}\n    image: {BUSYBOX}\n    command: [sleep, \"3600\"]\n    resources: {res}\n");
+    let guaranteed = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: gpod}}\nspec:\n  terminationGracePeriodSeconds: 0\n  containers:\n{}{}",
+        c("a", "{limits: {cpu: 100m, memory: 32Mi}}"),
+        c("b", "{limits: {cpu: 200m, memory: 64Mi}}")
+    );
+    let burstable = format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: bpod}}\nspec:\n  terminationGracePeriodSeconds: 0\n  containers:\n{}", c("a", "{requests: {cpu: 250m}}"));
+    agent.write_manifest("g.yaml", &guaranteed);
+    agent.write_manifest("b.yaml", &burstable);
+    let running = |name: &str| agent.wait_pod(name, Duration::from_secs(60), "Running", |p| (phase(p) == "Running").then(|| p.clone()));
+    let (g, b) = (running("gpod"), running("bpod"));
+    let uid = |p: &Pod| p.metadata.uid.clone().unwrap();
+    let gdir = format!("kubepods/pod{}", uid(&g));
+    // The pod's summed limits and podPidsLimit on the pod cgroup.
+    assert_eq!(pod_cgroup_file("memory", &gdir, "memory.limit_in_bytes"), Some((96u64 << 20).to_string()));
+    assert_eq!(pod_cgroup_file("cpu", &gdir, "cpu.cfs_quota_us"), Some("30000".into()));
+    assert_eq!(pod_cgroup_file("cpu", &gdir, "cpu.shares"), Some("307".into()));
+    assert_eq!(pod_cgroup_file("pids", &gdir, "pids.max"), Some("64".into()));
+    // Its containers run below it.
+    let cid = app_status(&g, 0).and_then(|s| s.container_id).unwrap();
+    let cid = cid.trim_start_matches("containerd://");
+    assert!(Path::new("/sys/fs/cgroup/memory").join(&gdir).join(cid).is_dir(), "container cgroup under the pod cgroup");
+    // Burstable: no limits declared, shares from requests; the QoS cgroup's shares follow.
+    let bdir = format!("kubepods/burstable/pod{}", uid(&b));
+    assert_eq!(pod_cgroup_file("cpu", &bdir, "cpu.shares"), Some("256".into()));
+    assert_eq!(pod_cgroup_file("cpu", &bdir, "cpu.cfs_quota_us"), Some("-1".into()));
+    assert_eq!(pod_cgroup_file("cpu", "kubepods/burstable", "cpu.shares"), Some("256".into()));
+    agent.remove_manifest("b.yaml");
+    agent.wait_until(Duration::from_secs(30), "burstable pod cgroup gone and QoS shares back to the minimum", || {
+        !Path::new("/sys/fs/cgroup/cpu").join(&bdir).exists() && pod_cgroup_file("cpu", "kubepods/burstable", "cpu.shares").as_deref() == Some("2")
+    });
+    assert_eq!(pod_cgroup_file("cpu", "kubepods/besteffort", "cpu.shares"), Some("2".into()));
 }

@@ -814,6 +814,9 @@ async fn a18_kubectl_resize_changes_cgroup_limits_in_place_or_restarts_per_resiz
         assert_eq!((&st["containerID"], &st["restartCount"], &st["resources"]["limits"]["cpu"]), (&id, &serde_json::json!(0), &serde_json::json!("300m")), "{st}");
         assert_eq!(p["status"]["observedGeneration"], p["metadata"]["generation"]);
         assert_eq!(cgroup_limits(&admin, "rz", "c"), Some(((96u64 << 20).to_string(), "30000".into())));
+        // The pod cgroup's summed limits follow (96Mi + 64Mi).
+        let pod_mem = format!("/sys/fs/cgroup/memory/kubepods/burstable/pod{}/memory.limit_in_bytes", p["metadata"]["uid"].as_str().unwrap());
+        assert_eq!(std::fs::read_to_string(&pod_mem).ok().map(|s| s.trim().to_string()), Some((160u64 << 20).to_string()), "{pod_mem}");
         let started = event_messages(&admin, "rz", "ResizeStarted");
         assert!(started.iter().any(|m| m.starts_with(r#"Pod resize started: {"containers":[{"name":"c","resources":{"limits":{"cpu":"300m","memory":"96Mi"}"#)), "{started:?}");
         let done = event_messages(&admin, "rz", "ResizeCompleted");

@@ -5,9 +5,35 @@
 //! names the pod-level parent and removes it when the pod is gone, on cgroup v1
 //! (every mounted controller) and v2 (the unified mount).
 
+pub mod pods;
+pub mod systemd;
+
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use k8s_openapi::api::core::v1::Pod;
+
+pub use crate::config::CgroupDriver;
+
+static DRIVER: OnceLock<CgroupDriver> = OnceLock::new();
+
+/// Sets the node's cgroup driver (once, at start; cgroupfs until then).
+pub fn set_driver(d: CgroupDriver) {
+    let _ = DRIVER.set(d);
+}
+
+/// The node's cgroup driver.
+pub fn driver() -> CgroupDriver {
+    DRIVER.get().copied().unwrap_or(CgroupDriver::Cgroupfs)
+}
+
+/// The pods cgroup below the cgroup root (`/kubepods`, `/kubepods.slice`).
+pub fn kubepods() -> &'static str {
+    match driver() {
+        CgroupDriver::Cgroupfs => "/kubepods",
+        CgroupDriver::Systemd => "/kubepods.slice",
+    }
+}
 
 /// A pod's quality-of-service class, computed as upstream's GetPodQOS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,12 +87,18 @@ pub fn qos_class(pod: &Pod) -> QosClass {
     }
 }
 
-/// The pod's cgroup parent under the cgroupfs driver, e.g. `/kubepods/besteffort/pod<uid>`.
+/// The pod's cgroup below the cgroup root for the node's driver, e.g.
+/// `/kubepods/besteffort/pod<uid>` or `/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod<uid_>.slice`.
 pub fn pod_cgroup_parent(qos: QosClass, uid: &str) -> String {
-    match qos {
-        QosClass::Guaranteed => format!("/kubepods/pod{uid}"),
-        QosClass::Burstable => format!("/kubepods/burstable/pod{uid}"),
-        QosClass::BestEffort => format!("/kubepods/besteffort/pod{uid}"),
+    pods::pod_path(driver(), qos, uid)
+}
+
+/// A container's cgroup below the cgroup root (runc's scope with systemd).
+pub fn container_cgroup(qos: QosClass, uid: &str, id: &str) -> String {
+    let parent = pod_cgroup_parent(qos, uid);
+    match driver() {
+        CgroupDriver::Cgroupfs => format!("{parent}/{id}"),
+        CgroupDriver::Systemd => format!("{parent}/cri-containerd-{id}.scope"),
     }
 }
 
@@ -169,7 +201,7 @@ fn remove_under(roots: &[PathBuf], parent: &str) -> Vec<PathBuf> {
 }
 
 /// The v1 hierarchies by controller (`memory` → /sys/fs/cgroup/memory), from mountinfo.
-fn v1_controller_roots() -> Vec<(String, PathBuf)> {
+pub(crate) fn v1_controller_roots() -> Vec<(String, PathBuf)> {
     let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else { return vec![] };
     let mut out = Vec::new();
     for line in mounts.lines() {
@@ -200,39 +232,6 @@ pub fn uses_v1() -> bool {
 /// CPU shares for millicores, as upstream's MilliCPUToShares (min 2).
 pub fn milli_cpu_to_shares(milli: i64) -> u64 {
     ((milli.max(0) as u64) * 1024 / 1000).max(2)
-}
-
-/// Enforces node allocatable on the `kubepods` cgroup, like upstream with
-/// `enforceNodeAllocatable: [pods]`: its memory limit is capacity minus
-/// kubeReserved and systemReserved, its CPU weight the allocatable CPU.
-pub fn enforce_node_allocatable(memory_limit: i64, cpu_milli: i64) -> std::io::Result<PathBuf> {
-    let shares = milli_cpu_to_shares(cpu_milli);
-    if uses_v1() {
-        let roots = v1_controller_roots();
-        let root = |c: &str| roots.iter().find(|(n, _)| n == c).map(|(_, p)| p.join("kubepods"));
-        let mem = root("memory").ok_or_else(|| std::io::Error::other("no memory cgroup hierarchy"))?;
-        std::fs::create_dir_all(&mem)?;
-        std::fs::write(mem.join("memory.limit_in_bytes"), memory_limit.to_string())?;
-        if let Some(cpu) = root("cpu") {
-            std::fs::create_dir_all(&cpu)?;
-            std::fs::write(cpu.join("cpu.shares"), shares.to_string())?;
-        }
-        for c in ["pids", "cpuset", "hugetlb", "blkio", "devices", "freezer", "perf_event", "net_cls", "net_prio", "cpuacct"] {
-            if let Some(d) = root(c) {
-                let _ = std::fs::create_dir_all(d);
-            }
-        }
-        return Ok(mem);
-    }
-    let root = Path::new("/sys/fs/cgroup");
-    let _ = std::fs::write(root.join("cgroup.subtree_control"), "+cpu +memory +pids");
-    let dir = root.join("kubepods");
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("memory.max"), memory_limit.to_string())?;
-    // cgroup v2 weight from shares, as runc converts it.
-    let weight = 1 + ((shares.clamp(2, 262144) - 2) * 9999) / 262142;
-    let _ = std::fs::write(dir.join("cpu.weight"), weight.to_string());
-    Ok(dir)
 }
 
 /// True when a path is on a cgroup v2 (unified) mount.
@@ -284,6 +283,7 @@ mod tests {
     fn cgroup_parents_per_qos() {
         assert_eq!(pod_cgroup_parent(QosClass::BestEffort, "u"), "/kubepods/besteffort/podu");
         assert_eq!(pod_cgroup_parent(QosClass::Guaranteed, "u"), "/kubepods/podu");
+        assert_eq!(container_cgroup(QosClass::Guaranteed, "u", "c"), "/kubepods/podu/c");
     }
 
     #[test]

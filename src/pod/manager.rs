@@ -57,7 +57,9 @@ pub struct Context {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Each running pod's allocated requests (cpu millicores, memory bytes), by
     /// UID: what an in-place resize must fit next to (`pod::resize`).
-    pub allocated: Mutex<HashMap<String, (i64, i64)>>,
+    pub allocated: Mutex<HashMap<String, (i64, i64, crate::cgroups::QosClass)>>,
+    /// Pod-level and QoS cgroups (cgroupfs or systemd driver).
+    pub cgroups: Arc<crate::cgroups::pods::PodCgroups>,
 }
 
 #[derive(Default)]

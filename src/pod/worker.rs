@@ -621,9 +621,30 @@ impl Worker {
 
     /// Makes the pod's allocated requests known to other pods' resizes.
     fn publish_allocation(&self, pod: &Pod, a: &super::resize::Allocation) {
-        let requests = super::admission::pod_requests(&super::resize::allocated_pod(pod, a));
+        let (cpu, mem) = super::admission::pod_requests(&super::resize::allocated_pod(pod, a));
         if let Ok(mut m) = self.ctx.allocated.lock() {
-            m.insert(self.uid.clone(), requests);
+            m.insert(self.uid.clone(), (cpu, mem, crate::cgroups::qos_class(pod)));
+        }
+    }
+
+    /// The pod's cgroup with its allocated resources (summed limits, pids), then
+    /// the QoS cgroups' shares.
+    async fn ensure_pod_cgroup(&self, pod: &Pod) -> Result<(), crate::cgroups::pods::CgroupError> {
+        let allocated = match &self.allocation {
+            Some(a) => super::resize::allocated_pod(pod, a),
+            None => pod.clone(),
+        };
+        let cfg = self.ctx.cgroups.config(&allocated);
+        self.ctx.cgroups.ensure_pod(crate::cgroups::qos_class(pod), &self.uid, &cfg).await?;
+        self.update_qos_cgroups().await;
+        Ok(())
+    }
+
+    /// The burstable QoS cgroup's shares follow its pods' cpu requests.
+    async fn update_qos_cgroups(&self) {
+        let burstable = self.ctx.allocated.lock().map(|m| m.values().filter(|v| v.2 == crate::cgroups::QosClass::Burstable).map(|v| v.0).sum()).unwrap_or(0);
+        if let Err(e) = self.ctx.cgroups.update_qos(burstable).await {
+            warn!(error = %e, "cannot update the QoS cgroups");
         }
     }
 
@@ -642,6 +663,13 @@ impl Worker {
         use super::resize::{self, Applied};
         let Some(alloc) = self.allocation.clone() else { return (Vec::new(), false) };
         let (mut restart, mut updated, mut error) = (Vec::new(), false, None);
+        let behind = instances.iter().any(|i| i.is_running() && i.resources.is_some_and(|a| a != Applied::of(alloc.get(&i.name))) && container_of(pod, &i.name, i.kind).is_some_and(|c| resize::resizable(&c, i.kind)));
+        if behind {
+            // The pod cgroup's summed limits follow the allocation first.
+            if let Err(e) = self.ensure_pod_cgroup(pod).await {
+                warn!(error = %e, "cannot resize the pod cgroup");
+            }
+        }
         for i in instances.iter().filter(|i| i.is_running()) {
             let Some(c) = container_of(pod, &i.name, i.kind).filter(|c| resize::resizable(c, i.kind)) else { continue };
             // An instance started by an older agent: what it has is unknown.
@@ -795,6 +823,8 @@ impl Worker {
             _ => String::new(),
         };
         let runtime = self.runtime_type(&handler).map_err(anyhow::Error::msg)?;
+        // The pod cgroup before its first container (upstream's EnsureExists in syncPod).
+        self.ensure_pod_cgroup(pod).await.map_err(|e| anyhow::anyhow!("failed to ensure that the pod: {} cgroups exist and are correctly applied: {e}", self.uid))?;
         let host_network = spec.host_network.unwrap_or(false);
         let id = random_id();
         let image = self.ensure_pause_image().await?;
@@ -876,14 +906,13 @@ impl Worker {
         ensure_shm(&pod_dir.join("shm"))?;
 
         let qos = crate::cgroups::qos_class(pod);
-        let parent = crate::cgroups::pod_cgroup_parent(qos, &self.uid);
         let (own, cap) = self.ctx.oom;
         let oci = spec::sandbox_spec(&SandboxInput {
             pod,
             image: image.config.config().as_ref().unwrap_or(&Default::default()),
             netns,
             hostname: &kernel_hostname,
-            cgroups_path: format!("{parent}/{id}"),
+            cgroups_path: self.ctx.cgroups.container_cgroups_path(qos, &self.uid, id),
             oom_score_adj: crate::cgroups::restrict_oom_score_adj(crate::cgroups::POD_INFRA_OOM_ADJ, own, cap),
         })?;
         let mut l = self.base_labels(pod);
@@ -897,7 +926,7 @@ impl Worker {
         let mounts = self
             .ctx
             .containers
-            .create(&NewContainer { id, image: &image.name, chain_id: &image.chain_id, spec: &oci, labels: l, log_uri: String::new(), read_only_rootfs_view: false, runtime })
+            .create(&NewContainer { id, image: &image.name, chain_id: &image.chain_id, spec: &oci, labels: l, log_uri: String::new(), read_only_rootfs_view: false, runtime, systemd_cgroup: self.systemd_cgroup() })
             .await?;
         self.register(id);
         self.ctx.containers.start_task(id, mounts, &Default::default()).await?;
@@ -933,6 +962,10 @@ impl Worker {
     /// The containerd runtime of a handler, or containerd CRI's error for one not configured.
     fn runtime_type(&self, handler: &str) -> Result<String, String> {
         self.ctx.config.runtime_handlers.get(handler).cloned().ok_or_else(|| format!("rpc error: code = Unknown desc = failed to get sandbox runtime: no runtime for {handler:?} is configured"))
+    }
+
+    fn systemd_cgroup(&self) -> bool {
+        self.ctx.cgroups.driver == crate::cgroups::CgroupDriver::Systemd
     }
 
     fn base_labels(&self, pod: &Pod) -> HashMap<String, String> {
@@ -1026,7 +1059,7 @@ impl Worker {
         let created = self
             .ctx
             .containers
-            .create(&NewContainer { id: &id, image: &image.name, chain_id: &image.chain_id, spec: &oci, labels: l, log_uri: String::new(), read_only_rootfs_view: false, runtime: &self.runtime_type(&sandbox.handler).unwrap_or_else(|_| crate::config::DEFAULT_RUNTIME_TYPE.into()) })
+            .create(&NewContainer { id: &id, image: &image.name, chain_id: &image.chain_id, spec: &oci, labels: l, log_uri: String::new(), read_only_rootfs_view: false, runtime: &self.runtime_type(&sandbox.handler).unwrap_or_else(|_| crate::config::DEFAULT_RUNTIME_TYPE.into()), systemd_cgroup: self.systemd_cgroup() })
             .await;
         self.ctx.metrics.operation("create_container", t.elapsed(), created.is_ok());
         let mounts = match created {
@@ -1327,7 +1360,6 @@ impl Worker {
         }
 
         let qos = crate::cgroups::qos_class(pod);
-        let parent = crate::cgroups::pod_cgroup_parent(qos, &self.uid);
         let mem_request = c
             .resources
             .as_ref()
@@ -1350,7 +1382,7 @@ impl Worker {
             args,
             user,
             mounts,
-            cgroups_path: format!("{parent}/{id}"),
+            cgroups_path: self.ctx.cgroups.container_cgroups_path(qos, &self.uid, id),
             oom_score_adj: oom,
             all_capabilities: &self.ctx.capabilities,
             devices: if privileged { spec::host_devices() } else { Vec::new() },
@@ -1517,14 +1549,14 @@ impl Worker {
             let _ = tokio::fs::remove_dir_all(d).await;
         }
         for qos in classes {
-            let parent = crate::cgroups::pod_cgroup_parent(qos, &self.uid);
             for _ in 0..10 {
-                if crate::cgroups::remove_pod_cgroup(&parent).is_empty() {
+                if self.ctx.cgroups.remove_pod(qos, &self.uid).await.is_empty() {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+        self.update_qos_cgroups().await;
         info!(pod_uid = %self.uid, "pod removed");
         true
     }

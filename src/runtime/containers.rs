@@ -136,6 +136,15 @@ pub struct NewContainer<'a> {
     pub read_only_rootfs_view: bool,
     /// The containerd runtime (`io.containerd.runc.v2`): the pod's handler's.
     pub runtime: &'a str,
+    /// runc's systemd cgroup driver (`SystemdCgroup`): the cgroupsPath is a
+    /// `slice:prefix:name` and runc creates the container's scope through systemd.
+    pub systemd_cgroup: bool,
+}
+
+/// The runc shim's options (containerd.runc.v1.Options) with `systemd_cgroup`
+/// (field 9) set: the one option rkubelet sets, encoded by hand.
+fn runc_options(systemd_cgroup: bool) -> Option<Any> {
+    systemd_cgroup.then(|| Any { type_url: "containerd.runc.v1.Options".into(), value: vec![9 << 3, 1] })
 }
 
 /// A handle on containerd for containers, tasks and snapshots in one namespace.
@@ -241,7 +250,7 @@ impl Containers {
             id: c.id.to_string(),
             labels: c.labels.clone(),
             image: c.image.to_string(),
-            runtime: Some(RuntimeInfo { name: c.runtime.into(), options: None }),
+            runtime: Some(RuntimeInfo { name: c.runtime.into(), options: runc_options(c.systemd_cgroup && c.runtime == RUNC_RUNTIME) }),
             spec: Some(Any { type_url: SPEC_TYPE_URL.into(), value: spec_json }),
             snapshotter: self.snapshotter.clone(),
             snapshot_key: c.id.to_string(),

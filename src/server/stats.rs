@@ -116,9 +116,6 @@ fn network(time: &str, pid: Option<u32>, default_if: &str) -> Value {
     v
 }
 
-/// The cgroup of all pods (the `pods` system container).
-const KUBEPODS: &str = "/kubepods";
-
 /// How often the housekeeping samples CPU (cadvisor's housekeeping interval).
 pub const HOUSEKEEPING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -187,11 +184,12 @@ impl Sampler {
 /// The cgroups the summary reports CPU for, by sampler key: the node (`/`), the
 /// pods cgroup, and each pod and running container of `pods`.
 fn cpu_targets(pods: &[k8s_openapi::api::core::v1::Pod]) -> Vec<String> {
-    let mut keys = vec!["/".to_string(), KUBEPODS.to_string()];
+    let mut keys = vec!["/".to_string(), crate::cgroups::kubepods().to_string()];
     for p in pods.iter().filter(|p| in_summary(p)) {
-        let parent = crate::cgroups::pod_cgroup_parent(crate::cgroups::qos_class(p), p.metadata.uid.as_deref().unwrap_or_default());
+        let (qos, uid) = (crate::cgroups::qos_class(p), p.metadata.uid.as_deref().unwrap_or_default());
+        let parent = crate::cgroups::pod_cgroup_parent(qos, uid);
         for id in running_container_ids(p) {
-            keys.push(format!("{parent}/{id}"));
+            keys.push(crate::cgroups::container_cgroup(qos, uid, &id));
         }
         keys.push(parent);
     }
@@ -331,7 +329,7 @@ pub fn summary(node: &str, root_dir: &Path, pods: &[k8s_openapi::api::core::v1::
                 .filter(|c| c.state.as_ref().map(|s| s.running.is_some()).unwrap_or(false))
                 .filter_map(|c| {
                     let id = c.container_id.as_deref()?.trim_start_matches("containerd://");
-                    let rel = format!("{parent}/{id}");
+                    let rel = crate::cgroups::container_cgroup(crate::cgroups::qos_class(p), &uid, id);
                     let u = cgroup_usage(&rel);
                     let started = c.state.as_ref()?.running.as_ref()?.started_at.as_ref().map(|t| t.0.to_string());
                     Some(json!({"name": c.name, "startTime": started, "cpu": cpu_json(sampler, &rel, now, &u), "memory": memory_json(&time, &u, None),
@@ -352,8 +350,8 @@ pub fn summary(node: &str, root_dir: &Path, pods: &[k8s_openapi::api::core::v1::
         })
         .collect();
     // The pods cgroup, as upstream's "pods" system container.
-    let pods_cg = cgroup_usage(KUBEPODS);
-    let system_containers = vec![json!({"name": "pods", "startTime": boot_time().map(crate::logs::timestamp), "cpu": cpu_json(sampler, KUBEPODS, now, &pods_cg), "memory": memory_json(&time, &pods_cg, None)})];
+    let pods_cg = cgroup_usage(crate::cgroups::kubepods());
+    let system_containers = vec![json!({"name": "pods", "startTime": boot_time().map(crate::logs::timestamp), "cpu": cpu_json(sampler, crate::cgroups::kubepods(), now, &pods_cg), "memory": memory_json(&time, &pods_cg, None)})];
     json!({
         "node": {
             "nodeName": node,
