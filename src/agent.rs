@@ -209,6 +209,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     tokio::fs::write(cfg.root_dir.join(crate::reset::NODE_NAME_FILE), &cfg.node_name).await?;
     info!(node = %cfg.node_name, root_dir = %cfg.root_dir.display(), version = %crate::config::version_line(), "rkubelet starting");
     log_compat(&cfg);
+    // A cgroup driver that cannot work here stops the agent, as upstream's does.
+    if let Some((problem, fix)) = crate::cgroups::check_driver(cfg.cgroup_driver) {
+        anyhow::bail!("failed to run Kubelet: {problem}; {fix}");
+    }
 
     tokio::pin!(shutdown);
     let channel = tokio::select! {

@@ -87,6 +87,49 @@ pub fn qos_class(pod: &Pod) -> QosClass {
     }
 }
 
+/// containerd's cgroup driver as its `config.toml` sets it for the runc runtime
+/// (`SystemdCgroup` of the CRI plugin, config version 2 or 3); None when unset.
+pub fn containerd_driver(config_toml: &str) -> Option<CgroupDriver> {
+    let doc: toml::Table = toml::from_str(config_toml).ok()?;
+    let plugins = doc.get("plugins")?.as_table()?;
+    ["io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime"].iter().find_map(|p| {
+        let on = plugins.get(*p)?.get("containerd")?.get("runtimes")?.get("runc")?.get("options")?.get("SystemdCgroup")?.as_bool()?;
+        Some(if on { CgroupDriver::Systemd } else { CgroupDriver::Cgroupfs })
+    })
+}
+
+fn driver_name(d: CgroupDriver) -> &'static str {
+    match d {
+        CgroupDriver::Cgroupfs => "cgroupfs",
+        CgroupDriver::Systemd => "systemd",
+    }
+}
+
+/// Why the configured driver cannot work here, and the fix: systemd without
+/// systemd running, or a driver other than containerd's (what CRI clients of the
+/// same containerd would use). Upstream's words for the mismatch.
+pub fn driver_problem(configured: CgroupDriver, containerd: Option<CgroupDriver>, systemd_running: bool) -> Option<(String, String)> {
+    if configured == CgroupDriver::Systemd && !systemd_running {
+        return Some((
+            "cgroupDriver is systemd but systemd is not running as the init system (no /run/systemd/system)".into(),
+            "set cgroupDriver: cgroupfs (or --cgroup-driver=cgroupfs)".into(),
+        ));
+    }
+    match containerd {
+        Some(c) if c != configured => Some((
+            format!("misconfiguration: kubelet cgroup driver: {:?} is different from containerd cgroup driver: {:?} (SystemdCgroup = {} in /etc/containerd/config.toml)", driver_name(configured), driver_name(c), c == CgroupDriver::Systemd),
+            format!("use one driver: set cgroupDriver: {} in the kubelet config, or SystemdCgroup = {} in /etc/containerd/config.toml and restart containerd", driver_name(c), configured == CgroupDriver::Systemd),
+        )),
+        _ => None,
+    }
+}
+
+/// [`driver_problem`] for this machine (containerd's /etc/containerd/config.toml).
+pub fn check_driver(configured: CgroupDriver) -> Option<(String, String)> {
+    let containerd = std::fs::read_to_string("/etc/containerd/config.toml").ok().and_then(|t| containerd_driver(&t));
+    driver_problem(configured, containerd, Path::new("/run/systemd/system").is_dir())
+}
+
 /// The pod's cgroup below the cgroup root for the node's driver, e.g.
 /// `/kubepods/besteffort/pod<uid>` or `/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod<uid_>.slice`.
 pub fn pod_cgroup_parent(qos: QosClass, uid: &str) -> String {
@@ -277,6 +320,19 @@ mod tests {
         assert_eq!(qos_class(&pod(&[("cpu", "1"), ("memory", "1Gi")], &[])), QosClass::Guaranteed);
         assert_eq!(qos_class(&pod(&[("cpu", "1")], &[])), QosClass::Burstable);
         assert_eq!(qos_class(&pod(&[("cpu", "1"), ("memory", "1Gi")], &[("cpu", "500m")])), QosClass::Burstable);
+    }
+
+    #[test]
+    fn a_driver_other_than_containerds_or_without_systemd_is_a_problem() {
+        let v2 = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]\nSystemdCgroup = true\n";
+        assert_eq!(containerd_driver(v2), Some(CgroupDriver::Systemd));
+        assert_eq!(containerd_driver("version = 2\n"), None);
+        let (msg, fix) = driver_problem(CgroupDriver::Cgroupfs, Some(CgroupDriver::Systemd), true).unwrap();
+        assert!(msg.starts_with("misconfiguration: kubelet cgroup driver: \"cgroupfs\" is different from containerd cgroup driver: \"systemd\""), "{msg}");
+        assert!(fix.contains("cgroupDriver: systemd"), "{fix}");
+        assert!(driver_problem(CgroupDriver::Systemd, None, false).is_some());
+        assert_eq!(driver_problem(CgroupDriver::Systemd, Some(CgroupDriver::Systemd), true), None);
+        assert_eq!(driver_problem(CgroupDriver::Cgroupfs, None, true), None);
     }
 
     #[test]

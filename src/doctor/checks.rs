@@ -250,16 +250,13 @@ pub fn settings(cfg: &Config) -> Check {
     }
 }
 
-/// The configured cgroup driver against the init system.
+/// The configured cgroup driver against the init system and containerd's.
 pub fn cgroup_driver(cfg: &Config) -> Check {
     let init = std::fs::read_to_string("/proc/1/comm").unwrap_or_default().trim().to_string();
-    let systemd_init = init == "systemd";
-    match (cfg.cgroup_driver, systemd_init) {
-        (CgroupDriver::Systemd, false) => Check::fail(
-            "cgroup-driver",
-            format!("cgroupDriver is systemd but the init system is {init:?}"),
-            "set cgroupDriver: cgroupfs in the config file",
-        ),
+    if let Some((problem, fix)) = crate::cgroups::check_driver(cfg.cgroup_driver) {
+        return Check::fail("cgroup-driver", problem, fix);
+    }
+    match (cfg.cgroup_driver, init == "systemd") {
         (CgroupDriver::Cgroupfs, true) => Check::warn(
             "cgroup-driver",
             "cgroupDriver is cgroupfs while systemd manages the cgroup tree",
