@@ -21,7 +21,9 @@ SHARE="${1:?usage: checks.sh SHARE}"
 . "$SHARE/repo/scripts/lib.sh"
 RK_LOG_TAG=vm-checks
 
-CHECKS=(environment unit-active pod-running restart-keeps-pods stop-start-adopts reset-cleans-up)
+CHECKS=(environment unit-active pod-running pod-cgroup restart-keeps-pods stop-start-adopts reset-cleans-up)
+# Known to fail today; run with RK_VM_CHECKS=systemd-driver (see scripts/README.md).
+OPT_IN_CHECKS=(systemd-driver)
 ROOT_DIR=/var/lib/rkubelet
 MANIFEST=/etc/kubernetes/manifests/vm-web.yaml
 KUBECONFIG_FILE=/etc/kubernetes/kubelet.conf
@@ -43,28 +45,32 @@ running_tasks() {
     timeout 10 ctr -n "$NS" tasks ls 2>/dev/null | awk 'NR > 1 && $3 == "RUNNING" { print $1, $2 }' | sort
 }
 
-# The static pod (vm-web-<node>) as rkubelet reports it: "PHASE IP".
+# pod_state [NAME]: the static pod NAME-<node> (default vm-web) as rkubelet
+# reports it: "PHASE IP". jq is not in the guest: awk reads phase and podIP
+# from `rkubelet pods -o json` (pretty-printed, one field per line; a pod's
+# metadata.name comes before its status).
 pod_state() {
     timeout 10 /usr/local/bin/rkubelet pods --root-dir "$ROOT_DIR" -o json 2>/dev/null |
-        jq_lite
+        awk -v name="${1:-vm-web}" '
+            /"name": "/ && index($0, "\"" name "-") { inpod = 1; next }
+            /"name": "vm-/ { inpod = 0 }
+            inpod && /"phase":/ { gsub(/[",]/, "", $2); phase = $2 }
+            inpod && /"podIP":/ { gsub(/[",]/, "", $2); ip = $2 }
+            END { if (phase != "") print phase, ip }'
 }
 
-# jq is not in the guest: busybox awk pulls phase and podIP of the vm-web pod
-# out of `rkubelet pods -o json` (pretty-printed, one field per line).
-jq_lite() {
-    awk '
-        /"name": "vm-web/ { inpod = 1 }
-        inpod && /"phase":/ { gsub(/[",]/, "", $2); phase = $2 }
-        inpod && /"podIP":/ { gsub(/[",]/, "", $2); ip = $2 }
-        END { if (phase != "") print phase, ip }'
-}
-
+# pod_running [NAME]: the pod is Running and the namespace has at least
+# pause + one container running per pod.
 pod_running() {
     local s
-    s="$(pod_state)"
+    s="$(pod_state "${1:-vm-web}")"
     [ "${s%% *}" = Running ] || return 1
-    # pause + httpd
     [ "$(running_tasks | wc -l)" -ge 2 ]
+}
+
+# The cgroup (v2 path) of a process.
+proc_cgroup() {
+    sed -n 's/^0:://p' "/proc/$1/cgroup" 2>/dev/null
 }
 
 unit_active() {
@@ -165,6 +171,30 @@ check_pod_running() {
     log "pod vm-web Running at $ip; tasks: $(running_tasks | tr '\n' ' ')"
 }
 
+# pod-cgroup: with the cgroupfs driver on cgroup v2 the pod's containers live
+# in /kubepods/besteffort/pod<uid>/<id> with the memory and cpu controllers
+# enabled down to them, node allocatable is set on /kubepods (memory.max), and
+# the agent itself stays in its unit's cgroup.
+check_pod_cgroup() {
+    wait_for "pod vm-web Running" "$POD_WAIT" pod_running || fail_with "pod not running" || return 1
+    local pid cg parent agent limit
+    for pid in $(running_tasks | cut -d' ' -f2); do
+        cg="$(proc_cgroup "$pid")"
+        case "$cg" in
+        /kubepods/besteffort/pod*/*) ;;
+        *) fail_with "task pid $pid is in cgroup '$cg', not /kubepods/besteffort/pod<uid>/<id>" || return 1 ;;
+        esac
+        parent="$(dirname "/sys/fs/cgroup$cg")"
+        grep -qw memory "$parent/cgroup.subtree_control" && grep -qw cpu "$parent/cgroup.subtree_control" ||
+            fail_with "$parent/cgroup.subtree_control is '$(cat "$parent/cgroup.subtree_control")'" || return 1
+    done
+    limit="$(cat /sys/fs/cgroup/kubepods/memory.max 2>/dev/null)"
+    [[ "$limit" =~ ^[0-9]+$ ]] || fail_with "/sys/fs/cgroup/kubepods/memory.max is '$limit' (node allocatable not enforced)" || return 1
+    agent="$(proc_cgroup "$(systemctl show -p MainPID --value kubelet.service)")"
+    [ "$agent" = /system.slice/rkubelet.service ] || fail_with "the agent is in cgroup '$agent'" || return 1
+    log "pod cgroup $(dirname "$cg"); /kubepods memory.max $limit; agent in $agent"
+}
+
 # restart-keeps-pods: `systemctl restart kubelet` (KillMode=process) leaves the
 # pod's containers running, same IDs and PIDs.
 check_restart_keeps_pods() {
@@ -237,6 +267,24 @@ check_reset_cleans_up() {
     [ "${#left[@]}" -eq 0 ] || fail_with "left behind: ${left[*]}"
 }
 
+# systemd-driver (NOT in the default list: fails today, see scripts/README.md):
+# with --cgroup-driver=systemd, as kubeadm configures nodes, a new pod's
+# containers must land in systemd's kubepods.slice hierarchy
+# (kubepods-besteffort-pod<uid>.slice), not in /kubepods.
+check_systemd_driver() {
+    timeout 120 systemctl stop kubelet.service || fail_with "systemctl stop kubelet failed" || return 1
+    echo "KUBELET_EXTRA_ARGS=--pod-infra-container-image=$PAUSE_REF --cgroup-driver=systemd" >/etc/default/kubelet
+    sed 's/name: vm-web$/name: vm-sd/' "$MANIFEST" >/etc/kubernetes/manifests/vm-sd.yaml
+    timeout 120 systemctl start kubelet.service || fail_with "systemctl start kubelet failed" || return 1
+    wait_for "pod vm-sd Running" "$POD_WAIT" pod_running vm-sd || fail_with "pod vm-sd not running: '$(pod_state vm-sd)'" || return 1
+    local pid all=()
+    for pid in $(running_tasks | cut -d' ' -f2); do
+        all+=("$(proc_cgroup "$pid")")
+    done
+    [ -n "$(find /sys/fs/cgroup/kubepods.slice -maxdepth 2 -name 'kubepods-besteffort-pod*.slice' 2>/dev/null)" ] ||
+        fail_with "no kubepods-besteffort-pod<uid>.slice under /sys/fs/cgroup/kubepods.slice; the containers are in: ${all[*]}"
+}
+
 # --- run ------------------------------------------------------------------------------
 passed=0 failed=0
 result() { # result NAME RC
@@ -251,7 +299,7 @@ result() { # result NAME RC
 
 read -r -a selected <<<"${RK_VM_CHECKS:-${CHECKS[*]}}"
 for name in "${selected[@]}"; do
-    declare -F "check_${name//-/_}" >/dev/null || die "unknown check: $name (known: ${CHECKS[*]})"
+    declare -F "check_${name//-/_}" >/dev/null || die "unknown check: $name (known: ${CHECKS[*]} ${OPT_IN_CHECKS[*]})"
 done
 rc=0
 DETAIL=""
@@ -266,8 +314,8 @@ if [ "$rc" -eq 0 ]; then
     done
 fi
 if [ "$failed" -gt 0 ]; then
-    echo "--- journal of kubelet.service (last 60 lines)"
-    journalctl -u kubelet.service -o short-monotonic --no-pager -n 60 || true
+    echo "--- journal of rkubelet.service (last 60 lines)"
+    journalctl -u rkubelet.service -o short-monotonic --no-pager -n 60 || true
 fi
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
