@@ -25,8 +25,9 @@
 #   CARGO_TARGET_DIR (default /var/cache/rkubelet-target)
 # The guest's disk is opened with snapshot=on (every boot starts from the
 # pristine image); its overlay and the share live in a scratch dir under
-# /var/tmp, removed at the end. The last run's console log and check output are
-# kept in $RK_VM_CACHE/last-run/.
+# /var/tmp, removed at the end. The last run's console log, qemu's own output
+# and the check output are kept in $RK_VM_CACHE/last-run/. Runs hold
+# $RK_VM_CACHE/lock, so two of them take turns.
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -181,7 +182,7 @@ rm -rf "$LAST"
 mkdir -p "$LAST"
 timed_out=0
 boot "$SHARE" "$LAST/console.log" || timed_out=1
-cp -a "$SHARE/out/." "$LAST/" 2>/dev/null || true
+cp -a "$SHARE/out/." "$SCRATCH/qemu.log" "$LAST/" 2>/dev/null || true
 
 if [ -f "$LAST/run.log" ]; then
     cat "$LAST/run.log"
@@ -191,7 +192,7 @@ failed="$(grep -c '^FAIL ' "$LAST/run.log" 2>/dev/null || true)"
 passed="$(grep -c '^PASS ' "$LAST/run.log" 2>/dev/null || true)"
 log "done in $(elapsed): ${passed:-0} passed, ${failed:-0} failed; checks exit $rc; boot state $(cat "$LAST/boot-state" 2>/dev/null || echo unknown)"
 if [ "$timed_out" = 1 ] || [ "$rc" = none ]; then
-    tail -n 40 "$LAST/console.log" >&2 || true
+    tail -n 40 "$LAST/console.log" "$LAST/qemu.log" >&2 || true
     die "the guest did not report back (console log: $LAST/console.log)"
 fi
 if [ "$rc" != 0 ] || [ "${failed:-0}" != 0 ] || [ "${passed:-0}" -eq 0 ]; then

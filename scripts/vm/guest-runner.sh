@@ -6,13 +6,17 @@
 #   /mnt/host/out/boot-state   `systemctl is-system-running` after the boot
 #   /mnt/host/out/run.log      run.sh's output (also on the serial console)
 #   /mnt/host/out/run.rc       its exit code (124: it ran out of time)
-# and powers the guest off, unless /mnt/host/keep-running exists (debugging:
-# then log in on the console).
+# and powers the guest off.
 # Plain sh: the guest's /bin/sh is dash.
 set -u
 share=/mnt/host
 out=$share/out
-mountpoint -q "$share" || mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 host "$share" || exit 1
+# Not `set -e`: whatever fails, the guest must power off (the host waits for that).
+if ! mountpoint -q "$share" && ! mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288 host "$share"; then
+    echo "rk-vm-runner: cannot mount the 9p share 'host' on $share"
+    systemctl --no-block poweroff
+    exit 1
+fi
 mkdir -p "$out"
 # Bounded: the host kills the VM anyway, but a hung boot should still report.
 state=$(timeout 120 systemctl is-system-running --wait 2>&1)
@@ -30,4 +34,4 @@ else
     echo "rk-vm-runner: no executable $share/run.sh"
 fi
 sync
-[ -e "$share/keep-running" ] || systemctl --no-block poweroff
+systemctl --no-block poweroff
