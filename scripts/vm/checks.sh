@@ -68,6 +68,21 @@ pod_running() {
     [ "$(running_tasks | wc -l)" -ge 2 ]
 }
 
+# tasks_unchanged BEFORE WHEN: once the agent is back after WHEN (unit active,
+# pod Running, its first sync done), the running tasks are still BEFORE.
+tasks_unchanged() {
+    local before="$1" when="$2" after
+    wait_for "kubelet.service active" 60 unit_active || fail_with "kubelet.service not active after the $when" || return 1
+    wait_for "pod vm-web Running" "$POD_WAIT" pod_running || fail_with "pod not running after the $when" || return 1
+    # The agent must not replace anything in its first syncs.
+    wait_for "the unit's Status: line to count 1 pod" 60 status_counts_one_pod || true
+    sleep 3
+    after="$(running_tasks)"
+    [ "$before" = "$after" ] || fail_with "after the $when, tasks before: $(one_line "$before") after: $(one_line "$after")"
+}
+
+one_line() { printf '%s' "$1" | tr '\n' ' '; }
+
 # The cgroup (v2 path) of a process.
 proc_cgroup() {
     sed -n 's/^0:://p' "/proc/$1/cgroup" 2>/dev/null
@@ -199,35 +214,25 @@ check_pod_cgroup() {
 # pod's containers running, same IDs and PIDs.
 check_restart_keeps_pods() {
     wait_for "pod vm-web Running" "$POD_WAIT" pod_running || fail_with "pod not running before the restart" || return 1
-    local before after
+    local before
     before="$(running_tasks)"
     timeout 120 systemctl restart kubelet.service || fail_with "systemctl restart kubelet failed" || return 1
-    wait_for "kubelet.service active" 60 unit_active || fail_with "kubelet.service not active after restart" || return 1
-    wait_for "pod vm-web Running" "$POD_WAIT" pod_running || fail_with "pod not running after the restart" || return 1
-    # Let the restarted agent finish its first sync; it must not replace anything.
-    wait_for "the unit's Status: line to count 1 pod" 60 status_counts_one_pod || true
-    sleep 3
-    after="$(running_tasks)"
-    [ "$before" = "$after" ] || fail_with "tasks before: $(echo "$before" | tr '\n' ' ') after: $(echo "$after" | tr '\n' ' ')"
+    tasks_unchanged "$before" restart
 }
 
 # stop-start-adopts: the pod runs on while the agent is stopped; started again,
 # the agent adopts the containers (same IDs and PIDs).
 check_stop_start_adopts() {
     wait_for "pod vm-web Running" "$POD_WAIT" pod_running || fail_with "pod not running before the stop" || return 1
-    local before during after
+    local before during
     before="$(running_tasks)"
     timeout 120 systemctl stop kubelet.service || fail_with "systemctl stop kubelet failed" || return 1
     [ "$(systemctl is-active kubelet.service)" != active ] || fail_with "kubelet.service still active after stop" || return 1
     sleep 3
     during="$(running_tasks)"
-    [ "$before" = "$during" ] || fail_with "with the agent stopped, tasks changed: $(echo "$during" | tr '\n' ' ')" || return 1
+    [ "$before" = "$during" ] || fail_with "with the agent stopped, tasks changed: $(one_line "$during")" || return 1
     timeout 120 systemctl start kubelet.service || fail_with "systemctl start kubelet failed" || return 1
-    wait_for "pod vm-web Running" "$POD_WAIT" pod_running || fail_with "pod not running after the start" || return 1
-    wait_for "the unit's Status: line to count 1 pod" 60 status_counts_one_pod || true
-    sleep 3
-    after="$(running_tasks)"
-    [ "$before" = "$after" ] || fail_with "tasks before: $(echo "$before" | tr '\n' ' ') after: $(echo "$after" | tr '\n' ' ')"
+    tasks_unchanged "$before" start
 }
 
 reset_ran() {
