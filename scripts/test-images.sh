@@ -13,6 +13,11 @@
 #
 # Needs containerd and the registry running: scripts/setup.sh starts both and
 # then calls this script. Set RK_FORCE_IMAGES=1 to rebuild everything.
+#
+# With `--archives DIR` it only builds the busybox and pause layouts and writes
+# them as OCI archives DIR/busybox.tar and DIR/pause.tar, named as above for
+# `ctr images import` (no containerd or registry needed; scripts/vm-test.sh
+# passes them into its VM guest).
 set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
@@ -42,13 +47,24 @@ REQUIRED_APPLETS=(
     sha256sum md5sum tar gzip ping netstat hexdump
 )
 
-for cmd in umoci skopeo ctr jq curl; do
+ARCHIVES_DIR=""
+case "${1:-}" in
+--archives) ARCHIVES_DIR="${2:?--archives needs a directory}" ;;
+"") ;;
+*) die "unknown argument: $1 (usage: test-images.sh [--archives DIR])" ;;
+esac
+
+for cmd in umoci skopeo jq; do
     have "$cmd" || die "$cmd not found: run scripts/setup.sh first"
 done
 [ -x /bin/busybox ] || die "/bin/busybox missing (package busybox-static): run scripts/setup.sh first"
 [ -x /usr/bin/catatonit ] || die "/usr/bin/catatonit missing (package catatonit): run scripts/setup.sh first"
-ctr_ok || die "containerd does not answer 'ctr version': run scripts/setup.sh first"
-http_ok "http://$RK_REGISTRY/v2/" || die "no registry at http://$RK_REGISTRY/v2/: run scripts/setup.sh first"
+if [ -z "$ARCHIVES_DIR" ]; then
+    have ctr || die "ctr not found: run scripts/setup.sh first"
+    have curl || die "curl not found: run scripts/setup.sh first"
+    ctr_ok || die "containerd does not answer 'ctr version': run scripts/setup.sh first"
+    http_ok "http://$RK_REGISTRY/v2/" || die "no registry at http://$RK_REGISTRY/v2/: run scripts/setup.sh first"
+fi
 
 mkdir -p "$IMAGES_DIR" "$RK_RUN_DIR"
 # One run at a time (tests or a second shell may call setup concurrently).
@@ -172,6 +188,13 @@ smoke_run() {
     esac
 }
 
+# write_archive NAME REF FILE: layout NAME as an OCI archive whose ref.name
+# annotation carries the full name REF (`ctr images import` names it so).
+write_archive() {
+    rm -f "$3"
+    skopeo copy --quiet "oci:$IMAGES_DIR/$1:$TAG" "oci-archive:$3:$2"
+}
+
 # import_image NAME REF SMOKE_EXPECTED SMOKE_CMD...
 import_image() {
     local name="$1" ref="$2" expected="$3"
@@ -185,9 +208,7 @@ import_image() {
     fi
     log "importing $layout:$TAG into containerd $RK_CTR_NAMESPACE as $ref"
     local archive="$WORK/$name.oci.tar"
-    rm -f "$archive"
-    # The archive's ref.name annotation carries the full name; ctr import uses it.
-    skopeo copy --quiet "oci:$layout:$TAG" "oci-archive:$archive:$ref"
+    write_archive "$name" "$ref" "$archive"
     ctr -n "$RK_CTR_NAMESPACE" images import "$archive"
     have_digest="$(ctr_image_digest "$ref")"
     [ "$have_digest" = "$want" ] ||
@@ -229,6 +250,14 @@ PAUSE_CONFIG=(--config.cmd /pause --config.cmd -P)
 
 build_layout busybox populate_busybox /bin/busybox "${BUSYBOX_CONFIG[@]}"
 build_layout pause populate_pause /usr/bin/catatonit "${PAUSE_CONFIG[@]}"
+
+if [ -n "$ARCHIVES_DIR" ]; then
+    mkdir -p "$ARCHIVES_DIR"
+    write_archive busybox "$BUSYBOX_REF" "$ARCHIVES_DIR/busybox.tar"
+    write_archive pause "$PAUSE_REF" "$ARCHIVES_DIR/pause.tar"
+    echo "test-images: $ARCHIVES_DIR/busybox.tar ($BUSYBOX_REF), $ARCHIVES_DIR/pause.tar ($PAUSE_REF) (built $built)"
+    exit 0
+fi
 build_layout nobody populate_busybox /bin/busybox "${BUSYBOX_CONFIG[@]}" --config.user nobody
 
 import_image busybox "$BUSYBOX_REF" hi /bin/echo hi

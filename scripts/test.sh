@@ -4,7 +4,10 @@
 #   1. scripts/setup.sh   packages, containerd, registry, CNI config, test images
 #   2. cargo test --workspace --all-targets --no-fail-fast -- --test-threads=1 (the agent and
 #      the test API server crate in tests/apiserver)
-#   3. scripts/bench.sh (figures only, no thresholds; RK_SKIP_BENCH=1 skips)
+#   3. scripts/vm-test.sh: the agent as a systemd unit on a cgroup v2 node, in a
+#      qemu guest (about 2 min with the guest image cached; RK_SKIP_VM=1 skips)
+#   4. scripts/bench.sh (figures only, no thresholds; RK_SKIP_BENCH=1 skips)
+# Steps 3 and 4 run only for the whole suite (no arguments).
 # Integration tests share host resources (containerd namespace k8s.io, the
 # CNI bridge, /var/lib/cni), so the tests run one at a time.
 # Arguments, if any, replace `--workspace --all-targets` (they go to cargo test before
@@ -22,9 +25,9 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/rkubelet-target}"
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 
 if [ "${RK_SKIP_SETUP:-0}" = 1 ]; then
-    log "step 1/3: scripts/setup.sh skipped (RK_SKIP_SETUP=1)"
+    log "step 1/4: scripts/setup.sh skipped (RK_SKIP_SETUP=1)"
 else
-    log "step 1/3: scripts/setup.sh (packages, containerd, registry, CNI config, test images)"
+    log "step 1/4: scripts/setup.sh (packages, containerd, registry, CNI config, test images)"
     bash "$RK_REPO_ROOT/scripts/setup.sh"
 fi
 
@@ -34,7 +37,7 @@ if [ "$#" -eq 0 ]; then
     full_suite=1
     set -- --workspace --all-targets --no-fail-fast
 fi
-log "step 2/3: cargo test $* -- --test-threads=1 (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
+log "step 2/4: cargo test $* -- --test-threads=1 (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
 rc=0
 results="$(mktemp)"
 trap 'rm -f "$results"' EXIT
@@ -47,13 +50,22 @@ if [ "$rc" -ne 0 ]; then
     die "cargo test failed (exit $rc)"
 fi
 
+# This machine has no systemd as PID 1 and cgroup v1: the VM test is where the
+# unit, its notifications, restarts and the reset path unit run for real.
+if [ "${RK_SKIP_VM:-0}" = 1 ] || [ "$full_suite" = 0 ]; then
+    log "step 3/4: scripts/vm-test.sh skipped"
+else
+    log "step 3/4: scripts/vm-test.sh (systemd + cgroup v2 node in a qemu guest)"
+    bash "$RK_REPO_ROOT/scripts/vm-test.sh" || die "VM test failed"
+fi
+
 # The benchmark is part of the suite: it must run (and clean up) without error.
 # It prints figures and ratios against a floor measured in the same run; it
 # has no thresholds. RK_SKIP_BENCH=1 skips it (quick local runs).
 if [ "${RK_SKIP_BENCH:-0}" = 1 ] || [ "$full_suite" = 0 ]; then
-    log "step 3/3: scripts/bench.sh skipped"
+    log "step 4/4: scripts/bench.sh skipped"
 else
-    log "step 3/3: scripts/bench.sh (pod start vs the no-agent floor and against the test API server, RSS, CPU)"
+    log "step 4/4: scripts/bench.sh (pod start vs the no-agent floor and against the test API server, RSS, CPU)"
     # The test API server built by step 2 (debug) serves the API phase; building a
     # release copy would cost CI minutes for a test double.
     RK_SKIP_SETUP=1 RK_APISERVER_BIN="${RK_APISERVER_BIN:-$CARGO_TARGET_DIR/debug/rk-apiserver}" \
