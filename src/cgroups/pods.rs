@@ -202,7 +202,13 @@ impl PodCgroups {
                 Err(e) => debug!(error = %e, "no systemd connection to stop the pod slice"),
             }
         }
-        super::remove_pod_cgroup(&self.pod_path(qos, uid))
+        let mut left = super::remove_pod_cgroup(&self.pod_path(qos, uid));
+        // A pod started before the node switched to the systemd driver left its
+        // cgroupfs directory (systemd's slices go only through systemd).
+        if self.driver == CgroupDriver::Systemd {
+            left.extend(super::remove_pod_cgroup(&pod_path(CgroupDriver::Cgroupfs, qos, uid)));
+        }
+        left
     }
 
     /// The QoS cgroups' cpu shares: burstable gets the sum of its pods' cpu
