@@ -102,15 +102,17 @@ fn new_context(cfg: &Arc<Config>, channel: &tonic::transport::Channel, cni: Cni,
     let cpu_capacity_milli = std::thread::available_parallelism().map(|n| n.get() as i64 * 1000).unwrap_or(1000);
     let node_opts = node_options(cfg, memory_capacity);
     let storage = crate::api::node::ephemeral_storage_capacity(&cfg.root_dir);
-    // The same allocatable the Node reports.
+    // The same allocatable the Node reports (huge page pools are not pod memory).
+    let hugepages: i64 = crate::api::node::read_hugepages(std::path::Path::new("/sys/kernel/mm/hugepages")).iter().map(|(_, b)| b).sum();
     let allocatable = crate::pod::resources::Allocatable {
         cpu_milli: (cpu_capacity_milli - node_opts.reserved_cpu_milli).max(0),
-        memory: (memory_capacity - node_opts.reserved_memory_bytes - node_opts.eviction_memory_bytes).max(0),
+        memory: (memory_capacity - node_opts.reserved_memory_bytes - node_opts.eviction_memory_bytes - hugepages).max(0),
         ephemeral_storage: ((storage as f64 * (1.0 - cfg.eviction_nodefs_fraction(storage))) as i64 - node_opts.reserved_storage_bytes).max(0),
     };
     crate::cgroups::set_driver(cfg.cgroup_driver);
     let ctx = Arc::new(Context {
         cgroups: Arc::new(crate::cgroups::pods::PodCgroups::new(cfg.cgroup_driver, cfg.pod_pids_limit)),
+        shutdown: Arc::default(),
         containers: Containers::new(channel.clone(), cfg.namespace.clone(), cfg.snapshotter.clone()),
         images,
         cni,
@@ -204,6 +206,8 @@ fn log_compat(cfg: &Config) {
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
     let cancel = CancellationToken::new();
+    // WATCHDOG=1 from the start: waiting for containerd or the API server is not a hang.
+    let watchdog = crate::systemd::spawn_watchdog(cancel.clone());
     tokio::fs::create_dir_all(cfg.root_dir.join("pods")).await?;
     // For `rkubelet reset`, after kubeadm reset has removed the flags that named the node.
     tokio::fs::write(cfg.root_dir.join(crate::reset::NODE_NAME_FILE), &cfg.node_name).await?;
@@ -264,7 +268,6 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     // systemd: READY=1 once the pods are adopted and (joined) the node registered;
     // STATUS= lines as readiness and the pod count change; watchdog pings.
     let notifier = crate::systemd::Notifier::default();
-    let watchdog = crate::systemd::spawn_watchdog(cancel.clone());
     let status_line = |manager: &Manager| match &node_state {
         Some((r, uid)) => crate::systemd::status_line(Some((&r.borrow(), uid.borrow().is_some())), manager.pod_count()),
         None => crate::systemd::status_line(None, manager.pod_count()),
@@ -284,6 +287,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     }
     let mut status_tick = tokio::time::interval(Duration::from_secs(2));
     status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Graceful node shutdown: logind's inhibitor lock, and the active pods when it fires.
+    let (shutdown_tx, mut shutdown_rx) = mpsc::channel::<crate::shutdown::PodsRequest>(1);
+    let shutdown_task = (!cfg.shutdown_groups.is_empty()).then(|| {
+        let args = (ctx.shutdown.clone(), cfg.shutdown_groups.clone(), ctx.recorder.clone(), cfg.node_name.clone());
+        tokio::spawn(crate::shutdown::run(args.0, args.1, args.2, args.3, shutdown_tx, cancel.clone()))
+    });
 
     loop {
         let mut changed = false;
@@ -314,6 +323,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
                 if r.is_ok() { changed = true; }
             }
             Some(ev) = ev_rx.recv() => manager.on_task_event(&ev),
+            Some(reply) = shutdown_rx.recv() => {
+                let _ = reply.send(manager.active_pods());
+            }
             _ = manager.reap() => {}
         }
         if changed {
@@ -337,7 +349,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     }
     crate::systemd::notify(&["STOPPING=1", "STATUS=Stopping; pods keep running"]);
     cancel.cancel();
-    for t in api_tasks.into_iter().chain(server_tasks).chain(watchdog) {
+    for t in api_tasks.into_iter().chain(server_tasks).chain(watchdog).chain(shutdown_task) {
         let _ = t.await;
     }
     manager.drain().await;
@@ -500,19 +512,20 @@ fn start_api(
     let machine = MachineInfo::read(&cfg.root_dir, runtime_version);
     let mut opts = node_options(cfg, machine.memory_bytes);
     opts.eviction_nodefs_fraction = cfg.eviction_nodefs_fraction(machine.ephemeral_storage_bytes);
-    let (ready_tx, ready_rx) = tokio::sync::watch::channel(Readiness { runtime_ok: true, network_error: Some(crate::api::node::NOT_CHECKED.into()) });
+    let (ready_tx, ready_rx) = tokio::sync::watch::channel(Readiness { runtime_ok: true, network_error: Some(crate::api::node::NOT_CHECKED.into()), shutting_down: false });
     let (uid_tx, uid_rx) = tokio::sync::watch::channel(None);
     let (readiness, node_uid) = (ready_rx.clone(), uid_rx.clone());
     let mut tasks = Vec::new();
     // Runtime and network readiness, re-checked every few seconds (upstream: 5 s).
     {
-        let (cni, channel, cancel) = (ctx.cni.clone(), channel.clone(), cancel.clone());
+        let (cni, channel, cancel, shutdown) = (ctx.cni.clone(), channel.clone(), cancel.clone(), ctx.shutdown.clone());
         tasks.push(tokio::spawn(async move {
             loop {
                 let runtime_ok = crate::runtime::version(&channel).await.is_ok();
                 let network_error = cni.status().err().map(|e| e.to_string());
+                let shutting_down = shutdown.shutting_down();
                 ready_tx.send_if_modified(|r| {
-                    let new = Readiness { runtime_ok, network_error };
+                    let new = Readiness { runtime_ok, network_error, shutting_down };
                     let changed = *r != new;
                     *r = new;
                     changed

@@ -294,9 +294,9 @@ pub const SETTINGS: &[Setting] = &[
     both("eviction-minimum-reclaim", "evictionMinimumReclaim", Map, ZERO),
     flag("experimental-allocatable-ignore-eviction", Bool, ZERO),
     // Lifecycle.
-    field("shutdownGracePeriod", Duration, ZERO),
-    field("shutdownGracePeriodCriticalPods", Duration, ZERO),
-    field("shutdownGracePeriodByPodPriority", Object, ZERO),
+    field("shutdownGracePeriod", Duration, IMPL),
+    field("shutdownGracePeriodCriticalPods", Duration, IMPL),
+    field("shutdownGracePeriodByPodPriority", Object, IMPL),
     // rkubelet's CrashLoopBackOff caps at 5m, upstream's default.
     field("crashLoopBackOff.maxContainerRestartPeriod", Duration, zero_or(&["5m0s"])),
     both("feature-gates", "featureGates", MapBool, ZERO),

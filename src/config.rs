@@ -511,6 +511,9 @@ pub struct Config {
     pub authorization: AuthorizationConfig,
     /// `podPidsLimit` (-1: unlimited).
     pub pod_pids_limit: i64,
+    /// Graceful node shutdown's groups (`shutdownGracePeriodByPodPriority`, or
+    /// the two periods migrated as upstream does); empty: shutdown is immediate.
+    pub shutdown_groups: Vec<crate::kubelet_config::ShutdownGracePeriodByPodPriority>,
     /// `evictionHard`: signal → threshold.
     pub eviction_hard: BTreeMap<String, Threshold>,
     /// `kubeReserved`: resource → quantity.
@@ -732,6 +735,7 @@ impl Config {
             "cgroupDriver": match self.cgroup_driver { CgroupDriver::Cgroupfs => "cgroupfs", CgroupDriver::Systemd => "systemd" },
             "maxPods": self.max_pods,
             "podPidsLimit": self.pod_pids_limit,
+            "shutdownGracePeriodByPodPriority": self.shutdown_groups,
             "resolvConf": self.resolv_conf.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
             "evictionHard": self.eviction_hard.iter().map(|(k, v)| (k.clone(), threshold(v))).collect::<std::collections::BTreeMap<_, _>>(),
             "kubeReserved": self.kube_reserved,
@@ -1045,6 +1049,11 @@ impl Config {
             authentication,
             authorization,
             pod_pids_limit: a.pod_max_pids.or(file.pod_pids_limit).filter(|n| *n >= 0).unwrap_or(-1),
+            shutdown_groups: crate::shutdown::groups(
+                file.shutdown_grace_period.map(|d| d.0).unwrap_or_default(),
+                file.shutdown_grace_period_critical_pods.map(|d| d.0).unwrap_or_default(),
+                file.shutdown_grace_period_by_pod_priority.clone().unwrap_or_default(),
+            ),
             eviction_hard,
             kube_reserved,
             system_reserved,

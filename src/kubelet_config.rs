@@ -154,6 +154,15 @@ pub struct Authorization {
     pub webhook: Option<WebhookAuthorization>,
 }
 
+/// One entry of `shutdownGracePeriodByPodPriority`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShutdownGracePeriodByPodPriority {
+    /// The lowest pod priority of the group.
+    pub priority: i32,
+    pub shutdown_grace_period_seconds: i64,
+}
+
 /// The fields of a v1beta1 KubeletConfiguration that rkubelet reads, and the whole document.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -192,6 +201,12 @@ pub struct KubeletConfiguration {
     pub container_log_max_size: Option<String>,
     pub container_log_max_files: Option<i32>,
     pub pod_pids_limit: Option<i64>,
+    /// Graceful node shutdown: how long the node delays its shutdown for its pods.
+    pub shutdown_grace_period: Option<GoDuration>,
+    /// The part of `shutdownGracePeriod` kept for critical pods.
+    pub shutdown_grace_period_critical_pods: Option<GoDuration>,
+    /// Per-priority shutdown grace periods (replaces the two above when set).
+    pub shutdown_grace_period_by_pod_priority: Option<Vec<ShutdownGracePeriodByPodPriority>>,
     /// Hard eviction thresholds: signal → quantity or percentage (`memory.available: 100Mi`).
     pub eviction_hard: Option<BTreeMap<String, String>>,
     /// Merge upstream's default eviction thresholds under `evictionHard`.

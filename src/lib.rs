@@ -22,5 +22,6 @@ pub mod quantity;
 pub mod reset;
 pub mod runtime;
 pub mod server;
+pub mod shutdown;
 pub mod systemd;
 pub mod volume;

@@ -130,6 +130,8 @@ fn s3_a_disk_empty_dir_over_its_size_limit_evicts_the_pod() {
     let st = p.status.unwrap();
     assert_eq!(st.reason.as_deref(), Some("Evicted"));
     assert_eq!(st.message.as_deref(), Some("Usage of EmptyDir volume \"scratch\" exceeds the limit \"1Mi\". "));
+    let disruption = st.conditions.iter().flatten().find(|c| c.type_ == "DisruptionTarget").expect("a DisruptionTarget condition");
+    assert_eq!((disruption.status.as_str(), disruption.reason.as_deref()), ("True", Some("TerminationByKubelet")));
     assert!(st.container_statuses.unwrap()[0].state.as_ref().unwrap().terminated.is_some(), "the container was killed");
     assert!(agent.events().iter().any(|e| e.reason == "Evicted" && e.type_ == "Warning"));
 }

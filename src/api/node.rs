@@ -42,6 +42,44 @@ pub struct MachineInfo {
     pub kernel_version: String,
     pub os_image: String,
     pub container_runtime_version: String,
+    /// Pre-allocated huge pages by page size: (page size, pool bytes).
+    pub hugepages: Vec<(u64, i64)>,
+}
+
+/// The huge page pools under `dir` (`/sys/kernel/mm/hugepages`):
+/// `hugepages-2048kB/nr_hugepages` → (2 MiB, count × 2 MiB), sorted by size.
+pub fn read_hugepages(dir: &std::path::Path) -> Vec<(u64, i64)> {
+    let mut out: Vec<(u64, i64)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let kb: u64 = name.strip_prefix("hugepages-")?.strip_suffix("kB")?.parse().ok()?;
+            let n: i64 = std::fs::read_to_string(e.path().join("nr_hugepages")).ok()?.trim().parse().ok()?;
+            Some((kb * 1024, n * (kb * 1024) as i64))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// `hugepages-2Mi`, `hugepages-1Gi`: the resource name of a page size.
+pub fn hugepage_resource(page_bytes: u64) -> String {
+    format!("hugepages-{}", binary_quantity(page_bytes as i64))
+}
+
+/// Bytes as a BinarySI quantity in its largest exact unit (`2Mi`, `1Gi`, `0`).
+fn binary_quantity(bytes: i64) -> String {
+    if bytes == 0 {
+        return "0".into();
+    }
+    for (unit, size) in [("Ei", 1i64 << 60), ("Pi", 1 << 50), ("Ti", 1 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)] {
+        if bytes % size == 0 {
+            return format!("{}{unit}", bytes / size);
+        }
+    }
+    bytes.to_string()
 }
 
 fn read_trim(p: &str) -> String {
@@ -79,6 +117,7 @@ impl MachineInfo {
             os_image,
             // containerd reports e.g. 1.6.20~ds1; the kubelet shows containerd://1.6.20.
             container_runtime_version: format!("containerd://{}", runtime_version.split('~').next().unwrap_or(runtime_version)),
+            hugepages: read_hugepages(std::path::Path::new("/sys/kernel/mm/hugepages")),
         }
     }
 }
@@ -113,6 +152,8 @@ pub struct Readiness {
     pub runtime_ok: bool,
     /// None when the network is ready, else the CNI error message.
     pub network_error: Option<String>,
+    /// Graceful node shutdown under way (the Ready condition says so).
+    pub shutting_down: bool,
 }
 
 fn q(s: impl Into<String>) -> Quantity {
@@ -140,7 +181,7 @@ pub fn initial_node(o: &NodeOptions, m: &MachineInfo, host_ip: Option<&str>) -> 
     Node {
         metadata: kube::api::ObjectMeta { name: Some(o.name.clone()), labels: Some(node_labels(o)), annotations: Some(ann), ..Default::default() },
         spec: Some(NodeSpec { taints: (!o.taints.is_empty()).then(|| o.taints.clone()), ..Default::default() }),
-        status: Some(node_status(o, m, host_ip, &Readiness { runtime_ok: true, network_error: Some("initializing".into()) }, None, Utc::now())),
+        status: Some(node_status(o, m, host_ip, &Readiness { runtime_ok: true, network_error: Some("initializing".into()), shutting_down: false }, None, Utc::now())),
     }
 }
 
@@ -161,9 +202,11 @@ fn cond(type_: &str, status: bool, reason: &str, message: &str, prev: Option<&No
     }
 }
 
-/// Allocatable memory in bytes: capacity - reserved - the hard eviction threshold.
+/// Allocatable memory in bytes: capacity - reserved - the hard eviction
+/// threshold - the huge page pools (upstream's MachineInfo setter).
 pub fn allocatable_memory(o: &NodeOptions, m: &MachineInfo) -> i64 {
-    (m.memory_bytes - o.reserved_memory_bytes - o.eviction_memory_bytes).max(0)
+    let huge: i64 = m.hugepages.iter().map(|(_, b)| b).sum();
+    (m.memory_bytes - o.reserved_memory_bytes - o.eviction_memory_bytes - huge).max(0)
 }
 
 /// Bytes as upstream prints a BinarySI memory quantity: `Ki` when it divides, else bytes.
@@ -184,8 +227,12 @@ pub fn node_status(o: &NodeOptions, m: &MachineInfo, host_ip: Option<&str>, r: &
     capacity.insert("memory".to_string(), q(format!("{mem_ki}Ki")));
     capacity.insert("pods".to_string(), q(o.max_pods.to_string()));
     capacity.insert("ephemeral-storage".to_string(), q(format!("{}Ki", m.ephemeral_storage_bytes / 1024)));
+    // The pools the kernel has (cadvisor's machine info); both x86 sizes at least.
     capacity.insert("hugepages-1Gi".to_string(), q("0"));
     capacity.insert("hugepages-2Mi".to_string(), q("0"));
+    for (page, bytes) in &m.hugepages {
+        capacity.insert(hugepage_resource(*page), q(binary_quantity(*bytes)));
+    }
     // Upstream's allocatable: capacity - kubeReserved - systemReserved - hard eviction.
     let mut allocatable = capacity.clone();
     let cpu_milli = (m.cpus as i64 * 1000 - o.reserved_cpu_milli).max(0);
@@ -198,6 +245,12 @@ pub fn node_status(o: &NodeOptions, m: &MachineInfo, host_ip: Option<&str>, r: &
         Some("container runtime is down".to_string())
     } else {
         r.network_error.as_ref().map(|e| format!("container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady message:Network plugin returns error: {e}"))
+    };
+    // The shutdown manager's error joins the others as upstream's aggregate prints them.
+    let ready_msg = match (ready_msg, r.shutting_down) {
+        (Some(m), true) => Some(format!("[{m}, node is shutting down]")),
+        (None, true) => Some("node is shutting down".to_string()),
+        (m, false) => m,
     };
     let conditions = vec![
         cond("MemoryPressure", false, "KubeletHasSufficientMemory", "kubelet has sufficient memory available", prev, now),
@@ -433,7 +486,7 @@ mod tests {
 
     #[test]
     fn capacity_and_allocatable_follow_upstream() {
-        let s = node_status(&opts(), &machine(), Some("192.0.2.7"), &Readiness { runtime_ok: true, network_error: None }, None, t(0));
+        let s = node_status(&opts(), &machine(), Some("192.0.2.7"), &Readiness { runtime_ok: true, network_error: None, shutting_down: false }, None, t(0));
         let cap = s.capacity.unwrap();
         assert_eq!(cap["cpu"].0, "2");
         assert_eq!(cap["memory"].0, "24683656Ki");
@@ -444,7 +497,7 @@ mod tests {
         assert_eq!(s.addresses.unwrap()[0].address, "192.0.2.7");
         assert_eq!(s.daemon_endpoints.unwrap().kubelet_endpoint.unwrap().port, 10250);
         let o = NodeOptions { runtime_handlers: vec!["".into(), "runc".into()], ..opts() };
-        let hs = node_status(&o, &machine(), None, &Readiness { runtime_ok: true, network_error: None }, None, t(0)).runtime_handlers.unwrap();
+        let hs = node_status(&o, &machine(), None, &Readiness { runtime_ok: true, network_error: None, shutting_down: false }, None, t(0)).runtime_handlers.unwrap();
         assert_eq!(hs.iter().map(|h| h.name.clone().unwrap()).collect::<Vec<_>>(), ["", "runc"]);
     }
 
@@ -454,7 +507,7 @@ mod tests {
         o.reserved_cpu_milli = 250;
         o.reserved_memory_bytes = 512 << 20;
         o.reserved_storage_bytes = 1024;
-        let s = node_status(&o, &machine(), None, &Readiness { runtime_ok: true, network_error: None }, None, t(0));
+        let s = node_status(&o, &machine(), None, &Readiness { runtime_ok: true, network_error: None, shutting_down: false }, None, t(0));
         let (cap, alloc) = (s.capacity.unwrap(), s.allocatable.unwrap());
         assert_eq!(cap["cpu"].0, "2", "capacity is untouched");
         assert_eq!(alloc["cpu"].0, "1750m");
@@ -463,8 +516,39 @@ mod tests {
     }
 
     #[test]
+    fn huge_page_pools_are_capacity_and_leave_allocatable_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        for (size, n) in [("2048kB", "3"), ("1048576kB", "0")] {
+            let d = dir.path().join(format!("hugepages-{size}"));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("nr_hugepages"), format!("{n}\n")).unwrap();
+        }
+        std::fs::create_dir_all(dir.path().join("not-a-pool")).unwrap();
+        let pools = read_hugepages(dir.path());
+        assert_eq!(pools, vec![(2 << 20, 6 << 20), (1 << 30, 0)]);
+        let m = MachineInfo { hugepages: pools, ..machine() };
+        let s = node_status(&opts(), &m, None, &Readiness { runtime_ok: true, network_error: None, shutting_down: false }, None, t(0));
+        let cap = s.capacity.unwrap();
+        assert_eq!(cap["hugepages-2Mi"].0, "6Mi");
+        assert_eq!(cap["hugepages-1Gi"].0, "0");
+        let alloc = s.allocatable.unwrap();
+        let plain = node_status(&opts(), &machine(), None, &Readiness { runtime_ok: true, network_error: None, shutting_down: false }, None, t(0)).allocatable.unwrap();
+        let ki = |q: &Quantity| q.0.trim_end_matches("Ki").parse::<i64>().unwrap();
+        assert_eq!(ki(&plain["memory"]) - ki(&alloc["memory"]), 6 * 1024, "the 2Mi pool leaves allocatable memory");
+    }
+
+    #[test]
+    fn a_node_shutting_down_is_not_ready() {
+        let ready = |r: Readiness| node_status(&opts(), &machine(), None, &r, None, t(0)).conditions.unwrap().into_iter().find(|c| c.type_ == "Ready").unwrap();
+        let c = ready(Readiness { runtime_ok: true, network_error: None, shutting_down: true });
+        assert_eq!((c.status.as_str(), c.reason.as_deref(), c.message.as_deref()), ("False", Some("KubeletNotReady"), Some("node is shutting down")));
+        let c = ready(Readiness { runtime_ok: false, network_error: None, shutting_down: true });
+        assert_eq!(c.message.as_deref(), Some("[container runtime is down, node is shutting down]"));
+    }
+
+    #[test]
     fn ready_condition_carries_the_upstream_network_message() {
-        let r = Readiness { runtime_ok: true, network_error: Some("cni plugin not initialized".into()) };
+        let r = Readiness { runtime_ok: true, network_error: Some("cni plugin not initialized".into()), shutting_down: false };
         let s = node_status(&opts(), &machine(), None, &r, None, t(0));
         let ready = s.conditions.unwrap().into_iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!(ready.status, "False");
@@ -477,11 +561,11 @@ mod tests {
 
     #[test]
     fn heartbeats_alone_are_not_a_change_but_transitions_are() {
-        let ok = Readiness { runtime_ok: true, network_error: None };
+        let ok = Readiness { runtime_ok: true, network_error: None, shutting_down: false };
         let a = node_status(&opts(), &machine(), None, &ok, None, t(0));
         let b = node_status(&opts(), &machine(), None, &ok, Some(&a), t(10));
         assert!(!status_changed(&a, &b));
-        let c = node_status(&opts(), &machine(), None, &Readiness { runtime_ok: false, network_error: None }, Some(&b), t(20));
+        let c = node_status(&opts(), &machine(), None, &Readiness { runtime_ok: false, network_error: None, shutting_down: false }, Some(&b), t(20));
         assert!(status_changed(&b, &c));
         let ready = c.conditions.unwrap().into_iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!(ready.last_transition_time, Some(crate::pod::k8s_time(t(20))));
@@ -489,8 +573,8 @@ mod tests {
 
     #[test]
     fn node_events_follow_upstream_setters() {
-        let ok = Readiness { runtime_ok: true, network_error: None };
-        let not_ready = Readiness { runtime_ok: true, network_error: Some("no conf".into()) };
+        let ok = Readiness { runtime_ok: true, network_error: None, shutting_down: false };
+        let not_ready = Readiness { runtime_ok: true, network_error: Some("no conf".into()), shutting_down: false };
         let first = node_status(&opts(), &machine(), None, &not_ready, None, t(0));
         assert_eq!(condition_events(None, &first), vec!["NodeHasSufficientMemory", "NodeHasNoDiskPressure", "NodeHasSufficientPID"], "a new Ready condition is no event");
         let ready = node_status(&opts(), &machine(), None, &ok, Some(&first), t(1));
@@ -508,7 +592,7 @@ mod tests {
         assert_eq!(l["kubernetes.io/hostname"], "n1");
         assert_eq!(l["kubernetes.io/os"], "linux");
         assert_eq!(l["role"], "edge");
-        let s = node_status(&o, &machine(), None, &Readiness { runtime_ok: true, network_error: None }, None, t(0));
+        let s = node_status(&o, &machine(), None, &Readiness { runtime_ok: true, network_error: None, shutting_down: false }, None, t(0));
         let p = status_patch(&s);
         assert_eq!(p["status"]["$setElementOrder/conditions"][3]["type"], "Ready");
     }

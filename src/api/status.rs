@@ -74,7 +74,7 @@ pub fn is_api_pod(pod: &Pod) -> bool {
 pub fn status_patch(uid: &str, status: &PodStatus, gone: &[String]) -> serde_json::Value {
     let mut status = status.clone();
     if let Some(cs) = status.conditions.as_mut() {
-        cs.retain(|c| crate::pod::status::kubelet_owned(&c.type_));
+        cs.retain(crate::pod::status::sent_by_kubelet);
     }
     let mut v = serde_json::to_value(&status).unwrap_or(json!({}));
     if let (Some(o), Some(conds)) = (v.as_object_mut(), status.conditions.as_ref()) {

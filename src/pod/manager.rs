@@ -60,6 +60,8 @@ pub struct Context {
     pub allocated: Mutex<HashMap<String, (i64, i64, crate::cgroups::QosClass)>>,
     /// Pod-level and QoS cgroups (cgroupfs or systemd driver).
     pub cgroups: Arc<crate::cgroups::pods::PodCgroups>,
+    /// Graceful node shutdown: which pods must stop now (`shutdown`).
+    pub shutdown: Arc<crate::shutdown::ShutdownState>,
 }
 
 #[derive(Default)]
@@ -218,6 +220,11 @@ impl Manager {
                     }
                 }
                 None => {
+                    if pod.metadata.deletion_timestamp.is_none() && self.ctx.shutdown.shutting_down() {
+                        let r = super::admission::Rejection { reason: crate::shutdown::NOT_ADMITTED_REASON.into(), message: crate::shutdown::NOT_ADMITTED_MESSAGE.into() };
+                        self.reject(&uid, &pod, r);
+                        continue;
+                    }
                     if pod.metadata.deletion_timestamp.is_none() {
                         let admitted: Vec<Arc<Pod>> = self.workers.values().filter_map(|h| h.tx.borrow().clone()).filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
                         let refs: Vec<&Pod> = admitted.iter().map(|p| p.as_ref()).collect();
@@ -348,6 +355,11 @@ impl Manager {
     }
 
     /// Number of pods with a live desired spec.
+    /// The pods with a worker and a spec (graceful node shutdown stops them).
+    pub fn active_pods(&self) -> Vec<crate::shutdown::ActivePod> {
+        self.workers.iter().filter_map(|(uid, h)| h.tx.borrow().clone().map(|p| (uid.clone(), p, h.notify.clone()))).collect()
+    }
+
     pub fn pod_count(&self) -> usize {
         self.workers.values().filter(|h| h.tx.borrow().is_some()).count()
     }

@@ -142,6 +142,17 @@ fn condition(prev: Option<&PodStatus>, type_: &str, ok: bool, reason: Option<Str
 /// The condition types the kubelet sets; any other condition belongs to someone else.
 pub const KUBELET_CONDITIONS: &[&str] = &["PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady", "PodScheduled"];
 
+/// The condition of a pod the kubelet (or another component) is disrupting.
+pub const DISRUPTION_TARGET: &str = "DisruptionTarget";
+/// Its reason when the kubelet evicts the pod or stops it for the node's shutdown.
+pub const TERMINATION_BY_KUBELET: &str = "TerminationByKubelet";
+
+/// Whether the kubelet sends this condition in its status patches: the ones it
+/// owns, and a DisruptionTarget it set itself.
+pub fn sent_by_kubelet(c: &PodCondition) -> bool {
+    kubelet_owned(&c.type_) || (c.type_ == DISRUPTION_TARGET && c.reason.as_deref() == Some(TERMINATION_BY_KUBELET))
+}
+
 /// Whether the kubelet owns a condition type: [`KUBELET_CONDITIONS`] and the resize
 /// conditions, which come and go (and carry their own observedGeneration).
 pub fn kubelet_owned(type_: &str) -> bool {
@@ -488,6 +499,15 @@ mod tests {
         assert_eq!(s.phase.as_deref(), Some("Pending"));
         let cs = &s.container_statuses.as_ref().unwrap()[0];
         assert_eq!(cs.state.as_ref().unwrap().waiting.as_ref().unwrap().reason.as_deref(), Some("ErrImagePull"));
+    }
+
+    #[test]
+    fn the_kubelet_sends_its_own_disruption_target_only() {
+        let c = |t: &str, r: Option<&str>| PodCondition { type_: t.into(), status: "True".into(), reason: r.map(String::from), ..Default::default() };
+        assert!(sent_by_kubelet(&c("Ready", None)));
+        assert!(sent_by_kubelet(&c(DISRUPTION_TARGET, Some(TERMINATION_BY_KUBELET))));
+        assert!(!sent_by_kubelet(&c(DISRUPTION_TARGET, Some("EvictionByEvictionAPI"))), "another component's: left to it");
+        assert!(!sent_by_kubelet(&c("example.com/gate", None)));
     }
 
     #[test]

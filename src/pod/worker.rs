@@ -375,6 +375,12 @@ impl Worker {
             pinned = Some("Failed".into());
             pod_reason = Some((reason::EVICTED, msg));
         }
+        // Graceful node shutdown: this pod's group is being stopped.
+        let shutdown_grace = self.ctx.shutdown.order(&self.uid);
+        if let (Some(_), None) = (shutdown_grace, pinned.as_ref()) {
+            pinned = Some("Failed".into());
+            pod_reason = Some((crate::shutdown::REASON, crate::shutdown::MESSAGE));
+        }
         if let (Some(deadline), None) = (self.active_deadline(pod), pinned.as_ref()) {
             if now() >= deadline {
                 self.ctx.recorder.warning(pod, None, reason::DEADLINE_EXCEEDED, DEADLINE_MESSAGE);
@@ -409,6 +415,8 @@ impl Worker {
                     // An eviction for local storage kills at once (upstream: grace period 0).
                     let evicting = pod_reason.map(|(r, _)| r == reason::EVICTED).unwrap_or(false);
                     let grace = if evicting { 1 } else { spec.termination_grace_period_seconds.unwrap_or(30).clamp(1, 300) as u64 };
+                    // Node shutdown: the group's grace period (or the pod's own, when shorter).
+                    let grace = shutdown_grace.map(|g| g.as_secs().max(1)).unwrap_or(grace);
                     self.kill_pod_containers(pod, &records, Duration::from_secs(grace)).await;
                     self.stop_sandbox(&records, &sb.id).await;
                 }
@@ -421,6 +429,9 @@ impl Worker {
                 self.unregister_objects();
                 self.unpublish_allocation();
                 self.write_status_with_phase(pod, sb.as_ref(), &instances, pinned.as_deref(), pod_reason)?;
+                if shutdown_grace.is_some() {
+                    self.ctx.shutdown.stopped(&self.uid);
+                }
                 return Ok(None);
             }
 
@@ -781,6 +792,25 @@ impl Worker {
         if let Some(p) = phase {
             status.phase = Some(p.to_string());
             let before = self.last_status.as_ref().or(pod.status.as_ref()).filter(|s| s.phase.as_deref() == Some(p));
+            // The kubelet's own disruptions (eviction, node shutdown) mark the pod
+            // as upstream does: DisruptionTarget, TerminationByKubelet; kept on
+            // later reports of the pinned phase.
+            let ours = |c: &&k8s_openapi::api::core::v1::PodCondition| c.type_ == super::status::DISRUPTION_TARGET && c.reason.as_deref() == Some(super::status::TERMINATION_BY_KUBELET);
+            let kept = before.and_then(|s| s.conditions.as_ref()).and_then(|cs| cs.iter().find(ours)).cloned();
+            let fresh = pod_reason.filter(|(r, _)| *r == reason::EVICTED || *r == crate::shutdown::REASON).map(|(_, m)| k8s_openapi::api::core::v1::PodCondition {
+                type_: super::status::DISRUPTION_TARGET.into(),
+                status: "True".into(),
+                reason: Some(super::status::TERMINATION_BY_KUBELET.into()),
+                message: Some(m.to_string()),
+                last_transition_time: Some(super::k8s_time(now())),
+                ..Default::default()
+            });
+            if let Some(c) = kept.or(fresh) {
+                let conds = status.conditions.get_or_insert_with(Vec::new);
+                if !conds.iter().any(|x| x.type_ == super::status::DISRUPTION_TARGET) {
+                    conds.push(c);
+                }
+            }
             match pod_reason {
                 Some((r, m)) => (status.reason, status.message) = (Some(r.into()), Some(m.into())),
                 None => (status.reason, status.message) = (before.and_then(|s| s.reason.clone()), before.and_then(|s| s.message.clone())),
@@ -1387,6 +1417,7 @@ impl Worker {
             all_capabilities: &self.ctx.capabilities,
             devices: if privileged { spec::host_devices() } else { Vec::new() },
             target_pid,
+            oom_group: !crate::cgroups::uses_v1(),
         })
         .map_err(|e| e.to_string())?;
         let stop = img

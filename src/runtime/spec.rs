@@ -142,6 +142,9 @@ pub struct ContainerInput<'a> {
     /// Another container's process, whose PID namespace this one joins (an
     /// ephemeral container's `targetContainerName`).
     pub target_pid: Option<u32>,
+    /// cgroup v2 `memory.oom.group=1`: an OOM kill takes the whole container, as
+    /// upstream sets it on v2 unless `singleProcessOOMKill`.
+    pub oom_group: bool,
 }
 
 fn caps(names: &[String]) -> Result<std::collections::HashSet<Capability>> {
@@ -493,6 +496,9 @@ pub fn container_spec(i: &ContainerInput<'_>) -> Result<Spec> {
     if let Some(m) = mem_limit {
         resources = resources.memory(LinuxMemoryBuilder::default().limit(m).build()?);
     }
+    if i.oom_group {
+        resources = resources.unified(std::collections::HashMap::from([("memory.oom.group".to_string(), "1".to_string())]));
+    }
     let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .cgroups_path(PathBuf::from(&i.cgroups_path))
@@ -717,6 +723,7 @@ mod tests {
             all_capabilities: &[],
             devices: vec![],
             target_pid: None,
+            oom_group: true,
         })
         .unwrap();
         let v = serde_json::to_value(&spec).unwrap();
@@ -726,6 +733,7 @@ mod tests {
         assert_eq!(v["linux"]["resources"]["memory"]["limit"], 64 * 1024 * 1024);
         assert_eq!(v["linux"]["resources"]["cpu"]["quota"], 25_000);
         assert_eq!(v["linux"]["resources"]["cpu"]["shares"], 256);
+        assert_eq!(v["linux"]["resources"]["unified"]["memory.oom.group"], "1", "cgroup v2: the whole container goes on OOM");
         assert_eq!(v["root"]["readonly"], true);
         assert_eq!(v["process"]["noNewPrivileges"], true);
         assert_eq!(v["process"]["user"]["uid"], 1000);
@@ -761,12 +769,14 @@ mod tests {
             all_capabilities: &[],
             devices,
             target_pid: None,
+            oom_group: false,
             }
         }
         let types = |v: &serde_json::Value| v["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].as_str().unwrap().to_string()).collect::<Vec<_>>();
         let plain = ctr(Some(&["/bin/sh"]), None);
         let v = serde_json::to_value(container_spec(&input(&pod, &plain, &img, vec![])).unwrap()).unwrap();
         assert!(!types(&v).contains(&"pid".to_string()) && !types(&v).contains(&"ipc".to_string()), "hostPID/hostIPC: {:?}", types(&v));
+        assert!(v["linux"]["resources"].get("unified").is_none(), "cgroup v1: no unified resources");
         assert!(v["linux"]["maskedPaths"].as_array().is_some_and(|m| !m.is_empty()));
         let sandbox = sandbox_spec(&SandboxInput { pod: &pod, image: &img, netns: None, hostname: "h", cgroups_path: "/x".into(), oom_score_adj: -998 }).unwrap();
         assert_eq!(types(&serde_json::to_value(&sandbox).unwrap()), ["mount"], "the pause container in the host's pid, ipc and network namespaces");
