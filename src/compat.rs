@@ -268,7 +268,7 @@ pub const SETTINGS: &[Setting] = &[
     both("qos-reserved", "qosReserved", Map, ZERO),
     both("reserved-cpus", "reservedSystemCPUs", Str, ZERO),
     // rkubelet sets no memory.oom.group: one OOM kill takes one process.
-    field("singleProcessOOMKill", Bool, only(&["true"])),
+    field("singleProcessOOMKill", Bool, IMPL),
     field("memoryThrottlingFactor", Float, ZERO),
     field("memoryReservationPolicy", Str, zero_or(&["None"])),
     both("fail-swap-on", "failSwapOn", Bool, Support::NotImplemented(Same::ZeroOrNoSwap)),
@@ -755,11 +755,11 @@ mod tests {
             Some(&doc(
                 "evictionSoft: {memory.available: 1.5Gi}\ncpuManagerPolicy: none\ncgroupsPerQOS: true\nmemoryManagerPolicy: None\nfailSwapOn: true\n\
                  imageGCHighThresholdPercent: 90\nfeatureGates: {Foo: true}\nlogging: {format: json, verbosity: 4}\ncrashLoopBackOff: {maxContainerRestartPeriod: 5m}\n\
-                 enforceNodeAllocatable: [pods]\nsingleProcessOOMKill: false\nmemorySwap: {swapBehavior: LimitedSwap}\nmaxPods: 10\n",
+                 enforceNodeAllocatable: [pods]\nsingleProcessOOMKill: true\nmemorySwap: {swapBehavior: LimitedSwap}\nmaxPods: 10\n",
             )),
             &h,
         );
-        assert_eq!(r.not_implemented, vec!["imageGCHighThresholdPercent", "singleProcessOOMKill", "evictionSoft", "featureGates", "logging.verbosity"]);
+        assert_eq!(r.not_implemented, vec!["imageGCHighThresholdPercent", "evictionSoft", "featureGates", "logging.verbosity"]);
         let r = report(&[], Some(&doc("enforceNodeAllocatable: []\ncgroupsPerQOS: false\nevictionSoft: {}\n")), &h);
         assert_eq!(r.not_implemented, vec!["cgroupsPerQOS", "enforceNodeAllocatable"]);
     }

@@ -511,6 +511,8 @@ pub struct Config {
     pub authorization: AuthorizationConfig,
     /// `podPidsLimit` (-1: unlimited).
     pub pod_pids_limit: i64,
+    /// `singleProcessOOMKill` (default: true on cgroup v1, false on v2).
+    pub single_process_oom_kill: bool,
     /// Graceful node shutdown's groups (`shutdownGracePeriodByPodPriority`, or
     /// the two periods migrated as upstream does); empty: shutdown is immediate.
     pub shutdown_groups: Vec<crate::kubelet_config::ShutdownGracePeriodByPodPriority>,
@@ -735,6 +737,7 @@ impl Config {
             "cgroupDriver": match self.cgroup_driver { CgroupDriver::Cgroupfs => "cgroupfs", CgroupDriver::Systemd => "systemd" },
             "maxPods": self.max_pods,
             "podPidsLimit": self.pod_pids_limit,
+            "singleProcessOOMKill": self.single_process_oom_kill,
             "shutdownGracePeriodByPodPriority": self.shutdown_groups,
             "resolvConf": self.resolv_conf.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
             "evictionHard": self.eviction_hard.iter().map(|(k, v)| (k.clone(), threshold(v))).collect::<std::collections::BTreeMap<_, _>>(),
@@ -843,6 +846,10 @@ impl Config {
         let container_log_max_files = a.container_log_max_files.or(file.container_log_max_files.map(|v| v.max(0) as u32)).unwrap_or(5);
         if container_log_max_files < 2 {
             return Err(ConfigError::Invalid { field: "containerLogMaxFiles".into(), value: container_log_max_files.to_string(), message: "must be at least 2".into() });
+        }
+        // Upstream's validation: only cgroup v2 can kill a whole container on OOM.
+        if file.single_process_oom_kill == Some(false) && crate::cgroups::uses_v1() {
+            return Err(ConfigError::Invalid { field: "singleProcessOOMKill".into(), value: "false".into(), message: "must not be explicitly set to false when using cgroup v1".into() });
         }
         let max_pods = match (a.max_pods, non_zero(file.max_pods)) {
             (Some(n), _) => n,
@@ -1049,6 +1056,7 @@ impl Config {
             authentication,
             authorization,
             pod_pids_limit: a.pod_max_pids.or(file.pod_pids_limit).filter(|n| *n >= 0).unwrap_or(-1),
+            single_process_oom_kill: file.single_process_oom_kill.unwrap_or_else(crate::cgroups::uses_v1),
             shutdown_groups: crate::shutdown::groups(
                 file.shutdown_grace_period.map(|d| d.0).unwrap_or_default(),
                 file.shutdown_grace_period_critical_pods.map(|d| d.0).unwrap_or_default(),
@@ -1258,6 +1266,23 @@ mod tests {
         assert_eq!(c.max_pods, 110);
         assert_eq!(c.sync_frequency, Duration::from_secs(60));
         assert_eq!((c.node_status_update_frequency, c.node_status_report_frequency), (Duration::from_secs(10), Duration::from_secs(300)));
+    }
+
+    #[test]
+    fn shutdown_periods_and_the_oom_kill_scope_come_from_the_file() {
+        let c = with_file("shutdown", &format!("{HEAD}shutdownGracePeriod: 30s\nshutdownGracePeriodCriticalPods: 10s\nsingleProcessOOMKill: true\n"), &[]).unwrap();
+        let secs: Vec<(i32, i64)> = c.shutdown_groups.iter().map(|g| (g.priority, g.shutdown_grace_period_seconds)).collect();
+        assert_eq!(secs, vec![(0, 20), (crate::shutdown::SYSTEM_CRITICAL_PRIORITY, 10)]);
+        assert!(c.single_process_oom_kill);
+        let c = with_file("noshutdown", HEAD, &[]).unwrap();
+        assert!(c.shutdown_groups.is_empty(), "no period: shutdown is immediate");
+        assert_eq!(c.single_process_oom_kill, crate::cgroups::uses_v1(), "upstream's default: group kills on v2");
+        let r = with_file("oomv1", &format!("{HEAD}singleProcessOOMKill: false\n"), &[]);
+        if crate::cgroups::uses_v1() {
+            assert!(r.unwrap_err().to_string().contains("must not be explicitly set to false when using cgroup v1"));
+        } else {
+            assert!(!r.unwrap().single_process_oom_kill);
+        }
     }
 
     #[test]

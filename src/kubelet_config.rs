@@ -201,6 +201,9 @@ pub struct KubeletConfiguration {
     pub container_log_max_size: Option<String>,
     pub container_log_max_files: Option<i32>,
     pub pod_pids_limit: Option<i64>,
+    /// cgroup v2: kill only the process the OOM killer picks, not the container.
+    #[serde(rename = "singleProcessOOMKill")]
+    pub single_process_oom_kill: Option<bool>,
     /// Graceful node shutdown: how long the node delays its shutdown for its pods.
     pub shutdown_grace_period: Option<GoDuration>,
     /// The part of `shutdownGracePeriod` kept for critical pods.
