@@ -17,7 +17,7 @@
 #
 # Environment:
 #   RK_VM_CHECKS     checks to run, space-separated (default: all; see checks.sh)
-#   RK_VM_TIMEOUT    seconds the whole boot + checks may take (default 420)
+#   RK_VM_TIMEOUT    seconds the whole boot + checks may take (default 720)
 #   RK_VM_SMP        guest CPUs (default 2), RK_VM_MEM guest MiB (default 2048)
 #   RK_VM_CACHE      image cache (default /var/cache/rkubelet-vm)
 #   RK_VM_MIRROR     Debian mirror for the image build (default: the host's apt source)
@@ -37,7 +37,7 @@ require_root
 export PATH="${HOME:-/root}/.cargo/bin:$PATH"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/rkubelet-target}"
 CACHE="${RK_VM_CACHE:-/var/cache/rkubelet-vm}"
-TIMEOUT="${RK_VM_TIMEOUT:-420}"
+TIMEOUT="${RK_VM_TIMEOUT:-720}"
 SMP="${RK_VM_SMP:-2}"
 MEM="${RK_VM_MEM:-2048}"
 PACKAGES=(qemu-system-x86 debootstrap e2fsprogs umoci skopeo jq busybox-static catatonit)
@@ -184,8 +184,38 @@ timed_out=0
 boot "$SHARE" "$LAST/console.log" || timed_out=1
 cp -a "$SHARE/out/." "$SCRATCH/qemu.log" "$LAST/" 2>/dev/null || true
 
+# graceful-shutdown, read here after the poweroff: the guest's last check
+# (shutdown-prepare) left two pods writing markers on SIGTERM. The poweroff
+# must have stopped vm-low (priority 0; 3 s to exit) first and vm-crit
+# (critical) only after it, all within shutdownGracePeriod (15 s), with the
+# agent releasing its inhibitor lock at the end.
+graceful_shutdown() {
+    local m="$LAST/shutdown-markers" t
+    [ -f "$m" ] || { echo "no markers ($m)"; return 1; }
+    t() { awk -v k="$1 $2" '$1 " " $2 == k { print $3; exit }' "$m"; }
+    local low_term low_exit crit_term
+    low_term="$(t vm-low term)" low_exit="$(t vm-low exit)" crit_term="$(t vm-crit term)"
+    [ -n "$low_term" ] && [ -n "$low_exit" ] && [ -n "$crit_term" ] || { echo "markers: $(tr '\n' ' ' <"$m")"; return 1; }
+    awk -v a="$low_exit" -v b="$crit_term" 'BEGIN { exit !(b >= a) }' ||
+        { echo "vm-crit got SIGTERM at $crit_term, before vm-low exited at $low_exit"; return 1; }
+    awk -v a="$low_term" -v b="$crit_term" 'BEGIN { exit !(b - a <= 15) }' ||
+        { echo "vm-low term $low_term to vm-crit term $crit_term: over the 15 s shutdownGracePeriod"; return 1; }
+    grep -q 'Shutdown manager completed processing shutdown event' "$LAST/console.log" ||
+        { echo "the agent did not report the end of its shutdown processing (console)"; return 1; }
+    echo "vm-low term $low_term exit $low_exit, vm-crit term $crit_term (guest uptime, s)"
+}
+if grep -q '^PASS shutdown-prepare' "$LAST/run.log" 2>/dev/null; then
+    if detail="$(graceful_shutdown)"; then
+        echo "[vm-checks] graceful shutdown: $detail" >>"$LAST/run.log"
+        echo "PASS graceful-shutdown" >>"$LAST/run.log"
+    else
+        echo "FAIL graceful-shutdown: $detail" >>"$LAST/run.log"
+    fi
+fi
 if [ -f "$LAST/run.log" ]; then
     cat "$LAST/run.log"
+    # The bench check's figures, for scripts/bench.sh.
+    grep '^\[vm-bench\] ' "$LAST/run.log" >"$LAST/bench.txt" || rm -f "$LAST/bench.txt"
 fi
 rc="$(cat "$LAST/run.rc" 2>/dev/null || echo none)"
 failed="$(grep -c '^FAIL ' "$LAST/run.log" 2>/dev/null || true)"

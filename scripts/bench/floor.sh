@@ -24,6 +24,9 @@
 #   FLOOR_CNI_PATH  CNI plugin directories, colon separated
 #   FLOOR_DIR       state directory (CNI results, app logs, error output)
 #   FLOOR_PAUSE_IMAGE, FLOOR_APP_IMAGE
+#   FLOOR_SYSTEMD   1: runc's systemd cgroup driver, each container a
+#                   transient scope system.slice/benchfloor-<name>.scope
+#                   (the agent's systemd driver does the same through runc)
 # IDs must start with FLOOR_PREFIX (benchfloor-); they name the netns and,
 # with -pause / -app appended, the containers.
 
@@ -75,6 +78,11 @@ floor_cni() {
 # at the first failing step. Keep this free of helper processes.
 floor_pod_up() {
     local id="$1" i conf result="" pid=""
+    local -a cg_pause=() cg_app=()
+    if [ "${FLOOR_SYSTEMD:-0}" = 1 ]; then
+        cg_pause=(--runc-systemd-cgroup --cgroup "system.slice:benchfloor:$id-pause")
+        cg_app=(--runc-systemd-cgroup --cgroup "system.slice:benchfloor:$id-app")
+    fi
     ip netns add "$id" || { echo "floor $id: ip netns add failed" >&2; return 1; }
     floor_cni ADD "$id" lo "$FLOOR_LO_BIN" "$FLOOR_LO_CONF" >/dev/null ||
         { echo "floor $id: loopback ADD failed" >&2; return 1; }
@@ -87,7 +95,7 @@ floor_pod_up() {
             { echo "floor $id: ${FLOOR_PLUGIN_BIN[i]##*/} ADD failed: $result" >&2; return 1; }
     done
     printf '%s\n' "$result" >"$FLOOR_DIR/$id.cni.json"
-    ctr -n "$FLOOR_NS" run -d --null-io --with-ns "network:/var/run/netns/$id" \
+    ctr -n "$FLOOR_NS" run -d --null-io --with-ns "network:/var/run/netns/$id" "${cg_pause[@]}" \
         "$FLOOR_PAUSE_IMAGE" "$id-pause" /pause -P >/dev/null ||
         { echo "floor $id: ctr run pause failed" >&2; return 1; }
     if [ -r "$FLOOR_TASK_DIR/$FLOOR_NS/$id-pause/init.pid" ]; then
@@ -99,7 +107,7 @@ floor_pod_up() {
     [[ "$pid" =~ ^[0-9]+$ ]] || { echo "floor $id: no PID for the pause task" >&2; return 1; }
     ctr -n "$FLOOR_NS" run -d --log-uri "file://$FLOOR_DIR/$id-app.log" \
         --with-ns "network:/proc/$pid/ns/net" --with-ns "ipc:/proc/$pid/ns/ipc" \
-        --with-ns "uts:/proc/$pid/ns/uts" \
+        --with-ns "uts:/proc/$pid/ns/uts" "${cg_app[@]}" \
         "$FLOOR_APP_IMAGE" "$id-app" sleep 3600 >/dev/null ||
         { echo "floor $id: ctr run app failed" >&2; return 1; }
 }

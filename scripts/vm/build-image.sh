@@ -26,7 +26,7 @@ SUITE=bookworm
 IMAGE_SIZE=3G
 GUEST_PACKAGES=(
     systemd systemd-sysv udev dbus kmod procps iproute2 iptables
-    containerd runc containernetworking-plugins busybox-static initramfs-tools
+    containerd runc containernetworking-plugins busybox-static initramfs-tools curl jq
 )
 # What the initrd needs to mount the root disk and the host share.
 INITRD_MODULES=(virtio_pci virtio_blk virtio_console ext4 9pnet_virtio 9p)

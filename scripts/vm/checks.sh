@@ -21,9 +21,8 @@ SHARE="${1:?usage: checks.sh SHARE}"
 . "$SHARE/repo/scripts/lib.sh"
 RK_LOG_TAG=vm-checks
 
-CHECKS=(environment unit-active pod-running pod-cgroup restart-keeps-pods stop-start-adopts reset-cleans-up)
-# Known to fail today; run with RK_VM_CHECKS=systemd-driver (see scripts/README.md).
-OPT_IN_CHECKS=(systemd-driver)
+CHECKS=(environment unit-active pod-running pod-cgroup restart-keeps-pods stop-start-adopts systemd-driver driver-mismatch stats-v2 watchdog reset-cleans-up bench shutdown-prepare)
+OPT_IN_CHECKS=()
 ROOT_DIR=/var/lib/rkubelet
 MANIFEST=/etc/kubernetes/manifests/vm-web.yaml
 KUBECONFIG_FILE=/etc/kubernetes/kubelet.conf
@@ -111,6 +110,16 @@ mounts_under_root() {
     awk -v r="$ROOT_DIR" '$5 == r || index($5, r "/") == 1 { print $5 }' /proc/self/mountinfo
 }
 
+# static_pod NAME TERMINATION_GRACE CONTAINER COMMAND [SPEC_LINES] [CONTAINER_LINES]:
+# a one-container busybox pod manifest on stdout; COMMAND is a YAML flow list,
+# the optional lines (already indented) go into spec and the container.
+static_pod() {
+    printf 'apiVersion: v1\nkind: Pod\nmetadata:\n  name: %s\n  namespace: default\nspec:\n  terminationGracePeriodSeconds: %s\n' "$1" "$2"
+    [ -z "${5:-}" ] || printf '%s\n' "$5"
+    printf '  containers:\n  - name: %s\n    image: %s\n    imagePullPolicy: Never\n    command: %s\n' "$3" "$BUSYBOX_REF" "$4"
+    [ -z "${6:-}" ] || printf '%s\n' "$6"
+}
+
 # --- set-up --------------------------------------------------------------------------
 setup() {
     log "set-up: install.sh --binary $SHARE/rkubelet"
@@ -135,20 +144,7 @@ EOF
         timeout 60 ctr -n "$NS" images import "$SHARE/images/$img.tar" >/dev/null ||
             fail_with "ctr images import $img.tar failed" || return 1
     done
-    cat >"$MANIFEST" <<EOF
-apiVersion: v1
-kind: Pod
-metadata:
-  name: vm-web
-  namespace: default
-spec:
-  terminationGracePeriodSeconds: 2
-  containers:
-  - name: web
-    image: $BUSYBOX_REF
-    imagePullPolicy: Never
-    command: ["/bin/httpd", "-f", "-p", "8080", "-h", "/etc"]
-EOF
+    static_pod vm-web 2 web '["/bin/httpd", "-f", "-p", "8080", "-h", "/etc"]' >"$MANIFEST"
     systemctl start kubelet.service || fail_with "systemctl start kubelet failed" || return 1
 }
 
@@ -243,7 +239,7 @@ reset_ran() {
 # kubeconfig. rkubelet-reset.path starts rkubelet-reset.service, which removes
 # the pods: no containers, pod cgroups, mounts under the root dir, netns or IPs left.
 check_reset_cleans_up() {
-    wait_for "pod vm-web Running" "$POD_WAIT" pod_running || fail_with "pod not running before the reset" || return 1
+    wait_for "a pod Running" "$POD_WAIT" some_pod_running || fail_with "no pod running before the reset" || return 1
     [ "$(systemctl is-active rkubelet-reset.path)" = active ] || fail_with "rkubelet-reset.path is $(systemctl is-active rkubelet-reset.path)" || return 1
     timeout 120 systemctl stop kubelet.service || fail_with "systemctl stop kubelet failed" || return 1
     # kubeadm join would have written it; its creation starts the service too,
@@ -272,22 +268,353 @@ check_reset_cleans_up() {
     [ "${#left[@]}" -eq 0 ] || fail_with "left behind: ${left[*]}"
 }
 
-# systemd-driver (NOT in the default list: fails today, see scripts/README.md):
-# with --cgroup-driver=systemd, as kubeadm configures nodes, a new pod's
-# containers must land in systemd's kubepods.slice hierarchy
-# (kubepods-besteffort-pod<uid>.slice), not in /kubepods.
+# A pod manifest: pod_manifest NAME RESOURCES COMMAND [RESTART_POLICY].
+pod_manifest() {
+    static_pod "$1" 1 c "[\"sh\", \"-c\", \"$3\"]" "  restartPolicy: ${4:-Always}" "    resources: $2" >"/etc/kubernetes/manifests/$1.yaml"
+}
+
+# The first directory matching a glob (empty when none).
+one_dir() {
+    local d
+    for d in $1; do
+        [ -d "$d" ] && echo "$d" && return 0
+    done
+}
+
+pod_phase() { pod_state "$1" | cut -d' ' -f1; }
+# Some pod of the manifests Running, its containers too (earlier checks choose which).
+some_pod_running() {
+    timeout 10 /usr/local/bin/rkubelet pods --root-dir "$ROOT_DIR" -o json 2>/dev/null | grep -q '"phase": "Running"' &&
+        [ "$(running_tasks | wc -l)" -ge 2 ]
+}
+pods_sd_g_running() { [ "$(pod_phase vm-sd)" = Running ] && [ "$(pod_phase vm-g)" = Running ]; }
+pod_b_running() { [ "$(pod_phase vm-b)" = Running ]; }
+oom_killed() { timeout 10 /usr/local/bin/rkubelet pods --root-dir "$ROOT_DIR" -o json 2>/dev/null | grep -q '"reason": "OOMKilled"'; }
+
+SD=/sys/fs/cgroup/kubepods.slice
+SD_ARGS="--pod-infra-container-image=$PAUSE_REF --cgroup-driver=systemd --pod-max-pids=64"
+
+# systemd-driver: with --cgroup-driver=systemd (kubeadm's cgroupDriver), pods
+# live in systemd's hierarchy: kubepods-<qos>-pod<uid>.slice with containers as
+# runc's cri-containerd-<id>.scope; a Guaranteed pod's slice has its memory
+# limit, cpu quota and pids.max = podPidsLimit; the burstable slice's cpu.weight
+# follows its pods' requests; a container over its memory limit is OOMKilled; a
+# restart of the agent keeps every container.
 check_systemd_driver() {
     timeout 120 systemctl stop kubelet.service || fail_with "systemctl stop kubelet failed" || return 1
-    echo "KUBELET_EXTRA_ARGS=--pod-infra-container-image=$PAUSE_REF --cgroup-driver=systemd" >/etc/default/kubelet
-    sed 's/name: vm-web$/name: vm-sd/' "$MANIFEST" >/etc/kubernetes/manifests/vm-sd.yaml
+    echo "KUBELET_EXTRA_ARGS=$SD_ARGS" >/etc/default/kubelet
+    # The cgroupfs pods go with their manifests (the agent removes them at start).
+    rm -f /etc/kubernetes/manifests/*.yaml
+    pod_manifest vm-sd "{}" "sleep 3600"
+    pod_manifest vm-g "{limits: {cpu: 100m, memory: 64Mi}}" "sleep 3600"
     timeout 120 systemctl start kubelet.service || fail_with "systemctl start kubelet failed" || return 1
-    wait_for "pod vm-sd Running" "$POD_WAIT" pod_running vm-sd || fail_with "pod vm-sd not running: '$(pod_state vm-sd)'" || return 1
-    local pid all=()
+    wait_for "pods vm-sd and vm-g Running" "$POD_WAIT" pods_sd_g_running ||
+        fail_with "pods not running: vm-sd '$(pod_state vm-sd)' vm-g '$(pod_state vm-g)'" || return 1
+    local pid cg all=()
     for pid in $(running_tasks | cut -d' ' -f2); do
-        all+=("$(proc_cgroup "$pid")")
+        cg="$(proc_cgroup "$pid")"
+        all+=("$cg")
+        case "$cg" in
+        /kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod*.slice/cri-containerd-*.scope) ;;
+        /kubepods.slice/kubepods-pod*.slice/cri-containerd-*.scope) ;;
+        *) fail_with "task pid $pid is in cgroup '$cg', not a kubepods.slice pod slice's cri-containerd scope" || return 1 ;;
+        esac
     done
-    [ -n "$(find /sys/fs/cgroup/kubepods.slice -maxdepth 2 -name 'kubepods-besteffort-pod*.slice' 2>/dev/null)" ] ||
-        fail_with "no kubepods-besteffort-pod<uid>.slice under /sys/fs/cgroup/kubepods.slice; the containers are in: ${all[*]}"
+    [ "$(systemctl is-active kubepods.slice)" = active ] || fail_with "kubepods.slice is $(systemctl is-active kubepods.slice)" || return 1
+    local g
+    g="$(one_dir "$SD/kubepods-pod*.slice")"
+    [ -n "$g" ] || fail_with "no Guaranteed pod slice under $SD; containers in: ${all[*]}" || return 1
+    [ "$(cat "$g/memory.max")" = 67108864 ] || fail_with "$g/memory.max is $(cat "$g/memory.max"), not 64Mi" || return 1
+    [ "$(cat "$g/pids.max")" = 64 ] || fail_with "$g/pids.max is $(cat "$g/pids.max"), not podPidsLimit 64" || return 1
+    [ "$(cut -d' ' -f1 "$g/cpu.max")" = 10000 ] || fail_with "$g/cpu.max is $(cat "$g/cpu.max"), not a 100m quota" || return 1
+    # cgroup v2: an OOM kill takes the whole container (memory.oom.group), not the sandbox's pause.
+    local groups
+    groups="$(cat "$g"/cri-containerd-*.scope/memory.oom.group | sort | tr '\n' ' ')"
+    [ "$groups" = "0 1 " ] || fail_with "memory.oom.group of the pod's pause and container scopes: '$groups', want '0 1 '" || return 1
+    log "Guaranteed pod slice $g: memory.max $(cat "$g/memory.max") pids.max $(cat "$g/pids.max") cpu.max $(cat "$g/cpu.max"); containers in ${all[*]}"
+    # Burstable: the QoS slice's weight grows with its pods' requests.
+    local before after
+    before="$(cat "$SD/kubepods-burstable.slice/cpu.weight" 2>/dev/null || echo none)"
+    pod_manifest vm-b "{requests: {cpu: 300m}}" "sleep 3600"
+    wait_for "pod vm-b Running" "$POD_WAIT" pod_b_running || fail_with "pod vm-b not running: '$(pod_state vm-b)'" || return 1
+    after="$(cat "$SD/kubepods-burstable.slice/cpu.weight")"
+    [ "$after" = 12 ] && [ "$before" != "$after" ] || fail_with "kubepods-burstable.slice cpu.weight $before -> $after, want 12 for 300m" || return 1
+    log "kubepods-burstable.slice cpu.weight $before -> $after"
+    # Over its memory limit: OOMKilled.
+    pod_manifest vm-oom "{limits: {memory: 16Mi}}" "exec dd if=/dev/zero of=/dev/null bs=64M count=1" Never
+    wait_for "vm-oom OOMKilled" "$POD_WAIT" oom_killed || fail_with "vm-oom was not OOMKilled: '$(pod_state vm-oom)'" || return 1
+    # An agent restart keeps every container.
+    before="$(running_tasks)"
+    timeout 120 systemctl restart kubelet.service || fail_with "systemctl restart kubelet failed" || return 1
+    wait_for "kubelet.service active" 60 unit_active || fail_with "kubelet.service not active after the restart" || return 1
+    sleep 5
+    after="$(running_tasks)"
+    [ "$before" = "$after" ] || fail_with "after the restart, tasks before: $(one_line "$before") after: $(one_line "$after")"
+}
+
+# driver-mismatch: containerd configured for systemd (SystemdCgroup = true) and
+# the agent for cgroupfs: the agent refuses to start with upstream's
+# misconfiguration message, and doctor FAILs the cgroup-driver check. Then the
+# systemd driver again.
+check_driver_mismatch() {
+    timeout 120 systemctl stop kubelet.service || fail_with "systemctl stop kubelet failed" || return 1
+    local saved=""
+    [ -f /etc/containerd/config.toml ] && saved="$(cat /etc/containerd/config.toml)"
+    printf 'version = 2\n[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]\n  SystemdCgroup = true\n' >/etc/containerd/config.toml
+    echo "KUBELET_EXTRA_ARGS=--pod-infra-container-image=$PAUSE_REF --cgroup-driver=cgroupfs" >/etc/default/kubelet
+    systemctl reset-failed kubelet.service 2>/dev/null || true
+    local started=0
+    timeout 60 systemctl start kubelet.service 2>/dev/null && started=1
+    systemctl stop kubelet.service 2>/dev/null || true
+    local said doctor
+    said="$(journalctl -u rkubelet.service -o cat --no-pager -n 40 | grep -m1 'misconfiguration: kubelet cgroup driver' || true)"
+    doctor="$(timeout 60 /usr/local/bin/rkubelet --cgroup-driver=cgroupfs doctor 2>&1 | grep -i 'cgroup-driver' || true)"
+    if [ -n "$saved" ]; then printf '%s\n' "$saved" >/etc/containerd/config.toml; else rm -f /etc/containerd/config.toml; fi
+    echo "KUBELET_EXTRA_ARGS=$SD_ARGS" >/etc/default/kubelet
+    systemctl reset-failed kubelet.service 2>/dev/null || true
+    timeout 120 systemctl start kubelet.service || fail_with "systemctl start kubelet (systemd driver again) failed" || return 1
+    [ "$started" = 0 ] || fail_with "the agent started with a driver other than containerd's" || return 1
+    [ -n "$said" ] || fail_with "no misconfiguration line in the journal: $(journalctl -u rkubelet.service -o cat --no-pager -n 5 | tr '\n' ' ')" || return 1
+    echo "$doctor" | grep -q FAIL || fail_with "doctor did not FAIL the cgroup-driver check: '$doctor'" || return 1
+    log "agent: $said"
+    log "doctor: $doctor"
+}
+
+# The kubelet API standalone: no API server for webhook authorization, so the
+# checks allow anonymous reads (only here, inside the guest).
+STATS_ARGS="$SD_ARGS --authorization-mode=AlwaysAllow --anonymous-auth=true"
+
+# summary_field JSON CONTAINER OBJECT FIELD: a number from the container's
+# cpu or memory object in a /stats/summary document (serde_json sorts keys:
+# cpu, logs, memory, name).
+summary_field() {
+    local obj
+    obj="$(printf '%s' "$1" | grep -o "\"cpu\":{[^}]*},\"logs\":{[^}]*},\"memory\":{[^}]*},\"name\":\"$2\"" | head -n1)"
+    case "$3" in
+    cpu) obj="$(printf '%s' "$obj" | grep -o '"cpu":{[^}]*}')" ;;
+    memory) obj="$(printf '%s' "$obj" | grep -o '"memory":{[^}]*}')" ;;
+    esac
+    printf '%s' "$obj" | grep -o "\"$4\":[0-9]*" | cut -d: -f2
+}
+
+# The cgroup v2 directory of the scope that holds the tmpfs pages the stats pod wrote.
+stats_scope() {
+    local d shmem
+    for d in $(find /sys/fs/cgroup/kubepods.slice -type d -name 'cri-containerd-*.scope' 2>/dev/null); do
+        shmem="$(awk '$1 == "shmem" { print $2 }' "$d/memory.stat" 2>/dev/null)"
+        [ "${shmem:-0}" -ge $((20 * 1024 * 1024)) ] && echo "$d" && return 0
+    done
+    return 1
+}
+stats_ready() { [ "$(pod_phase vm-stats)" = Running ] && stats_scope >/dev/null; }
+# curl: busybox's TLS client sends no signature_algorithms, which rustls requires.
+summary() { curl -ksS --max-time 10 https://127.0.0.1:10250/stats/summary 2>/dev/null; }
+summary_has_stats() { summary | grep -q '"name":"statsc"'; }
+
+# stats-v2: /stats/summary (the kubelet API, as metrics-server reads it) of a
+# container holding 20 MiB of tmpfs pages equals its cgroup v2 files:
+# usageBytes = memory.current, workingSetBytes = memory.current - inactive_file
+# (upstream's v2 working set), usageCoreNanoSeconds = cpu.stat usage_usec * 1000.
+check_stats_v2() {
+    timeout 120 systemctl stop kubelet.service || fail_with "systemctl stop kubelet failed" || return 1
+    echo "KUBELET_EXTRA_ARGS=$STATS_ARGS" >/etc/default/kubelet
+    pod_manifest vm-stats "{}" "dd if=/dev/zero of=/dev/shm/f bs=1M count=20; exec sleep 3600"
+    sed -i 's/- name: c$/- name: statsc/' /etc/kubernetes/manifests/vm-stats.yaml
+    timeout 120 systemctl start kubelet.service || fail_with "systemctl start kubelet failed" || return 1
+    wait_for "pod vm-stats Running with its 20 MiB" "$POD_WAIT" stats_ready ||
+        fail_with "pod vm-stats: '$(pod_state vm-stats)', no scope with 20 MiB shmem" || return 1
+    wait_for "/stats/summary lists the container" 60 summary_has_stats ||
+        fail_with "/stats/summary: $(curl -ksS --max-time 10 https://127.0.0.1:10250/stats/summary 2>&1 | head -c 300); listening: $(ss -ltn | grep -c ':10250 '); agent: $(journalctl -u rkubelet.service -o cat --no-pager | grep -m2 'TLS handshake')" || return 1
+    local dir json cur inactive usec ws usage cpu
+    dir="$(stats_scope)"
+    json="$(summary)"
+    cur="$(cat "$dir/memory.current")"
+    inactive="$(awk '$1 == "inactive_file" { print $2 }' "$dir/memory.stat")"
+    usec="$(awk '$1 == "usage_usec" { print $2 }' "$dir/cpu.stat")"
+    ws="$(summary_field "$json" statsc memory workingSetBytes)"
+    usage="$(summary_field "$json" statsc memory usageBytes)"
+    cpu="$(summary_field "$json" statsc cpu usageCoreNanoSeconds)"
+    log "summary: usageBytes $usage workingSetBytes $ws usageCoreNanoSeconds $cpu; $dir: memory.current $cur inactive_file $inactive usage_usec $usec"
+    [ -n "$ws" ] && [ -n "$usage" ] && [ -n "$cpu" ] || fail_with "statsc's cpu/memory not in the summary: $(printf '%s' "$json" | head -c 400)" || return 1
+    local mib=$((1024 * 1024)) d
+    d=$((usage - cur))
+    [ "${d#-}" -le "$mib" ] || fail_with "usageBytes $usage, memory.current $cur" || return 1
+    d=$((ws - (cur - inactive)))
+    [ "${d#-}" -le "$mib" ] || fail_with "workingSetBytes $ws, memory.current - inactive_file $((cur - inactive))" || return 1
+    [ "$ws" -ge $((20 * mib)) ] || fail_with "workingSetBytes $ws is below the 20 MiB the container holds" || return 1
+    d=$((usec * 1000 - cpu))
+    [ "$d" -ge 0 ] && [ "$d" -le 1000000000 ] || fail_with "usageCoreNanoSeconds $cpu, cpu.stat usage_usec $usec" || return 1
+}
+
+# watchdog: the unit has WatchdogSec=1min and the agent pings (WATCHDOG=1 every
+# 30 s): systemd's watchdog timestamp moves past the moment the unit became active.
+watchdog_pinged() {
+    local active wd
+    active="$(systemctl show -p ActiveEnterTimestampMonotonic --value rkubelet.service)"
+    wd="$(systemctl show -p WatchdogTimestampMonotonic --value rkubelet.service)"
+    [ "$wd" -gt $((active + 1000000)) ]
+}
+check_watchdog() {
+    local usec
+    usec="$(systemctl show -p WatchdogUSec --value rkubelet.service)"
+    [ "$usec" = 1min ] || fail_with "WatchdogUSec is '$usec', not the unit's 1min" || return 1
+    wait_for "a WATCHDOG=1 ping" 45 watchdog_pinged ||
+        fail_with "no ping: active at $(systemctl show -p ActiveEnterTimestampMonotonic --value rkubelet.service), watchdog timestamp $(systemctl show -p WatchdogTimestampMonotonic --value rkubelet.service)" || return 1
+    log "watchdog $usec; last ping at $(systemctl show -p WatchdogTimestamp --value rkubelet.service)"
+}
+
+# shutdown-prepare (last: the guest powers off after the checks): graceful node
+# shutdown set up (shutdownGracePeriod 15s, 5s of it for critical pods); the
+# agent holds logind's delay lock and raised InhibitDelayMaxSec. Two pods write
+# markers to the share (SHARE/out/shutdown-markers) when they get SIGTERM:
+# vm-low (priority 0) takes 3 s to exit, vm-crit (system-node-critical
+# priority) exits at once. The host reads the markers after the poweroff
+# (scripts/vm-test.sh: graceful-shutdown).
+SHUTDOWN_CONFIG=/etc/rkubelet/vm-shutdown.yaml
+inhibitor_held() { systemd-inhibit --list --no-pager 2>/dev/null | grep -q 'kubelet.*shutdown.*delay'; }
+pods_low_crit_running() { [ "$(pod_phase vm-low)" = Running ] && [ "$(pod_phase vm-crit)" = Running ]; }
+marker_pod() { # marker_pod NAME PRIORITY
+    static_pod "$1" 30 c '["sh", "/share/marker.sh", "'"$1"'"]' "  priority: $2
+  volumes:
+  - name: share
+    hostPath: {path: $SHARE/out, type: Directory}" "    volumeMounts:
+    - {name: share, mountPath: /share}" >"/etc/kubernetes/manifests/$1.yaml"
+}
+check_shutdown_prepare() {
+    timeout 120 systemctl stop kubelet.service 2>/dev/null || true
+    rm -f /etc/kubernetes/manifests/*.yaml "$SHARE/out/shutdown-markers"
+    install -d /etc/rkubelet
+    printf 'apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nshutdownGracePeriod: 15s\nshutdownGracePeriodCriticalPods: 5s\n' >"$SHUTDOWN_CONFIG"
+    echo "KUBELET_EXTRA_ARGS=$STATS_ARGS --config=$SHUTDOWN_CONFIG" >/etc/default/kubelet
+    # The uptime clock is the guest's: the same for every marker.
+    cat >"$SHARE/out/marker.sh" <<'EOF'
+#!/bin/sh
+name="$1"
+m() { echo "$name $1 $(cut -d' ' -f1 /proc/uptime)" >>/share/shutdown-markers; }
+if [ "$name" = vm-low ]; then trap 'm term; sleep 3; m exit; exit 0' TERM; else trap 'm term; exit 0' TERM; fi
+m start
+while :; do sleep 1; done
+EOF
+    # The agent's log on the serial console too: the host reads how its
+    # shutdown processing ended after the guest is gone.
+    install -d /etc/systemd/journald.conf.d
+    printf '[Journal]\nForwardToConsole=yes\nMaxLevelConsole=info\n' >/etc/systemd/journald.conf.d/50-vm-console.conf
+    systemctl restart systemd-journald.service || fail_with "restarting journald failed" || return 1
+    marker_pod vm-low 0
+    marker_pod vm-crit 2000001000
+    timeout 120 systemctl start kubelet.service || fail_with "systemctl start kubelet failed" || return 1
+    wait_for "pods vm-low and vm-crit Running" "$POD_WAIT" pods_low_crit_running ||
+        fail_with "pods: vm-low '$(pod_state vm-low)' vm-crit '$(pod_state vm-crit)'" || return 1
+    wait_for "the agent's delay inhibitor" 30 inhibitor_held ||
+        fail_with "no kubelet delay lock: $(systemd-inhibit --list --no-pager 2>&1 | tr '\n' ' ')" || return 1
+    local delay
+    delay="$(busctl get-property org.freedesktop.login1 /org/freedesktop/login1 org.freedesktop.login1.Manager InhibitDelayMaxUSec)"
+    [ "$delay" = "t 15000000" ] || fail_with "logind InhibitDelayMaxUSec is '$delay', not 15 s" || return 1
+    log "inhibitor: $(systemd-inhibit --list --no-pager | grep kubelet); logind InhibitDelayMaxUSec $delay; markers: $(one_line "$(cat "$SHARE/out/shutdown-markers" 2>/dev/null)")"
+}
+
+# bench (figures, not a pass/fail on speed): pod start on this systemd +
+# cgroup v2 node, per cgroup driver, for 1 pod and BENCH_PODS pods at once,
+# against the floor driven by hand in the same guest (scripts/bench/floor.sh:
+# netns, the CNI plugins, ctr run of pause and app, with runc's systemd driver
+# for the systemd case), and the agent's RSS with the pods. Each figure is
+# printed as `[vm-bench] ...`; scripts/vm-test.sh keeps them in
+# last-run/bench.txt and scripts/bench.sh prints them. The check fails only
+# when a pod does not start or a figure cannot be taken.
+BENCH_PODS=10
+BENCH_DIR=/var/lib/rkubelet-vm-bench
+
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+
+# Pods whose status.json says Running with every container running.
+agent_running() {
+    local files=("$ROOT_DIR"/pods/*/status.json)
+    [ -e "${files[0]}" ] || { echo 0; return; }
+    jq -n '[inputs | select(.status.phase == "Running"
+        and ([.status.containerStatuses[]? | select(.state.running != null)] | length) == (.spec.containers | length))] | length' \
+        "${files[@]}" 2>/dev/null || echo 0
+}
+no_pod_dirs() { [ -z "$(ls -A "$ROOT_DIR/pods" 2>/dev/null)" ]; }
+
+bench_manifest() {
+    static_pod "$1" 1 app '["sleep", "3600"]' >"$BENCH_DIR/staging/$1.yaml"
+}
+
+# bench_agent N: N manifests moved into the manifest dir at once; prints the
+# ms until all N pods are Running (polled every 100 ms) and the agent's RSS
+# (KiB) then; removes the pods.
+bench_agent() {
+    local n="$1" i t0 t1 deadline
+    rm -rf "$BENCH_DIR/staging"
+    mkdir -p "$BENCH_DIR/staging"
+    for ((i = 1; i <= n; i++)); do bench_manifest "bench-$i"; done
+    t0="$(now_ms)"
+    mv "$BENCH_DIR/staging/"*.yaml /etc/kubernetes/manifests/
+    deadline=$((t0 + 180000))
+    while [ "$(agent_running)" -lt "$n" ]; do
+        [ "$(now_ms)" -lt "$deadline" ] || { echo "agent: $(agent_running) of $n pods Running after 180 s" >&2; return 1; }
+        sleep 0.1
+    done
+    t1="$(now_ms)"
+    echo "$((t1 - t0)) $(awk '/^VmRSS:/ { print $2 }' "/proc/$(systemctl show -p MainPID --value rkubelet.service)/status")"
+    rm -f /etc/kubernetes/manifests/bench-*.yaml
+    wait_for "the bench pods gone" 120 no_pod_dirs >/dev/null || { echo "agent: pods left after the bench" >&2; return 1; }
+}
+
+# bench_floor N: N floor pods at once; prints the ms until every `ctr run -d`
+# of their apps returned, then removes them.
+bench_floor() {
+    local n="$1" i t0 t1 rc=0 p
+    local -a ids=() pids=()
+    for ((i = 1; i <= n; i++)); do ids+=("${FLOOR_PREFIX}$i"); done
+    t0="$(now_ms)"
+    for i in "${ids[@]}"; do
+        floor_pod_up "$i" 2>"$FLOOR_DIR/$i.err" &
+        pids+=("$!")
+    done
+    for p in "${pids[@]}"; do wait "$p" || rc=1; done
+    t1="$(now_ms)"
+    local running
+    running="$(floor_running_count "${ids[@]}")"
+    floor_down_all "${ids[@]}" >/dev/null 2>&1 || true
+    [ "$rc" -eq 0 ] && [ "$running" -eq "$n" ] || { echo "floor: $running of $n apps RUNNING: $(cat "$FLOOR_DIR"/*.err 2>/dev/null | head -c 300)" >&2; return 1; }
+    echo $((t1 - t0))
+}
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
+
+check_bench() {
+    # shellcheck source=scripts/bench/floor.sh
+    . "$SHARE/repo/scripts/bench/floor.sh"
+    FLOOR_NS="$NS" FLOOR_CONFLIST=/etc/cni/net.d/10-rkubelet.conflist FLOOR_CNI_PATH=/usr/lib/cni:/opt/cni/bin
+    FLOOR_DIR="$BENCH_DIR/floor" FLOOR_PAUSE_IMAGE="$PAUSE_REF" FLOOR_APP_IMAGE="$BUSYBOX_REF"
+    floor_init || fail_with "floor_init failed" || return 1
+    rm -f /etc/kubernetes/manifests/*.yaml
+    local driver args a1 f1 an fn rss _
+    for driver in cgroupfs systemd; do
+        timeout 120 systemctl stop kubelet.service 2>/dev/null || true
+        args="--pod-infra-container-image=$PAUSE_REF --cgroup-driver=$driver"
+        echo "KUBELET_EXTRA_ARGS=$args" >/etc/default/kubelet
+        timeout 120 systemctl start kubelet.service || fail_with "systemctl start kubelet ($driver) failed" || return 1
+        wait_for "no pods left" 120 no_pod_dirs || fail_with "pods of earlier checks left ($driver)" || return 1
+        FLOOR_SYSTEMD=0
+        [ "$driver" = systemd ] && FLOOR_SYSTEMD=1
+        # Untimed warm-up on each side, once (image unpack, first CNI call).
+        if [ "$driver" = cgroupfs ]; then
+            bench_floor 1 >/dev/null || fail_with "floor warm-up failed" || return 1
+            bench_agent 1 >/dev/null || fail_with "agent warm-up failed" || return 1
+        fi
+        f1="$(bench_floor 1)" || fail_with "floor 1 pod ($driver) failed" || return 1
+        # Through a file: bench_agent's teardown must end before the next figure.
+        bench_agent 1 >"$BENCH_DIR/agent.out" || fail_with "agent 1 pod ($driver) failed" || return 1
+        read -r a1 _ <"$BENCH_DIR/agent.out"
+        fn="$(bench_floor "$BENCH_PODS")" || fail_with "floor $BENCH_PODS pods ($driver) failed" || return 1
+        bench_agent "$BENCH_PODS" >"$BENCH_DIR/agent.out" || fail_with "agent $BENCH_PODS pods ($driver) failed" || return 1
+        read -r an rss <"$BENCH_DIR/agent.out"
+        echo "[vm-bench] driver=$driver pods=1 rkubelet_ms=$a1 floor_ms=$f1 ratio=$(ratio "$a1" "$f1")"
+        echo "[vm-bench] driver=$driver pods=$BENCH_PODS rkubelet_ms=$an floor_ms=$fn ratio=$(ratio "$an" "$fn") rkubelet_rss_kib=$rss"
+    done
+    echo "KUBELET_EXTRA_ARGS=$SD_ARGS" >/etc/default/kubelet
 }
 
 # --- run ------------------------------------------------------------------------------
