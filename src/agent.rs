@@ -103,7 +103,8 @@ fn new_context(cfg: &Arc<Config>, channel: &tonic::transport::Channel, cni: Cni,
     let node_opts = node_options(cfg, memory_capacity);
     let storage = crate::api::node::ephemeral_storage_capacity(&cfg.root_dir);
     // The same allocatable the Node reports (huge page pools are not pod memory).
-    let hugepages: i64 = crate::api::node::read_hugepages(std::path::Path::new("/sys/kernel/mm/hugepages")).iter().map(|(_, b)| b).sum();
+    let pools = crate::api::node::read_hugepages(std::path::Path::new("/sys/kernel/mm/hugepages"));
+    let hugepages: i64 = pools.iter().map(|(_, b)| b).sum();
     let allocatable = crate::pod::resources::Allocatable {
         cpu_milli: (cpu_capacity_milli - node_opts.reserved_cpu_milli).max(0),
         memory: (memory_capacity - node_opts.reserved_memory_bytes - node_opts.eviction_memory_bytes - hugepages).max(0),
@@ -137,6 +138,7 @@ fn new_context(cfg: &Arc<Config>, channel: &tonic::transport::Channel, cni: Cni,
             memory_bytes: allocatable.memory,
             pods: cfg.max_pods as i64,
             labels: crate::api::node::node_labels(&node_opts),
+            hugepages: pools.iter().map(|(page, bytes)| (crate::api::node::hugepage_resource(*page), *bytes)).collect(),
         },
         status: crate::api::status::StatusManager::new(client.clone()),
         objects: client.clone().map(crate::api::objects::ObjectCache::new),

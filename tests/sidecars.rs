@@ -135,3 +135,22 @@ fn s3_a_disk_empty_dir_over_its_size_limit_evicts_the_pod() {
     assert!(st.container_statuses.unwrap()[0].state.as_ref().unwrap().terminated.is_some(), "the container was killed");
     assert!(agent.events().iter().any(|e| e.reason == "Evicted" && e.type_ == "Warning"));
 }
+
+#[test]
+fn s4_a_pod_asking_more_huge_pages_than_the_node_has_is_rejected_and_stays_listed() {
+    let agent = Agent::new("s4");
+    agent.write_manifest(
+        "huge.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: huge}}\nspec:\n  containers:\n  - name: c\n    image: \"{BUSYBOX}\"\n    command: [sleep, \"3600\"]\n    resources: {{limits: {{memory: 32Mi, hugepages-2Mi: 64Gi}}}}\n"
+        ),
+    );
+    let p = agent.wait_pod("huge", Duration::from_secs(60), "rejected", |p| (p.status.as_ref()?.phase.as_deref() == Some("Failed")).then(|| p.clone()));
+    let st = p.status.unwrap();
+    assert_eq!(st.reason.as_deref(), Some("OutOfhugepages-2Mi"));
+    assert!(st.message.as_deref().unwrap_or("").starts_with("Pod was rejected: Node didn't have enough resource: hugepages-2Mi, requested: 68719476736, used: 0, capacity: "), "{:?}", st.message);
+    assert!(agent.events().iter().any(|e| e.reason == "OutOfhugepages-2Mi" && e.type_ == "Warning"));
+    // The start-up cleanup of pod directories without containers leaves it alone.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(agent.pod("huge").and_then(|p| p.status?.reason), Some("OutOfhugepages-2Mi".to_string()), "still listed with its status");
+}

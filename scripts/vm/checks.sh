@@ -306,7 +306,11 @@ check_systemd_driver() {
     # The cgroupfs pods go with their manifests (the agent removes them at start).
     rm -f /etc/kubernetes/manifests/*.yaml
     pod_manifest vm-sd "{}" "sleep 3600"
-    pod_manifest vm-g "{limits: {cpu: 100m, memory: 64Mi}}" "sleep 3600"
+    pod_manifest vm-g "{limits: {cpu: 100m, memory: 64Mi, hugepages-2Mi: 4Mi}}" "sleep 3600"
+    # A 2Mi huge page pool of 8 MiB (read at the agent's start): vm-g takes 4Mi,
+    # vm-huge asks for 16Mi and is rejected.
+    echo 4 >/proc/sys/vm/nr_hugepages
+    pod_manifest vm-huge "{limits: {memory: 32Mi, hugepages-2Mi: 16Mi}}" "sleep 3600"
     timeout 120 systemctl start kubelet.service || fail_with "systemctl start kubelet failed" || return 1
     wait_for "pods vm-sd and vm-g Running" "$POD_WAIT" pods_sd_g_running ||
         fail_with "pods not running: vm-sd '$(pod_state vm-sd)' vm-g '$(pod_state vm-g)'" || return 1
@@ -327,6 +331,12 @@ check_systemd_driver() {
     [ "$(cat "$g/memory.max")" = 67108864 ] || fail_with "$g/memory.max is $(cat "$g/memory.max"), not 64Mi" || return 1
     [ "$(cat "$g/pids.max")" = 64 ] || fail_with "$g/pids.max is $(cat "$g/pids.max"), not podPidsLimit 64" || return 1
     [ "$(cut -d' ' -f1 "$g/cpu.max")" = 10000 ] || fail_with "$g/cpu.max is $(cat "$g/cpu.max"), not a 100m quota" || return 1
+    # Huge pages: the pod slice and the container's scope are limited to the pod's 4Mi.
+    local huge
+    huge="$(cat "$g/hugetlb.2MB.max" "$g"/cri-containerd-*.scope/hugetlb.2MB.max 2>&1 | sort | tr '\n' ' ')"
+    [ "$huge" = "4194304 4194304 max " ] || fail_with "hugetlb.2MB.max of the pod slice, its container and pause scopes: '$huge'" || return 1
+    timeout 10 /usr/local/bin/rkubelet pods --root-dir "$ROOT_DIR" -o json | grep -q '"reason": "OutOfhugepages-2Mi"' ||
+        fail_with "vm-huge (16Mi of an 8Mi pool) was not rejected OutOfhugepages-2Mi: '$(pod_state vm-huge)'" || return 1
     # cgroup v2: an OOM kill takes the whole container (memory.oom.group), not the sandbox's pause.
     local groups
     groups="$(cat "$g"/cri-containerd-*.scope/memory.oom.group | sort | tr '\n' ' ')"

@@ -41,13 +41,37 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CgroupError + '_ {
 }
 
 /// What a pod cgroup is given (upstream's ResourceConfig).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PodConfig {
     pub shares: u64,
     pub quota: Option<i64>,
     pub period: Option<u64>,
     pub memory: Option<i64>,
     pub pids: Option<i64>,
+    /// hugetlb limits by page size as the cgroup files name it (`2MB` → bytes).
+    pub hugepages: Vec<(String, i64)>,
+}
+
+/// The page size of a `hugepages-<size>` resource as the hugetlb files and the
+/// OCI spec write it (upstream's sizeString: `2Mi` → `2MB`, `1Gi` → `1GB`).
+pub fn hugepage_size_name(resource: &str) -> Option<String> {
+    let size = crate::quantity::to_value(resource.strip_prefix("hugepages-")?).ok()?;
+    let (mut n, mut unit) = (size, 0);
+    while n >= 1024 && unit < 5 {
+        n /= 1024;
+        unit += 1;
+    }
+    Some(format!("{n}{}", ["B", "KB", "MB", "GB", "TB", "PB"][unit]))
+}
+
+/// The hugepage limits of a container's resources: (page size name, bytes).
+pub fn hugepage_limits(c: &k8s_openapi::api::core::v1::Container) -> Vec<(String, i64)> {
+    let limits = c.resources.as_ref().and_then(|r| r.limits.as_ref());
+    limits
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, q)| Some((hugepage_size_name(k)?, crate::quantity::to_value(&q.0).ok()?)))
+        .collect()
 }
 
 /// Upstream's ResourceConfigForPod: Guaranteed pods get shares, quota and memory
@@ -72,6 +96,15 @@ pub fn pod_config(pod: &Pod, pids_limit: i64) -> PodConfig {
     };
     let declared = |r: &str| apps.iter().chain(inits.iter()).all(|c| value(c, "limits", r).is_some_and(|v| v > 0));
     let mut cfg = PodConfig { pids: (pids_limit > 0).then_some(pids_limit), ..Default::default() };
+    // Huge pages (every QoS class): the app containers' sum or the largest init container, per size.
+    let mut sizes: Vec<String> = apps.iter().chain(inits.iter()).flat_map(|c| hugepage_limits(c).into_iter().map(|(s, _)| s)).collect();
+    sizes.sort();
+    sizes.dedup();
+    for size in sizes {
+        let of = |c: &&k8s_openapi::api::core::v1::Container| hugepage_limits(c).into_iter().find(|(s, _)| *s == size).map(|(_, v)| v).unwrap_or(0);
+        let sum: i64 = apps.iter().map(of).sum();
+        cfg.hugepages.push((size.clone(), sum.max(inits.iter().map(of).max().unwrap_or(0))));
+    }
     match qos {
         QosClass::BestEffort => cfg.shares = 2,
         QosClass::Guaranteed | QosClass::Burstable => {
@@ -184,6 +217,10 @@ impl PodCgroups {
                 let mut props = accounting();
                 props.extend(self.properties(cfg));
                 sd.ensure_slice(&name, &format!("libcontainer container {name}"), props).await?;
+                // systemd has no hugetlb property: the files, as runc writes them.
+                if !cfg.hugepages.is_empty() {
+                    self.write_hugetlb(&self.pod_path(qos, uid), &cfg.hugepages)?;
+                }
                 Ok(())
             }
             CgroupDriver::Cgroupfs => self.write_files(&self.pod_path(qos, uid), cfg),
@@ -272,6 +309,27 @@ impl PodCgroups {
         p
     }
 
+    /// The hugetlb limits of cgroup `rel` (a systemd slice): v2 enables the
+    /// controller down to it first, v1 writes into the hugetlb hierarchy.
+    fn write_hugetlb(&self, rel: &str, limits: &[(String, i64)]) -> Result<(), CgroupError> {
+        let rel = rel.trim_start_matches('/');
+        let (dir, file) = match &self.unified {
+            Some(root) => {
+                enable_controllers(root, rel)?;
+                (root.join(rel), "max")
+            }
+            None => match super::v1_root("hugetlb") {
+                Some(r) => (r.join(rel), "limit_in_bytes"),
+                None => return Ok(()),
+            },
+        };
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        for (size, limit) in limits {
+            write(&dir, &format!("hugetlb.{size}.{file}"), &limit.to_string())?;
+        }
+        Ok(())
+    }
+
     /// cgroupfs: creates `rel` in every hierarchy and writes the config's files.
     fn write_files(&self, rel: &str, cfg: &PodConfig) -> Result<(), CgroupError> {
         let rel = rel.trim_start_matches('/');
@@ -289,6 +347,9 @@ impl PodCgroups {
                 write(&dir, "memory.max", &cfg.memory.map(|m| m.to_string()).unwrap_or_else(|| "max".into()))?;
                 if let Some(n) = cfg.pids {
                     write(&dir, "pids.max", &n.to_string())?;
+                }
+                for (size, limit) in &cfg.hugepages {
+                    write(&dir, &format!("hugetlb.{size}.max"), &limit.to_string())?;
                 }
                 // What runc creates below gets the same controllers.
                 let _ = std::fs::write(dir.join("cgroup.subtree_control"), subtree(root));
@@ -315,6 +376,11 @@ impl PodCgroups {
                         }
                         "memory" => write(&dir, "memory.limit_in_bytes", &cfg.memory.unwrap_or(-1).to_string())?,
                         "pids" => write(&dir, "pids.max", &cfg.pids.map(|n| n.to_string()).unwrap_or_else(|| "max".into()))?,
+                        "hugetlb" => {
+                            for (size, limit) in &cfg.hugepages {
+                                write(&dir, &format!("hugetlb.{size}.limit_in_bytes"), &limit.to_string())?;
+                            }
+                        }
                         _ => {}
                     }
                 }
@@ -381,13 +447,22 @@ mod tests {
     #[test]
     fn pod_config_is_upstreams_resource_config_for_pod() {
         let g = pod(&[(&[("cpu", "500m"), ("memory", "64Mi")], &[]), (&[("cpu", "250m"), ("memory", "32Mi")], &[])]);
-        assert_eq!(pod_config(&g, 100), PodConfig { shares: 768, quota: Some(75_000), period: Some(100_000), memory: Some(96 << 20), pids: Some(100) });
+        assert_eq!(pod_config(&g, 100), PodConfig { shares: 768, quota: Some(75_000), period: Some(100_000), memory: Some(96 << 20), pids: Some(100), hugepages: vec![] });
         // Burstable: a limit counts only when every container declares it.
         let b = pod(&[(&[("memory", "64Mi")], &[("cpu", "100m")]), (&[], &[("cpu", "100m")])]);
         assert_eq!(pod_config(&b, -1), PodConfig { shares: 204, ..Default::default() });
         let b2 = pod(&[(&[("memory", "64Mi")], &[("cpu", "100m")])]);
         assert_eq!(pod_config(&b2, -1).memory, Some(64 << 20));
         assert_eq!(pod_config(&pod(&[(&[], &[])]), 0), PodConfig { shares: 2, ..Default::default() });
+    }
+
+    #[test]
+    fn huge_pages_are_limited_per_page_size_on_the_pod() {
+        assert_eq!(hugepage_size_name("hugepages-2Mi").as_deref(), Some("2MB"));
+        assert_eq!(hugepage_size_name("hugepages-1Gi").as_deref(), Some("1GB"));
+        assert_eq!(hugepage_size_name("memory"), None);
+        let p = pod(&[(&[("memory", "64Mi"), ("hugepages-2Mi", "4Mi")], &[]), (&[("memory", "32Mi"), ("hugepages-2Mi", "2Mi"), ("hugepages-1Gi", "1Gi")], &[])]);
+        assert_eq!(pod_config(&p, -1).hugepages, vec![("1GB".to_string(), 1 << 30), ("2MB".to_string(), 6 << 20)]);
     }
 
     #[test]

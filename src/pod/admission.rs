@@ -2,7 +2,8 @@
 //! GeneralPredicates): a pod that does not fit the node's allocatable cpu, memory
 //! or pod count, whose nodeSelector or required node affinity does not match the
 //! node, or whose hostPorts are taken, is rejected: phase `Failed` with reason
-//! `OutOfcpu`/`OutOfmemory`/`OutOfpods`/`NodeAffinity`/`NodePorts`, never started.
+//! `OutOfcpu`/`OutOfmemory`/`OutOfhugepages-<size>`/`OutOfpods`/`NodeAffinity`/`NodePorts`,
+//! never started.
 
 use std::collections::BTreeMap;
 
@@ -17,6 +18,8 @@ pub struct NodeResources {
     pub memory_bytes: i64,
     pub pods: i64,
     pub labels: BTreeMap<String, String>,
+    /// Allocatable huge pages by resource (`hugepages-2Mi` → bytes).
+    pub hugepages: BTreeMap<String, i64>,
 }
 
 /// Why a pod was rejected: reason and message as upstream sets them.
@@ -38,6 +41,33 @@ pub fn pod_requests(pod: &Pod) -> (i64, i64) {
     let sum = |r: &str| spec.containers.iter().map(|c| req(c, r)).sum::<i64>();
     let init_max = |r: &str| spec.init_containers.iter().flatten().map(|c| req(c, r)).max().unwrap_or(0);
     (sum("cpu").max(init_max("cpu")), sum("memory").max(init_max("memory")))
+}
+
+/// A pod's huge page requests by resource: app containers' sum or the largest init container.
+pub fn pod_hugepages(pod: &Pod) -> BTreeMap<String, i64> {
+    let mut out = BTreeMap::new();
+    let Some(spec) = pod.spec.as_ref() else { return out };
+    let of = |c: &Container| -> BTreeMap<String, i64> {
+        let res = c.resources.as_ref();
+        let m = res.and_then(|x| x.requests.as_ref()).into_iter().chain(res.and_then(|x| x.limits.as_ref())).flatten();
+        let mut v = BTreeMap::new();
+        for (k, q) in m.filter(|(k, _)| k.starts_with("hugepages-")) {
+            v.entry(k.clone()).or_insert_with(|| crate::quantity::to_value(&q.0).unwrap_or(0));
+        }
+        v
+    };
+    for c in &spec.containers {
+        for (k, v) in of(c) {
+            *out.entry(k).or_insert(0) += v;
+        }
+    }
+    for c in spec.init_containers.iter().flatten() {
+        for (k, v) in of(c) {
+            let e = out.entry(k).or_insert(0);
+            *e = (*e).max(v);
+        }
+    }
+    out
 }
 
 fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&str>) -> bool {
@@ -137,6 +167,16 @@ pub fn admit(pod: &Pod, admitted: &[&Pod], node: &NodeResources) -> Result<(), R
             message: format!("Pod was rejected: Node didn't have enough resource: memory, requested: {mem}, used: {used_mem}, capacity: {}", node.memory_bytes),
         });
     }
+    for (name, want) in pod_hugepages(pod).into_iter().filter(|(_, v)| *v > 0) {
+        let used: i64 = admitted.iter().map(|p| pod_hugepages(p).get(&name).copied().unwrap_or(0)).sum();
+        let cap = node.hugepages.get(&name).copied().unwrap_or(0);
+        if used + want > cap {
+            return Err(Rejection {
+                reason: format!("OutOf{name}"),
+                message: format!("Pod was rejected: Node didn't have enough resource: {name}, requested: {want}, used: {used}, capacity: {cap}"),
+            });
+        }
+    }
     Ok(())
 }
 
@@ -163,7 +203,7 @@ mod tests {
         }
     }
     fn node() -> NodeResources {
-        NodeResources { name: "n1".into(), cpu_milli: 2000, memory_bytes: 1 << 30, pods: 2, labels: [("disk".to_string(), "ssd".to_string()), ("gen".to_string(), "5".to_string())].into() }
+        NodeResources { name: "n1".into(), cpu_milli: 2000, memory_bytes: 1 << 30, pods: 2, labels: [("disk".to_string(), "ssd".to_string()), ("gen".to_string(), "5".to_string())].into(), hugepages: [("hugepages-2Mi".to_string(), 8 << 20)].into() }
     }
 
     #[test]
@@ -176,6 +216,23 @@ mod tests {
         let r = admit(&pod("100m", "2Gi"), &[], &node()).unwrap_err();
         assert_eq!(r.reason, "OutOfmemory");
         assert_eq!(r.message, "Pod was rejected: Node didn't have enough resource: memory, requested: 2147483648, used: 0, capacity: 1073741824");
+    }
+
+    #[test]
+    fn huge_pages_must_fit_the_pools() {
+        let huge = |size: &str, q: &str| {
+            let mut p = pod("100m", "16Mi");
+            let c = &mut p.spec.as_mut().unwrap().containers[0];
+            let r = c.resources.as_mut().unwrap();
+            r.limits = Some([(size.to_string(), Quantity(q.into())), ("memory".to_string(), Quantity("16Mi".into()))].into());
+            p
+        };
+        let four = huge("hugepages-2Mi", "4Mi");
+        assert!(admit(&four, &[&four], &node()).is_ok(), "8Mi in the 2Mi pool: two of them fit");
+        let r = admit(&four, &[&four, &four], &NodeResources { pods: 10, ..node() }).unwrap_err();
+        assert_eq!(r.reason, "OutOfhugepages-2Mi");
+        assert_eq!(r.message, "Pod was rejected: Node didn't have enough resource: hugepages-2Mi, requested: 4194304, used: 8388608, capacity: 8388608");
+        assert_eq!(admit(&huge("hugepages-1Gi", "1Gi"), &[], &node()).unwrap_err().reason, "OutOfhugepages-1Gi", "no 1Gi pool");
     }
 
     #[test]

@@ -289,11 +289,12 @@ impl Manager {
             }
             Err(e) => warn!(error = %e, "cannot list containers for orphan cleanup"),
         }
-        // Pod directories left without containers (e.g. the agent died mid-teardown).
+        // Pod directories left without containers (e.g. the agent died mid-teardown);
+        // a pod admission rejected keeps its directory (its saved status) while wanted.
         if let Ok(rd) = std::fs::read_dir(self.ctx.config.root_dir.join("pods")) {
             for e in rd.flatten() {
                 let uid = e.file_name().to_string_lossy().to_string();
-                if !self.workers.contains_key(&uid) {
+                if !self.workers.contains_key(&uid) && !self.rejected.contains(&uid) {
                     self.spawn(&uid, None);
                 }
             }

@@ -496,6 +496,14 @@ pub fn container_spec(i: &ContainerInput<'_>) -> Result<Spec> {
     if let Some(m) = mem_limit {
         resources = resources.memory(LinuxMemoryBuilder::default().limit(m).build()?);
     }
+    let huge = crate::cgroups::pods::hugepage_limits(c);
+    if !huge.is_empty() {
+        let limits = huge
+            .into_iter()
+            .map(|(size, limit)| oci_spec::runtime::LinuxHugepageLimitBuilder::default().page_size(size).limit(limit).build())
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        resources = resources.hugepage_limits(limits);
+    }
     if i.oom_group {
         resources = resources.unified(std::collections::HashMap::from([("memory.oom.group".to_string(), "1".to_string())]));
     }
@@ -699,6 +707,7 @@ mod tests {
             limits: Some([
                 ("cpu".to_string(), k8s_openapi::apimachinery::pkg::api::resource::Quantity("250m".into())),
                 ("memory".to_string(), k8s_openapi::apimachinery::pkg::api::resource::Quantity("64Mi".into())),
+                ("hugepages-2Mi".to_string(), k8s_openapi::apimachinery::pkg::api::resource::Quantity("4Mi".into())),
             ]
             .into()),
             ..Default::default()
@@ -734,6 +743,7 @@ mod tests {
         assert_eq!(v["linux"]["resources"]["cpu"]["quota"], 25_000);
         assert_eq!(v["linux"]["resources"]["cpu"]["shares"], 256);
         assert_eq!(v["linux"]["resources"]["unified"]["memory.oom.group"], "1", "cgroup v2: the whole container goes on OOM");
+        assert_eq!(v["linux"]["resources"]["hugepageLimits"], serde_json::json!([{"pageSize": "2MB", "limit": 4 << 20}]));
         assert_eq!(v["root"]["readonly"], true);
         assert_eq!(v["process"]["noNewPrivileges"], true);
         assert_eq!(v["process"]["user"]["uid"], 1000);
