@@ -5,7 +5,8 @@
 #   2. cargo test --workspace --all-targets --no-fail-fast -- --test-threads=1 (the agent and
 #      the test API server crate in tests/apiserver)
 #   3. scripts/vm-test.sh: the agent as a systemd unit on a cgroup v2 node, in a
-#      qemu guest (about 2 min with the guest image cached; RK_SKIP_VM=1 skips)
+#      qemu guest (about 6-8 min with the guest image cached; RK_SKIP_VM=1 skips)
+# The release binary of steps 3 and 4 builds at nice 19 during step 2.
 #   4. scripts/bench.sh (figures only, no thresholds; RK_SKIP_BENCH=1 skips)
 # Steps 3 and 4 run only for the whole suite (no arguments).
 # Integration tests share host resources (containerd namespace k8s.io, the
@@ -40,9 +41,23 @@ fi
 log "step 2/4: cargo test $* -- --test-threads=1 (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
 rc=0
 results="$(mktemp)"
-trap 'rm -f "$results"' EXIT
+release_log="$(mktemp)"
+release_pid=""
+trap 'rm -f "$results" "$release_log"; [ -z "$release_pid" ] || kill "$release_pid" 2>/dev/null || true' EXIT
+# Steps 3 and 4 need the release binary (fat LTO: minutes, mostly on one core).
+# It builds at the lowest priority while the tests run (they mostly wait on
+# containers); release has its own lock and directory under the target dir.
+if [ "$full_suite" = 1 ] && { [ "${RK_SKIP_VM:-0}" != 1 ] || [ "${RK_SKIP_BENCH:-0}" != 1 ]; }; then
+    nice -n 19 cargo build --release >"$release_log" 2>&1 &
+    release_pid=$!
+    log "cargo build --release runs alongside (pid $release_pid, nice 19)"
+fi
 cargo test "$@" -- --test-threads=1 2>&1 | tee "$results" || rc=$?
 [ "$rc" -eq 0 ] && rc="${PIPESTATUS[0]}"
+if [ -n "$release_pid" ]; then
+    wait "$release_pid" || { tail -n 30 "$release_log" >&2; die "cargo build --release failed"; }
+    release_pid=""
+fi
 passed="$(awk '/^test result:/ { s += $4 } END { print s + 0 }' "$results")"
 failed="$(awk '/^test result:/ { s += $6 } END { print s + 0 }' "$results")"
 if [ "$rc" -ne 0 ]; then
