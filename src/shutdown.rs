@@ -214,8 +214,7 @@ impl Logind {
             std::fs::create_dir_all(dir).map_err(ShutdownError::DropIn)?;
         }
         std::fs::write(path, text).map_err(ShutdownError::DropIn)?;
-        let systemd = zbus::Proxy::new(&self.conn, "org.freedesktop.systemd1", "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager").await?;
-        systemd.call::<_, _, ()>("KillUnit", &("systemd-logind.service", "all", 1i32)).await?;
+        crate::cgroups::systemd::Systemd::on(&self.conn).kill("systemd-logind.service", "all", nix::sys::signal::Signal::SIGHUP as i32).await?;
         // logind rereads its configuration asynchronously.
         for _ in 0..20 {
             if self.inhibit_delay().await? >= want {

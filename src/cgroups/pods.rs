@@ -96,15 +96,8 @@ pub fn pod_config(pod: &Pod, pids_limit: i64) -> PodConfig {
     };
     let declared = |r: &str| apps.iter().chain(inits.iter()).all(|c| value(c, "limits", r).is_some_and(|v| v > 0));
     let mut cfg = PodConfig { pids: (pids_limit > 0).then_some(pids_limit), ..Default::default() };
-    // Huge pages (every QoS class): the app containers' sum or the largest init container, per size.
-    let mut sizes: Vec<String> = apps.iter().chain(inits.iter()).flat_map(|c| hugepage_limits(c).into_iter().map(|(s, _)| s)).collect();
-    sizes.sort();
-    sizes.dedup();
-    for size in sizes {
-        let of = |c: &&k8s_openapi::api::core::v1::Container| hugepage_limits(c).into_iter().find(|(s, _)| *s == size).map(|(_, v)| v).unwrap_or(0);
-        let sum: i64 = apps.iter().map(of).sum();
-        cfg.hugepages.push((size.clone(), sum.max(inits.iter().map(of).max().unwrap_or(0))));
-    }
+    // Huge pages (every QoS class): the pod's requests per page size, as admission counts them.
+    cfg.hugepages = crate::pod::admission::pod_hugepages(pod).into_iter().filter_map(|(r, v)| Some((hugepage_size_name(&r)?, v))).collect();
     match qos {
         QosClass::BestEffort => cfg.shares = 2,
         QosClass::Guaranteed | QosClass::Burstable => {

@@ -26,6 +26,16 @@ impl Systemd {
         Ok(Systemd { conn: zbus::Connection::system().await? })
     }
 
+    /// The system manager over an existing system bus connection.
+    pub fn on(conn: &zbus::Connection) -> Systemd {
+        Systemd { conn: conn.clone() }
+    }
+
+    /// Sends `signal` to the processes of `unit` (`who`: `main`, `control` or `all`).
+    pub async fn kill(&self, unit: &str, who: &str, signal: i32) -> zbus::Result<()> {
+        self.manager().await?.call::<_, _, ()>("KillUnit", &(unit, who, signal)).await
+    }
+
     async fn manager(&self) -> zbus::Result<zbus::Proxy<'static>> {
         zbus::Proxy::new(&self.conn, DEST, PATH, MANAGER).await
     }

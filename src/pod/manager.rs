@@ -355,12 +355,12 @@ impl Manager {
         !self.tasks.is_empty()
     }
 
-    /// Number of pods with a live desired spec.
     /// The pods with a worker and a spec (graceful node shutdown stops them).
     pub fn active_pods(&self) -> Vec<crate::shutdown::ActivePod> {
         self.workers.iter().filter_map(|(uid, h)| h.tx.borrow().clone().map(|p| (uid.clone(), p, h.notify.clone()))).collect()
     }
 
+    /// Number of pods with a live desired spec.
     pub fn pod_count(&self) -> usize {
         self.workers.values().filter(|h| h.tx.borrow().is_some()).count()
     }

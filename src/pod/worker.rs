@@ -1417,7 +1417,8 @@ impl Worker {
             all_capabilities: &self.ctx.capabilities,
             devices: if privileged { spec::host_devices() } else { Vec::new() },
             target_pid,
-            oom_group: !crate::cgroups::uses_v1() && !self.ctx.config.single_process_oom_kill,
+            // Config: true by default on cgroup v1, where false is refused.
+            oom_group: !self.ctx.config.single_process_oom_kill,
         })
         .map_err(|e| e.to_string())?;
         let stop = img
