@@ -9,15 +9,19 @@
 #      $RK_VM_CACHE/image-<hash of the image recipe>; a changed recipe rebuilds
 #   3. builds rkubelet (cargo build --release; RKUBELET_BIN skips the build) and
 #      the busybox + pause OCI archives (scripts/test-images.sh --archives)
-#   4. boots the guest once with the binary, scripts/, systemd/ and the images
-#      on a 9p share; the guest runs the checks, writes their output and exit
-#      code into the share and powers off
+#   4. boots the guest with the binary, scripts/, systemd/ and the images on a
+#      9p share; the guest runs the checks, writes their output and exit code
+#      into the share and powers off; then boots it again on the legacy cgroup
+#      v1 hierarchy for the systemd driver there
 #   5. prints the checks' output; exits 1 if a check failed or the guest did not
 #      report back within RK_VM_TIMEOUT seconds (qemu is then killed)
 #
 # Environment:
 #   RK_VM_CHECKS     checks to run, space-separated (default: all; see checks.sh)
 #   RK_VM_TIMEOUT    seconds the whole boot + checks may take (default 720)
+#   RK_VM_V1_CHECKS  checks of the second boot, on cgroup v1 (default:
+#                    environment-v1 systemd-driver-v1; empty: no second boot)
+#   RK_VM_V1_TIMEOUT seconds the second boot may take (default 300)
 #   RK_VM_SMP        guest CPUs (default 2), RK_VM_MEM guest MiB (default 2048)
 #   RK_VM_CACHE      image cache (default /var/cache/rkubelet-vm)
 #   RK_VM_MIRROR     Debian mirror for the image build (default: the host's apt source)
@@ -105,13 +109,18 @@ prepare_share() {
     install -m 0755 "$BIN" "$share/rkubelet"
     cp -a "$RK_REPO_ROOT/scripts" "$RK_REPO_ROOT/systemd" "$RK_REPO_ROOT/cni" "$share/repo/"
     bash "$RK_REPO_ROOT/scripts/test-images.sh" --archives "$share/images" >/dev/null
-    # The guest's runner starts /mnt/host/run.sh and stops it after run-timeout s.
-    echo $((TIMEOUT - 60 > 60 ? TIMEOUT - 60 : 60)) >"$share/run-timeout"
-    cat >"$share/run.sh" <<EOF
+    write_run_sh "$share" "${RK_VM_CHECKS:-}" "$TIMEOUT"
+}
+
+# write_run_sh SHARE CHECKS SECS: the guest's runner starts /mnt/host/run.sh
+# (checks.sh with CHECKS; empty: all) and stops it after run-timeout s.
+write_run_sh() {
+    echo $(($3 - 60 > 60 ? $3 - 60 : 60)) >"$1/run-timeout"
+    cat >"$1/run.sh" <<EOF
 #!/bin/sh
-exec env RK_VM_CHECKS='${RK_VM_CHECKS:-}' bash /mnt/host/repo/scripts/vm/checks.sh /mnt/host
+exec env RK_VM_CHECKS='$2' bash /mnt/host/repo/scripts/vm/checks.sh /mnt/host
 EOF
-    chmod 0755 "$share/run.sh"
+    chmod 0755 "$1/run.sh"
 }
 
 # --- 4. boot -------------------------------------------------------------------------
@@ -137,28 +146,29 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# boot SHARE CONSOLE_LOG: runs the guest until it powers off; 1 if it did not
-# within TIMEOUT seconds (qemu is then killed).
+# boot SHARE CONSOLE_LOG [CGROUP_ARG [SECS]]: runs the guest until it powers
+# off; 1 if it did not within SECS (default TIMEOUT) seconds (qemu is then
+# killed). CGROUP_ARG picks the hierarchy (default the unified v2 one).
 boot() {
-    local share="$1" console="$2" deadline
+    local share="$1" console="$2" cgroup="${3:-systemd.unified_cgroup_hierarchy=1}" limit="${4:-$TIMEOUT}" deadline
     # snapshot=on puts the disk overlay in $TMPDIR: the scratch dir, not /tmp.
     TMPDIR="$SCRATCH" qemu-system-x86_64 \
         -accel tcg,thread=multi -cpu max -smp "$SMP" -m "$MEM" \
         -nodefaults -display none -no-reboot -monitor none \
         -serial "file:$console" \
         -kernel "$IMAGE/vmlinuz" -initrd "$IMAGE/initrd.img" \
-        -append "console=ttyS0 root=/dev/vda rw panic=-1 systemd.unified_cgroup_hierarchy=1" \
+        -append "console=ttyS0 root=/dev/vda rw panic=-1 $cgroup" \
         -drive "file=$IMAGE/rootfs.raw,format=raw,if=virtio,snapshot=on" \
         -virtfs "local,path=$share,mount_tag=host,security_model=none,id=host" \
         -nic none </dev/null >"$SCRATCH/qemu.log" 2>&1 &
     QEMU_PID=$!
-    log "boot: qemu pid $QEMU_PID (TCG, $SMP CPUs, $MEM MiB; console $console; at most ${TIMEOUT}s)"
-    deadline=$(($(date +%s) + TIMEOUT))
+    log "boot: qemu pid $QEMU_PID (TCG, $SMP CPUs, $MEM MiB, $cgroup; console $console; at most ${limit}s)"
+    deadline=$(($(date +%s) + limit))
     local polls=0
     while proc_alive "$QEMU_PID"; do
         polls=$((polls + 1))
-        if [ "$(date +%s)" -ge "$deadline" ] || [ "$polls" -gt $((TIMEOUT / 2 + 1)) ]; then
-            warn "boot: the guest did not power off within ${TIMEOUT}s; killing qemu (pid $QEMU_PID)"
+        if [ "$(date +%s)" -ge "$deadline" ] || [ "$polls" -gt $((limit / 2 + 1)) ]; then
+            warn "boot: the guest did not power off within ${limit}s; killing qemu (pid $QEMU_PID)"
             stop_qemu
             return 1
         fi
@@ -210,6 +220,25 @@ if grep -q '^PASS shutdown-prepare' "$LAST/run.log" 2>/dev/null; then
         echo "PASS graceful-shutdown" >>"$LAST/run.log"
     else
         echo "FAIL graceful-shutdown: $detail" >>"$LAST/run.log"
+    fi
+fi
+# The second boot: the same image on the legacy cgroup v1 hierarchy, for the
+# systemd driver there (the host tests cover cgroupfs on v1). Its results join
+# run.log as `PASS v1:<check>`.
+V1_CHECKS="${RK_VM_V1_CHECKS-environment-v1 systemd-driver-v1}"
+V1_TIMEOUT="${RK_VM_V1_TIMEOUT:-300}"
+if [ -n "$V1_CHECKS" ] && [ "$timed_out" = 0 ]; then
+    rm -rf "$SHARE/out"
+    mkdir -p "$SHARE/out"
+    write_run_sh "$SHARE" "$V1_CHECKS" "$V1_TIMEOUT"
+    v1_timed_out=0
+    boot "$SHARE" "$LAST/console-v1.log" "systemd.unified_cgroup_hierarchy=0" "$V1_TIMEOUT" || v1_timed_out=1
+    if [ -f "$SHARE/out/run.log" ]; then
+        sed -E 's/^(PASS|FAIL) /\1 v1:/; s/^([0-9]+ passed, [0-9]+ failed)$/v1: \1/' "$SHARE/out/run.log" >>"$LAST/run.log"
+    fi
+    v1_rc="$(cat "$SHARE/out/run.rc" 2>/dev/null || echo none)"
+    if [ "$v1_timed_out" = 1 ] || [ "$v1_rc" != 0 ]; then
+        echo "FAIL v1:boot: checks exit $v1_rc (console: $LAST/console-v1.log)" >>"$LAST/run.log"
     fi
 fi
 if [ -f "$LAST/run.log" ]; then

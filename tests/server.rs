@@ -179,6 +179,29 @@ async fn k1_the_kubelet_api_authenticates_authorizes_and_serves_pods_and_logs() 
         assert_eq!(code, 200);
         assert!(m.lines().any(|l| l.starts_with("container_cpu_usage_seconds_total{container=\"busy\",namespace=\"default\",pod=\"talker\"}")), "{m}");
         assert!(m.contains("pod_memory_working_set_bytes{namespace=\"default\",pod=\"talker\"}"), "{m}");
+        assert!(m.lines().any(|l| l.starts_with("container_start_time_seconds{container=\"busy\",namespace=\"default\",pod=\"talker\"} ")), "{m}");
+        // /metrics/cadvisor: cadvisor's series for the root, the pod and the busy
+        // container, equal to the container's cgroup files.
+        let bid = pod_phase(&admin, "talker").unwrap()["status"]["containerStatuses"].as_array().unwrap().iter().find(|c| c["name"] == "busy").unwrap()["containerID"].as_str().unwrap().trim_start_matches("containerd://").to_string();
+        let (code, m) = curl(&format!("{api}/metrics/cadvisor"), &allowed);
+        assert_eq!(code, 200, "{m}");
+        let sample = |name: &str, labels: &[&str]| -> f64 {
+            let line = m.lines().find(|l| (l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} "))) && labels.iter().all(|x| l.contains(x))).unwrap_or_else(|| panic!("no {name} {labels:?} in\n{m}"));
+            line.rsplit(' ').nth(1).unwrap().parse().unwrap()
+        };
+        let bimage = pod_phase(&admin, "talker").unwrap()["status"]["containerStatuses"].as_array().unwrap().iter().find(|c| c["name"] == "busy").unwrap()["image"].as_str().unwrap().to_string();
+        let busy_owned = [r#"container="busy""#.to_string(), format!(r#"id="/kubepods/burstable/pod{uid}/{bid}""#), format!(r#"image="{bimage}""#), format!(r#"name="{bid}""#), r#"namespace="default""#.into(), r#"pod="talker""#.into()];
+        let busy_l: Vec<&str> = busy_owned.iter().map(|s| s.as_str()).collect();
+        let cgc = |ctrl: &str, file: &str| -> f64 { std::fs::read_to_string(format!("/sys/fs/cgroup/{ctrl}/kubepods/burstable/pod{uid}/{bid}/{file}")).unwrap().trim().parse().unwrap() };
+        let cpu = sample("container_cpu_usage_seconds_total", &[&busy_l[..], &[r#"cpu="total""#][..]].concat());
+        assert!(cpu > 0.01 && cpu <= cgc("cpuacct", "cpuacct.usage") / 1e9, "busy cpu {cpu}");
+        assert_eq!(sample("container_threads", &busy_l), cgc("pids", "pids.current"), "container_threads is pids.current");
+        assert_eq!(sample("container_processes", &busy_l), 1.0, "the busy loop is one process");
+        assert!(sample("container_memory_working_set_bytes", &busy_l) > 0.0);
+        let pod_id = format!(r#"id="/kubepods/burstable/pod{uid}""#);
+        assert!(sample("container_memory_usage_bytes", &[r#"container="""#, &pod_id, r#"pod="talker""#]) > 0.0, "the pod cgroup's series");
+        assert!(sample("container_cpu_usage_seconds_total", &[r#"id="/""#]) > 0.0, "the root cgroup's series");
+        assert!(sample("machine_memory_bytes", &[]) > 0.0);
         let (code, cz) = curl(&format!("{api}/configz"), &allowed);
         let cz: serde_json::Value = serde_json::from_str(&cz).unwrap_or_default();
         assert_eq!(code, 200);

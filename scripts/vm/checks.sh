@@ -22,7 +22,8 @@ SHARE="${1:?usage: checks.sh SHARE}"
 RK_LOG_TAG=vm-checks
 
 CHECKS=(environment unit-active pod-running pod-cgroup restart-keeps-pods stop-start-adopts systemd-driver driver-mismatch stats-v2 reset-cleans-up bench watchdog shutdown-prepare)
-OPT_IN_CHECKS=()
+# The second boot of scripts/vm-test.sh (legacy cgroup v1 hierarchy) runs these.
+OPT_IN_CHECKS=(environment-v1 systemd-driver-v1)
 ROOT_DIR=/var/lib/rkubelet
 MANIFEST=/etc/kubernetes/manifests/vm-web.yaml
 KUBECONFIG_FILE=/etc/kubernetes/kubelet.conf
@@ -155,6 +156,17 @@ check_environment() {
     local fs
     fs="$(stat -fc %T /sys/fs/cgroup)"
     [ "$fs" = cgroup2fs ] || fail_with "/sys/fs/cgroup is $fs" || return 1
+    [ "$(systemctl is-active containerd.service)" = active ] || fail_with "containerd.service is not active"
+}
+
+# environment-v1: the second boot: systemd PID 1 on the legacy cgroup v1
+# hierarchy (systemd.unified_cgroup_hierarchy=0), containerd as a unit.
+check_environment_v1() {
+    [ "$(cat /proc/1/comm)" = systemd ] || fail_with "PID 1 is $(cat /proc/1/comm)" || return 1
+    local fs
+    fs="$(stat -fc %T /sys/fs/cgroup)"
+    [ "$fs" = tmpfs ] && [ -d /sys/fs/cgroup/memory ] && [ -d /sys/fs/cgroup/systemd ] ||
+        fail_with "/sys/fs/cgroup is $fs with $(ls /sys/fs/cgroup | tr '\n' ' ')" || return 1
     [ "$(systemctl is-active containerd.service)" = active ] || fail_with "containerd.service is not active"
 }
 
@@ -362,6 +374,62 @@ check_systemd_driver() {
     [ "$before" = "$after" ] || fail_with "after the restart, tasks before: $(one_line "$before") after: $(one_line "$after")"
 }
 
+# The v1 cgroup (CONTROLLER's hierarchy) of a process.
+proc_cgroup_v1() {
+    awk -F: -v c="$2" '$2 == c { print $3 }' "/proc/$1/cgroup" 2>/dev/null
+}
+
+# systemd-driver-v1: the systemd driver on the legacy cgroup v1 hierarchy (the
+# second boot): the same slices, created through systemd, in every controller's
+# hierarchy; a Guaranteed pod's slice has memory.limit_in_bytes, the cfs quota
+# and pids.max; the burstable slice's cpu.shares follows its pods' requests;
+# an agent restart keeps every container.
+V1=/sys/fs/cgroup
+check_systemd_driver_v1() {
+    timeout 120 systemctl stop kubelet.service || fail_with "systemctl stop kubelet failed" || return 1
+    echo "KUBELET_EXTRA_ARGS=$SD_ARGS" >/etc/default/kubelet
+    rm -f /etc/kubernetes/manifests/*.yaml
+    pod_manifest vm-sd "{}" "sleep 3600"
+    pod_manifest vm-g "{limits: {cpu: 100m, memory: 64Mi}}" "sleep 3600"
+    timeout 120 systemctl start kubelet.service || fail_with "systemctl start kubelet failed" || return 1
+    wait_for "pods vm-sd and vm-g Running" "$POD_WAIT" pods_sd_g_running ||
+        fail_with "pods not running: vm-sd '$(pod_state vm-sd)' vm-g '$(pod_state vm-g)'; $(journalctl -u rkubelet.service -o cat --no-pager -n 5 | tr '\n' ' ')" || return 1
+    local pid cg c all=()
+    for pid in $(running_tasks | cut -d' ' -f2); do
+        for c in memory pids cpu,cpuacct name=systemd; do
+            cg="$(proc_cgroup_v1 "$pid" "$c")"
+            all+=("$c:$cg")
+            case "$cg" in
+            /kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod*.slice/cri-containerd-*.scope) ;;
+            /kubepods.slice/kubepods-pod*.slice/cri-containerd-*.scope) ;;
+            *) fail_with "task pid $pid is in $c cgroup '$cg', not a kubepods.slice pod slice's cri-containerd scope" || return 1 ;;
+            esac
+        done
+    done
+    [ "$(systemctl is-active kubepods.slice)" = active ] || fail_with "kubepods.slice is $(systemctl is-active kubepods.slice)" || return 1
+    local g gp gc
+    g="$(one_dir "$V1/memory/kubepods.slice/kubepods-pod*.slice")"
+    [ -n "$g" ] || fail_with "no Guaranteed pod slice under $V1/memory/kubepods.slice; containers in: ${all[*]}" || return 1
+    gp="$V1/pids/kubepods.slice/$(basename "$g")" gc="$V1/cpu,cpuacct/kubepods.slice/$(basename "$g")"
+    [ "$(cat "$g/memory.limit_in_bytes")" = 67108864 ] || fail_with "$g/memory.limit_in_bytes is $(cat "$g/memory.limit_in_bytes"), not 64Mi" || return 1
+    [ "$(cat "$gp/pids.max")" = 64 ] || fail_with "$gp/pids.max is $(cat "$gp/pids.max"), not podPidsLimit 64" || return 1
+    [ "$(cat "$gc/cpu.cfs_quota_us")" = 10000 ] || fail_with "$gc/cpu.cfs_quota_us is $(cat "$gc/cpu.cfs_quota_us"), not a 100m quota" || return 1
+    log "Guaranteed pod slice $(basename "$g"): memory.limit_in_bytes $(cat "$g/memory.limit_in_bytes") pids.max $(cat "$gp/pids.max") cpu.cfs_quota_us $(cat "$gc/cpu.cfs_quota_us"); containers in ${all[*]}"
+    local b="$V1/cpu,cpuacct/kubepods.slice/kubepods-burstable.slice/cpu.shares" before after
+    before="$(cat "$b" 2>/dev/null || echo none)"
+    pod_manifest vm-b "{requests: {cpu: 300m}}" "sleep 3600"
+    wait_for "pod vm-b Running" "$POD_WAIT" pod_b_running || fail_with "pod vm-b not running: '$(pod_state vm-b)'" || return 1
+    after="$(cat "$b")"
+    [ "$after" = 307 ] && [ "$before" != "$after" ] || fail_with "kubepods-burstable.slice cpu.shares $before -> $after, want 307 for 300m" || return 1
+    log "kubepods-burstable.slice cpu.shares $before -> $after"
+    before="$(running_tasks)"
+    timeout 120 systemctl restart kubelet.service || fail_with "systemctl restart kubelet failed" || return 1
+    wait_for "kubelet.service active" 60 unit_active || fail_with "kubelet.service not active after the restart" || return 1
+    sleep 5
+    after="$(running_tasks)"
+    [ "$before" = "$after" ] || fail_with "after the restart, tasks before: $(one_line "$before") after: $(one_line "$after")"
+}
+
 # driver-mismatch: containerd configured for systemd (SystemdCgroup = true) and
 # the agent for cgroupfs: the agent refuses to start with upstream's
 # misconfiguration message, and doctor FAILs the cgroup-driver check. Then the
@@ -395,16 +463,9 @@ check_driver_mismatch() {
 STATS_ARGS="$SD_ARGS --authorization-mode=AlwaysAllow --anonymous-auth=true"
 
 # summary_field JSON CONTAINER OBJECT FIELD: a number from the container's
-# cpu or memory object in a /stats/summary document (serde_json sorts keys:
-# cpu, logs, memory, name).
+# cpu or memory object in a /stats/summary document (empty when absent).
 summary_field() {
-    local obj
-    obj="$(printf '%s' "$1" | grep -o "\"cpu\":{[^}]*},\"logs\":{[^}]*},\"memory\":{[^}]*},\"name\":\"$2\"" | head -n1)"
-    case "$3" in
-    cpu) obj="$(printf '%s' "$obj" | grep -o '"cpu":{[^}]*}')" ;;
-    memory) obj="$(printf '%s' "$obj" | grep -o '"memory":{[^}]*}')" ;;
-    esac
-    printf '%s' "$obj" | grep -o "\"$4\":[0-9]*" | cut -d: -f2
+    printf '%s' "$1" | jq -r --arg c "$2" --arg o "$3" --arg f "$4" '[.pods[].containers[] | select(.name == $c)][0][$o][$f] // empty'
 }
 
 # The cgroup v2 directory of the scope that holds the tmpfs pages the stats pod wrote.
@@ -428,7 +489,7 @@ summary_has_stats() { summary | grep -q '"name":"statsc"'; }
 check_stats_v2() {
     timeout 120 systemctl stop kubelet.service || fail_with "systemctl stop kubelet failed" || return 1
     echo "KUBELET_EXTRA_ARGS=$STATS_ARGS" >/etc/default/kubelet
-    pod_manifest vm-stats "{}" "dd if=/dev/zero of=/dev/shm/f bs=1M count=20; exec sleep 3600"
+    pod_manifest vm-stats "{}" "dd if=/dev/zero of=/dev/shm/f bs=1M count=20; dd if=/dev/zero of=/w bs=1M count=8 conv=fsync; exec sleep 3600"
     sed -i 's/- name: c$/- name: statsc/' /etc/kubernetes/manifests/vm-stats.yaml
     timeout 120 systemctl start kubelet.service || fail_with "systemctl start kubelet failed" || return 1
     wait_for "pod vm-stats Running with its 20 MiB" "$POD_WAIT" stats_ready ||
@@ -454,6 +515,41 @@ check_stats_v2() {
     [ "$ws" -ge $((20 * mib)) ] || fail_with "workingSetBytes $ws is below the 20 MiB the container holds" || return 1
     d=$((usec * 1000 - cpu))
     [ "$d" -ge 0 ] && [ "$d" -le 1000000000 ] || fail_with "usageCoreNanoSeconds $cpu, cpu.stat usage_usec $usec" || return 1
+    stats_psi_swap_io "$dir" "$json"
+}
+
+stats_written() { awk '{ for (i = 2; i <= NF; i++) if ($i ~ /^wbytes=/) { sub("wbytes=", "", $i); if ($i >= 8388608) f = 1 } } END { exit !f }' "$STATS_DIR/io.stat"; }
+
+# The v2-only parts: pressure (KubeletPSI) and swap in the summary, and
+# /metrics/cadvisor's block I/O (io.stat) and threads (pids.current) for the
+# container that wrote 8 MiB with fsync.
+stats_psi_swap_io() {
+    local dir="$1" json="$2" c total file_total swap dev wbytes name metrics m threads
+    c="$(printf '%s' "$json" | jq -c '.pods[].containers[] | select(.name == "statsc")')"
+    for r in cpu memory io; do
+        total="$(printf '%s' "$c" | jq -r ".$r.psi.some.total")"
+        file_total="$(awk '$1 == "some" { sub("total=", "", $5); print $5 }' "$dir/$r.pressure")"
+        log "psi $r: summary some.total $total, $r.pressure $file_total"
+        [ "$total" != null ] && [ "$total" -le "$file_total" ] || fail_with "statsc $r psi: summary $total, file $file_total: $(printf '%s' "$c" | head -c 600)" || return 1
+    done
+    printf '%s' "$json" | jq -e '.node.cpu.psi.full and .node.memory.psi.some and .node.io.psi.some and .node.swap.swapUsageBytes != null' >/dev/null ||
+        fail_with "the node's psi/swap: $(printf '%s' "$json" | jq -c '.node | {cpu, io, swap}' | head -c 600)" || return 1
+    swap="$(printf '%s' "$c" | jq -r '.swap.swapUsageBytes')"
+    [ "$swap" = "$(cat "$dir/memory.swap.current")" ] || fail_with "statsc swapUsageBytes $swap, memory.swap.current $(cat "$dir/memory.swap.current")" || return 1
+    STATS_DIR="$dir" wait_for "8 MiB written back from statsc" 60 stats_written || fail_with "io.stat: $(cat "$dir/io.stat")" || return 1
+    metrics="$(curl -ksS --max-time 10 https://127.0.0.1:10250/metrics/cadvisor)"
+    # The device the container wrote to: the io.stat line with the most bytes written.
+    read -r dev wbytes < <(awk '{ w = 0; for (i = 2; i <= NF; i++) if ($i ~ /^wbytes=/) { sub("wbytes=", "", $i); w = $i } print $1, w }' "$dir/io.stat" | sort -k2 -n | tail -n1)
+    name="/dev/$(sed -n 's/^DEVNAME=//p' "/sys/dev/block/$dev/uevent")"
+    m="$(printf '%s\n' "$metrics" | grep "^container_fs_writes_bytes_total{container=\"statsc\",device=\"$name\"," | awk '{ print $2 }')"
+    wbytes="$(awk -v d="$dev" '$1 == d { for (i = 2; i <= NF; i++) if ($i ~ /^wbytes=/) { sub("wbytes=", "", $i); print $i } }' "$dir/io.stat")"
+    log "container_fs_writes_bytes_total{device=$name} $m; io.stat $dev wbytes $wbytes"
+    [ -n "$m" ] && [ "$m" -ge $((8 * 1024 * 1024)) ] && [ "$m" -le "$wbytes" ] ||
+        fail_with "container_fs_writes_bytes_total for $name: '$m', io.stat $dev wbytes $wbytes; $(printf '%s\n' "$metrics" | grep -m3 'container_fs_writes_bytes_total')" || return 1
+    threads="$(printf '%s\n' "$metrics" | grep '^container_threads{container="statsc",' | awk '{ print $2 }')"
+    [ "$threads" = "$(cat "$dir/pids.current")" ] || fail_with "container_threads $threads, pids.current $(cat "$dir/pids.current")" || return 1
+    printf '%s\n' "$metrics" | grep -q '^container_pressure_memory_waiting_seconds_total{container="statsc",' ||
+        fail_with "no container_pressure_memory_waiting_seconds_total for statsc" || return 1
 }
 
 # watchdog: the unit has WatchdogSec=1min and the agent pings (WATCHDOG=1 every

@@ -7,6 +7,7 @@
 
 pub mod pods;
 pub mod systemd;
+pub mod usage;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

@@ -383,8 +383,11 @@ impl PodCgroups {
     }
 }
 
+/// The accounting libcontainer's systemd manager turns on for every unit it
+/// starts, so the pod slices have cpu, memory, io (blkio on v1) and pids files.
 fn accounting() -> Vec<Property> {
-    vec![("CPUAccounting", Value::Bool(true)), ("MemoryAccounting", Value::Bool(true)), ("TasksAccounting", Value::Bool(true))]
+    let io = if super::uses_v1() { "BlockIOAccounting" } else { "IOAccounting" };
+    vec![("CPUAccounting", Value::Bool(true)), ("MemoryAccounting", Value::Bool(true)), (io, Value::Bool(true)), ("TasksAccounting", Value::Bool(true))]
 }
 
 fn write(dir: &Path, file: &str, value: &str) -> Result<(), CgroupError> {

@@ -2,11 +2,12 @@
 //! (10250) behind authentication and authorization, and the plain `/healthz` on
 //! `healthzBindAddress:healthzPort` (127.0.0.1:10248) that kubeadm waits on.
 //! Endpoints so far: `/healthz`, `/pods`, `/containerLogs/{ns}/{pod}/{container}`,
-//! `/stats/summary`, `/metrics/resource`, `/metrics`, `/metrics/probes`, `/configz`,
+//! `/stats/summary`, `/metrics/resource`, `/metrics/cadvisor`, `/metrics`, `/metrics/probes`, `/configz`,
 //! and the streaming ones (`/exec`, `/attach`, `/portForward`: see [`streaming`]).
 //! A slow or broken client only holds its own connection task.
 
 pub mod auth;
+pub mod cadvisor;
 pub mod serving;
 pub mod stats;
 pub mod streaming;
@@ -221,6 +222,11 @@ async fn handle(state: Arc<State>, cert: Option<&[u8]>, req: Request<hyper::body
                 .body(full(stats::resource_metrics(&s)))
                 .unwrap_or_else(|_| Response::new(full("")))
         }
+        "/metrics/cadvisor" => Response::builder()
+            .status(StatusCode::OK)
+            .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            .body(full(cadvisor::metrics(&crate::pod::store::load_all(&state.root_dir))))
+            .unwrap_or_else(|_| Response::new(full(""))),
         "/metrics" => openmetrics(state.metrics.encode(&crate::pod::store::load_all(&state.root_dir))),
         "/metrics/probes" => openmetrics(state.metrics.encode_probes()),
         p if p.starts_with("/containerLogs/") => {

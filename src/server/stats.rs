@@ -10,79 +10,7 @@ use std::sync::Mutex;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
-/// One reading of a cgroup.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Usage {
-    /// Cumulative CPU time, ns.
-    pub cpu_ns: Option<u64>,
-    pub memory_bytes: Option<u64>,
-    pub working_set_bytes: Option<u64>,
-    pub rss_bytes: Option<u64>,
-    pub page_faults: Option<u64>,
-    pub major_page_faults: Option<u64>,
-}
-
-fn read_u64(p: &Path) -> Option<u64> {
-    std::fs::read_to_string(p).ok()?.trim().parse().ok()
-}
-
-fn stat_field(p: &Path, key: &str) -> Option<u64> {
-    std::fs::read_to_string(p).ok()?.lines().find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
-}
-
-/// Reads the cgroup at `rel` (e.g. `/kubepods/besteffort/pod<uid>`).
-pub fn cgroup_usage(rel: &str) -> Usage {
-    let rel = rel.trim_start_matches('/');
-    if crate::cgroups::uses_v1() {
-        let cpu = crate::cgroups::v1_root("cpuacct").map(|r| r.join(rel));
-        let mem = crate::cgroups::v1_root("memory").map(|r| r.join(rel));
-        let usage = mem.as_ref().and_then(|m| read_u64(&m.join("memory.usage_in_bytes")));
-        let stat = mem.as_ref().map(|m| m.join("memory.stat"));
-        let inactive = stat.as_ref().and_then(|s| stat_field(s, "total_inactive_file")).unwrap_or(0);
-        Usage {
-            cpu_ns: cpu.and_then(|c| read_u64(&c.join("cpuacct.usage"))),
-            memory_bytes: usage,
-            working_set_bytes: usage.map(|u| u.saturating_sub(inactive)),
-            rss_bytes: stat.as_ref().and_then(|s| stat_field(s, "total_rss")),
-            page_faults: stat.as_ref().and_then(|s| stat_field(s, "total_pgfault")),
-            major_page_faults: stat.as_ref().and_then(|s| stat_field(s, "total_pgmajfault")),
-        }
-    } else {
-        let d = Path::new("/sys/fs/cgroup").join(rel);
-        let usage = read_u64(&d.join("memory.current"));
-        let stat = d.join("memory.stat");
-        let inactive = stat_field(&stat, "inactive_file").unwrap_or(0);
-        Usage {
-            cpu_ns: stat_field(&d.join("cpu.stat"), "usage_usec").map(|u| u * 1000),
-            memory_bytes: usage,
-            working_set_bytes: usage.map(|u| u.saturating_sub(inactive)),
-            rss_bytes: stat_field(&stat, "anon"),
-            page_faults: stat_field(&stat, "pgfault"),
-            major_page_faults: stat_field(&stat, "pgmajfault"),
-        }
-    }
-}
-
-/// The directory of cgroup `rel` for `controller` (its v1 hierarchy, or the v2 mount).
-fn cgroup_dir(controller: &str, rel: &str) -> Option<PathBuf> {
-    let rel = rel.trim_start_matches('/');
-    if crate::cgroups::uses_v1() {
-        crate::cgroups::v1_root(controller).map(|r| r.join(rel))
-    } else {
-        Some(Path::new("/sys/fs/cgroup").join(rel))
-    }
-}
-
-/// Pids listed in `dir` and every cgroup below it.
-fn procs_below(dir: PathBuf) -> impl Iterator<Item = u32> {
-    let mut stack = vec![dir];
-    std::iter::from_fn(move || {
-        let d = stack.pop()?;
-        stack.extend(std::fs::read_dir(&d).into_iter().flatten().flatten().filter(|e| e.path().is_dir()).map(|e| e.path()));
-        Some(std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).collect::<Vec<u32>>())
-    })
-    .flatten()
-}
+use crate::cgroups::usage::{cgroup_dir, count_procs, procs_below, read_usage, PsiStats, Usage};
 
 /// A process in the cgroup (for its network namespace's counters).
 fn a_pid(rel: &str) -> Option<u32> {
@@ -201,7 +129,7 @@ fn cpu_reading(key: &str) -> Option<u64> {
     if key == "/" {
         node_cpu_ns()
     } else {
-        cgroup_usage(key).cpu_ns
+        read_usage(key).cpu_ns
     }
 }
 
@@ -233,7 +161,7 @@ pub async fn run_housekeeping(sampler: std::sync::Arc<Sampler>, root_dir: PathBu
 
 fn cpu_json(s: &Sampler, key: &str, now: DateTime<Utc>, u: &Usage) -> Value {
     let fresh = u.cpu_ns.map(|ns| (now, ns));
-    match s.cpu(key, fresh) {
+    let mut v = match s.cpu(key, fresh) {
         Some((t, ns, r)) => {
             let mut v = json!({"time": crate::logs::timestamp(t), "usageCoreNanoSeconds": ns});
             if let Some(r) = r {
@@ -248,11 +176,48 @@ fn cpu_json(s: &Sampler, key: &str, now: DateTime<Utc>, u: &Usage) -> Value {
             }
             v
         }
+    };
+    if let Some(p) = u.psi.and_then(|p| p.cpu) {
+        v["psi"] = psi_json(&p);
     }
+    v
+}
+
+/// A pressure reading as the summary's `PSIStats` (KubeletPSI, on by default since 1.34).
+fn psi_json(p: &PsiStats) -> Value {
+    let d = |d: &crate::cgroups::usage::PsiData| json!({"total": d.total, "avg10": d.avg10, "avg60": d.avg60, "avg300": d.avg300});
+    json!({"full": d(&p.full), "some": d(&p.some)})
+}
+
+/// The `io` object (pressure only, as upstream's `IOStats`), when there is a reading.
+fn io_json(time: &str, u: &Usage) -> Option<Value> {
+    let p = u.psi.and_then(|p| p.io)?;
+    Some(json!({"time": time, "psi": psi_json(&p)}))
+}
+
+/// The `swap` object: usage, and what is left under a limit.
+fn swap_json(time: &str, u: &Usage) -> Option<Value> {
+    let used = u.swap_bytes?;
+    let mut v = json!({"time": time, "swapUsageBytes": used});
+    if let Some(l) = u.swap_limit {
+        v["swapAvailableBytes"] = json!(l.saturating_sub(used));
+    }
+    Some(v)
+}
+
+/// Adds the optional `io` and `swap` objects of `u` to a container, pod or node object.
+fn with_io_swap(mut v: Value, time: &str, u: &Usage) -> Value {
+    if let Some(io) = io_json(time, u) {
+        v["io"] = io;
+    }
+    if let Some(sw) = swap_json(time, u) {
+        v["swap"] = sw;
+    }
+    v
 }
 
 /// Pods the summary lists: those with a sandbox that have not finished.
-fn in_summary(p: &k8s_openapi::api::core::v1::Pod) -> bool {
+pub(crate) fn in_summary(p: &k8s_openapi::api::core::v1::Pod) -> bool {
     let st = p.status.as_ref();
     match st.and_then(|s| s.phase.as_deref()) {
         Some("Running") => true,
@@ -270,6 +235,8 @@ fn running_container_ids(p: &k8s_openapi::api::core::v1::Pod) -> impl Iterator<I
         .filter_map(|c| Some(c.container_id.as_deref()?.trim_start_matches("containerd://").to_string()))
 }
 
+/// The `memory` object; `availableBytes` is the limit (the cgroup's, or the
+/// node's capacity) less the working set, and absent without a limit.
 fn memory_json(time: &str, u: &Usage, limit: Option<u64>) -> Value {
     let mut v = json!({"time": time});
     for (k, val) in [("usageBytes", u.memory_bytes), ("workingSetBytes", u.working_set_bytes), ("rssBytes", u.rss_bytes), ("pageFaults", u.page_faults), ("majorPageFaults", u.major_page_faults)] {
@@ -277,8 +244,11 @@ fn memory_json(time: &str, u: &Usage, limit: Option<u64>) -> Value {
             v[k] = json!(x);
         }
     }
-    if let (Some(l), Some(ws)) = (limit, u.working_set_bytes) {
+    if let (Some(l), Some(ws)) = (limit.or(u.memory_limit), u.working_set_bytes) {
         v["availableBytes"] = json!(l.saturating_sub(ws));
+    }
+    if let Some(p) = u.psi.and_then(|p| p.memory) {
+        v["psi"] = psi_json(&p);
     }
     v
 }
@@ -304,18 +274,23 @@ fn node_cpu_ns() -> Option<u64> {
     Some(busy * 1_000_000_000 / hz.max(1))
 }
 
-
 /// The Summary API object (stats/v1alpha1) for the node and `pods`.
 pub fn summary(node: &str, root_dir: &Path, pods: &[k8s_openapi::api::core::v1::Pod], sampler: &Sampler) -> Value {
     let now = Utc::now();
     let time = crate::logs::timestamp(now);
     let total = crate::cgroups::meminfo("MemTotal:").unwrap_or(0);
-    let node_mem = Usage {
-        memory_bytes: Some(total.saturating_sub(crate::cgroups::meminfo("MemFree:").unwrap_or(0))),
-        working_set_bytes: Some(total.saturating_sub(crate::cgroups::meminfo("MemAvailable:").unwrap_or(0))),
+    let psi = crate::cgroups::usage::node_pressure();
+    // cadvisor's root container: what eviction's memory.available is taken from.
+    let root = crate::cgroups::usage::root_memory();
+    let node_mem = Usage { memory_bytes: root.map(|r| r.0), working_set_bytes: root.map(|r| r.1), psi, ..Default::default() };
+    let node_cpu = Usage { cpu_ns: node_cpu_ns(), psi, ..Default::default() };
+    let swap_total = crate::cgroups::meminfo("SwapTotal:");
+    let node_swap = Usage {
+        swap_bytes: swap_total.map(|t| t.saturating_sub(crate::cgroups::meminfo("SwapFree:").unwrap_or(t))),
+        swap_limit: swap_total,
+        psi,
         ..Default::default()
     };
-    let node_cpu = Usage { cpu_ns: node_cpu_ns(), ..Default::default() };
     let default_if = crate::agent::default_route_interface().unwrap_or_default();
     let pods_json: Vec<Value> = pods
         .iter()
@@ -330,14 +305,15 @@ pub fn summary(node: &str, root_dir: &Path, pods: &[k8s_openapi::api::core::v1::
                 .filter_map(|c| {
                     let id = c.container_id.as_deref()?.trim_start_matches("containerd://");
                     let rel = crate::cgroups::container_cgroup(crate::cgroups::qos_class(p), &uid, id);
-                    let u = cgroup_usage(&rel);
+                    let u = read_usage(&rel);
                     let started = c.state.as_ref()?.running.as_ref()?.started_at.as_ref().map(|t| t.0.to_string());
-                    Some(json!({"name": c.name, "startTime": started, "cpu": cpu_json(sampler, &rel, now, &u), "memory": memory_json(&time, &u, None),
-                                "logs": fs_json(&time, Path::new("/var/log/pods")), "rootfs": fs_json(&time, root_dir)}))
+                    let c = json!({"name": c.name, "startTime": started, "cpu": cpu_json(sampler, &rel, now, &u), "memory": memory_json(&time, &u, None),
+                                   "logs": fs_json(&time, Path::new("/var/log/pods")), "rootfs": fs_json(&time, root_dir)});
+                    Some(with_io_swap(c, &time, &u))
                 })
                 .collect();
-            let u = cgroup_usage(&parent);
-            json!({
+            let u = read_usage(&parent);
+            let pod = json!({
                 "podRef": {"name": p.metadata.name, "namespace": p.metadata.namespace, "uid": uid},
                 "startTime": st.start_time.as_ref().map(|t| t.0.to_string()),
                 "containers": containers,
@@ -346,30 +322,29 @@ pub fn summary(node: &str, root_dir: &Path, pods: &[k8s_openapi::api::core::v1::
                 "network": network(&time, a_pid(&parent), "eth0"),
                 "ephemeral-storage": fs_json(&time, root_dir),
                 "process_stats": {"process_count": count_procs(&parent)},
-            })
+            });
+            with_io_swap(pod, &time, &u)
         })
         .collect();
     // The pods cgroup, as upstream's "pods" system container.
-    let pods_cg = cgroup_usage(crate::cgroups::kubepods());
-    let system_containers = vec![json!({"name": "pods", "startTime": boot_time().map(crate::logs::timestamp), "cpu": cpu_json(sampler, crate::cgroups::kubepods(), now, &pods_cg), "memory": memory_json(&time, &pods_cg, None)})];
+    let pods_cg = read_usage(crate::cgroups::kubepods());
+    let pods_system = json!({"name": "pods", "startTime": boot_time().map(crate::logs::timestamp), "cpu": cpu_json(sampler, crate::cgroups::kubepods(), now, &pods_cg), "memory": memory_json(&time, &pods_cg, None)});
+    let system_containers = vec![with_io_swap(pods_system, &time, &pods_cg)];
+    let node_json = json!({
+        "nodeName": node,
+        "startTime": boot_time().map(crate::logs::timestamp),
+        "systemContainers": system_containers,
+        "cpu": cpu_json(sampler, "/", now, &node_cpu),
+        "memory": memory_json(&time, &node_mem, Some(total)),
+        "network": network(&time, None, &default_if),
+        "fs": fs_json(&time, root_dir),
+        "runtime": {"imageFs": fs_json(&time, Path::new("/var/lib/containerd"))},
+        "rlimit": {"time": time, "maxpid": std::fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|s| s.trim().parse::<u64>().ok()), "curproc": std::fs::read_dir("/proc").map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit())).count()).unwrap_or(0)},
+    });
     json!({
-        "node": {
-            "nodeName": node,
-            "startTime": boot_time().map(crate::logs::timestamp),
-            "systemContainers": system_containers,
-            "cpu": cpu_json(sampler, "/", now, &node_cpu),
-            "memory": memory_json(&time, &node_mem, Some(total)),
-            "network": network(&time, None, &default_if),
-            "fs": fs_json(&time, root_dir),
-            "runtime": {"imageFs": fs_json(&time, Path::new("/var/lib/containerd"))},
-            "rlimit": {"time": time, "maxpid": std::fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|s| s.trim().parse::<u64>().ok()), "curproc": std::fs::read_dir("/proc").map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit())).count()).unwrap_or(0)},
-        },
+        "node": with_io_swap(node_json, &time, &node_swap),
         "pods": pods_json,
     })
-}
-
-fn count_procs(rel: &str) -> usize {
-    cgroup_dir("pids", rel).map(|d| procs_below(d).count()).unwrap_or(0)
 }
 
 fn boot_time() -> Option<DateTime<Utc>> {
@@ -377,35 +352,53 @@ fn boot_time() -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(secs as i64, 0)
 }
 
-/// `/metrics/resource` (Prometheus text) from a summary: the series metrics-server reads.
+/// `/metrics/resource` (Prometheus text) from a summary: the series metrics-server
+/// reads, as upstream's resource metrics collector writes them (families sorted
+/// by name; samples stamped with the time of their reading).
 pub fn resource_metrics(summary: &Value) -> String {
     let ms = Utc::now().timestamp_millis();
     let mut out = String::new();
-    let mut family = |name: &str, help: &str, kind: &str, rows: Vec<(String, f64)>| {
-        out.push_str(&format!("# HELP {name} [STABLE] {help}\n# TYPE {name} {kind}\n"));
-        for (labels, v) in rows {
-            out.push_str(&format!("{name}{labels} {v} {ms}\n"));
+    // (name, stability, help, kind, rows); a row is (labels, value, stamped).
+    let mut family = |name: &str, stability: &str, help: &str, kind: &str, rows: Vec<(String, f64, bool)>| {
+        out.push_str(&format!("# HELP {name} [{stability}] {help}\n# TYPE {name} {kind}\n"));
+        for (labels, v, stamped) in rows {
+            if stamped {
+                out.push_str(&format!("{name}{labels} {v} {ms}\n"));
+            } else {
+                out.push_str(&format!("{name}{labels} {v}\n"));
+            }
         }
     };
     let secs = |v: &Value| v["cpu"]["usageCoreNanoSeconds"].as_f64().map(|n| n / 1e9);
     let ws = |v: &Value| v["memory"]["workingSetBytes"].as_f64();
+    let swap = |v: &Value| v["swap"]["swapUsageBytes"].as_f64();
+    let swap_limit = |v: &Value| v["swap"]["swapAvailableBytes"].as_f64().map(|a| a + v["swap"]["swapUsageBytes"].as_f64().unwrap_or(0.0));
+    let start = |v: &Value| v["startTime"].as_str().and_then(|t| DateTime::parse_from_rfc3339(t).ok()).map(|t| t.timestamp() as f64).filter(|t| *t > 0.0);
     let pods = summary["pods"].as_array().cloned().unwrap_or_default();
     let pl = |p: &Value| format!("namespace=\"{}\",pod=\"{}\"", p["podRef"]["namespace"].as_str().unwrap_or(""), p["podRef"]["name"].as_str().unwrap_or(""));
-    let containers = |f: &dyn Fn(&Value) -> Option<f64>| -> Vec<(String, f64)> {
+    let containers = |f: &dyn Fn(&Value) -> Option<f64>, stamped: bool| -> Vec<(String, f64, bool)> {
         pods.iter()
             .flat_map(|p| {
                 let l = pl(p);
-                p["containers"].as_array().cloned().unwrap_or_default().into_iter().filter_map(move |c| f(&c).map(|v| (format!("{{container=\"{}\",{l}}}", c["name"].as_str().unwrap_or("")), v)))
+                p["containers"].as_array().cloned().unwrap_or_default().into_iter().filter_map(move |c| f(&c).map(|v| (format!("{{container=\"{}\",{l}}}", c["name"].as_str().unwrap_or("")), v, stamped)))
             })
             .collect()
     };
-    family("container_cpu_usage_seconds_total", "Cumulative cpu time consumed by the container in core-seconds", "counter", containers(&secs));
-    family("container_memory_working_set_bytes", "Current working set of the container in bytes", "gauge", containers(&ws));
-    family("node_cpu_usage_seconds_total", "Cumulative cpu time consumed by the node in core-seconds", "counter", secs(&summary["node"]).map(|v| vec![(String::new(), v)]).unwrap_or_default());
-    family("node_memory_working_set_bytes", "Current working set of the node in bytes", "gauge", ws(&summary["node"]).map(|v| vec![(String::new(), v)]).unwrap_or_default());
-    family("pod_cpu_usage_seconds_total", "Cumulative cpu time consumed by the pod in core-seconds", "counter", pods.iter().filter_map(|p| secs(p).map(|v| (format!("{{{}}}", pl(p)), v))).collect());
-    family("pod_memory_working_set_bytes", "Current working set of the pod in bytes", "gauge", pods.iter().filter_map(|p| ws(p).map(|v| (format!("{{{}}}", pl(p)), v))).collect());
-    out.push_str("# HELP resource_scrape_error [STABLE] 1 if there was an error while getting container metrics, 0 otherwise\n# TYPE resource_scrape_error gauge\nresource_scrape_error 0\n");
+    let pod_rows = |f: &dyn Fn(&Value) -> Option<f64>| -> Vec<(String, f64, bool)> { pods.iter().filter_map(|p| f(p).map(|v| (format!("{{{}}}", pl(p)), v, true))).collect() };
+    let node = |f: &dyn Fn(&Value) -> Option<f64>| -> Vec<(String, f64, bool)> { f(&summary["node"]).map(|v| vec![(String::new(), v, true)]).unwrap_or_default() };
+    family("container_cpu_usage_seconds_total", "STABLE", "Cumulative cpu time consumed by the container in core-seconds", "counter", containers(&secs, true));
+    family("container_memory_working_set_bytes", "STABLE", "Current working set of the container in bytes", "gauge", containers(&ws, true));
+    family("container_start_time_seconds", "STABLE", "Start time of the container since unix epoch in seconds", "gauge", containers(&start, false));
+    family("container_swap_limit_bytes", "ALPHA", "Current amount of the container swap limit in bytes. Reported only on non-windows systems", "gauge", containers(&swap_limit, true));
+    family("container_swap_usage_bytes", "ALPHA", "Current amount of the container swap usage in bytes. Reported only on non-windows systems", "gauge", containers(&swap, true));
+    family("node_cpu_usage_seconds_total", "STABLE", "Cumulative cpu time consumed by the node in core-seconds", "counter", node(&secs));
+    family("node_memory_working_set_bytes", "STABLE", "Current working set of the node in bytes", "gauge", node(&ws));
+    family("node_swap_usage_bytes", "ALPHA", "Current swap usage of the node in bytes. Reported only on non-windows systems", "gauge", node(&swap));
+    family("pod_cpu_usage_seconds_total", "STABLE", "Cumulative cpu time consumed by the pod in core-seconds", "counter", pod_rows(&secs));
+    family("pod_memory_working_set_bytes", "STABLE", "Current working set of the pod in bytes", "gauge", pod_rows(&ws));
+    family("pod_swap_usage_bytes", "ALPHA", "Current amount of the pod swap usage in bytes. Reported only on non-windows systems", "gauge", pod_rows(&swap));
+    family("resource_scrape_error", "STABLE", "1 if there was an error while getting container metrics, 0 otherwise", "gauge", vec![(String::new(), 0.0, false)]);
+    family("scrape_error", "ALPHA", "(Deprecated since 1.29.0) 1 if there was an error while getting container metrics, 0 otherwise", "gauge", vec![(String::new(), 0.0, false)]);
     out
 }
 
@@ -441,11 +434,20 @@ mod tests {
     fn resource_metrics_name_the_series_metrics_server_reads() {
         let sum = json!({"node": {"cpu": {"usageCoreNanoSeconds": 2_000_000_000u64}, "memory": {"workingSetBytes": 1024}},
                          "pods": [{"podRef": {"name": "p", "namespace": "ns"}, "cpu": {"usageCoreNanoSeconds": 500_000_000u64}, "memory": {"workingSetBytes": 10},
-                                   "containers": [{"name": "c", "cpu": {"usageCoreNanoSeconds": 500_000_000u64}, "memory": {"workingSetBytes": 10}}]}]});
+                                   "swap": {"swapUsageBytes": 0},
+                                   "containers": [{"name": "c", "startTime": "2026-12-06T04:00:00Z", "cpu": {"usageCoreNanoSeconds": 500_000_000u64}, "memory": {"workingSetBytes": 10},
+                                                   "swap": {"swapUsageBytes": 4096, "swapAvailableBytes": 4096}}]}]});
         let m = resource_metrics(&sum);
         assert!(m.contains("container_cpu_usage_seconds_total{container=\"c\",namespace=\"ns\",pod=\"p\"} 0.5 "), "{m}");
         assert!(m.contains("node_memory_working_set_bytes 1024 "), "{m}");
         assert!(m.contains("pod_memory_working_set_bytes{namespace=\"ns\",pod=\"p\"} 10 "), "{m}");
-        assert!(m.ends_with("resource_scrape_error 0\n"));
+        assert!(m.contains("container_start_time_seconds{container=\"c\",namespace=\"ns\",pod=\"p\"} 1796529600\n"), "{m}");
+        assert!(m.contains("container_swap_limit_bytes{container=\"c\",namespace=\"ns\",pod=\"p\"} 8192 "), "{m}");
+        assert!(m.contains("pod_swap_usage_bytes{namespace=\"ns\",pod=\"p\"} 0 "), "{m}");
+        assert!(!m.lines().any(|l| l.starts_with("node_swap_usage_bytes")), "no swap object on the node, no sample: {m}");
+        let names: Vec<&str> = m.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
+        assert!(names.windows(2).all(|w| w[0] < w[1]), "families sorted by name: {names:?}");
+        assert!(m.contains("\nresource_scrape_error 0\n"), "{m}");
+        assert!(m.ends_with("\nscrape_error 0\n"), "{m}");
     }
 }
