@@ -114,6 +114,7 @@ fn new_context(cfg: &Arc<Config>, channel: &tonic::transport::Channel, cni: Cni,
     let ctx = Arc::new(Context {
         cgroups: Arc::new(crate::cgroups::pods::PodCgroups::new(cfg.cgroup_driver, cfg.pod_pids_limit)),
         shutdown: Arc::default(),
+        eviction: Arc::default(),
         containers: Containers::new(channel.clone(), cfg.namespace.clone(), cfg.snapshotter.clone()),
         images,
         cni,
@@ -204,6 +205,17 @@ fn log_compat(cfg: &Config) {
     }
 }
 
+/// The eviction manager's settings from the configuration.
+fn eviction_settings(cfg: &Config) -> crate::eviction::Settings {
+    crate::eviction::Settings {
+        thresholds: crate::eviction::threshold::resolve(&cfg.eviction_hard, &cfg.eviction_soft, &cfg.eviction_soft_grace_period, &cfg.eviction_minimum_reclaim),
+        transition: cfg.eviction_pressure_transition_period,
+        max_pod_grace_seconds: cfg.eviction_max_pod_grace_period,
+        paths: crate::eviction::observe::Paths { root_dir: cfg.root_dir.clone(), image_fs: std::path::PathBuf::from("/var/lib/containerd") },
+        period: crate::eviction::MONITORING_PERIOD,
+    }
+}
+
 /// Runs the agent until `shutdown` resolves.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
@@ -291,6 +303,16 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Graceful node shutdown: logind's inhibitor lock, and the active pods when it fires.
     let (shutdown_tx, mut shutdown_rx) = mpsc::channel::<crate::shutdown::PodsRequest>(1);
+    // The eviction manager asks the same way for the pods it may evict.
+    let eviction_task = tokio::spawn(crate::eviction::run(
+        ctx.eviction.clone(),
+        eviction_settings(&cfg),
+        shutdown_tx.clone(),
+        cfg.root_dir.clone(),
+        ctx.recorder.clone(),
+        cfg.node_name.clone(),
+        cancel.clone(),
+    ));
     let shutdown_task = (!cfg.shutdown_groups.is_empty()).then(|| {
         let args = (ctx.shutdown.clone(), cfg.shutdown_groups.clone(), ctx.recorder.clone(), cfg.node_name.clone());
         tokio::spawn(crate::shutdown::run(args.0, args.1, args.2, args.3, shutdown_tx, cancel.clone()))
@@ -351,7 +373,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     }
     crate::systemd::notify(&["STOPPING=1", "STATUS=Stopping; pods keep running"]);
     cancel.cancel();
-    for t in api_tasks.into_iter().chain(server_tasks).chain(watchdog).chain(shutdown_task) {
+    for t in api_tasks.into_iter().chain(server_tasks).chain(watchdog).chain(shutdown_task).chain([eviction_task]) {
         let _ = t.await;
     }
     manager.drain().await;
@@ -514,20 +536,21 @@ fn start_api(
     let machine = MachineInfo::read(&cfg.root_dir, runtime_version);
     let mut opts = node_options(cfg, machine.memory_bytes);
     opts.eviction_nodefs_fraction = cfg.eviction_nodefs_fraction(machine.ephemeral_storage_bytes);
-    let (ready_tx, ready_rx) = tokio::sync::watch::channel(Readiness { runtime_ok: true, network_error: Some(crate::api::node::NOT_CHECKED.into()), shutting_down: false });
+    let (ready_tx, ready_rx) = tokio::sync::watch::channel(Readiness { runtime_ok: true, network_error: Some(crate::api::node::NOT_CHECKED.into()), shutting_down: false, pressure: vec![] });
     let (uid_tx, uid_rx) = tokio::sync::watch::channel(None);
     let (readiness, node_uid) = (ready_rx.clone(), uid_rx.clone());
     let mut tasks = Vec::new();
     // Runtime and network readiness, re-checked every few seconds (upstream: 5 s).
     {
-        let (cni, channel, cancel, shutdown) = (ctx.cni.clone(), channel.clone(), cancel.clone(), ctx.shutdown.clone());
+        let (cni, channel, cancel, shutdown, eviction) = (ctx.cni.clone(), channel.clone(), cancel.clone(), ctx.shutdown.clone(), ctx.eviction.clone());
         tasks.push(tokio::spawn(async move {
             loop {
                 let runtime_ok = crate::runtime::version(&channel).await.is_ok();
                 let network_error = cni.status().err().map(|e| e.to_string());
                 let shutting_down = shutdown.shutting_down();
+                let pressure = eviction.conditions();
                 ready_tx.send_if_modified(|r| {
-                    let new = Readiness { runtime_ok, network_error, shutting_down };
+                    let new = Readiness { runtime_ok, network_error, shutting_down, pressure };
                     let changed = *r != new;
                     *r = new;
                     changed

@@ -287,11 +287,11 @@ pub const SETTINGS: &[Setting] = &[
     both("enforce-node-allocatable", "enforceNodeAllocatable", List, only(&["pods"])),
     both("eviction-hard", "evictionHard", MapLangle, IMPL),
     field("mergeDefaultEvictionSettings", Bool, IMPL),
-    both("eviction-soft", "evictionSoft", MapLangle, ZERO),
-    both("eviction-soft-grace-period", "evictionSoftGracePeriod", Map, ZERO),
-    both("eviction-pressure-transition-period", "evictionPressureTransitionPeriod", Duration, ZERO),
-    both("eviction-max-pod-grace-period", "evictionMaxPodGracePeriod", Int32, ZERO),
-    both("eviction-minimum-reclaim", "evictionMinimumReclaim", Map, ZERO),
+    both("eviction-soft", "evictionSoft", MapLangle, IMPL),
+    both("eviction-soft-grace-period", "evictionSoftGracePeriod", Map, IMPL),
+    both("eviction-pressure-transition-period", "evictionPressureTransitionPeriod", Duration, IMPL),
+    both("eviction-max-pod-grace-period", "evictionMaxPodGracePeriod", Int32, IMPL),
+    both("eviction-minimum-reclaim", "evictionMinimumReclaim", Map, IMPL),
     flag("experimental-allocatable-ignore-eviction", Bool, ZERO),
     // Lifecycle.
     field("shutdownGracePeriod", Duration, IMPL),
@@ -753,13 +753,13 @@ mod tests {
         let r = report(
             &[],
             Some(&doc(
-                "evictionSoft: {memory.available: 1.5Gi}\ncpuManagerPolicy: none\ncgroupsPerQOS: true\nmemoryManagerPolicy: None\nfailSwapOn: true\n\
+                "qosReserved: {memory: 50%}\ncpuManagerPolicy: none\ncgroupsPerQOS: true\nmemoryManagerPolicy: None\nfailSwapOn: true\n\
                  imageGCHighThresholdPercent: 90\nfeatureGates: {Foo: true}\nlogging: {format: json, verbosity: 4}\ncrashLoopBackOff: {maxContainerRestartPeriod: 5m}\n\
                  enforceNodeAllocatable: [pods]\nsingleProcessOOMKill: true\nmemorySwap: {swapBehavior: LimitedSwap}\nmaxPods: 10\n",
             )),
             &h,
         );
-        assert_eq!(r.not_implemented, vec!["imageGCHighThresholdPercent", "evictionSoft", "featureGates", "logging.verbosity"]);
+        assert_eq!(r.not_implemented, vec!["imageGCHighThresholdPercent", "qosReserved", "featureGates", "logging.verbosity"]);
         let r = report(&[], Some(&doc("enforceNodeAllocatable: []\ncgroupsPerQOS: false\nevictionSoft: {}\n")), &h);
         assert_eq!(r.not_implemented, vec!["cgroupsPerQOS", "enforceNodeAllocatable"]);
     }

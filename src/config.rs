@@ -262,6 +262,21 @@ pub struct AgentArgs {
     /// Hard eviction thresholds: memory.available<100Mi,nodefs.available<10% [config: evictionHard].
     #[arg(long = "eviction-hard")]
     pub eviction_hard: Option<String>,
+    /// Soft eviction thresholds: memory.available<1.5Gi [config: evictionSoft].
+    #[arg(long = "eviction-soft", value_parser = |s: &str| crate::compat::Kind::MapLangle.parse(s))]
+    pub eviction_soft: Option<String>,
+    /// How long each soft threshold must hold before pods go: memory.available=1m30s [config: evictionSoftGracePeriod].
+    #[arg(long = "eviction-soft-grace-period", value_parser = |s: &str| crate::compat::Kind::Map.parse(s))]
+    pub eviction_soft_grace_period: Option<String>,
+    /// How long a pressure condition stays after its threshold last held [default: 5m0s] [config: evictionPressureTransitionPeriod].
+    #[arg(long = "eviction-pressure-transition-period", value_parser = parse_duration)]
+    pub eviction_pressure_transition_period: Option<Duration>,
+    /// Longest grace period (s) of a pod evicted for a soft threshold [default: 0] [config: evictionMaxPodGracePeriod].
+    #[arg(long = "eviction-max-pod-grace-period", allow_hyphen_values = true, value_parser = go_i64)]
+    pub eviction_max_pod_grace_period: Option<i64>,
+    /// What an eviction must reclaim beyond the threshold: imagefs.available=2Gi [config: evictionMinimumReclaim].
+    #[arg(long = "eviction-minimum-reclaim", value_parser = |s: &str| crate::compat::Kind::Map.parse(s))]
+    pub eviction_minimum_reclaim: Option<String>,
     /// Resources reserved for Kubernetes daemons: cpu=100m,memory=100Mi [config: kubeReserved].
     #[arg(long = "kube-reserved")]
     pub kube_reserved: Option<String>,
@@ -518,6 +533,16 @@ pub struct Config {
     pub shutdown_groups: Vec<crate::kubelet_config::ShutdownGracePeriodByPodPriority>,
     /// `evictionHard`: signal → threshold.
     pub eviction_hard: BTreeMap<String, Threshold>,
+    /// `evictionSoft`: signal → threshold, each with its grace period below.
+    pub eviction_soft: BTreeMap<String, Threshold>,
+    /// `evictionSoftGracePeriod`.
+    pub eviction_soft_grace_period: BTreeMap<String, Duration>,
+    /// `evictionPressureTransitionPeriod` (default 5m).
+    pub eviction_pressure_transition_period: Duration,
+    /// `evictionMaxPodGracePeriod` (seconds).
+    pub eviction_max_pod_grace_period: i64,
+    /// `evictionMinimumReclaim`: signal → quantity or percentage.
+    pub eviction_minimum_reclaim: BTreeMap<String, Threshold>,
     /// `kubeReserved`: resource → quantity.
     pub kube_reserved: BTreeMap<String, String>,
     /// `systemReserved`: resource → quantity.
@@ -616,6 +641,14 @@ impl Threshold {
             return Err(format!("threshold {s:?} is negative"));
         }
         Ok(Threshold::Quantity(q))
+    }
+
+    /// As written in a configuration: `100Mi` (canonical) or `10%`.
+    pub fn text(&self) -> String {
+        match *self {
+            Threshold::Quantity(q) => crate::quantity::format_binary(q),
+            Threshold::Fraction(f) => format!("{}%", (f * 100.0 * 1000.0).round() / 1000.0),
+        }
     }
 
     /// The threshold in absolute units, against `capacity`.
@@ -741,6 +774,11 @@ impl Config {
             "shutdownGracePeriodByPodPriority": self.shutdown_groups,
             "resolvConf": self.resolv_conf.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
             "evictionHard": self.eviction_hard.iter().map(|(k, v)| (k.clone(), threshold(v))).collect::<std::collections::BTreeMap<_, _>>(),
+            "evictionSoft": self.eviction_soft.iter().map(|(k, v)| (k.clone(), threshold(v))).collect::<std::collections::BTreeMap<_, _>>(),
+            "evictionSoftGracePeriod": self.eviction_soft_grace_period.iter().map(|(k, v)| (k.clone(), d(*v))).collect::<std::collections::BTreeMap<_, _>>(),
+            "evictionPressureTransitionPeriod": d(self.eviction_pressure_transition_period),
+            "evictionMaxPodGracePeriod": self.eviction_max_pod_grace_period,
+            "evictionMinimumReclaim": self.eviction_minimum_reclaim.iter().map(|(k, v)| (k.clone(), threshold(v))).collect::<std::collections::BTreeMap<_, _>>(),
             "kubeReserved": self.kube_reserved,
             "systemReserved": self.system_reserved,
             "containerLogMaxSize": self.container_log_max_size.to_string(),
@@ -952,6 +990,48 @@ impl Config {
             let t = Threshold::parse(&v).map_err(|message| ConfigError::Invalid { field, value: v.clone(), message })?;
             eviction_hard.insert(signal, t);
         }
+        // evictionSoft, its grace periods and the minimum reclaims (upstream's
+        // ParseThresholdConfig): known signals, a grace period for every soft one.
+        let eviction_map = |flag: &Option<String>, flag_name: &str, sep: char, file_map: &Option<BTreeMap<String, String>>, field: &str| -> Result<(BTreeMap<String, String>, String), ConfigError> {
+            let (m, name) = match flag {
+                Some(f) => (parse_map_flag(flag_name, f, sep)?, flag_name.to_string()),
+                None => (file_map.clone().unwrap_or_default(), field.to_string()),
+            };
+            for (k, v) in &m {
+                if !EVICTION_SIGNALS.contains(&k.as_str()) {
+                    return Err(ConfigError::Invalid { field: format!("{name}[{k}]"), value: v.clone(), message: format!("unsupported eviction signal; want one of {}", EVICTION_SIGNALS.join(", ")) });
+                }
+            }
+            Ok((m, name))
+        };
+        let (soft_raw, soft_name) = eviction_map(&a.eviction_soft, "--eviction-soft", '<', &file.eviction_soft, "evictionSoft")?;
+        let (grace_raw, grace_name) = eviction_map(&a.eviction_soft_grace_period, "--eviction-soft-grace-period", '=', &file.eviction_soft_grace_period, "evictionSoftGracePeriod")?;
+        let (reclaim_raw, reclaim_name) = eviction_map(&a.eviction_minimum_reclaim, "--eviction-minimum-reclaim", '=', &file.eviction_minimum_reclaim, "evictionMinimumReclaim")?;
+        let mut eviction_soft = BTreeMap::new();
+        for (k, v) in soft_raw {
+            let field = format!("{soft_name}[{k}]");
+            let t = Threshold::parse(&v).map_err(|message| ConfigError::Invalid { field: field.clone(), value: v.clone(), message })?;
+            if !grace_raw.contains_key(&k) {
+                return Err(ConfigError::Invalid { field, value: v, message: format!("grace period must be specified for the soft eviction threshold {k}") });
+            }
+            eviction_soft.insert(k, t);
+        }
+        let mut eviction_soft_grace_period = BTreeMap::new();
+        for (k, v) in grace_raw {
+            let (neg, d) = crate::compat::parse_go_duration(&v).map_err(|message| ConfigError::Invalid { field: format!("{grace_name}[{k}]"), value: v.clone(), message })?;
+            if neg {
+                return Err(ConfigError::Invalid { field: format!("{grace_name}[{k}]"), value: v, message: format!("invalid eviction grace period specified: {k}, must be a positive value") });
+            }
+            eviction_soft_grace_period.insert(k, d);
+        }
+        let mut eviction_minimum_reclaim = BTreeMap::new();
+        for (k, v) in reclaim_raw {
+            let t = Threshold::parse(&v).map_err(|message| ConfigError::Invalid { field: format!("{reclaim_name}[{k}]"), value: v.clone(), message })?;
+            if t == Threshold::Fraction(0.0) {
+                return Err(ConfigError::Invalid { field: format!("{reclaim_name}[{k}]"), value: v, message: format!("eviction percentage minimum reclaim {k} must be positive") });
+            }
+            eviction_minimum_reclaim.insert(k, t);
+        }
         let reserved = |flag: &Option<String>, flag_name: &str, file_map: &Option<BTreeMap<String, String>>, field: &str| -> Result<BTreeMap<String, String>, ConfigError> {
             let (m, name) = match flag {
                 Some(f) => (parse_map_flag(flag_name, f, '=')?, flag_name.to_string()),
@@ -1063,6 +1143,11 @@ impl Config {
                 file.shutdown_grace_period_by_pod_priority.clone().unwrap_or_default(),
             ),
             eviction_hard,
+            eviction_soft,
+            eviction_soft_grace_period,
+            eviction_pressure_transition_period: a.eviction_pressure_transition_period.or(dur(file.eviction_pressure_transition_period)).unwrap_or(Duration::from_secs(300)),
+            eviction_max_pod_grace_period: a.eviction_max_pod_grace_period.or(file.eviction_max_pod_grace_period.map(i64::from)).unwrap_or(0),
+            eviction_minimum_reclaim,
             kube_reserved,
             system_reserved,
             image_pull_progress_deadline: a.image_pull_progress_deadline.or(dur(file.image_pull_progress_deadline)).unwrap_or(Duration::from_secs(60)),
@@ -1383,6 +1468,8 @@ mod tests {
             "cluster-dns" => "10.96.0.10,10.96.0.11",
             "kube-reserved" | "system-reserved" => "cpu=100m,memory=100Mi",
             "eviction-hard" => "memory.available<100Mi,nodefs.available<10%",
+            "eviction-soft-grace-period" => "memory.available=1m30s",
+            "eviction-minimum-reclaim" => "memory.available=0Mi,nodefs.available=500Mi",
             "version" => "false",
             _ => match kind {
                 Bool => "true",
@@ -1436,6 +1523,12 @@ mod tests {
                 if flag.starts_with("image-credential-provider") {
                     continue;
                 }
+                // A soft threshold alone is upstream's error too.
+                if flag == "eviction-soft" {
+                    let e = Config::from_args(&cli.agent).unwrap_err().to_string();
+                    assert!(e.contains("grace period must be specified for the soft eviction threshold memory.available"), "{e}");
+                    continue;
+                }
                 if let Err(e) = Config::from_args(&cli.agent) {
                     panic!("{argv:?}: {e}");
                 }
@@ -1474,10 +1567,10 @@ mod tests {
 
     #[test]
     fn repeated_flags_keep_the_last_value_or_accumulate_like_upstream() {
-        let a = Cli::parse_from(["rkubelet", "--cpu-manager-policy=static", "--cpu-manager-policy=none", "--eviction-soft=memory.available<1Gi", "--eviction-soft", "nodefs.available<5%"]).agent;
+        let a = Cli::parse_from(["rkubelet", "--cpu-manager-policy=static", "--cpu-manager-policy=none", "--qos-reserved=memory=50%", "--qos-reserved", "cpu=10%"]).agent;
         let given = a.unimplemented.given();
         assert!(given.contains(&("cpu-manager-policy", "none".to_string())), "{given:?}");
-        assert!(given.contains(&("eviction-soft", "memory.available<1Gi,nodefs.available<5%".to_string())), "{given:?}");
+        assert!(given.contains(&("qos-reserved", "memory=50%,cpu=10%".to_string())), "{given:?}");
         let a = Cli::parse_from(["rkubelet", "-v=3", "--max-pods=0x10", "--pod-max-pids", "-1"]).agent;
         assert_eq!((a.verbosity, a.max_pods, a.pod_max_pids), (3, Some(16), Some(-1)));
         assert!(Cli::parse_from(["rkubelet", "--version"]).agent.prints_version());
@@ -1487,10 +1580,34 @@ mod tests {
     }
 
     #[test]
+    fn eviction_settings_as_upstream_parses_them() {
+        let c = with_file(
+            "evsoft",
+            &format!("{HEAD}evictionSoft: {{memory.available: 1.5Gi, nodefs.available: 15%}}\nevictionSoftGracePeriod: {{memory.available: 1m30s, nodefs.available: 2m}}\nevictionMinimumReclaim: {{memory.available: 100Mi}}\nevictionPressureTransitionPeriod: 30s\nevictionMaxPodGracePeriod: 20\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.eviction_soft.get("memory.available"), Some(&Threshold::Quantity(1536 << 20)));
+        assert_eq!(c.eviction_soft_grace_period.get("nodefs.available"), Some(&Duration::from_secs(120)));
+        assert_eq!(c.eviction_minimum_reclaim.get("memory.available"), Some(&Threshold::Quantity(100 << 20)));
+        assert_eq!((c.eviction_pressure_transition_period, c.eviction_max_pod_grace_period), (Duration::from_secs(30), 20));
+        let d = with_file("evdefault", HEAD, &[]).unwrap();
+        assert_eq!((d.eviction_pressure_transition_period, d.eviction_max_pod_grace_period), (Duration::from_secs(300), 0), "upstream's defaults");
+        let e = with_file("evnograce", &format!("{HEAD}evictionSoft: {{memory.available: 1Gi}}\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("grace period must be specified for the soft eviction threshold memory.available"), "{e}");
+        let e = with_file("evbadsig", &format!("{HEAD}evictionSoftGracePeriod: {{swap.available: 1m}}\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("evictionSoftGracePeriod[swap.available]") && e.contains("unsupported eviction signal"), "{e}");
+        let e = with_file("evneg", &format!("{HEAD}evictionSoft: {{memory.available: 1Gi}}\nevictionSoftGracePeriod: {{memory.available: -1m}}\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("must be a positive value"), "{e}");
+        let f = with_file("evflags", HEAD, &["--eviction-soft=memory.available<2Gi", "--eviction-soft-grace-period=memory.available=10s", "--eviction-pressure-transition-period=1m"]).unwrap();
+        assert_eq!((f.eviction_soft.len(), f.eviction_soft_grace_period["memory.available"], f.eviction_pressure_transition_period), (1, Duration::from_secs(10), Duration::from_secs(60)));
+    }
+
+    #[test]
     fn unimplemented_flags_and_fields_are_named_in_the_config() {
-        let body = format!("{HEAD}evictionSoft:\n  memory.available: 1.5Gi\ncpuManagerPolicy: none\nmaxPod: 3\n");
+        let body = format!("{HEAD}qosReserved:\n  memory: 50%\ncpuManagerPolicy: none\nmaxPod: 3\n");
         let c = with_file("compat", &body, &["--image-gc-high-threshold=90", "--cpu-manager-policy=none", "--version=v1.36.9"]).unwrap();
-        assert_eq!(c.compat.not_implemented, vec!["--version", "--image-gc-high-threshold", "evictionSoft"]);
+        assert_eq!(c.compat.not_implemented, vec!["--version", "--image-gc-high-threshold", "qosReserved"]);
         assert_eq!(c.compat.unknown_fields, vec!["maxPod"]);
         let c = with_file("compat-none", HEAD, &["--cpu-manager-policy=none", "--cgroups-per-qos=true", "--authentication-token-webhook-cache-ttl=10s"]).unwrap();
         assert!(c.compat.not_implemented.is_empty(), "{:?}", c.compat);

@@ -212,6 +212,12 @@ pub struct KubeletConfiguration {
     pub shutdown_grace_period_by_pod_priority: Option<Vec<ShutdownGracePeriodByPodPriority>>,
     /// Hard eviction thresholds: signal → quantity or percentage (`memory.available: 100Mi`).
     pub eviction_hard: Option<BTreeMap<String, String>>,
+    /// Soft eviction thresholds (each needs a grace period).
+    pub eviction_soft: Option<BTreeMap<String, String>>,
+    pub eviction_soft_grace_period: Option<BTreeMap<String, String>>,
+    pub eviction_pressure_transition_period: Option<GoDuration>,
+    pub eviction_max_pod_grace_period: Option<i32>,
+    pub eviction_minimum_reclaim: Option<BTreeMap<String, String>>,
     /// Merge upstream's default eviction thresholds under `evictionHard`.
     pub merge_default_eviction_settings: Option<bool>,
     pub kube_reserved: Option<BTreeMap<String, String>>,

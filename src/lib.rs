@@ -11,6 +11,7 @@ pub mod compat;
 pub mod config;
 pub mod doctor;
 pub mod events;
+pub mod eviction;
 pub mod kubelet_config;
 pub mod logs;
 pub mod memory;

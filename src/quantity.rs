@@ -62,9 +62,48 @@ pub fn to_milli(q: &str) -> Result<i64, QuantityError> {
     parse_scaled(q, 1000.0)
 }
 
+/// An integer as a BinarySI quantity's canonical text (`resource.Quantity.String()`):
+/// the largest power-of-1024 suffix that divides it (`104857600` → `100Mi`), else digits.
+pub fn format_binary(v: i64) -> String {
+    if v == 0 {
+        return "0".into();
+    }
+    for (unit, size) in [("Ei", 1i64 << 60), ("Pi", 1 << 50), ("Ti", 1 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)] {
+        if v % size == 0 {
+            return format!("{}{unit}", v / size);
+        }
+    }
+    v.to_string()
+}
+
+/// An integer as a DecimalSI quantity's canonical text (`5000` → `5k`).
+pub fn format_decimal(v: i64) -> String {
+    if v == 0 {
+        return "0".into();
+    }
+    for (unit, size) in [("E", 1_000_000_000_000_000_000i64), ("P", 1_000_000_000_000_000), ("T", 1_000_000_000_000), ("G", 1_000_000_000), ("M", 1_000_000), ("k", 1_000)] {
+        if v % size == 0 {
+            return format!("{}{unit}", v / size);
+        }
+    }
+    v.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canonical_text_as_apimachinery_prints_it() {
+        assert_eq!(format_binary(104857600), "100Mi");
+        assert_eq!(format_binary(1536), "1536");
+        assert_eq!(format_binary(3 << 30), "3Gi");
+        assert_eq!(format_binary(-2048), "-2Ki");
+        assert_eq!(format_binary(0), "0");
+        assert_eq!(format_decimal(5000), "5k");
+        assert_eq!(format_decimal(4096), "4096");
+        assert_eq!(format_decimal(-3_000_000), "-3M");
+    }
 
     #[test]
     fn cpu_quantities_become_millicores() {

@@ -157,12 +157,12 @@ mod tests {
     #[test]
     fn status_lines_read_like_the_node() {
         assert_eq!(status_line(None, 1), "Running (standalone); 1 pod");
-        let ok = Readiness { runtime_ok: true, network_error: None, shutting_down: false };
+        let ok = Readiness { runtime_ok: true, network_error: None, shutting_down: false, pressure: vec![] };
         assert_eq!(status_line(Some((&ok, false)), 0), "Registering the node; 0 pods");
         assert_eq!(status_line(Some((&ok, true)), 12), "Ready; 12 pods");
-        let down = Readiness { runtime_ok: false, network_error: None, shutting_down: false };
+        let down = Readiness { runtime_ok: false, network_error: None, shutting_down: false, pressure: vec![] };
         assert_eq!(status_line(Some((&down, true)), 2), "NotReady: container runtime is down; 2 pods");
-        let net = Readiness { runtime_ok: true, network_error: Some("no CNI config".into()), shutting_down: false };
+        let net = Readiness { runtime_ok: true, network_error: Some("no CNI config".into()), shutting_down: false, pressure: vec![] };
         assert_eq!(status_line(Some((&net, true)), 2), "NotReady: network not ready: no CNI config; 2 pods");
     }
 }

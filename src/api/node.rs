@@ -66,20 +66,7 @@ pub fn read_hugepages(dir: &std::path::Path) -> Vec<(u64, i64)> {
 
 /// `hugepages-2Mi`, `hugepages-1Gi`: the resource name of a page size.
 pub fn hugepage_resource(page_bytes: u64) -> String {
-    format!("hugepages-{}", binary_quantity(page_bytes as i64))
-}
-
-/// Bytes as a BinarySI quantity in its largest exact unit (`2Mi`, `1Gi`, `0`).
-fn binary_quantity(bytes: i64) -> String {
-    if bytes == 0 {
-        return "0".into();
-    }
-    for (unit, size) in [("Ei", 1i64 << 60), ("Pi", 1 << 50), ("Ti", 1 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)] {
-        if bytes % size == 0 {
-            return format!("{}{unit}", bytes / size);
-        }
-    }
-    bytes.to_string()
+    format!("hugepages-{}", crate::quantity::format_binary(page_bytes as i64))
 }
 
 fn read_trim(p: &str) -> String {
@@ -154,6 +141,8 @@ pub struct Readiness {
     pub network_error: Option<String>,
     /// Graceful node shutdown under way (the Ready condition says so).
     pub shutting_down: bool,
+    /// The eviction manager's pressure conditions now true.
+    pub pressure: Vec<crate::eviction::threshold::Condition>,
 }
 
 fn q(s: impl Into<String>) -> Quantity {
@@ -181,7 +170,7 @@ pub fn initial_node(o: &NodeOptions, m: &MachineInfo, host_ip: Option<&str>) -> 
     Node {
         metadata: kube::api::ObjectMeta { name: Some(o.name.clone()), labels: Some(node_labels(o)), annotations: Some(ann), ..Default::default() },
         spec: Some(NodeSpec { taints: (!o.taints.is_empty()).then(|| o.taints.clone()), ..Default::default() }),
-        status: Some(node_status(o, m, host_ip, &Readiness { runtime_ok: true, network_error: Some("initializing".into()), shutting_down: false }, None, Utc::now())),
+        status: Some(node_status(o, m, host_ip, &Readiness { runtime_ok: true, network_error: Some("initializing".into()), shutting_down: false, pressure: vec![] }, None, Utc::now())),
     }
 }
 
@@ -231,7 +220,7 @@ pub fn node_status(o: &NodeOptions, m: &MachineInfo, host_ip: Option<&str>, r: &
     capacity.insert("hugepages-1Gi".to_string(), q("0"));
     capacity.insert("hugepages-2Mi".to_string(), q("0"));
     for (page, bytes) in &m.hugepages {
-        capacity.insert(hugepage_resource(*page), q(binary_quantity(*bytes)));
+        capacity.insert(hugepage_resource(*page), q(crate::quantity::format_binary(*bytes)));
     }
     // Upstream's allocatable: capacity - kubeReserved - systemReserved - hard eviction.
     let mut allocatable = capacity.clone();
@@ -252,10 +241,24 @@ pub fn node_status(o: &NodeOptions, m: &MachineInfo, host_ip: Option<&str>, r: &
         (None, true) => Some("node is shutting down".to_string()),
         (m, false) => m,
     };
+    use crate::eviction::threshold::Condition;
+    let under = |c: Condition| r.pressure.contains(&c);
     let conditions = vec![
-        cond("MemoryPressure", false, "KubeletHasSufficientMemory", "kubelet has sufficient memory available", prev, now),
-        cond("DiskPressure", false, "KubeletHasNoDiskPressure", "kubelet has no disk pressure", prev, now),
-        cond("PIDPressure", false, "KubeletHasSufficientPID", "kubelet has sufficient PID available", prev, now),
+        if under(Condition::MemoryPressure) {
+            cond("MemoryPressure", true, "KubeletHasInsufficientMemory", "kubelet has insufficient memory available", prev, now)
+        } else {
+            cond("MemoryPressure", false, "KubeletHasSufficientMemory", "kubelet has sufficient memory available", prev, now)
+        },
+        if under(Condition::DiskPressure) {
+            cond("DiskPressure", true, "KubeletHasDiskPressure", "kubelet has disk pressure", prev, now)
+        } else {
+            cond("DiskPressure", false, "KubeletHasNoDiskPressure", "kubelet has no disk pressure", prev, now)
+        },
+        if under(Condition::PIDPressure) {
+            cond("PIDPressure", true, "KubeletHasInsufficientPID", "kubelet has insufficient PID available", prev, now)
+        } else {
+            cond("PIDPressure", false, "KubeletHasSufficientPID", "kubelet has sufficient PID available", prev, now)
+        },
         match &ready_msg {
             None => cond("Ready", true, "KubeletReady", "kubelet is posting ready status", prev, now),
             Some(msg) => cond("Ready", false, "KubeletNotReady", msg, prev, now),
@@ -486,7 +489,7 @@ mod tests {
 
     #[test]
     fn capacity_and_allocatable_follow_upstream() {
-        let s = node_status(&opts(), &machine(), Some("192.0.2.7"), &Readiness { runtime_ok: true, network_error: None, shutting_down: false }, None, t(0));
+        let s = node_status(&opts(), &machine(), Some("192.0.2.7"), &Readiness { runtime_ok: true, network_error: None, shutting_down: false, pressure: vec![] }, None, t(0));
         let cap = s.capacity.unwrap();
         assert_eq!(cap["cpu"].0, "2");
         assert_eq!(cap["memory"].0, "24683656Ki");
@@ -497,7 +500,7 @@ mod tests {
         assert_eq!(s.addresses.unwrap()[0].address, "192.0.2.7");
         assert_eq!(s.daemon_endpoints.unwrap().kubelet_endpoint.unwrap().port, 10250);
         let o = NodeOptions { runtime_handlers: vec!["".into(), "runc".into()], ..opts() };
-        let hs = node_status(&o, &machine(), None, &Readiness { runtime_ok: true, network_error: None, shutting_down: false }, None, t(0)).runtime_handlers.unwrap();
+        let hs = node_status(&o, &machine(), None, &Readiness { runtime_ok: true, network_error: None, shutting_down: false, pressure: vec![] }, None, t(0)).runtime_handlers.unwrap();
         assert_eq!(hs.iter().map(|h| h.name.clone().unwrap()).collect::<Vec<_>>(), ["", "runc"]);
     }
 
@@ -507,7 +510,7 @@ mod tests {
         o.reserved_cpu_milli = 250;
         o.reserved_memory_bytes = 512 << 20;
         o.reserved_storage_bytes = 1024;
-        let s = node_status(&o, &machine(), None, &Readiness { runtime_ok: true, network_error: None, shutting_down: false }, None, t(0));
+        let s = node_status(&o, &machine(), None, &Readiness { runtime_ok: true, network_error: None, shutting_down: false, pressure: vec![] }, None, t(0));
         let (cap, alloc) = (s.capacity.unwrap(), s.allocatable.unwrap());
         assert_eq!(cap["cpu"].0, "2", "capacity is untouched");
         assert_eq!(alloc["cpu"].0, "1750m");
@@ -527,12 +530,12 @@ mod tests {
         let pools = read_hugepages(dir.path());
         assert_eq!(pools, vec![(2 << 20, 6 << 20), (1 << 30, 0)]);
         let m = MachineInfo { hugepages: pools, ..machine() };
-        let s = node_status(&opts(), &m, None, &Readiness { runtime_ok: true, network_error: None, shutting_down: false }, None, t(0));
+        let s = node_status(&opts(), &m, None, &Readiness { runtime_ok: true, network_error: None, shutting_down: false, pressure: vec![] }, None, t(0));
         let cap = s.capacity.unwrap();
         assert_eq!(cap["hugepages-2Mi"].0, "6Mi");
         assert_eq!(cap["hugepages-1Gi"].0, "0");
         let alloc = s.allocatable.unwrap();
-        let plain = node_status(&opts(), &machine(), None, &Readiness { runtime_ok: true, network_error: None, shutting_down: false }, None, t(0)).allocatable.unwrap();
+        let plain = node_status(&opts(), &machine(), None, &Readiness { runtime_ok: true, network_error: None, shutting_down: false, pressure: vec![] }, None, t(0)).allocatable.unwrap();
         let ki = |q: &Quantity| q.0.trim_end_matches("Ki").parse::<i64>().unwrap();
         assert_eq!(ki(&plain["memory"]) - ki(&alloc["memory"]), 6 * 1024, "the 2Mi pool leaves allocatable memory");
     }
@@ -540,15 +543,15 @@ mod tests {
     #[test]
     fn a_node_shutting_down_is_not_ready() {
         let ready = |r: Readiness| node_status(&opts(), &machine(), None, &r, None, t(0)).conditions.unwrap().into_iter().find(|c| c.type_ == "Ready").unwrap();
-        let c = ready(Readiness { runtime_ok: true, network_error: None, shutting_down: true });
+        let c = ready(Readiness { runtime_ok: true, network_error: None, shutting_down: true, pressure: vec![] });
         assert_eq!((c.status.as_str(), c.reason.as_deref(), c.message.as_deref()), ("False", Some("KubeletNotReady"), Some("node is shutting down")));
-        let c = ready(Readiness { runtime_ok: false, network_error: None, shutting_down: true });
+        let c = ready(Readiness { runtime_ok: false, network_error: None, shutting_down: true, pressure: vec![] });
         assert_eq!(c.message.as_deref(), Some("[container runtime is down, node is shutting down]"));
     }
 
     #[test]
     fn ready_condition_carries_the_upstream_network_message() {
-        let r = Readiness { runtime_ok: true, network_error: Some("cni plugin not initialized".into()), shutting_down: false };
+        let r = Readiness { runtime_ok: true, network_error: Some("cni plugin not initialized".into()), shutting_down: false, pressure: vec![] };
         let s = node_status(&opts(), &machine(), None, &r, None, t(0));
         let ready = s.conditions.unwrap().into_iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!(ready.status, "False");
@@ -561,11 +564,11 @@ mod tests {
 
     #[test]
     fn heartbeats_alone_are_not_a_change_but_transitions_are() {
-        let ok = Readiness { runtime_ok: true, network_error: None, shutting_down: false };
+        let ok = Readiness { runtime_ok: true, network_error: None, shutting_down: false, pressure: vec![] };
         let a = node_status(&opts(), &machine(), None, &ok, None, t(0));
         let b = node_status(&opts(), &machine(), None, &ok, Some(&a), t(10));
         assert!(!status_changed(&a, &b));
-        let c = node_status(&opts(), &machine(), None, &Readiness { runtime_ok: false, network_error: None, shutting_down: false }, Some(&b), t(20));
+        let c = node_status(&opts(), &machine(), None, &Readiness { runtime_ok: false, network_error: None, shutting_down: false, pressure: vec![] }, Some(&b), t(20));
         assert!(status_changed(&b, &c));
         let ready = c.conditions.unwrap().into_iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!(ready.last_transition_time, Some(crate::pod::k8s_time(t(20))));
@@ -573,8 +576,8 @@ mod tests {
 
     #[test]
     fn node_events_follow_upstream_setters() {
-        let ok = Readiness { runtime_ok: true, network_error: None, shutting_down: false };
-        let not_ready = Readiness { runtime_ok: true, network_error: Some("no conf".into()), shutting_down: false };
+        let ok = Readiness { runtime_ok: true, network_error: None, shutting_down: false, pressure: vec![] };
+        let not_ready = Readiness { runtime_ok: true, network_error: Some("no conf".into()), shutting_down: false, pressure: vec![] };
         let first = node_status(&opts(), &machine(), None, &not_ready, None, t(0));
         assert_eq!(condition_events(None, &first), vec!["NodeHasSufficientMemory", "NodeHasNoDiskPressure", "NodeHasSufficientPID"], "a new Ready condition is no event");
         let ready = node_status(&opts(), &machine(), None, &ok, Some(&first), t(1));
@@ -592,7 +595,7 @@ mod tests {
         assert_eq!(l["kubernetes.io/hostname"], "n1");
         assert_eq!(l["kubernetes.io/os"], "linux");
         assert_eq!(l["role"], "edge");
-        let s = node_status(&o, &machine(), None, &Readiness { runtime_ok: true, network_error: None, shutting_down: false }, None, t(0));
+        let s = node_status(&o, &machine(), None, &Readiness { runtime_ok: true, network_error: None, shutting_down: false, pressure: vec![] }, None, t(0));
         let p = status_patch(&s);
         assert_eq!(p["status"]["$setElementOrder/conditions"][3]["type"], "Ready");
     }

@@ -135,7 +135,7 @@ fn ports_conflict(a: &(String, String, i32), b: &(String, String, i32)) -> bool 
 /// Checks `pod` against the node given the pods already admitted.
 pub fn admit(pod: &Pod, admitted: &[&Pod], node: &NodeResources) -> Result<(), Rejection> {
     if !node_affinity_matches(pod, node) {
-        return Err(Rejection { reason: "NodeAffinity".into(), message: "Pod was rejected: Predicate NodeAffinity failed: node(s) didn't match Pod's node affinity/selector".into() });
+        return Err(Rejection { reason: "NodeAffinity".into(), message: "Predicate NodeAffinity failed: node(s) didn't match Pod's node affinity/selector".into() });
     }
     let wanted = host_ports(pod);
     if !wanted.is_empty() {
@@ -143,14 +143,14 @@ pub fn admit(pod: &Pod, admitted: &[&Pod], node: &NodeResources) -> Result<(), R
         if wanted.iter().any(|w| used.iter().any(|u| ports_conflict(w, u))) {
             return Err(Rejection {
                 reason: "NodePorts".into(),
-                message: "Pod was rejected: Predicate NodePorts failed: node(s) didn't have free ports for the requested pod ports".into(),
+                message: "Predicate NodePorts failed: node(s) didn't have free ports for the requested pod ports".into(),
             });
         }
     }
     if admitted.len() as i64 + 1 > node.pods {
         return Err(Rejection {
             reason: "OutOfpods".into(),
-            message: format!("Pod was rejected: Node didn't have enough resource: pods, requested: 1, used: {}, capacity: {}", admitted.len(), node.pods),
+            message: format!("Node didn't have enough resource: pods, requested: 1, used: {}, capacity: {}", admitted.len(), node.pods),
         });
     }
     let (cpu, mem) = pod_requests(pod);
@@ -158,13 +158,13 @@ pub fn admit(pod: &Pod, admitted: &[&Pod], node: &NodeResources) -> Result<(), R
     if cpu > 0 && used_cpu + cpu > node.cpu_milli {
         return Err(Rejection {
             reason: "OutOfcpu".into(),
-            message: format!("Pod was rejected: Node didn't have enough resource: cpu, requested: {cpu}, used: {used_cpu}, capacity: {}", node.cpu_milli),
+            message: format!("Node didn't have enough resource: cpu, requested: {cpu}, used: {used_cpu}, capacity: {}", node.cpu_milli),
         });
     }
     if mem > 0 && used_mem + mem > node.memory_bytes {
         return Err(Rejection {
             reason: "OutOfmemory".into(),
-            message: format!("Pod was rejected: Node didn't have enough resource: memory, requested: {mem}, used: {used_mem}, capacity: {}", node.memory_bytes),
+            message: format!("Node didn't have enough resource: memory, requested: {mem}, used: {used_mem}, capacity: {}", node.memory_bytes),
         });
     }
     for (name, want) in pod_hugepages(pod).into_iter().filter(|(_, v)| *v > 0) {
@@ -173,7 +173,7 @@ pub fn admit(pod: &Pod, admitted: &[&Pod], node: &NodeResources) -> Result<(), R
         if used + want > cap {
             return Err(Rejection {
                 reason: format!("OutOf{name}"),
-                message: format!("Pod was rejected: Node didn't have enough resource: {name}, requested: {want}, used: {used}, capacity: {cap}"),
+                message: format!("Node didn't have enough resource: {name}, requested: {want}, used: {used}, capacity: {cap}"),
             });
         }
     }
@@ -215,7 +215,7 @@ mod tests {
     fn too_much_memory_is_out_of_memory_with_upstream_message() {
         let r = admit(&pod("100m", "2Gi"), &[], &node()).unwrap_err();
         assert_eq!(r.reason, "OutOfmemory");
-        assert_eq!(r.message, "Pod was rejected: Node didn't have enough resource: memory, requested: 2147483648, used: 0, capacity: 1073741824");
+        assert_eq!(r.message, "Node didn't have enough resource: memory, requested: 2147483648, used: 0, capacity: 1073741824");
     }
 
     #[test]
@@ -231,7 +231,7 @@ mod tests {
         assert!(admit(&four, &[&four], &node()).is_ok(), "8Mi in the 2Mi pool: two of them fit");
         let r = admit(&four, &[&four, &four], &NodeResources { pods: 10, ..node() }).unwrap_err();
         assert_eq!(r.reason, "OutOfhugepages-2Mi");
-        assert_eq!(r.message, "Pod was rejected: Node didn't have enough resource: hugepages-2Mi, requested: 4194304, used: 8388608, capacity: 8388608");
+        assert_eq!(r.message, "Node didn't have enough resource: hugepages-2Mi, requested: 4194304, used: 8388608, capacity: 8388608");
         assert_eq!(admit(&huge("hugepages-1Gi", "1Gi"), &[], &node()).unwrap_err().reason, "OutOfhugepages-1Gi", "no 1Gi pool");
     }
 
@@ -299,7 +299,7 @@ mod tests {
         let a = with_port(8080, None, None);
         let r = admit(&with_port(8080, Some("127.0.0.1"), None), &[&a], &big).unwrap_err();
         assert_eq!(r.reason, "NodePorts");
-        assert_eq!(r.message, "Pod was rejected: Predicate NodePorts failed: node(s) didn't have free ports for the requested pod ports");
+        assert_eq!(r.message, "Predicate NodePorts failed: node(s) didn't have free ports for the requested pod ports");
         assert!(admit(&with_port(8080, None, Some("UDP")), &[&a], &big).is_ok(), "another protocol");
         assert!(admit(&with_port(8081, None, None), &[&a], &big).is_ok(), "another port");
         let b = with_port(9090, Some("127.0.0.1"), None);

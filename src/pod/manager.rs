@@ -62,6 +62,8 @@ pub struct Context {
     pub cgroups: Arc<crate::cgroups::pods::PodCgroups>,
     /// Graceful node shutdown: which pods must stop now (`shutdown`).
     pub shutdown: Arc<crate::shutdown::ShutdownState>,
+    /// Node pressure: conditions for admission, pods told to go (`eviction`).
+    pub eviction: Arc<crate::eviction::EvictionState>,
 }
 
 #[derive(Default)]
@@ -226,6 +228,10 @@ impl Manager {
                         continue;
                     }
                     if pod.metadata.deletion_timestamp.is_none() {
+                        if let Err((reason, message)) = self.ctx.eviction.admit(&pod) {
+                            self.reject(&uid, &pod, super::admission::Rejection { reason, message });
+                            continue;
+                        }
                         let admitted: Vec<Arc<Pod>> = self.workers.values().filter_map(|h| h.tx.borrow().clone()).filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
                         let refs: Vec<&Pod> = admitted.iter().map(|p| p.as_ref()).collect();
                         if let Err(r) = super::admission::admit(&pod, &refs, &self.ctx.node) {
@@ -240,14 +246,16 @@ impl Manager {
         }
     }
 
-    /// Marks a pod rejected by admission: Failed with the reason, an event, no containers.
+    /// Marks a pod rejected by admission: Failed with the reason, an event with
+    /// the message, and the status message "Pod was rejected: <message>"
+    /// (upstream's rejectPod); no containers.
     fn reject(&mut self, uid: &str, pod: &Pod, r: super::admission::Rejection) {
-        warn!(pod = %super::pod_key(pod), reason = %r.reason, "{}", r.message);
+        warn!(pod = %super::pod_key(pod), reason = %r.reason, "Pod was rejected: {}", r.message);
         self.ctx.recorder.warning(pod, None, &r.reason, r.message.clone());
         let status = k8s_openapi::api::core::v1::PodStatus {
             phase: Some("Failed".into()),
             reason: Some(r.reason),
-            message: Some(r.message),
+            message: Some(format!("Pod was rejected: {}", r.message)),
             start_time: Some(super::k8s_time(chrono::Utc::now())),
             observed_generation: pod.metadata.generation,
             ..Default::default()

@@ -370,6 +370,11 @@ impl Worker {
                 self.eviction = Some(msg);
             }
         }
+        // Node pressure: the eviction manager picked this pod (it recorded the event).
+        let pressure = self.ctx.eviction.order(&self.uid);
+        if let (Some((msg, _)), None, None) = (pressure.as_ref(), pinned.as_ref(), self.eviction.as_ref()) {
+            self.eviction = Some(msg.clone());
+        }
         let eviction = self.eviction.clone();
         if let (Some(msg), None) = (eviction.as_deref(), pinned.as_ref()) {
             pinned = Some("Failed".into());
@@ -414,7 +419,12 @@ impl Worker {
                     // Sidecars (and, for a pinned phase, anything else) may still run.
                     // An eviction for local storage kills at once (upstream: grace period 0).
                     let evicting = pod_reason.map(|(r, _)| r == reason::EVICTED).unwrap_or(false);
-                    let grace = if evicting { 1 } else { spec.termination_grace_period_seconds.unwrap_or(30).clamp(1, 300) as u64 };
+                    let grace = match (evicting, pressure.as_ref()) {
+                        // The eviction manager's override: 1 s for a hard threshold, evictionMaxPodGracePeriod for a soft one.
+                        (true, Some((_, g))) => *g,
+                        (true, None) => 1,
+                        _ => spec.termination_grace_period_seconds.unwrap_or(30).clamp(1, 300) as u64,
+                    };
                     // Node shutdown: the group's grace period (or the pod's own, when shorter).
                     let grace = shutdown_grace.map(|g| g.as_secs().max(1)).unwrap_or(grace);
                     self.kill_pod_containers(pod, &records, Duration::from_secs(grace)).await;
@@ -431,6 +441,9 @@ impl Worker {
                 self.write_status_with_phase(pod, sb.as_ref(), &instances, pinned.as_deref(), pod_reason)?;
                 if shutdown_grace.is_some() {
                     self.ctx.shutdown.stopped(&self.uid);
+                }
+                if pressure.is_some() {
+                    self.ctx.eviction.stopped(&self.uid);
                 }
                 return Ok(None);
             }

@@ -1129,8 +1129,25 @@ impl Shared {
 
     // ------------------------------------------------------------ controllers
 
-    /// Runs after successful writes: the CSR approver/signer.
+    /// Runs after successful writes: the CSR approver/signer, and the node
+    /// lifecycle controller's taints by condition.
     fn after_write(self: &Arc<Self>, def: &ResourceDef, obj: &Value) {
+        if def.plural == "nodes" && def.group.is_empty() {
+            if condition_taints(obj).is_some() {
+                let name = meta::name(obj).to_string();
+                match tokio::runtime::Handle::try_current() {
+                    Ok(h) => {
+                        let this = self.clone();
+                        h.spawn(async move {
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            this.taint_node_now(&name);
+                        });
+                    }
+                    _ => self.taint_node_now(&name),
+                }
+            }
+            return;
+        }
         if def.plural != "certificatesigningrequests" {
             return;
         }
@@ -1150,6 +1167,24 @@ impl Shared {
                     let _ = self.auto_approve_now(&name);
                 }
             }
+        }
+    }
+
+    /// kube-controller-manager's node lifecycle controller (TaintNodesByCondition):
+    /// brings the node's condition taints in line with its conditions.
+    fn taint_node_now(&self, name: &str) {
+        let def = res("nodes");
+        let mut store = self.store();
+        let Some(cur) = store.get(&def.qualified(), "", name) else { return };
+        if let Some(taints) = condition_taints(&cur) {
+            let mut o = (*cur).clone();
+            o["spec"]["taints"] = json!(taints);
+            if taints.is_empty() {
+                if let Some(spec) = o["spec"].as_object_mut() {
+                    spec.remove("taints");
+                }
+            }
+            store.replace(&def.qualified(), "", name, o);
         }
     }
 
@@ -1261,4 +1296,74 @@ fn jwt(claims: &Value, key: &str) -> String {
 /// The registry entry for a core/known plural (panics on a typo in this crate).
 pub fn res(plural: &str) -> &'static ResourceDef {
     resources::lookup(plural).unwrap_or_else(|| panic!("unknown resource {plural}"))
+}
+
+/// The taints the node lifecycle controller keeps in line with a node's
+/// conditions (`node.kubernetes.io/<memory|disk|pid>-pressure`, `not-ready`,
+/// `unreachable`, `network-unavailable`, `unschedulable`, all NoSchedule):
+/// the node's whole taint list when it must change, `None` when it is right.
+pub fn condition_taints(node: &Value) -> Option<Vec<Value>> {
+    let cond = |t: &str| {
+        node["status"]["conditions"].as_array().and_then(|cs| cs.iter().find(|c| c["type"] == t)).and_then(|c| c["status"].as_str()).unwrap_or("").to_string()
+    };
+    let mut want: Vec<&str> = Vec::new();
+    for (t, status, key) in [
+        ("MemoryPressure", "True", "node.kubernetes.io/memory-pressure"),
+        ("DiskPressure", "True", "node.kubernetes.io/disk-pressure"),
+        ("PIDPressure", "True", "node.kubernetes.io/pid-pressure"),
+        ("NetworkUnavailable", "True", "node.kubernetes.io/network-unavailable"),
+        ("Ready", "False", "node.kubernetes.io/not-ready"),
+        ("Ready", "Unknown", "node.kubernetes.io/unreachable"),
+    ] {
+        if cond(t) == status {
+            want.push(key);
+        }
+    }
+    if node["spec"]["unschedulable"] == true {
+        want.push("node.kubernetes.io/unschedulable");
+    }
+    const MANAGED: [&str; 6] = [
+        "node.kubernetes.io/memory-pressure",
+        "node.kubernetes.io/disk-pressure",
+        "node.kubernetes.io/pid-pressure",
+        "node.kubernetes.io/network-unavailable",
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ];
+    let current: Vec<Value> = node["spec"]["taints"].as_array().cloned().unwrap_or_default();
+    let managed = |t: &Value| t["effect"] == "NoSchedule" && (MANAGED.contains(&t["key"].as_str().unwrap_or("")) || t["key"] == "node.kubernetes.io/unschedulable");
+    let have: Vec<&str> = current.iter().filter(|t| managed(t)).filter_map(|t| t["key"].as_str()).collect();
+    let mut sorted_have = have.clone();
+    sorted_have.sort();
+    let mut sorted_want = want.clone();
+    sorted_want.sort();
+    if sorted_have == sorted_want {
+        return None;
+    }
+    let mut out: Vec<Value> = current.into_iter().filter(|t| !managed(t)).collect();
+    for k in want {
+        let existing = node["spec"]["taints"].as_array().and_then(|ts| ts.iter().find(|t| t["key"] == k && t["effect"] == "NoSchedule").cloned());
+        out.push(existing.unwrap_or_else(|| json!({"key": k, "effect": "NoSchedule"})));
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod taint_tests {
+    use super::*;
+
+    #[test]
+    fn condition_taints_follow_the_node_lifecycle_controller() {
+        let node = |conds: Value, taints: Value| json!({"spec": {"taints": taints}, "status": {"conditions": conds}});
+        let ready = json!({"type": "Ready", "status": "True"});
+        let mem = json!({"type": "MemoryPressure", "status": "True"});
+        let own = json!({"key": "dedicated", "value": "x", "effect": "NoSchedule"});
+        let t = condition_taints(&node(json!([ready, mem]), json!([own]))).unwrap();
+        assert_eq!(t, vec![own.clone(), json!({"key": "node.kubernetes.io/memory-pressure", "effect": "NoSchedule"})], "the node's own taint stays");
+        assert_eq!(condition_taints(&node(json!([ready, mem]), json!(t))), None, "already right");
+        let t = condition_taints(&node(json!([ready, {"type": "MemoryPressure", "status": "False"}]), json!(t))).unwrap();
+        assert_eq!(t, vec![own], "gone with the pressure");
+        let t = condition_taints(&node(json!([{"type": "Ready", "status": "False"}]), json!(null))).unwrap();
+        assert_eq!(t[0]["key"], "node.kubernetes.io/not-ready");
+    }
 }
