@@ -115,6 +115,7 @@ fn new_context(cfg: &Arc<Config>, channel: &tonic::transport::Channel, cni: Cni,
         cgroups: Arc::new(crate::cgroups::pods::PodCgroups::new(cfg.cgroup_driver, cfg.pod_pids_limit)),
         shutdown: Arc::default(),
         eviction: Arc::default(),
+        image_usage: Arc::default(),
         containers: Containers::new(channel.clone(), cfg.namespace.clone(), cfg.snapshotter.clone()),
         images,
         cni,
@@ -206,13 +207,15 @@ fn log_compat(cfg: &Config) {
 }
 
 /// The eviction manager's settings from the configuration.
-fn eviction_settings(cfg: &Config) -> crate::eviction::Settings {
+fn eviction_settings(cfg: &Config, image_fs: std::path::PathBuf, reclaim: Option<crate::eviction::Reclaim>, metrics: Option<Arc<crate::metrics::Metrics>>) -> crate::eviction::Settings {
     crate::eviction::Settings {
         thresholds: crate::eviction::threshold::resolve(&cfg.eviction_hard, &cfg.eviction_soft, &cfg.eviction_soft_grace_period, &cfg.eviction_minimum_reclaim),
         transition: cfg.eviction_pressure_transition_period,
         max_pod_grace_seconds: cfg.eviction_max_pod_grace_period,
-        paths: crate::eviction::observe::Paths { root_dir: cfg.root_dir.clone(), image_fs: std::path::PathBuf::from("/var/lib/containerd") },
+        paths: crate::eviction::observe::Paths { root_dir: cfg.root_dir.clone(), image_fs },
         period: crate::eviction::MONITORING_PERIOD,
+        reclaim,
+        metrics,
     }
 }
 
@@ -303,10 +306,33 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Graceful node shutdown: logind's inhibitor lock, and the active pods when it fires.
     let (shutdown_tx, mut shutdown_rx) = mpsc::channel::<crate::shutdown::PodsRequest>(1);
+    // Garbage collection: images (at start, then every 5 min) and exited containers
+    // (every minute); the image filesystem is containerd's snapshotter store.
+    let image_fs = crate::runtime::snapshotter_root(&channel, &cfg.snapshotter).await.unwrap_or_else(|| std::path::PathBuf::from("/var/lib/containerd"));
+    let image_gc = Arc::new(crate::gc::images::ImageGc::new(
+        crate::gc::images::Policy {
+            high_percent: cfg.image_gc_high_threshold_percent,
+            low_percent: cfg.image_gc_low_threshold_percent,
+            min_age: cfg.image_minimum_gc_age,
+            max_age: cfg.image_maximum_gc_age,
+        },
+        ctx.images.clone(),
+        ctx.containers.clone(),
+        vec![cfg.pause_image.clone()],
+        image_fs.clone(),
+        &cfg.root_dir,
+        ctx.metrics.clone(),
+        ctx.image_usage.clone(),
+    ));
+    let gc_tasks = [
+        tokio::spawn(crate::gc::images::run(image_gc.clone(), ctx.recorder.clone(), cfg.node_name.clone(), cancel.clone())),
+        tokio::spawn(crate::gc::containers::run(ctx.containers.clone(), cfg.root_dir.clone(), cfg.node_name.clone(), cancel.clone())),
+    ];
+    let reclaim = crate::eviction::Reclaim { image_gc, containers: ctx.containers.clone(), root_dir: cfg.root_dir.clone(), pod_logs_dir: cfg.pod_logs_dir.clone(), node: cfg.node_name.clone() };
     // The eviction manager asks the same way for the pods it may evict.
     let eviction_task = tokio::spawn(crate::eviction::run(
         ctx.eviction.clone(),
-        eviction_settings(&cfg),
+        eviction_settings(&cfg, image_fs, Some(reclaim), Some(ctx.metrics.clone())),
         shutdown_tx.clone(),
         cfg.root_dir.clone(),
         ctx.recorder.clone(),
@@ -373,7 +399,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     }
     crate::systemd::notify(&["STOPPING=1", "STATUS=Stopping; pods keep running"]);
     cancel.cancel();
-    for t in api_tasks.into_iter().chain(server_tasks).chain(watchdog).chain(shutdown_task).chain([eviction_task]) {
+    for t in api_tasks.into_iter().chain(server_tasks).chain(watchdog).chain(shutdown_task).chain([eviction_task]).chain(gc_tasks) {
         let _ = t.await;
     }
     manager.drain().await;

@@ -219,11 +219,10 @@ pub const SETTINGS: &[Setting] = &[
     // rkubelet never re-verifies pull credentials of an image already present.
     field("imagePullCredentialsVerificationPolicy", Str, zero_or(&["NeverVerify"])),
     field("preloadedImagesVerificationAllowlist", List, ZERO),
-    both("minimum-image-ttl-duration", "imageMinimumGCAge", Duration, ZERO),
-    field("imageMaximumGCAge", Duration, ZERO),
-    // 100 disables image garbage collection, which rkubelet does not do.
-    both("image-gc-high-threshold", "imageGCHighThresholdPercent", Int32, only(&["100"])),
-    both("image-gc-low-threshold", "imageGCLowThresholdPercent", Int32, ZERO),
+    both("minimum-image-ttl-duration", "imageMinimumGCAge", Duration, IMPL),
+    field("imageMaximumGCAge", Duration, IMPL),
+    both("image-gc-high-threshold", "imageGCHighThresholdPercent", Int32, IMPL),
+    both("image-gc-low-threshold", "imageGCLowThresholdPercent", Int32, IMPL),
     flag("minimum-container-ttl-duration", Duration, ZERO),
     flag("maximum-dead-containers-per-container", Int32, ZERO),
     flag("maximum-dead-containers", Int32, ZERO),
@@ -729,12 +728,12 @@ mod tests {
             let flags: Vec<(&'static str, String)> = flags.iter().map(|(n, v)| (*n, v.to_string())).collect();
             report(&flags, None, &h).not_implemented
         };
-        assert_eq!(given(&[("image-gc-high-threshold", "90"), ("cpu-manager-policy", "none")]), vec!["--image-gc-high-threshold"]);
-        assert!(given(&[("image-gc-high-threshold", "100"), ("cgroups-per-qos", "true"), ("topology-manager-policy", "none")]).is_empty());
+        assert_eq!(given(&[("node-status-max-images", "50"), ("cpu-manager-policy", "none")]), vec!["--node-status-max-images"]);
+        assert!(given(&[("node-status-max-images", "0"), ("cgroups-per-qos", "true"), ("topology-manager-policy", "none")]).is_empty());
         assert!(given(&[("memory-manager-policy", "None"), ("fail-swap-on", "true"), ("fail-swap-on", "false"), ("logging-format", "json")]).is_empty());
         assert!(given(&[("eviction-soft", ""), ("cpu-manager-reconcile-period", "0s"), ("cpu-cfs-quota-period", "0.1s"), ("housekeeping-interval", "10s")]).is_empty());
         assert_eq!(given(&[("cgroups-per-qos", "false"), ("cpu-manager-policy", "static"), ("cpu-manager-policy", "static")]), vec!["--cgroups-per-qos", "--cpu-manager-policy"]);
-        assert_eq!(given(&[("image-gc-high-threshold", "0"), ("enforce-node-allocatable", "pods,kube-reserved")]), vec!["--image-gc-high-threshold", "--enforce-node-allocatable"]);
+        assert_eq!(given(&[("cpu-cfs-quota-period", "50ms"), ("enforce-node-allocatable", "pods,kube-reserved")]), vec!["--cpu-cfs-quota-period", "--enforce-node-allocatable"]);
         // Implemented flags are never reported.
         assert!(given(&[("max-pods", "10"), ("eviction-hard", "memory.available<1Gi")]).is_empty());
         // Swap and cgroup v1: failSwapOn and failCgroupV1 matter only there.
@@ -754,12 +753,12 @@ mod tests {
             &[],
             Some(&doc(
                 "qosReserved: {memory: 50%}\ncpuManagerPolicy: none\ncgroupsPerQOS: true\nmemoryManagerPolicy: None\nfailSwapOn: true\n\
-                 imageGCHighThresholdPercent: 90\nfeatureGates: {Foo: true}\nlogging: {format: json, verbosity: 4}\ncrashLoopBackOff: {maxContainerRestartPeriod: 5m}\n\
+                 nodeStatusMaxImages: 90\nfeatureGates: {Foo: true}\nlogging: {format: json, verbosity: 4}\ncrashLoopBackOff: {maxContainerRestartPeriod: 5m}\n\
                  enforceNodeAllocatable: [pods]\nsingleProcessOOMKill: true\nmemorySwap: {swapBehavior: LimitedSwap}\nmaxPods: 10\n",
             )),
             &h,
         );
-        assert_eq!(r.not_implemented, vec!["imageGCHighThresholdPercent", "qosReserved", "featureGates", "logging.verbosity"]);
+        assert_eq!(r.not_implemented, vec!["nodeStatusMaxImages", "qosReserved", "featureGates", "logging.verbosity"]);
         let r = report(&[], Some(&doc("enforceNodeAllocatable: []\ncgroupsPerQOS: false\nevictionSoft: {}\n")), &h);
         assert_eq!(r.not_implemented, vec!["cgroupsPerQOS", "enforceNodeAllocatable"]);
     }

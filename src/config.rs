@@ -262,6 +262,15 @@ pub struct AgentArgs {
     /// Hard eviction thresholds: memory.available<100Mi,nodefs.available<10% [config: evictionHard].
     #[arg(long = "eviction-hard")]
     pub eviction_hard: Option<String>,
+    /// Image filesystem use (%) at which image garbage collection starts [default: 85] [config: imageGCHighThresholdPercent].
+    #[arg(long = "image-gc-high-threshold", allow_hyphen_values = true, value_parser = go_i32)]
+    pub image_gc_high_threshold: Option<i32>,
+    /// Image filesystem use (%) image garbage collection brings it down to [default: 80] [config: imageGCLowThresholdPercent].
+    #[arg(long = "image-gc-low-threshold", allow_hyphen_values = true, value_parser = go_i32)]
+    pub image_gc_low_threshold: Option<i32>,
+    /// Minimum age of an unused image before garbage collection may remove it [default: 2m0s] [config: imageMinimumGCAge].
+    #[arg(long = "minimum-image-ttl-duration", value_parser = parse_duration)]
+    pub minimum_image_ttl_duration: Option<Duration>,
     /// Soft eviction thresholds: memory.available<1.5Gi [config: evictionSoft].
     #[arg(long = "eviction-soft", value_parser = |s: &str| crate::compat::Kind::MapLangle.parse(s))]
     pub eviction_soft: Option<String>,
@@ -533,6 +542,12 @@ pub struct Config {
     pub shutdown_groups: Vec<crate::kubelet_config::ShutdownGracePeriodByPodPriority>,
     /// `evictionHard`: signal → threshold.
     pub eviction_hard: BTreeMap<String, Threshold>,
+    /// `imageGCHighThresholdPercent` / `imageGCLowThresholdPercent` (85 / 80).
+    pub image_gc_high_threshold_percent: i32,
+    pub image_gc_low_threshold_percent: i32,
+    /// `imageMinimumGCAge` (2m) and `imageMaximumGCAge` (0: none).
+    pub image_minimum_gc_age: Duration,
+    pub image_maximum_gc_age: Duration,
     /// `evictionSoft`: signal → threshold, each with its grace period below.
     pub eviction_soft: BTreeMap<String, Threshold>,
     /// `evictionSoftGracePeriod`.
@@ -739,7 +754,7 @@ impl Config {
             Threshold::Quantity(q) => q.to_string(),
             Threshold::Fraction(f) => format!("{}%", (f * 100.0 * 1000.0).round() / 1000.0),
         };
-        json!({
+        let mut v = json!({
             "kind": "KubeletConfiguration",
             "apiVersion": "kubelet.config.k8s.io/v1beta1",
             "staticPodPath": self.pod_manifest_path,
@@ -774,11 +789,6 @@ impl Config {
             "shutdownGracePeriodByPodPriority": self.shutdown_groups,
             "resolvConf": self.resolv_conf.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
             "evictionHard": self.eviction_hard.iter().map(|(k, v)| (k.clone(), threshold(v))).collect::<std::collections::BTreeMap<_, _>>(),
-            "evictionSoft": self.eviction_soft.iter().map(|(k, v)| (k.clone(), threshold(v))).collect::<std::collections::BTreeMap<_, _>>(),
-            "evictionSoftGracePeriod": self.eviction_soft_grace_period.iter().map(|(k, v)| (k.clone(), d(*v))).collect::<std::collections::BTreeMap<_, _>>(),
-            "evictionPressureTransitionPeriod": d(self.eviction_pressure_transition_period),
-            "evictionMaxPodGracePeriod": self.eviction_max_pod_grace_period,
-            "evictionMinimumReclaim": self.eviction_minimum_reclaim.iter().map(|(k, v)| (k.clone(), threshold(v))).collect::<std::collections::BTreeMap<_, _>>(),
             "kubeReserved": self.kube_reserved,
             "systemReserved": self.system_reserved,
             "containerLogMaxSize": self.container_log_max_size.to_string(),
@@ -787,7 +797,18 @@ impl Config {
             "enforceNodeAllocatable": ["pods"],
             "serializeImagePulls": self.serialize_image_pulls,
             "maxParallelImagePulls": self.max_parallel_image_pulls,
-        })
+        });
+        // Past json!'s recursion limit in one literal: the garbage collection and eviction settings.
+        v["imageGCHighThresholdPercent"] = json!(self.image_gc_high_threshold_percent);
+        v["imageGCLowThresholdPercent"] = json!(self.image_gc_low_threshold_percent);
+        v["imageMinimumGCAge"] = json!(d(self.image_minimum_gc_age));
+        v["imageMaximumGCAge"] = json!(d(self.image_maximum_gc_age));
+        v["evictionSoft"] = json!(self.eviction_soft.iter().map(|(k, t)| (k.clone(), threshold(t))).collect::<std::collections::BTreeMap<_, _>>());
+        v["evictionSoftGracePeriod"] = json!(self.eviction_soft_grace_period.iter().map(|(k, t)| (k.clone(), d(*t))).collect::<std::collections::BTreeMap<_, _>>());
+        v["evictionPressureTransitionPeriod"] = json!(d(self.eviction_pressure_transition_period));
+        v["evictionMaxPodGracePeriod"] = json!(self.eviction_max_pod_grace_period);
+        v["evictionMinimumReclaim"] = json!(self.eviction_minimum_reclaim.iter().map(|(k, t)| (k.clone(), threshold(t))).collect::<std::collections::BTreeMap<_, _>>());
+        v
     }
 }
 
@@ -1032,6 +1053,30 @@ impl Config {
             }
             eviction_minimum_reclaim.insert(k, t);
         }
+        // Image garbage collection, checked as upstream's ValidateKubeletConfiguration.
+        let image_gc_high = a.image_gc_high_threshold.or(file.image_gc_high_threshold_percent).unwrap_or(85);
+        let image_gc_low = a.image_gc_low_threshold.or(file.image_gc_low_threshold_percent).unwrap_or(80);
+        for (field, v) in [("imageGCHighThresholdPercent", image_gc_high), ("imageGCLowThresholdPercent", image_gc_low)] {
+            if !(0..=100).contains(&v) {
+                return Err(ConfigError::Invalid { field: field.into(), value: v.to_string(), message: format!("{field} ({v}) must be between 0 and 100, inclusive") });
+            }
+        }
+        if image_gc_low > image_gc_high {
+            return Err(ConfigError::Invalid {
+                field: "imageGCLowThresholdPercent".into(),
+                value: image_gc_low.to_string(),
+                message: format!("imageGCLowThresholdPercent ({image_gc_low}) must be less than imageGCHighThresholdPercent ({image_gc_high})"),
+            });
+        }
+        let image_minimum_gc_age = a.minimum_image_ttl_duration.or(dur(file.image_minimum_gc_age)).unwrap_or(Duration::from_secs(120));
+        let image_maximum_gc_age = file.image_maximum_gc_age.map(|d| d.0).unwrap_or_default();
+        if !image_maximum_gc_age.is_zero() && image_maximum_gc_age <= image_minimum_gc_age {
+            return Err(ConfigError::Invalid {
+                field: "imageMaximumGCAge".into(),
+                value: go_duration_string(image_maximum_gc_age),
+                message: format!("imageMaximumGCAge {} must be greater than imageMinimumGCAge {}", go_duration_string(image_maximum_gc_age), go_duration_string(image_minimum_gc_age)),
+            });
+        }
         let reserved = |flag: &Option<String>, flag_name: &str, file_map: &Option<BTreeMap<String, String>>, field: &str| -> Result<BTreeMap<String, String>, ConfigError> {
             let (m, name) = match flag {
                 Some(f) => (parse_map_flag(flag_name, f, '=')?, flag_name.to_string()),
@@ -1143,6 +1188,10 @@ impl Config {
                 file.shutdown_grace_period_by_pod_priority.clone().unwrap_or_default(),
             ),
             eviction_hard,
+            image_gc_high_threshold_percent: image_gc_high,
+            image_gc_low_threshold_percent: image_gc_low,
+            image_minimum_gc_age,
+            image_maximum_gc_age,
             eviction_soft,
             eviction_soft_grace_period,
             eviction_pressure_transition_period: a.eviction_pressure_transition_period.or(dur(file.eviction_pressure_transition_period)).unwrap_or(Duration::from_secs(300)),
@@ -1469,6 +1518,8 @@ mod tests {
             "kube-reserved" | "system-reserved" => "cpu=100m,memory=100Mi",
             "eviction-hard" => "memory.available<100Mi,nodefs.available<10%",
             "eviction-soft-grace-period" => "memory.available=1m30s",
+            "image-gc-high-threshold" => "90",
+            "image-gc-low-threshold" => "70",
             "eviction-minimum-reclaim" => "memory.available=0Mi,nodefs.available=500Mi",
             "version" => "false",
             _ => match kind {
@@ -1604,10 +1655,24 @@ mod tests {
     }
 
     #[test]
+    fn image_gc_settings_default_and_are_checked_as_upstream() {
+        let d = with_file("gcdefault", &format!("{HEAD}imageMinimumGCAge: 0s\n"), &[]).unwrap();
+        assert_eq!((d.image_gc_high_threshold_percent, d.image_gc_low_threshold_percent, d.image_minimum_gc_age, d.image_maximum_gc_age), (85, 80, Duration::from_secs(120), Duration::ZERO), "kubeadm's 0s is the default");
+        let c = with_file("gcset", &format!("{HEAD}imageGCHighThresholdPercent: 70\nimageGCLowThresholdPercent: 60\nimageMaximumGCAge: 1h\n"), &["--minimum-image-ttl-duration=5m"]).unwrap();
+        assert_eq!((c.image_gc_high_threshold_percent, c.image_gc_low_threshold_percent, c.image_minimum_gc_age, c.image_maximum_gc_age), (70, 60, Duration::from_secs(300), Duration::from_secs(3600)));
+        let e = with_file("gclow", &format!("{HEAD}imageGCHighThresholdPercent: 50\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("imageGCLowThresholdPercent (80) must be less than imageGCHighThresholdPercent (50)"), "{e}");
+        let e = with_file("gcrange", HEAD, &["--image-gc-high-threshold=101"]).unwrap_err().to_string();
+        assert!(e.contains("must be between 0 and 100"), "{e}");
+        let e = with_file("gcage", &format!("{HEAD}imageMaximumGCAge: 1m\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("imageMaximumGCAge 1m0s must be greater than imageMinimumGCAge 2m0s"), "{e}");
+    }
+
+    #[test]
     fn unimplemented_flags_and_fields_are_named_in_the_config() {
         let body = format!("{HEAD}qosReserved:\n  memory: 50%\ncpuManagerPolicy: none\nmaxPod: 3\n");
-        let c = with_file("compat", &body, &["--image-gc-high-threshold=90", "--cpu-manager-policy=none", "--version=v1.36.9"]).unwrap();
-        assert_eq!(c.compat.not_implemented, vec!["--version", "--image-gc-high-threshold", "qosReserved"]);
+        let c = with_file("compat", &body, &["--node-status-max-images=90", "--cpu-manager-policy=none", "--version=v1.36.9"]).unwrap();
+        assert_eq!(c.compat.not_implemented, vec!["--version", "--node-status-max-images", "qosReserved"]);
         assert_eq!(c.compat.unknown_fields, vec!["maxPod"]);
         let c = with_file("compat-none", HEAD, &["--cpu-manager-policy=none", "--cgroups-per-qos=true", "--authentication-token-webhook-cache-ttl=10s"]).unwrap();
         assert!(c.compat.not_implemented.is_empty(), "{:?}", c.compat);

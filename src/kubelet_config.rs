@@ -212,6 +212,14 @@ pub struct KubeletConfiguration {
     pub shutdown_grace_period_by_pod_priority: Option<Vec<ShutdownGracePeriodByPodPriority>>,
     /// Hard eviction thresholds: signal → quantity or percentage (`memory.available: 100Mi`).
     pub eviction_hard: Option<BTreeMap<String, String>>,
+    #[serde(rename = "imageGCHighThresholdPercent")]
+    pub image_gc_high_threshold_percent: Option<i32>,
+    #[serde(rename = "imageGCLowThresholdPercent")]
+    pub image_gc_low_threshold_percent: Option<i32>,
+    #[serde(rename = "imageMinimumGCAge")]
+    pub image_minimum_gc_age: Option<GoDuration>,
+    #[serde(rename = "imageMaximumGCAge")]
+    pub image_maximum_gc_age: Option<GoDuration>,
     /// Soft eviction thresholds (each needs a grace period).
     pub eviction_soft: Option<BTreeMap<String, String>>,
     pub eviction_soft_grace_period: Option<BTreeMap<String, String>>,
@@ -286,7 +294,7 @@ mod tests {
     #[test]
     fn known_fields_are_read_and_unknown_ones_listed() {
         let c = parse(&format!(
-            "{HEAD}maxPods: 42\nsyncFrequency: 1m30s\nfailCgroupV1: false\nlogging: {{verbosity: 0}}\nauthentication:\n  webhook: {{enabled: true, cacheTTL: 0s, extra: 1}}\n  x509: {{clientCAFile: /ca.crt}}\nsomethingNew: [1]\nimageGCHighThresholdPercent: {{not: a number}}\n"
+            "{HEAD}maxPods: 42\nsyncFrequency: 1m30s\nfailCgroupV1: false\nlogging: {{verbosity: 0}}\nauthentication:\n  webhook: {{enabled: true, cacheTTL: 0s, extra: 1}}\n  x509: {{clientCAFile: /ca.crt}}\nsomethingNew: [1]\nnodeStatusMaxImages: {{not: a number}}\n"
         ))
         .unwrap();
         assert_eq!(c.max_pods, Some(42));

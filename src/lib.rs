@@ -12,6 +12,7 @@ pub mod config;
 pub mod doctor;
 pub mod events;
 pub mod eviction;
+pub mod gc;
 pub mod kubelet_config;
 pub mod logs;
 pub mod memory;

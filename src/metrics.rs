@@ -30,6 +30,16 @@ struct OperationLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EvictionLabel {
+    eviction_signal: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ContainerStateLabel {
     container_state: String,
 }
@@ -55,6 +65,8 @@ pub struct Metrics {
     running_pods: Gauge,
     running_containers: Family<ContainerStateLabel, Gauge>,
     probes: Family<ProbeLabels, Counter>,
+    evictions: Family<EvictionLabel, Counter>,
+    images_collected: Family<ReasonLabel, Counter>,
     /// Serializes the gauge refresh and the encoding of one scrape.
     scrape: Mutex<()>,
 }
@@ -81,10 +93,25 @@ impl Metrics {
         registry.register("kubelet_running_pods", "Number of pods that have a running pod sandbox", running_pods.clone());
         let running_containers = Family::<ContainerStateLabel, Gauge>::default();
         registry.register("kubelet_running_containers", "Number of containers currently running", running_containers.clone());
+        // OpenMetrics names counters *_total: upstream's `kubelet_evictions` reads `kubelet_evictions_total` here.
+        let evictions = Family::<EvictionLabel, Counter>::default();
+        registry.register("kubelet_evictions", "Cumulative number of pod evictions by eviction signal", evictions.clone());
+        let images_collected = Family::<ReasonLabel, Counter>::default();
+        registry.register("kubelet_image_garbage_collected", "Total number of images garbage collected by the kubelet, whether through disk usage or image age.", images_collected.clone());
         let mut probes_registry = Registry::default();
         let probes = Family::<ProbeLabels, Counter>::default();
         probes_registry.register("prober_probe", "Cumulative number of a liveness, readiness or startup probe for a container by result.", probes.clone());
-        Metrics { registry, probes_registry, pod_start, operations, operation_errors, operation_duration, running_pods, running_containers, probes, scrape: Mutex::new(()) }
+        Metrics { registry, probes_registry, pod_start, operations, operation_errors, operation_duration, running_pods, running_containers, probes, evictions, images_collected, scrape: Mutex::new(()) }
+    }
+
+    /// A pod evicted for `signal` (`memory.available`, ...).
+    pub fn eviction(&self, signal: &str) {
+        self.evictions.get_or_create(&EvictionLabel { eviction_signal: signal.to_string() }).inc();
+    }
+
+    /// An image garbage collected, for `reason` (`space` or `age`).
+    pub fn image_garbage_collected(&self, reason: &str) {
+        self.images_collected.get_or_create(&ReasonLabel { reason: reason.to_string() }).inc();
     }
 
     /// A pod's first start: from when the agent first saw it to all its containers running.

@@ -10,7 +10,7 @@
 //!   last output, and a pod whose image does not exist with the registry's
 //!   error as the agent recorded it.
 //! * d3: an agent started with upstream settings rkubelet does not implement
-//!   (`--image-gc-high-threshold=90`, `evictionSoft` in its config file) and one it
+//!   (`--node-status-max-images=90`, `qosReserved` in its config file) and one it
 //!   does at its value (`--cpu-manager-policy=none`): the `settings` check is the
 //!   one WARN (exit 1), naming the first two with the fix; the config file's field
 //!   v1beta1 does not have is a `config` WARN; without them, both are OK.
@@ -200,7 +200,7 @@ fn d2_pod_explains_a_crash_loop_and_a_missing_image() {
 fn d3_settings_rkubelet_does_not_implement_are_a_warning_with_the_fix() {
     let dir = tempfile::tempdir().unwrap();
     let config = compat_config(dir.path());
-    let flags = ["--image-gc-high-threshold=90", "--cpu-manager-policy=none", "--config", config.to_str().unwrap()];
+    let flags = ["--node-status-max-images=90", "--cpu-manager-policy=none", "--config", config.to_str().unwrap()];
     let agent = Agent::with_options("d3", &[], &flags);
     agent.wait_until(Duration::from_secs(30), "healthz", || doctor(&agent, &flags, &["-o", "json"]).1.contains("/healthz: ok"));
 
@@ -210,7 +210,7 @@ fn d3_settings_rkubelet_does_not_implement_are_a_warning_with_the_fix() {
     assert_eq!((code, not_ok), (1, vec![("config", "WARN"), ("settings", "WARN")]), "{v}");
     let settings = check(&v, "settings");
     let message = settings["message"].as_str().unwrap();
-    assert!(message.contains("--image-gc-high-threshold") && message.contains("evictionSoft"), "{settings}");
+    assert!(message.contains("--node-status-max-images") && message.contains("qosReserved"), "{settings}");
     assert!(!message.contains("cpu-manager-policy"), "none is what rkubelet does: {settings}");
     assert_eq!(settings["fix"], "not implemented by rkubelet yet; remove it or expect upstream behaviour to differ");
     assert!(check(&v, "config")["message"].as_str().unwrap().contains("someFutureField"), "{v}");

@@ -162,3 +162,26 @@ async fn e1_memory_pressure_sets_the_condition_refuses_best_effort_and_evicts_be
     });
     assert_api_clean(&api.srv);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2_pid_pressure_when_pid_available_is_under_its_threshold() {
+    let api = api_server(Path::new("/var/lib/rkubelet-test/agents/e2-api")).await;
+    let node_kc = api.node.to_str().unwrap().to_string();
+    // A threshold just above what the node has: PIDPressure from the first pass.
+    let (max, procs) = rkubelet::eviction::observe::pids().expect("pid counts");
+    let hard = format!("memory.available<100Mi,pid.available<{}", max - procs + 5000);
+    let agent = tokio::task::block_in_place(|| Agent::with_options("e2", &[], &["--kubeconfig", &node_kc, "--eviction-hard", &hard]));
+    let admin = api.admin.clone();
+    tokio::task::block_in_place(|| {
+        let n = wait_for(Duration::from_secs(40), "PIDPressure True", &agent, || {
+            kubectl_json(&admin, &["get", "node", NODE]).filter(|n| node_condition(n, "PIDPressure").is_some_and(|c| c.0 == "True") && has_taint(n, "node.kubernetes.io/pid-pressure"))
+        });
+        assert_eq!(node_condition(&n, "PIDPressure"), Some(("True".into(), "KubeletHasInsufficientPID".into(), "kubelet has insufficient PID available".into())));
+        // Any pressure but memory refuses every pod.
+        let _cleanup = DeletePods(admin.clone());
+        create(&admin, &agent.root, "bu.yaml", &sleeper("bu", "    resources: {requests: {memory: 64Mi}}\n"));
+        let p = wait_for(Duration::from_secs(30), "bu rejected", &agent, || pod_phase(&admin, "bu").filter(|p| p["status"]["phase"] == "Failed"));
+        assert_eq!((p["status"]["reason"].as_str(), p["status"]["message"].as_str()), (Some("Evicted"), Some("Pod was rejected: The node had condition: [PIDPressure]. ")));
+    });
+    assert_api_clean(&api.srv);
+}

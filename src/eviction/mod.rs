@@ -35,8 +35,19 @@ const MEMORY_PRESSURE_TAINT: &str = "node.kubernetes.io/memory-pressure";
 /// Priority from which a pod is critical (upstream's SystemCriticalPriority).
 const SYSTEM_CRITICAL_PRIORITY: i32 = 2_000_000_000;
 
+/// What disk pressure reclaims before evicting: exited containers and unused
+/// images (upstream's node-level reclaim on one filesystem).
+#[derive(Clone)]
+pub struct Reclaim {
+    pub image_gc: Arc<crate::gc::images::ImageGc>,
+    pub containers: crate::runtime::containers::Containers,
+    pub root_dir: std::path::PathBuf,
+    pub pod_logs_dir: std::path::PathBuf,
+    pub node: String,
+}
+
 /// The eviction settings, resolved from the configuration.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings {
     pub thresholds: Vec<Threshold>,
     /// `evictionPressureTransitionPeriod`.
@@ -45,6 +56,8 @@ pub struct Settings {
     pub max_pod_grace_seconds: i64,
     pub paths: observe::Paths,
     pub period: Duration,
+    pub reclaim: Option<Reclaim>,
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// What the manager shares with admission, the pod workers and the node status.
@@ -168,7 +181,11 @@ pub async fn run(
             let resource = t.signal.resource();
             warn!(signal = t.signal.as_str(), observed = ?obs.get(&t.signal), "eviction threshold met; attempting to reclaim {}", resource.as_str());
             recorder.node(&node, "Warning", "EvictionThresholdMet", format!("Attempting to reclaim {}", resource.as_str()));
-            evicted = evict_one(&state, &settings, t, &act, &obs, &pods, &root_dir, &recorder).await;
+            if reclaim_node_level(&settings, resource).await {
+                info!(resource = resource.as_str(), "eviction manager: able to reduce resource pressure without evicting pods");
+            } else {
+                evicted = evict_one(&state, &settings, t, &act, &obs, &pods, &root_dir, &recorder).await;
+            }
         }
         if let Some(uid) = evicted {
             // One pod at a time: wait (bounded) until it stopped before looking again.
@@ -185,6 +202,26 @@ pub async fn run(
             return;
         }
     }
+}
+
+/// Disk pressure: exited containers, then unused images go; true when that
+/// was enough (no threshold met counting the minimum reclaim).
+async fn reclaim_node_level(settings: &Settings, resource: threshold::Resource) -> bool {
+    let Some(r) = settings.reclaim.as_ref().filter(|_| matches!(resource, threshold::Resource::EphemeralStorage | threshold::Resource::Inodes)) else {
+        return false;
+    };
+    let containers = crate::gc::containers::collect(&r.containers, &r.root_dir, &r.node, 0).await;
+    let images = match r.image_gc.delete_unused().await {
+        Ok(b) => b,
+        Err(e) => {
+            warn!(error = %e, "eviction manager: unexpected error when attempting to reduce resource pressure");
+            0
+        }
+    };
+    info!(containers, image_bytes = images, "eviction manager: node-level reclaim");
+    let paths = settings.paths.clone();
+    let obs = tokio::task::spawn_blocking(move || observe::observations(&paths)).await.unwrap_or_default();
+    threshold::met(&settings.thresholds, &obs, true).is_empty()
 }
 
 /// The highest memory.available threshold (the first a falling availability
@@ -243,6 +280,9 @@ async fn wait_next_pass(settings: &Settings, armed: &mut Option<notifier::Notifi
     }
 }
 
+/// A pod, its last status and each container's writable layer size.
+type PodWithRootfs = (Arc<Pod>, Option<k8s_openapi::api::core::v1::PodStatus>, Vec<(String, u64)>);
+
 /// Ranks the active pods for `t`'s resource and tells the first that may go to
 /// stop; returns its uid.
 #[allow(clippy::too_many_arguments)]
@@ -275,9 +315,36 @@ async fn evict_one(
         warn!("eviction thresholds have been met, but no pods are active to evict");
         return None;
     }
-    let list: Vec<(Arc<Pod>, Option<k8s_openapi::api::core::v1::PodStatus>)> = active.iter().map(|(_, p, _, s)| (p.clone(), s.clone())).collect();
-    let mut candidates = tokio::task::spawn_blocking(move || list.iter().map(|(p, s)| observe::candidate(p, s.as_ref())).collect::<Vec<_>>()).await.ok()?;
     let resource = t.signal.resource();
+    let disk = matches!(resource, threshold::Resource::EphemeralStorage | threshold::Resource::Inodes);
+    // Disk: each running container's writable layer, from the snapshotter.
+    let mut list: Vec<PodWithRootfs> = Vec::new();
+    for (_, p, _, s) in &active {
+        let mut rootfs = Vec::new();
+        if let (true, Some(r)) = (disk, settings.reclaim.as_ref()) {
+            let ids: Vec<(String, String)> = s
+                .iter()
+                .flat_map(|s| s.container_statuses.iter().flatten().chain(s.init_container_statuses.iter().flatten()))
+                .filter_map(|c| Some((c.name.clone(), c.container_id.as_deref()?.trim_start_matches("containerd://").to_string())))
+                .collect();
+            for (name, id) in ids {
+                rootfs.push((name, r.containers.snapshot_usage(&id).await.unwrap_or(0)));
+            }
+        }
+        list.push((p.clone(), s.clone(), rootfs));
+    }
+    let logs_dir = settings.reclaim.as_ref().map(|r| r.pod_logs_dir.clone()).unwrap_or_else(|| std::path::PathBuf::from("/var/log/pods"));
+    let root = root_dir.to_path_buf();
+    let mut candidates = tokio::task::spawn_blocking(move || {
+        list.iter()
+            .map(|(p, s, rootfs)| {
+                let d = disk.then(|| observe::disk_use(p, &root, &logs_dir, rootfs));
+                observe::candidate(p, s.as_ref(), d.as_ref())
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .ok()?;
     rank::rank(resource, &mut candidates);
     debug!(ranked = ?candidates.iter().map(|c| &c.name).collect::<Vec<_>>(), "pods ranked for eviction");
     let grace = if t.is_hard() { IMMEDIATE_GRACE_SECONDS } else { settings.max_pod_grace_seconds.max(1) as u64 };
@@ -291,6 +358,9 @@ async fn evict_one(
         recorder.warning(pod, None, REASON, message.clone());
         info!(pod = %crate::pod::pod_key(pod), pod_uid = %uid, "{message}");
         state.evict(uid, message, grace);
+        if let Some(m) = &settings.metrics {
+            m.eviction(t.signal.as_str());
+        }
         notify.notify_one();
         return Some(uid.clone());
     }

@@ -83,9 +83,39 @@ fn request(c: &k8s_openapi::api::core::v1::Container, resource: &str) -> i64 {
     q.and_then(|q| crate::quantity::to_value(&q.0).ok()).unwrap_or(0)
 }
 
+/// What a pod holds on the node's disk: its volumes (emptyDir and the
+/// rest under the pod dir), and each container's writable layer and logs.
+#[derive(Debug, Clone, Default)]
+pub struct DiskUse {
+    pub volumes: u64,
+    /// container name → (rootfs bytes, log bytes).
+    pub containers: Vec<(String, u64, u64)>,
+}
+
+/// The disk use of `pod` (blocking: walks directories). `rootfs` has the
+/// writable layer size of each running container by name.
+pub fn disk_use(pod: &Pod, root_dir: &Path, pod_logs_dir: &Path, rootfs: &[(String, u64)]) -> DiskUse {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let volumes = crate::volume::empty_dir::disk_usage(&crate::pod::store::pod_dir(root_dir, &uid).join("volumes"));
+    let logs = pod_logs_dir.join(format!("{}_{}_{}", pod.metadata.namespace.as_deref().unwrap_or("default"), pod.metadata.name.as_deref().unwrap_or(""), uid));
+    let spec = pod.spec.clone().unwrap_or_default();
+    let containers = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .map(|c| {
+            let root = rootfs.iter().find(|(n, _)| *n == c.name).map(|(_, b)| *b).unwrap_or(0);
+            (c.name.clone(), root, crate::volume::empty_dir::disk_usage(&logs.join(&c.name)))
+        })
+        .collect();
+    DiskUse { volumes, containers }
+}
+
 /// `pod` as an eviction candidate: its cgroup's working set and processes, and
-/// each running container's working set (ids from `status`, the pod's last status).
-pub fn candidate(pod: &Pod, status: Option<&k8s_openapi::api::core::v1::PodStatus>) -> Candidate {
+/// each running container's working set (ids from `status`, the pod's last
+/// status); with `disk`, its disk use for disk pressure (containers named with
+/// rootfs + logs, as upstream's message counts them).
+pub fn candidate(pod: &Pod, status: Option<&k8s_openapi::api::core::v1::PodStatus>, disk: Option<&DiskUse>) -> Candidate {
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let qos = crate::cgroups::qos_class(pod);
     let parent = crate::cgroups::pod_cgroup_parent(qos, &uid);
@@ -103,17 +133,24 @@ pub fn candidate(pod: &Pod, status: Option<&k8s_openapi::api::core::v1::PodStatu
         .chain(spec.init_containers.iter().flatten())
         .map(|c| {
             let ws = ids.iter().find(|(n, _)| *n == c.name).and_then(|(_, id)| crate::cgroups::usage::read_usage(&crate::cgroups::container_cgroup(qos, &uid, id)).working_set_bytes);
-            ContainerUsage { name: c.name.clone(), usage: ws.map(|w| w as i64), request: request(c, "memory") }
+            match disk {
+                Some(d) => {
+                    let u = d.containers.iter().find(|(n, _, _)| *n == c.name).map(|(_, r, l)| (r + l) as i64);
+                    ContainerUsage { name: c.name.clone(), usage: u, request: request(c, "ephemeral-storage") }
+                }
+                None => ContainerUsage { name: c.name.clone(), usage: ws.map(|w| w as i64), request: request(c, "memory") },
+            }
         })
         .collect();
+    let ephemeral_request = spec.containers.iter().map(|c| request(c, "ephemeral-storage")).sum::<i64>();
     Candidate {
         uid,
         name: pod.metadata.name.clone().unwrap_or_default(),
         priority: spec.priority.unwrap_or(0),
         memory: usage.working_set_bytes.map(|w| w as i64),
         memory_request: crate::pod::admission::pod_requests(pod).1,
-        disk: None,
-        disk_request: 0,
+        disk: disk.map(|d| (d.volumes + d.containers.iter().map(|(_, r, l)| r + l).sum::<u64>()) as i64),
+        disk_request: ephemeral_request,
         processes: Some(crate::cgroups::usage::count_procs(&parent) as u64),
         containers,
     }

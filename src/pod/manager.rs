@@ -64,6 +64,8 @@ pub struct Context {
     pub shutdown: Arc<crate::shutdown::ShutdownState>,
     /// Node pressure: conditions for admission, pods told to go (`eviction`).
     pub eviction: Arc<crate::eviction::EvictionState>,
+    /// Image last-used times for image garbage collection (`gc::images`).
+    pub image_usage: Arc<crate::gc::images::Usage>,
 }
 
 #[derive(Default)]

@@ -436,6 +436,13 @@ impl Worker {
                     Err(_) => (sandbox, instances),
                 };
                 let sb = sandbox.map(|s| SandboxState { ready: false, ..s });
+                // An evicted pod gives its disk back at once: its volumes are torn
+                // down (upstream's volume manager unmounts a terminated pod's volumes).
+                if pod_reason.is_some_and(|(r, _)| r == reason::EVICTED) {
+                    if let Err(e) = crate::volume::teardown(&super::store::pod_dir(&self.ctx.config.root_dir, &self.uid)) {
+                        warn!(error = %e, "volume teardown of the evicted pod failed");
+                    }
+                }
                 self.unregister_objects();
                 self.unpublish_allocation();
                 self.write_status_with_phase(pod, sb.as_ref(), &instances, pinned.as_deref(), pod_reason)?;
@@ -1087,6 +1094,7 @@ impl Worker {
         l.insert(labels::ATTEMPT.into(), attempt.to_string());
         l.insert(labels::IMAGE.into(), image_ref.clone());
         l.insert(labels::IMAGE_ID.into(), image_id(&image));
+        self.ctx.image_usage.used(&image.target_digest);
         l.insert(labels::LOG_PATH.into(), log_path.display().to_string());
         l.insert(labels::CREATED_AT.into(), now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true));
         l.insert(STOP_SIGNAL.into(), stop_signal.to_string());

@@ -433,6 +433,13 @@ impl Containers {
         self.remove_snapshot(id).await
     }
 
+    /// Bytes the container's writable layer uses (the snapshotter's Usage), if known.
+    pub async fn snapshot_usage(&self, key: &str) -> Option<u64> {
+        let req = containerd_client::services::v1::snapshots::UsageRequest { snapshotter: self.snapshotter.clone(), key: key.into() };
+        let r = self.snapshots().usage(with_namespace!(req, self.namespace)).await.ok()?;
+        u64::try_from(r.into_inner().size).ok()
+    }
+
     async fn remove_snapshot(&self, key: &str) -> Result<()> {
         let req = RemoveSnapshotRequest { snapshotter: self.snapshotter.clone(), key: key.into() };
         match self.snapshots().remove(with_namespace!(req, self.namespace)).await {

@@ -473,6 +473,18 @@ fn registry_message(error: &OciDistributionError) -> String {
     message
 }
 
+/// A local image as image garbage collection sees it: one image ID (config
+/// digest) with every name pointing at it and its size (the blobs of the
+/// node's platform, as CRI's image size).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalImage {
+    pub id: String,
+    pub names: Vec<String>,
+    /// The records' target digests (what containers' image IDs name).
+    pub digests: Vec<String>,
+    pub size: u64,
+}
+
 /// A local image ready for containers: present, parsed and unpacked.
 #[derive(Debug, Clone)]
 pub struct ImageInfo {
@@ -652,6 +664,45 @@ impl ImageService {
                 source,
             }),
         }
+    }
+
+    /// Every local image, by ID. Records whose content is incomplete are left out.
+    pub async fn list_local(&self) -> Result<Vec<LocalImage>> {
+        let records = self.inner.containerd.list_images().await.map_err(|source| ImageError::Inspect { image: "*".into(), source: StepError::GetImage { name: "*".into(), source } })?;
+        let mut out: Vec<LocalImage> = Vec::new();
+        for r in records {
+            let Some(target) = r.target else { continue };
+            let Ok(Some((id, size))) = self.describe(&target.media_type, &target.digest, target.size as u64).await else { continue };
+            match out.iter_mut().find(|i| i.id == id) {
+                Some(i) => {
+                    i.names.push(r.name);
+                    if !i.digests.contains(&target.digest) {
+                        i.digests.push(target.digest);
+                    }
+                }
+                None => out.push(LocalImage { id, names: vec![r.name], digests: vec![target.digest], size }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// (image ID, size) of a record's target: the manifest (for an index, the
+    /// one of this platform), its config and layers.
+    async fn describe(&self, media_type: &str, digest: &str, size: u64) -> Result<Option<(String, u64)>, StepError> {
+        let Some(top) = self.read_local(digest).await? else { return Ok(None) };
+        let (body, mut total) = match manifest::kind_of(media_type) {
+            Some(Kind::Manifest) => (top, size),
+            Some(Kind::Index) => {
+                let index: Index = serde_json::from_slice(&top).map_err(|source| StepError::ParseManifest { digest: digest.to_owned(), source })?;
+                let Some(chosen) = manifest::select_manifest(&index, &self.inner.platform) else { return Ok(None) };
+                let Some(body) = self.read_local(&chosen.digest).await? else { return Ok(None) };
+                (body, size + chosen.size.max(0) as u64)
+            }
+            None => return Ok(None),
+        };
+        let m: Manifest = serde_json::from_slice(&body).map_err(|source| StepError::ParseManifest { digest: digest.to_owned(), source })?;
+        total += m.config.size.max(0) as u64 + m.layers.iter().map(|l| l.size.max(0) as u64).sum::<u64>();
+        Ok(Some((m.config.digest.clone(), total)))
     }
 
     /// Pulls `reference` (named `name`) with each matching credential in

@@ -33,6 +33,16 @@ pub async fn connect(socket: &Path) -> Result<Channel, ConnectError> {
 }
 
 /// containerd's version string, e.g. `1.6.20~ds1`, with a deadline.
+/// The directory of `snapshotter`'s store, from containerd's introspection
+/// (the plugin's `root` export): where images are unpacked and containers'
+/// writable layers live, i.e. the image filesystem (CRI's ImageFsInfo).
+pub async fn snapshotter_root(channel: &Channel, snapshotter: &str) -> Option<std::path::PathBuf> {
+    let mut c = containerd_client::services::v1::introspection_client::IntrospectionClient::new(channel.clone());
+    let req = containerd_client::services::v1::PluginsRequest { filters: vec![format!("type==io.containerd.snapshotter.v1,id=={snapshotter}")] };
+    let r = tokio::time::timeout(Duration::from_secs(5), c.plugins(req)).await.ok()?.ok()?.into_inner();
+    r.plugins.into_iter().find_map(|p| p.exports.get("root").map(std::path::PathBuf::from))
+}
+
 pub async fn version(channel: &Channel) -> Result<String, tonic::Status> {
     let mut c = containerd_client::services::v1::version_client::VersionClient::new(channel.clone());
     match tokio::time::timeout(Duration::from_secs(5), c.version(())).await {

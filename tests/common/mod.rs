@@ -16,6 +16,7 @@ use k8s_openapi::api::core::v1::Pod;
 
 pub mod api;
 pub mod registry;
+pub mod small;
 
 pub const BUSYBOX: &str = "localhost/test/busybox:1.0";
 pub const PAUSE: &str = "localhost/rkubelet/pause:1.0";
@@ -146,6 +147,12 @@ impl Agent {
                 NODE,
                 "--file-check-frequency",
                 "2s",
+                // The host's disk and its containerd are shared with every test:
+                // no image collection and no disk thresholds unless a test sets them.
+                "--image-gc-high-threshold",
+                "100",
+                "--eviction-hard",
+                "memory.available<100Mi",
                 "-v",
                 "2",
             ])
@@ -156,6 +163,11 @@ impl Agent {
             .spawn()
             .expect("start rkubelet");
         self.child = Some(child);
+    }
+
+    /// Replaces the extra flags the next [`Agent::start`] passes.
+    pub fn set_args(&mut self, args: &[&str]) {
+        self.args = args.iter().map(|a| a.to_string()).collect();
     }
 
     /// `kill -9` of the agent (pods keep running).
@@ -366,7 +378,7 @@ pub fn compat_config(dir: &Path) -> PathBuf {
     let p = dir.join("config.yaml");
     std::fs::write(
         &p,
-        "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nevictionSoft:\n  memory.available: 1.5Gi\nevictionSoftGracePeriod:\n  memory.available: 1m30s\nsomeFutureField: true\n",
+        "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nqosReserved:\n  memory: 50%\ncontainerLogMaxWorkers: 4\nsomeFutureField: true\n",
     )
     .unwrap();
     p

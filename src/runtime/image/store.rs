@@ -20,7 +20,7 @@ use containerd_client::services::v1::snapshots::{
 };
 use containerd_client::services::v1::{
     AddResourceRequest, ApplyRequest, CreateImageRequest, CreateRequest as CreateLeaseRequest,
-    DeleteImageRequest, DeleteRequest as DeleteLeaseRequest, GetImageRequest, Image,
+    DeleteImageRequest, DeleteRequest as DeleteLeaseRequest, GetImageRequest, Image, ListImagesRequest,
     Info as ContentInfo, InfoRequest, ReadContentRequest, Resource, UpdateImageRequest,
     UpdateRequest as UpdateContentRequest, WriteAction, WriteContentRequest, WriteContentResponse,
 };
@@ -140,6 +140,12 @@ impl Containerd {
             None,
         )?;
         self.images().update(request).await.map(drop)
+    }
+
+    /// Every image record of the namespace.
+    pub(crate) async fn list_images(&self) -> Result<Vec<Image>, Status> {
+        let request = self.request(ListImagesRequest { filters: Vec::new() }, None)?;
+        Ok(self.images().list(request).await?.into_inner().images)
     }
 
     /// Deletes an image record; `false` when there was none.
