@@ -216,6 +216,7 @@ fn eviction_settings(cfg: &Config, image_fs: std::path::PathBuf, reclaim: Option
         period: crate::eviction::MONITORING_PERIOD,
         reclaim,
         metrics,
+        notify: cfg.kernel_memcg_notification,
     }
 }
 
@@ -259,7 +260,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     let (ctx, node_opts, events_task) = new_context(&cfg, &channel, cni, client.clone());
     let (cpu_capacity_milli, memory_capacity) = (ctx.cpu_capacity_milli, ctx.memory_capacity);
     node_startup(&ctx, &node_opts, cpu_capacity_milli, memory_capacity).await;
-    let server_tasks = start_server(&cfg, client.clone(), ctx.host_ip.clone(), ctx.containers.clone(), ctx.metrics.clone(), &cancel);
+    // The image filesystem: containerd's snapshotter store (CRI's ImageFsInfo).
+    let image_fs = crate::runtime::snapshotter_root(&channel, &cfg.snapshotter).await.unwrap_or_else(|| std::path::PathBuf::from("/var/lib/containerd"));
+    let server_tasks = start_server(&cfg, client.clone(), ctx.host_ip.clone(), ctx.containers.clone(), ctx.metrics.clone(), image_fs.clone(), &cancel);
     let mut manager = Manager::new(ctx.clone(), cancel.clone());
 
     let (ev_tx, mut ev_rx) = mpsc::channel(256);
@@ -306,9 +309,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> anyhow::Res
     status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Graceful node shutdown: logind's inhibitor lock, and the active pods when it fires.
     let (shutdown_tx, mut shutdown_rx) = mpsc::channel::<crate::shutdown::PodsRequest>(1);
-    // Garbage collection: images (at start, then every 5 min) and exited containers
-    // (every minute); the image filesystem is containerd's snapshotter store.
-    let image_fs = crate::runtime::snapshotter_root(&channel, &cfg.snapshotter).await.unwrap_or_else(|| std::path::PathBuf::from("/var/lib/containerd"));
+    // Garbage collection: images (at start, then every 5 min) and exited containers (every minute).
     let image_gc = Arc::new(crate::gc::images::ImageGc::new(
         crate::gc::images::Policy {
             high_percent: cfg.image_gc_high_threshold_percent,
@@ -422,6 +423,7 @@ fn start_server(
     host_ip: Option<String>,
     containers: Containers,
     metrics: Arc<crate::metrics::Metrics>,
+    image_fs: std::path::PathBuf,
     cancel: &CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     use crate::config::AuthorizationMode;
@@ -493,6 +495,7 @@ fn start_server(
         sampler,
         root_dir: cfg.root_dir.clone(),
         pod_logs_dir: cfg.pod_logs_dir.clone(),
+        image_fs,
         containers: Some(containers),
         streaming_idle_timeout: cfg.streaming_connection_idle_timeout,
         metrics,

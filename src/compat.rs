@@ -274,7 +274,7 @@ pub const SETTINGS: &[Setting] = &[
     field("memorySwap.swapBehavior", Str, Support::NotImplemented(Same::ZeroOrNoSwap)),
     both("fail-cgroupv1", "failCgroupV1", Bool, Support::NotImplemented(Same::ZeroOrCgroupV2)),
     both("protect-kernel-defaults", "protectKernelDefaults", Bool, ZERO),
-    both("kernel-memcg-notification", "kernelMemcgNotification", Bool, ZERO),
+    both("kernel-memcg-notification", "kernelMemcgNotification", Bool, IMPL),
     // rkubelet reports and admits ephemeral-storage against the root dir's filesystem.
     both("local-storage-capacity-isolation", "localStorageCapacityIsolation", Bool, only(&["true"])),
     // Node allocatable and eviction.

@@ -271,6 +271,9 @@ pub struct AgentArgs {
     /// Minimum age of an unused image before garbage collection may remove it [default: 2m0s] [config: imageMinimumGCAge].
     #[arg(long = "minimum-image-ttl-duration", value_parser = parse_duration)]
     pub minimum_image_ttl_duration: Option<Duration>,
+    /// See a memory threshold crossing at once (cgroup v1 eventfd; v2: a 1 s poll) instead of at the next 10 s pass [default: true, upstream's false] [config: kernelMemcgNotification].
+    #[arg(long = "kernel-memcg-notification", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_go_bool)]
+    pub kernel_memcg_notification: Option<bool>,
     /// Soft eviction thresholds: memory.available<1.5Gi [config: evictionSoft].
     #[arg(long = "eviction-soft", value_parser = |s: &str| crate::compat::Kind::MapLangle.parse(s))]
     pub eviction_soft: Option<String>,
@@ -548,6 +551,8 @@ pub struct Config {
     /// `imageMinimumGCAge` (2m) and `imageMaximumGCAge` (0: none).
     pub image_minimum_gc_age: Duration,
     pub image_maximum_gc_age: Duration,
+    /// `kernelMemcgNotification` (rkubelet's default: true).
+    pub kernel_memcg_notification: bool,
     /// `evictionSoft`: signal → threshold, each with its grace period below.
     pub eviction_soft: BTreeMap<String, Threshold>,
     /// `evictionSoftGracePeriod`.
@@ -807,6 +812,7 @@ impl Config {
         v["evictionSoftGracePeriod"] = json!(self.eviction_soft_grace_period.iter().map(|(k, t)| (k.clone(), d(*t))).collect::<std::collections::BTreeMap<_, _>>());
         v["evictionPressureTransitionPeriod"] = json!(d(self.eviction_pressure_transition_period));
         v["evictionMaxPodGracePeriod"] = json!(self.eviction_max_pod_grace_period);
+        v["kernelMemcgNotification"] = json!(self.kernel_memcg_notification);
         v["evictionMinimumReclaim"] = json!(self.eviction_minimum_reclaim.iter().map(|(k, t)| (k.clone(), threshold(t))).collect::<std::collections::BTreeMap<_, _>>());
         v
     }
@@ -1192,6 +1198,7 @@ impl Config {
             image_gc_low_threshold_percent: image_gc_low,
             image_minimum_gc_age,
             image_maximum_gc_age,
+            kernel_memcg_notification: a.kernel_memcg_notification.or(file.kernel_memcg_notification).unwrap_or(true),
             eviction_soft,
             eviction_soft_grace_period,
             eviction_pressure_transition_period: a.eviction_pressure_transition_period.or(dur(file.eviction_pressure_transition_period)).unwrap_or(Duration::from_secs(300)),
@@ -1644,6 +1651,8 @@ mod tests {
         assert_eq!((c.eviction_pressure_transition_period, c.eviction_max_pod_grace_period), (Duration::from_secs(30), 20));
         let d = with_file("evdefault", HEAD, &[]).unwrap();
         assert_eq!((d.eviction_pressure_transition_period, d.eviction_max_pod_grace_period), (Duration::from_secs(300), 0), "upstream's defaults");
+        assert!(d.kernel_memcg_notification, "rkubelet sees memory crossings at once unless told not to");
+        assert!(!with_file("evnonotify", &format!("{HEAD}kernelMemcgNotification: false\n"), &[]).unwrap().kernel_memcg_notification);
         let e = with_file("evnograce", &format!("{HEAD}evictionSoft: {{memory.available: 1Gi}}\n"), &[]).unwrap_err().to_string();
         assert!(e.contains("grace period must be specified for the soft eviction threshold memory.available"), "{e}");
         let e = with_file("evbadsig", &format!("{HEAD}evictionSoftGracePeriod: {{swap.available: 1m}}\n"), &[]).unwrap_err().to_string();

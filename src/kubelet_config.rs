@@ -212,6 +212,7 @@ pub struct KubeletConfiguration {
     pub shutdown_grace_period_by_pod_priority: Option<Vec<ShutdownGracePeriodByPodPriority>>,
     /// Hard eviction thresholds: signal → quantity or percentage (`memory.available: 100Mi`).
     pub eviction_hard: Option<BTreeMap<String, String>>,
+    pub kernel_memcg_notification: Option<bool>,
     #[serde(rename = "imageGCHighThresholdPercent")]
     pub image_gc_high_threshold_percent: Option<i32>,
     #[serde(rename = "imageGCLowThresholdPercent")]

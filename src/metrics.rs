@@ -184,6 +184,17 @@ mod tests {
     use k8s_openapi::api::core::v1::{ContainerState, ContainerStateRunning, ContainerStatus, Pod, PodStatus};
 
     #[test]
+    fn eviction_and_image_gc_counters() {
+        let m = Metrics::new("n1");
+        m.eviction("memory.available");
+        m.eviction("memory.available");
+        m.image_garbage_collected("space");
+        let out = m.encode(&[]);
+        assert!(out.contains("kubelet_evictions_total{eviction_signal=\"memory.available\"} 2"), "{out}");
+        assert!(out.contains("kubelet_image_garbage_collected_total{reason=\"space\"} 1"), "{out}");
+    }
+
+    #[test]
     fn upstream_names_and_values() {
         let m = Metrics::new("n1");
         m.pod_started(Duration::from_millis(700));

@@ -185,3 +185,37 @@ async fn e2_pid_pressure_when_pid_available_is_under_its_threshold() {
     });
     assert_api_clean(&api.srv);
 }
+
+/// Exited instances of the pod's container `c` in containerd: (attempt, id), oldest first.
+fn exited_instances(uid: &str) -> Vec<(u32, String)> {
+    let mut v: Vec<(u32, String)> = containerd_containers(uid)
+        .into_iter()
+        .filter_map(|id| {
+            let info: Value = serde_json::from_str(&ctr(&["containers", "info", &id])).ok()?;
+            let labels = &info["Labels"];
+            (labels["io.rkubelet.kind"] == "app" && labels["io.rkubelet.finished-at"].is_string()).then(|| (labels["io.rkubelet.attempt"].as_str().unwrap_or("0").parse().unwrap_or(0), id))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn e3_container_gc_keeps_one_exited_instance_per_container() {
+    let mut agent = Agent::new("e3");
+    agent.write_manifest(
+        "crash.yaml",
+        &format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: crash}}\nspec:\n  containers:\n  - {{name: c, image: \"{BUSYBOX}\", command: [sh, -c, \"exit 3\"]}}\n"),
+    );
+    let uid = agent.wait_pod("crash", Duration::from_secs(60), "pod known", |p| p.metadata.uid.clone());
+    // The worker keeps the newest two exited instances while it backs off.
+    let before = wait_for(Duration::from_secs(90), "two exited instances", &agent, || Some(exited_instances(&uid)).filter(|v| v.len() >= 2));
+    let (old, newest) = (before[before.len() - 2].1.clone(), before[before.len() - 1].1.clone());
+    // At the agent's start (and every minute) container GC keeps one per container.
+    agent.stop();
+    agent.start();
+    wait_for(Duration::from_secs(30), "the older exited instance collected", &agent, || (!containerd_containers(&uid).contains(&old)).then_some(()));
+    assert!(containerd_containers(&uid).contains(&newest), "the newest exited instance stays: {:?}", exited_instances(&uid));
+    assert!(agent.log_tail(usize::MAX).contains("exited container garbage collected"), "{}", agent.log_tail(20));
+    agent.remove_all_pods();
+}

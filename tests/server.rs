@@ -159,6 +159,15 @@ async fn k1_the_kubelet_api_authenticates_authorizes_and_serves_pods_and_logs() 
         let sum: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(sum["node"]["nodeName"], NODE);
         assert!(sum["node"]["cpu"]["usageCoreNanoSeconds"].as_u64().unwrap() > 0 && sum["node"]["memory"]["workingSetBytes"].as_u64().unwrap() > 0);
+        // The eviction manager's filesystems: nodefs, and the image and container
+        // filesystems of containerd's snapshotter store; rlimit for pid.available.
+        let snap = nix::sys::statvfs::statvfs("/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs").unwrap();
+        for fs in ["imageFs", "containerFs"] {
+            let v = &sum["node"]["runtime"][fs];
+            assert_eq!(v["capacityBytes"].as_u64(), Some(snap.blocks() * snap.fragment_size()), "{fs}: {v}");
+            assert!(v["inodesFree"].is_u64(), "{fs}: {v}");
+        }
+        assert!(sum["node"]["fs"]["availableBytes"].is_u64() && sum["node"]["rlimit"]["maxpid"].as_u64().unwrap() > sum["node"]["rlimit"]["curproc"].as_u64().unwrap(), "{}", sum["node"]);
         let p = sum["pods"].as_array().unwrap().iter().find(|p| p["podRef"]["name"] == "talker").expect("talker in the summary").clone();
         let cpu = p["cpu"]["usageCoreNanoSeconds"].as_u64().unwrap();
         // From the housekeeping's last sample (taken before the request), as cadvisor's.

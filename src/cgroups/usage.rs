@@ -267,6 +267,18 @@ pub fn usage_v2(d: &Path) -> Usage {
     }
 }
 
+/// OOM kills counted in cgroup `rel`'s memory controller: v2 `memory.events`
+/// `oom_kill` (its processes and its descendants'), v1 `memory.oom_control`
+/// `oom_kill` (its own). `None` when the cgroup or the counter is gone.
+pub fn oom_kills(rel: &str) -> Option<u64> {
+    let dir = cgroup_dir("memory", rel)?;
+    if super::uses_v1() {
+        read(&dir.join("memory.oom_control")).and_then(|s| flat_field(&s, "oom_kill"))
+    } else {
+        read(&dir.join("memory.events")).and_then(|s| flat_field(&s, "oom_kill"))
+    }
+}
+
 /// The node's memory usage and working set, as cadvisor reads its root
 /// container: v1 the root memory cgroup (`usage_in_bytes` less
 /// `total_inactive_file`); v2 /proc/meminfo (`MemTotal - MemFree` less `Inactive(file)`).

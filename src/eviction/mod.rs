@@ -58,6 +58,8 @@ pub struct Settings {
     pub period: Duration,
     pub reclaim: Option<Reclaim>,
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// Wake on a memory crossing between passes (`kernelMemcgNotification`).
+    pub notify: bool,
 }
 
 /// What the manager shares with admission, the pod workers and the node status.
@@ -241,7 +243,7 @@ async fn wait_next_pass(settings: &Settings, armed: &mut Option<notifier::Notifi
             _ = tokio::time::sleep_until(deadline) => true,
         };
     };
-    let Some(t) = memory_threshold(settings, cap) else {
+    let Some(t) = memory_threshold(settings, cap).filter(|_| settings.notify) else {
         return tokio::select! {
             _ = cancel.cancelled() => false,
             _ = tokio::time::sleep_until(deadline) => true,

@@ -69,14 +69,15 @@ pub async fn collect(containers: &Containers, root_dir: &Path, node: &str, keep:
     removed
 }
 
-/// Runs the periodic collection every [`PERIOD`] until `cancel`.
+/// Runs the collection at start, then every [`PERIOD`] until `cancel` (as
+/// upstream's `wait.Until`).
 pub async fn run(containers: Containers, root_dir: std::path::PathBuf, node: String, cancel: tokio_util::sync::CancellationToken) {
     loop {
+        collect(&containers, &root_dir, &node, MAX_PER_POD_CONTAINER).await;
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(PERIOD) => {}
         }
-        collect(&containers, &root_dir, &node, MAX_PER_POD_CONTAINER).await;
     }
 }
 

@@ -116,6 +116,13 @@ pub fn eviction_order<'a>(records: &BTreeMap<String, Record>, images: &'a [Local
     out.into_iter().map(|(i, _)| i).collect()
 }
 
+/// The images of `order` unused for longer than `max_age` (never used:
+/// counted from their first sighting).
+pub fn past_max_age<'a>(order: Vec<&'a LocalImage>, records: &BTreeMap<String, Record>, max_age: Duration, now: DateTime<Utc>) -> Vec<&'a LocalImage> {
+    let max_age = chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::MAX);
+    order.into_iter().filter(|i| records.get(&i.id).is_some_and(|r| now - r.last_used.unwrap_or(r.first_detected) > max_age)).collect()
+}
+
 /// Upstream's FreeDiskSpaceFailed / ImageGCFailed message.
 pub fn shortfall_message(wanted: i64, found: u64) -> String {
     format!("Failed to garbage collect required amount of images. Attempted to free {wanted} bytes, but only found {found} bytes eligible to free.")
@@ -240,11 +247,10 @@ impl ImageGc {
         if !self.policy.max_age.is_zero() {
             let (images, in_use, pinned) = self.refresh().await?;
             let records = self.records.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            let max_age = chrono::Duration::from_std(self.policy.max_age).unwrap_or(chrono::Duration::MAX);
             let now = Utc::now();
-            for img in eviction_order(&records, &images, &in_use, &pinned, self.policy.min_age, now) {
-                let r = &records[&img.id];
-                if now - r.last_used.unwrap_or(r.first_detected) > max_age && self.remove(img, "age").await {
+            let order = eviction_order(&records, &images, &in_use, &pinned, self.policy.min_age, now);
+            for img in past_max_age(order, &records, self.policy.max_age, now) {
+                if self.remove(img, "age").await {
                     freed += img.size;
                 }
             }
@@ -388,6 +394,9 @@ mod tests {
         assert_eq!(records["c"].last_used, Some(t(350)));
         detect(&mut records, &images[1..], &in_use, t(400));
         assert!(!records.contains_key("a"), "a vanished image is forgotten");
+        let order = eviction_order(&records, &images, &in_use, &pinned, Duration::ZERO, t(400));
+        let old: Vec<&str> = past_max_age(order, &records, Duration::from_secs(250), t(400)).iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(old, vec!["b"], "past 250 s: b (last used at 100); not c (used at 350) nor young (first seen at 290)");
         assert_eq!(shortfall_message(100, 20), "Failed to garbage collect required amount of images. Attempted to free 100 bytes, but only found 20 bytes eligible to free.");
     }
 }

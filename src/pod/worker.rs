@@ -55,6 +55,8 @@ pub struct Worker {
     /// Whether `last_status` was written by this worker (the spec may have changed since a restart).
     status_saved: bool,
     last_pod: Option<Arc<Pod>>,
+    /// The pod cgroup's OOM kill count (cgroup v2) when last looked at.
+    pod_oom_kills: Option<u64>,
     registered: HashSet<String>,
     /// Why the pod was evicted (emptyDir over its sizeLimit), once it was.
     eviction: Option<String>,
@@ -160,6 +162,7 @@ impl Worker {
             start_measured: false,
             status_saved: false,
             last_pod: None,
+            pod_oom_kills: None,
             registered: HashSet::new(),
             eviction: None,
             allocation,
@@ -234,6 +237,31 @@ impl Worker {
         }
     }
 
+    /// Whether the cgroups counted an OOM kill for container `id` that
+    /// containerd's event did not report (the kill of a whole systemd scope
+    /// can remove it before the shim reads its `memory.events`): v1, the
+    /// container's own counter; v2, a rise of the pod cgroup's counter.
+    fn oom_kill_counted(&mut self, id: &str) -> bool {
+        let Some(pod) = self.last_pod.clone() else { return false };
+        let qos = crate::cgroups::qos_class(&pod);
+        if crate::cgroups::uses_v1() {
+            return crate::cgroups::usage::oom_kills(&crate::cgroups::container_cgroup(qos, &self.uid, id)).unwrap_or(0) > 0;
+        }
+        let now = crate::cgroups::usage::oom_kills(&crate::cgroups::pod_cgroup_parent(qos, &self.uid));
+        let before = std::mem::replace(&mut self.pod_oom_kills, now);
+        matches!((before, now), (Some(b), Some(n)) if n > b)
+    }
+
+    /// The pod cgroup's OOM kill count before any exit is looked at (v2).
+    fn note_pod_oom_kills(&mut self) {
+        if self.pod_oom_kills.is_some() || crate::cgroups::uses_v1() {
+            return;
+        }
+        if let Some(pod) = self.last_pod.clone() {
+            self.pod_oom_kills = crate::cgroups::usage::oom_kills(&crate::cgroups::pod_cgroup_parent(crate::cgroups::qos_class(&pod), &self.uid));
+        }
+    }
+
     fn unregister_all(&mut self) {
         for id in self.registered.drain() {
             self.ctx.router.unregister(&id);
@@ -246,13 +274,16 @@ impl Worker {
         let ctx = self.ctx.clone();
         let rt = &ctx.containers;
         let mut records = rt.list(Some(&self.uid)).await?;
+        if records.iter().all(|r| !matches!(r.task, TaskState::Stopped { .. }) || r.label(labels::EXIT_CODE).is_some()) {
+            self.note_pod_oom_kills();
+        }
         for r in records.iter_mut() {
             self.register(&r.id);
             let kind = r.label(labels::KIND).unwrap_or("").to_string();
             match r.task.clone() {
                 TaskState::Stopped { exit_code, exited_at } if r.label(labels::EXIT_CODE).is_none() => {
                     let finished = exited_at.unwrap_or_else(now);
-                    let oom = self.ctx.router.take_oom(&r.id);
+                    let oom = self.ctx.router.take_oom(&r.id) || (exit_code == 137 && self.oom_kill_counted(&r.id));
                     let reason = if oom { "OOMKilled" } else if exit_code == 0 { "Completed" } else { "Error" };
                     let set = vec![
                         (labels::EXIT_CODE, exit_code.to_string()),

@@ -43,6 +43,8 @@ pub struct State {
     pub sampler: std::sync::Arc<stats::Sampler>,
     pub root_dir: PathBuf,
     pub pod_logs_dir: PathBuf,
+    /// The image filesystem (containerd's snapshotter store).
+    pub image_fs: PathBuf,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// containerd, for exec, attach and port-forward (None: those answer 503).
     pub containers: Option<crate::runtime::containers::Containers>,
@@ -213,9 +215,9 @@ async fn handle(state: Arc<State>, cert: Option<&[u8]>, req: Request<hyper::body
         "/healthz" => text(StatusCode::OK, "ok"),
         "/pods" | "/pods/" => pods(state),
         "/configz" => json(&state.configz),
-        "/stats/summary" | "/stats/summary/" => json(&stats::summary(&state.node, &state.root_dir, &crate::pod::store::load_all(&state.root_dir), &state.sampler)),
+        "/stats/summary" | "/stats/summary/" => json(&stats::summary(&state.node, &state.root_dir, &state.image_fs, &crate::pod::store::load_all(&state.root_dir), &state.sampler)),
         "/metrics/resource" => {
-            let s = stats::summary(&state.node, &state.root_dir, &crate::pod::store::load_all(&state.root_dir), &state.sampler);
+            let s = stats::summary(&state.node, &state.root_dir, &state.image_fs, &crate::pod::store::load_all(&state.root_dir), &state.sampler);
             Response::builder()
                 .status(StatusCode::OK)
                 .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")

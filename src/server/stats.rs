@@ -275,7 +275,7 @@ fn node_cpu_ns() -> Option<u64> {
 }
 
 /// The Summary API object (stats/v1alpha1) for the node and `pods`.
-pub fn summary(node: &str, root_dir: &Path, pods: &[k8s_openapi::api::core::v1::Pod], sampler: &Sampler) -> Value {
+pub fn summary(node: &str, root_dir: &Path, image_fs: &Path, pods: &[k8s_openapi::api::core::v1::Pod], sampler: &Sampler) -> Value {
     let now = Utc::now();
     let time = crate::logs::timestamp(now);
     let total = crate::cgroups::meminfo("MemTotal:").unwrap_or(0);
@@ -330,6 +330,7 @@ pub fn summary(node: &str, root_dir: &Path, pods: &[k8s_openapi::api::core::v1::
     let pods_cg = read_usage(crate::cgroups::kubepods());
     let pods_system = json!({"name": "pods", "startTime": boot_time().map(crate::logs::timestamp), "cpu": cpu_json(sampler, crate::cgroups::kubepods(), now, &pods_cg), "memory": memory_json(&time, &pods_cg, None)});
     let system_containers = vec![with_io_swap(pods_system, &time, &pods_cg)];
+    let pids = crate::eviction::observe::pids();
     let node_json = json!({
         "nodeName": node,
         "startTime": boot_time().map(crate::logs::timestamp),
@@ -338,8 +339,10 @@ pub fn summary(node: &str, root_dir: &Path, pods: &[k8s_openapi::api::core::v1::
         "memory": memory_json(&time, &node_mem, Some(total)),
         "network": network(&time, None, &default_if),
         "fs": fs_json(&time, root_dir),
-        "runtime": {"imageFs": fs_json(&time, Path::new("/var/lib/containerd"))},
-        "rlimit": {"time": time, "maxpid": std::fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|s| s.trim().parse::<u64>().ok()), "curproc": std::fs::read_dir("/proc").map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit())).count()).unwrap_or(0)},
+        // One runtime filesystem: containers' writable layers live with the images.
+        "runtime": {"imageFs": fs_json(&time, image_fs), "containerFs": fs_json(&time, image_fs)},
+        // pid.available's inputs, as upstream's pidlimit stats: the PID limit and the tasks running.
+        "rlimit": {"time": time, "maxpid": pids.map(|p| p.0), "curproc": pids.map(|p| p.1)},
     });
     json!({
         "node": with_io_swap(node_json, &time, &node_swap),
