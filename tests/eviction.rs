@@ -219,3 +219,48 @@ fn e3_container_gc_keeps_one_exited_instance_per_container() {
     assert!(agent.log_tail(usize::MAX).contains("exited container garbage collected"), "{}", agent.log_tail(20));
     agent.remove_all_pods();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e4_a_soft_threshold_waits_its_grace_period_and_evicts_with_the_max_pod_grace_period() {
+    let api = api_server(Path::new("/var/lib/rkubelet-test/agents/e4-api")).await;
+    let node_kc = api.node.to_str().unwrap().to_string();
+    let threshold_gib = memory_available() / GIB - 3;
+    assert!(threshold_gib >= 2, "this host has too little memory for the test");
+    let soft = format!("memory.available<{threshold_gib}Gi");
+    let agent = tokio::task::block_in_place(|| {
+        Agent::with_options(
+            "e4",
+            &[],
+            &["--kubeconfig", &node_kc, "--eviction-soft", &soft, "--eviction-soft-grace-period", "memory.available=8s", "--eviction-max-pod-grace-period", "4", "--eviction-pressure-transition-period", "10s"],
+        )
+    });
+    let _cleanup = DeletePods(api.admin.clone());
+    let admin = api.admin.clone();
+    tokio::task::block_in_place(|| {
+        wait_for(Duration::from_secs(30), "node Ready", &agent, || kubectl_json(&admin, &["get", "node", NODE]).filter(|n| node_condition(n, "Ready").is_some_and(|c| c.0 == "True")));
+        // Ignores SIGTERM and has 30 s: only the soft eviction's 4 s ends it.
+        create(&admin, &agent.root, "be.yaml", &sleeper("be", ""));
+        wait_for(Duration::from_secs(60), "be Running", &agent, || pod_phase(&admin, "be").filter(|p| p["status"]["phase"] == "Running"));
+        let hog = Hog::mount(&agent.root.join("hog"), 6);
+        // The condition comes at once; the eviction only after the 8 s grace period.
+        let seen = wait_for(Duration::from_secs(40), "MemoryPressure True", &agent, || {
+            kubectl_json(&admin, &["get", "node", NODE]).filter(|n| node_condition(n, "MemoryPressure").is_some_and(|c| c.0 == "True")).map(|_| Instant::now())
+        });
+        let be = wait_for(Duration::from_secs(60), "be evicted", &agent, || pod_phase(&admin, "be").filter(|p| p["status"]["phase"] == "Failed"));
+        let evicted_after = seen.elapsed();
+        assert_eq!(be["status"]["reason"], "Evicted");
+        assert!(be["status"]["message"].as_str().unwrap().starts_with(&format!("The node was low on resource: memory. Threshold quantity: {threshold_gib}Gi, available: ")), "{}", be["status"]["message"]);
+        assert!(evicted_after >= Duration::from_secs(5), "evicted {evicted_after:?} after the condition, inside the 8 s soft grace period");
+        // Killed after the 4 s evictionMaxPodGracePeriod (not 1 s, not its own 30 s).
+        let term = &be["status"]["containerStatuses"][0]["state"]["terminated"];
+        let (started, finished) = (term["startedAt"].as_str().unwrap(), term["finishedAt"].as_str().unwrap());
+        assert_eq!(term["exitCode"], 137, "{term}");
+        let evs = evicted_events(&admin);
+        let evicted_at = chrono::DateTime::parse_from_rfc3339(&evs.iter().find(|(p, _, _)| p == "be").expect("Evicted event").1).unwrap();
+        let killed_after = chrono::DateTime::parse_from_rfc3339(finished).unwrap() - evicted_at;
+        // Both times are whole seconds: 3 s at least (a hard eviction's 1 s would show 1-2 s).
+        assert!(killed_after >= chrono::Duration::seconds(3) && killed_after < chrono::Duration::seconds(25), "killed {killed_after:?} after the eviction (started {started})");
+        hog.release();
+    });
+    assert_api_clean(&api.srv);
+}
