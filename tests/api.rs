@@ -330,11 +330,6 @@ fn sleeper(name: &str, extra_spec: &str, extra_container: &str) -> String {
     )
 }
 
-fn condition(p: &Value, t: &str) -> Option<(String, String, String)> {
-    let c = p["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == t)?;
-    Some((c["status"].as_str()?.into(), c["reason"].as_str().unwrap_or("").into(), c["message"].as_str().unwrap_or("").into()))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a10_node_events_reserved_allocatable_readiness_gates_and_admission() {
     let api = api_server(Path::new("/var/lib/rkubelet-test/agents/a10-api")).await;

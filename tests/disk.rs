@@ -35,11 +35,6 @@ fn delete_pods(admin: &Path, agent: &Agent, node: &SmallNode, names: &[&str]) {
     let _ = node;
 }
 
-fn node_condition(n: &Value, t: &str) -> Option<(String, String, String)> {
-    let c = n["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == t)?;
-    Some((c["status"].as_str()?.into(), c["reason"].as_str().unwrap_or("").into(), c["message"].as_str().unwrap_or("").into()))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn d1_image_gc_removes_the_least_recently_used_image_and_remembers_uses_across_restarts() {
     let small = tokio::task::block_in_place(|| SmallNode::start("d1", 400, &[BUSYBOX, PAUSE]));
@@ -140,9 +135,9 @@ async fn d2_disk_pressure_reclaims_containers_and_images_then_evicts_the_pod_fil
         let vol = "  volumes: [{name: data, emptyDir: {}}]\n";
         create(&admin, &agent.root, "hog.yaml", &pod("hog", BUSYBOX, &fill, vol).replace("    command:", "    volumeMounts: [{name: data, mountPath: /data}]\n    command:"));
         let n = wait_for(Duration::from_secs(90), "DiskPressure", &agent, || {
-            kubectl_json(&admin, &["get", "node", NODE]).filter(|n| node_condition(n, "DiskPressure").is_some_and(|c| c.0 == "True"))
+            kubectl_json(&admin, &["get", "node", NODE]).filter(|n| condition(n, "DiskPressure").is_some_and(|c| c.0 == "True"))
         });
-        assert_eq!(node_condition(&n, "DiskPressure"), Some(("True".into(), "KubeletHasDiskPressure".into(), "kubelet has disk pressure".into())));
+        assert_eq!(condition(&n, "DiskPressure"), Some(("True".into(), "KubeletHasDiskPressure".into(), "kubelet has disk pressure".into())));
         let hog = wait_for(Duration::from_secs(60), "hog evicted", &agent, || pod_phase(&admin, "hog").filter(|p| p["status"]["phase"] == "Failed"));
         assert_eq!(hog["status"]["reason"], "Evicted");
         let msg = hog["status"]["message"].as_str().unwrap();
@@ -160,7 +155,7 @@ async fn d2_disk_pressure_reclaims_containers_and_images_then_evicts_the_pod_fil
         assert!(reclaim < evict, "reclaim before eviction");
         // The evicted pod's emptyDir went with it: the pressure ends, nothing else was touched.
         wait_for(Duration::from_secs(60), "DiskPressure False", &agent, || {
-            kubectl_json(&admin, &["get", "node", NODE]).filter(|n| node_condition(n, "DiskPressure").is_some_and(|c| c.0 == "False"))
+            kubectl_json(&admin, &["get", "node", NODE]).filter(|n| condition(n, "DiskPressure").is_some_and(|c| c.0 == "False"))
         });
         let q = pod_phase(&admin, "quiet").unwrap();
         assert_eq!((q["status"]["phase"].as_str(), q["status"]["containerStatuses"][0]["restartCount"].as_i64()), (Some("Running"), Some(0)));

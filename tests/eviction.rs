@@ -59,11 +59,6 @@ fn sleeper(name: &str, resources: &str) -> String {
     )
 }
 
-fn node_condition(n: &Value, t: &str) -> Option<(String, String, String)> {
-    let c = n["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == t)?;
-    Some((c["status"].as_str()?.into(), c["reason"].as_str().unwrap_or("").into(), c["message"].as_str().unwrap_or("").into()))
-}
-
 fn has_taint(n: &Value, key: &str) -> bool {
     n["spec"]["taints"].as_array().is_some_and(|ts| ts.iter().any(|t| t["key"] == key && t["effect"] == "NoSchedule"))
 }
@@ -99,7 +94,7 @@ async fn e1_memory_pressure_sets_the_condition_refuses_best_effort_and_evicts_be
     tokio::task::block_in_place(|| {
         let node = || kubectl_json(&admin, &["get", "node", NODE]);
         wait_for(Duration::from_secs(30), "node Ready, no memory pressure", &agent, || {
-            node().filter(|n| node_condition(n, "Ready").is_some_and(|c| c.0 == "True") && node_condition(n, "MemoryPressure").is_some_and(|c| c.0 == "False"))
+            node().filter(|n| condition(n, "Ready").is_some_and(|c| c.0 == "True") && condition(n, "MemoryPressure").is_some_and(|c| c.0 == "False"))
         });
         // A BestEffort and a Burstable pod (well under its 64Mi request), both running.
         create(&admin, &agent.root, "be.yaml", &sleeper("be", ""));
@@ -112,10 +107,10 @@ async fn e1_memory_pressure_sets_the_condition_refuses_best_effort_and_evicts_be
         let filled = Instant::now();
         // The condition (upstream's reason and message), its taint, and the node event.
         let n = wait_for(Duration::from_secs(40), "MemoryPressure True with its taint", &agent, || {
-            node().filter(|n| node_condition(n, "MemoryPressure").is_some_and(|c| c.0 == "True") && has_taint(n, "node.kubernetes.io/memory-pressure"))
+            node().filter(|n| condition(n, "MemoryPressure").is_some_and(|c| c.0 == "True") && has_taint(n, "node.kubernetes.io/memory-pressure"))
         });
         assert_eq!(
-            node_condition(&n, "MemoryPressure"),
+            condition(&n, "MemoryPressure"),
             Some(("True".into(), "KubeletHasInsufficientMemory".into(), "kubelet has insufficient memory available".into()))
         );
         eprintln!("MemoryPressure {:.1} s after the tmpfs was filled", filled.elapsed().as_secs_f64());
@@ -153,12 +148,12 @@ async fn e1_memory_pressure_sets_the_condition_refuses_best_effort_and_evicts_be
         hog.release();
         let released = Instant::now();
         let n = wait_for(Duration::from_secs(60), "MemoryPressure False, taint gone", &agent, || {
-            node().filter(|n| node_condition(n, "MemoryPressure").is_some_and(|c| c.0 == "False") && !has_taint(n, "node.kubernetes.io/memory-pressure"))
+            node().filter(|n| condition(n, "MemoryPressure").is_some_and(|c| c.0 == "False") && !has_taint(n, "node.kubernetes.io/memory-pressure"))
         });
         let after = released.elapsed();
         // Last seen at most one 10 s monitoring period before the release: not before 10 s.
         assert!(after >= Duration::from_secs(9), "the condition cleared {after:?} after the memory came back, inside the 20 s transition period");
-        assert_eq!(node_condition(&n, "MemoryPressure").unwrap().1, "KubeletHasSufficientMemory");
+        assert_eq!(condition(&n, "MemoryPressure").unwrap().1, "KubeletHasSufficientMemory");
     });
     assert_api_clean(&api.srv);
 }
@@ -174,9 +169,9 @@ async fn e2_pid_pressure_when_pid_available_is_under_its_threshold() {
     let admin = api.admin.clone();
     tokio::task::block_in_place(|| {
         let n = wait_for(Duration::from_secs(40), "PIDPressure True", &agent, || {
-            kubectl_json(&admin, &["get", "node", NODE]).filter(|n| node_condition(n, "PIDPressure").is_some_and(|c| c.0 == "True") && has_taint(n, "node.kubernetes.io/pid-pressure"))
+            kubectl_json(&admin, &["get", "node", NODE]).filter(|n| condition(n, "PIDPressure").is_some_and(|c| c.0 == "True") && has_taint(n, "node.kubernetes.io/pid-pressure"))
         });
-        assert_eq!(node_condition(&n, "PIDPressure"), Some(("True".into(), "KubeletHasInsufficientPID".into(), "kubelet has insufficient PID available".into())));
+        assert_eq!(condition(&n, "PIDPressure"), Some(("True".into(), "KubeletHasInsufficientPID".into(), "kubelet has insufficient PID available".into())));
         // Any pressure but memory refuses every pod.
         let _cleanup = DeletePods(admin.clone());
         create(&admin, &agent.root, "bu.yaml", &sleeper("bu", "    resources: {requests: {memory: 64Mi}}\n"));
@@ -237,14 +232,14 @@ async fn e4_a_soft_threshold_waits_its_grace_period_and_evicts_with_the_max_pod_
     let _cleanup = DeletePods(api.admin.clone());
     let admin = api.admin.clone();
     tokio::task::block_in_place(|| {
-        wait_for(Duration::from_secs(30), "node Ready", &agent, || kubectl_json(&admin, &["get", "node", NODE]).filter(|n| node_condition(n, "Ready").is_some_and(|c| c.0 == "True")));
+        wait_for(Duration::from_secs(30), "node Ready", &agent, || kubectl_json(&admin, &["get", "node", NODE]).filter(|n| condition(n, "Ready").is_some_and(|c| c.0 == "True")));
         // Ignores SIGTERM and has 30 s: only the soft eviction's 4 s ends it.
         create(&admin, &agent.root, "be.yaml", &sleeper("be", ""));
         wait_for(Duration::from_secs(60), "be Running", &agent, || pod_phase(&admin, "be").filter(|p| p["status"]["phase"] == "Running"));
         let hog = Hog::mount(&agent.root.join("hog"), 6);
         // The condition comes at once; the eviction only after the 8 s grace period.
         let seen = wait_for(Duration::from_secs(40), "MemoryPressure True", &agent, || {
-            kubectl_json(&admin, &["get", "node", NODE]).filter(|n| node_condition(n, "MemoryPressure").is_some_and(|c| c.0 == "True")).map(|_| Instant::now())
+            kubectl_json(&admin, &["get", "node", NODE]).filter(|n| condition(n, "MemoryPressure").is_some_and(|c| c.0 == "True")).map(|_| Instant::now())
         });
         let be = wait_for(Duration::from_secs(60), "be evicted", &agent, || pod_phase(&admin, "be").filter(|p| p["status"]["phase"] == "Failed"));
         let evicted_after = seen.elapsed();

@@ -32,8 +32,6 @@ const IMMEDIATE_GRACE_SECONDS: u64 = 1;
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// The node taint a pod tolerates to be admitted under memory pressure.
 const MEMORY_PRESSURE_TAINT: &str = "node.kubernetes.io/memory-pressure";
-/// Priority from which a pod is critical (upstream's SystemCriticalPriority).
-const SYSTEM_CRITICAL_PRIORITY: i32 = 2_000_000_000;
 
 /// What disk pressure reclaims before evicting: exited containers and unused
 /// images (upstream's node-level reclaim on one filesystem).
@@ -76,7 +74,7 @@ pub struct EvictionState {
 pub fn is_critical(pod: &Pod) -> bool {
     let source = pod.metadata.annotations.as_ref().and_then(|a| a.get(crate::pod::manifest::CONFIG_SOURCE)).map(String::as_str);
     let mirror = pod.metadata.annotations.as_ref().is_some_and(|a| a.contains_key("kubernetes.io/config.mirror"));
-    matches!(source, Some(s) if s != "api") || mirror || pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0) >= SYSTEM_CRITICAL_PRIORITY
+    matches!(source, Some(s) if s != "api") || mirror || pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0) >= crate::shutdown::SYSTEM_CRITICAL_PRIORITY
 }
 
 /// Whether `pod` tolerates the NoSchedule taint `key` (no value).
@@ -237,13 +235,9 @@ fn memory_threshold(settings: &Settings, capacity: i64) -> Option<i64> {
 /// second). false when cancelled.
 async fn wait_next_pass(settings: &Settings, armed: &mut Option<notifier::Notifier>, cancel: &CancellationToken) -> bool {
     let deadline = tokio::time::Instant::now() + settings.period;
-    let Some((cap, _)) = observe::node_memory() else {
-        return tokio::select! {
-            _ = cancel.cancelled() => false,
-            _ = tokio::time::sleep_until(deadline) => true,
-        };
-    };
-    let Some(t) = memory_threshold(settings, cap).filter(|_| settings.notify) else {
+    // Without a memory threshold to watch (or told not to), only the period.
+    let watched = settings.notify.then(observe::node_memory).flatten().and_then(|(cap, _)| Some((cap, memory_threshold(settings, cap)?)));
+    let Some((cap, t)) = watched else {
         return tokio::select! {
             _ = cancel.cancelled() => false,
             _ = tokio::time::sleep_until(deadline) => true,

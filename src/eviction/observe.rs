@@ -21,7 +21,7 @@ pub struct Paths {
 }
 
 /// (bytes available, bytes, inodes free, inodes) of the filesystem holding `p`.
-fn statfs(p: &Path) -> Option<(i64, i64, i64, i64)> {
+pub fn statfs(p: &Path) -> Option<(i64, i64, i64, i64)> {
     let s = nix::sys::statvfs::statvfs(p).ok()?;
     let f = s.fragment_size() as i64;
     Some(((s.blocks_available() as i64) * f, (s.blocks() as i64) * f, s.files_free() as i64, s.files() as i64))
@@ -77,12 +77,6 @@ pub fn observations(paths: &Paths) -> Observations {
     o
 }
 
-fn request(c: &k8s_openapi::api::core::v1::Container, resource: &str) -> i64 {
-    let res = c.resources.as_ref();
-    let q = res.and_then(|x| x.requests.as_ref()).and_then(|m| m.get(resource)).or_else(|| res.and_then(|x| x.limits.as_ref()).and_then(|m| m.get(resource)));
-    q.and_then(|q| crate::quantity::to_value(&q.0).ok()).unwrap_or(0)
-}
-
 /// What a pod holds on the node's disk: its volumes (emptyDir and the
 /// rest under the pod dir), and each container's writable layer and logs.
 #[derive(Debug, Clone, Default)]
@@ -136,13 +130,13 @@ pub fn candidate(pod: &Pod, status: Option<&k8s_openapi::api::core::v1::PodStatu
             match disk {
                 Some(d) => {
                     let u = d.containers.iter().find(|(n, _, _)| *n == c.name).map(|(_, r, l)| (r + l) as i64);
-                    ContainerUsage { name: c.name.clone(), usage: u, request: request(c, "ephemeral-storage") }
+                    ContainerUsage { name: c.name.clone(), usage: u, request: crate::pod::admission::container_request(c, "ephemeral-storage") }
                 }
-                None => ContainerUsage { name: c.name.clone(), usage: ws.map(|w| w as i64), request: request(c, "memory") },
+                None => ContainerUsage { name: c.name.clone(), usage: ws.map(|w| w as i64), request: crate::pod::admission::container_request(c, "memory") },
             }
         })
         .collect();
-    let ephemeral_request = spec.containers.iter().map(|c| request(c, "ephemeral-storage")).sum::<i64>();
+    let ephemeral_request = spec.containers.iter().map(|c| crate::pod::admission::container_request(c, "ephemeral-storage")).sum::<i64>();
     Candidate {
         uid,
         name: pod.metadata.name.clone().unwrap_or_default(),

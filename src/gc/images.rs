@@ -255,7 +255,7 @@ impl ImageGc {
                 }
             }
         }
-        let Some((available, capacity)) = statfs(&self.image_fs) else { return Ok(freed) };
+        let Some((available, capacity, _, _)) = crate::eviction::observe::statfs(&self.image_fs) else { return Ok(freed) };
         let Some(want) = amount_to_free(capacity, available, &self.policy) else {
             self.refresh().await?;
             return Ok(freed);
@@ -304,13 +304,6 @@ impl ImageGc {
     pub fn records(&self) -> BTreeMap<String, Record> {
         self.records.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
-}
-
-/// (bytes available, bytes) of the filesystem holding `p`.
-fn statfs(p: &Path) -> Option<(i64, i64)> {
-    let s = nix::sys::statvfs::statvfs(p).ok()?;
-    let f = s.fragment_size() as i64;
-    Some(((s.blocks_available() as i64) * f, (s.blocks() as i64) * f))
 }
 
 /// Runs the periodic collection until `cancel`: at start, then every

@@ -29,15 +29,19 @@ pub struct Rejection {
     pub message: String,
 }
 
+/// A container's request of `resource` (its limit when it has no request, as
+/// API defaulting does): millicores for `cpu`, plain units otherwise; 0 without.
+pub fn container_request(c: &Container, resource: &str) -> i64 {
+    let res = c.resources.as_ref();
+    let q = res.and_then(|x| x.requests.as_ref()).and_then(|m| m.get(resource)).or_else(|| res.and_then(|x| x.limits.as_ref()).and_then(|m| m.get(resource)));
+    q.and_then(|q| if resource == "cpu" { crate::quantity::to_milli(&q.0).ok() } else { crate::quantity::to_value(&q.0).ok() }).unwrap_or(0)
+}
+
 /// A pod's effective requests (cpu millicores, memory bytes): the larger of the sum
 /// over app containers and the largest init container, as the scheduler computes.
 pub fn pod_requests(pod: &Pod) -> (i64, i64) {
     let Some(spec) = pod.spec.as_ref() else { return (0, 0) };
-    let req = |c: &Container, r: &str| -> i64 {
-        let res = c.resources.as_ref();
-        let q = res.and_then(|x| x.requests.as_ref()).and_then(|m| m.get(r)).or_else(|| res.and_then(|x| x.limits.as_ref()).and_then(|m| m.get(r)));
-        q.and_then(|q| if r == "cpu" { crate::quantity::to_milli(&q.0).ok() } else { crate::quantity::to_value(&q.0).ok() }).unwrap_or(0)
-    };
+    let req = container_request;
     let sum = |r: &str| spec.containers.iter().map(|c| req(c, r)).sum::<i64>();
     let init_max = |r: &str| spec.init_containers.iter().flatten().map(|c| req(c, r)).max().unwrap_or(0);
     (sum("cpu").max(init_max("cpu")), sum("memory").max(init_max("memory")))

@@ -74,6 +74,12 @@ pub fn create(admin: &Path, dir: &Path, file: &str, yaml: &str) {
     assert!(ok, "{out}");
 }
 
+/// A pod's or node's condition `t` as (status, reason, message).
+pub fn condition(obj: &Value, t: &str) -> Option<(String, String, String)> {
+    let c = obj["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == t)?;
+    Some((c["status"].as_str()?.into(), c["reason"].as_str().unwrap_or("").into(), c["message"].as_str().unwrap_or("").into()))
+}
+
 pub fn pod_phase(admin: &Path, name: &str) -> Option<Value> {
     kubectl_json(admin, &["get", "pod", name])
 }
