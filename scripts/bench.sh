@@ -44,7 +44,7 @@
 #   RK_BENCH_NAMESPACE    containerd namespace (default rkubelet-bench)
 #   RK_BENCH_RUNS         1-pod repetitions per side (default 3, 1..20)
 #   RK_BENCH_PODS         pods for the parallel case (default 30, 1..100)
-#   RK_BENCH_IDLE_SECS    CPU measuring window (default 10, 2..120)
+#   RK_BENCH_IDLE_SECS    CPU measuring window (default 30: one image detection and three eviction passes; 2..120)
 set -euo pipefail
 shopt -s nullglob
 
@@ -62,7 +62,7 @@ BENCH_DIR="${RK_BENCH_DIR:-/var/lib/rkubelet-bench}"
 NS="${RK_BENCH_NAMESPACE:-rkubelet-bench}"
 RUNS="${RK_BENCH_RUNS:-3}"
 PODS="${RK_BENCH_PODS:-30}"
-IDLE_SECS="${RK_BENCH_IDLE_SECS:-10}"
+IDLE_SECS="${RK_BENCH_IDLE_SECS:-30}"
 API_PHASE="${RK_BENCH_API:-1}"
 KUBECTL="${KUBECTL:-kubectl}"
 # in_range VALUE MIN MAX: VALUE is an integer within MIN..MAX.

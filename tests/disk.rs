@@ -94,6 +94,28 @@ async fn d1_image_gc_removes_the_least_recently_used_image_and_remembers_uses_ac
         assert!(log.contains("image garbage collected") && log.contains("filler/a:1"), "{}", agent.log_tail(30));
         let evs = kubectl_json(&admin, &["get", "events", "-n", "default", "--field-selector", "reason=FreeDiskSpaceFailed"]).unwrap();
         assert!(evs["items"].as_array().unwrap().is_empty(), "enough was eligible: {evs}");
+
+        // 24 MiB more on the disk: more than b (8 MiB, the last eligible image)
+        // frees. b still goes, and the shortfall is a FreeDiskSpaceFailed node
+        // event with upstream's message.
+        agent.stop();
+        small.fill("filler-2", 24 * MIB);
+        agent.start();
+        let failed = || {
+            let evs = kubectl_json(&admin, &["get", "events", "-n", "default", "--field-selector", "reason=FreeDiskSpaceFailed"])?;
+            evs["items"].as_array()?.first().cloned()
+        };
+        agent.wait_until(Duration::from_secs(40), "a FreeDiskSpaceFailed event", || failed().is_some());
+        let ev = failed().unwrap();
+        assert_eq!(ev["type"], "Warning", "{ev}");
+        assert_eq!(ev["involvedObject"]["kind"], "Node", "{ev}");
+        let msg = ev["message"].as_str().unwrap_or_default();
+        assert!(msg.starts_with("Failed to garbage collect required amount of images. Attempted to free ") && msg.contains("bytes, but only found "), "{msg}");
+        let left = small.images();
+        assert!(!left.iter().any(|i| i == b), "b was eligible and went: {left:?}");
+        for keep in [BUSYBOX, PAUSE] {
+            assert!(left.iter().any(|i| i == keep), "{keep} must stay: {left:?}");
+        }
         delete_pods(&admin, &agent, &small, &["keep"]);
     });
     drop(agent);

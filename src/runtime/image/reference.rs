@@ -31,7 +31,7 @@ impl PullPolicy {
             Some("Always") => PullPolicy::Always,
             Some("IfNotPresent") => PullPolicy::IfNotPresent,
             Some("Never") => PullPolicy::Never,
-            _ => match Reference::try_from(image) {
+            _ => match parse_normalized(image) {
                 // The parser fills in "latest" only when there is neither tag nor digest.
                 Ok(reference) if reference.tag() == Some("latest") => PullPolicy::Always,
                 _ => PullPolicy::IfNotPresent,
@@ -51,10 +51,172 @@ pub fn normalize_reference(image: &str) -> Result<String, ImageError> {
 
 /// Parses and normalizes an image name.
 pub(crate) fn parse(image: &str) -> Result<Reference, ImageError> {
-    Reference::try_from(image).map_err(|source| ImageError::InvalidName {
+    parse_normalized(image).map_err(|source| ImageError::InvalidName {
         image: image.to_owned(),
         source,
     })
+}
+
+/// The longest name (domain and path) a reference may have.
+const NAME_TOTAL_LENGTH_MAX: usize = 255;
+
+/// `distribution/reference.ParseNormalizedNamed` without a regular expression.
+/// oci-spec's `Reference::try_from` compiles a Unicode-aware regex on first use
+/// (about 15 MB of heap while it builds, several MB kept): more than the rest
+/// of an idle agent. The grammar is upstream's (distribution/reference
+/// regexp.go): `[domain[:port]/]path[:tag][@digest]`, tag `[\w][\w.-]{0,127}`
+/// (ASCII, as Go's `\w`), path components `[a-z0-9]+([_.]|__|-+)[a-z0-9]+...`.
+pub(crate) fn parse_normalized(s: &str) -> Result<Reference, oci_client::ParseError> {
+    use oci_client::ParseError as E;
+    if s.is_empty() {
+        return Err(E::NameEmpty);
+    }
+    let (rest, digest) = match s.split_once('@') {
+        Some((rest, digest)) => (rest, Some(digest)),
+        None => (s, None),
+    };
+    // A tag follows the last ':' that comes after the last '/' (a ':' before a
+    // '/' is the registry's port).
+    let (name, tag) = match rest.rfind(':') {
+        Some(i) if !rest[i..].contains('/') => (&rest[..i], Some(&rest[i + 1..])),
+        _ => (rest, None),
+    };
+    if !valid_name(name) || !tag.is_none_or(valid_tag) || !digest.is_none_or(valid_digest_syntax) {
+        return Err(E::ReferenceInvalidFormat);
+    }
+    if name.len() > NAME_TOTAL_LENGTH_MAX {
+        return Err(E::NameTooLong);
+    }
+    let (registry, repository) = split_docker_domain(name);
+    if repository.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(E::NameContainsUppercase);
+    }
+    if let Some(d) = digest {
+        let (algorithm, hex) = d.split_once(':').ok_or(E::DigestInvalidFormat)?;
+        let want = match algorithm {
+            "sha256" => 64,
+            "sha384" => 96,
+            "sha512" => 128,
+            _ => return Err(E::DigestUnsupported),
+        };
+        if hex.len() != want {
+            return Err(E::DigestInvalidLength);
+        }
+    }
+    Ok(match (tag, digest) {
+        (Some(t), Some(d)) => Reference::with_tag_and_digest(registry, repository, t.to_owned(), d.to_owned()),
+        (None, Some(d)) => Reference::with_digest(registry, repository, d.to_owned()),
+        (t, None) => Reference::with_tag(registry, repository, t.unwrap_or("latest").to_owned()),
+    })
+}
+
+/// `[domain/]path`: path components only, or a domain then at least one path
+/// component.
+fn valid_name(name: &str) -> bool {
+    let mut parts = name.split('/');
+    let first = parts.next().unwrap_or_default();
+    let rest: Vec<&str> = parts.collect();
+    if valid_path_component(first) && rest.iter().all(|p| valid_path_component(p)) {
+        return true;
+    }
+    !rest.is_empty() && valid_domain(first) && rest.iter().all(|p| valid_path_component(p))
+}
+
+/// `[a-z0-9]+` joined by `.`, `_`, `__` or runs of `-`.
+fn valid_path_component(p: &str) -> bool {
+    let b = p.as_bytes();
+    let alnum = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    if b.first().is_none_or(|&c| !alnum(c)) || b.last().is_none_or(|&c| !alnum(c)) {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if alnum(b[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < b.len() && !alnum(b[i]) {
+            i += 1;
+        }
+        let sep = &p[start..i];
+        if !(sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|c| c == b'-')) {
+            return false;
+        }
+    }
+    true
+}
+
+/// `host[:port]`: dot-separated `[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?`
+/// labels or a bracketed IPv6 address.
+fn valid_domain(d: &str) -> bool {
+    let (host, port) = match d.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((addr, tail)) => {
+                if addr.is_empty() || !addr.bytes().all(|c| c.is_ascii_hexdigit() || c == b':') {
+                    return false;
+                }
+                match tail.strip_prefix(':') {
+                    Some(port) => ("", Some(port)),
+                    None if tail.is_empty() => ("", None),
+                    None => return false,
+                }
+            }
+            None => return false,
+        },
+        None => match d.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (d, None),
+        },
+    };
+    if port.is_some_and(|p| p.is_empty() || !p.bytes().all(|c| c.is_ascii_digit())) {
+        return false;
+    }
+    if d.starts_with('[') {
+        return true;
+    }
+    host.split('.').all(|label| {
+        let b = label.as_bytes();
+        !b.is_empty()
+            && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+            && b[0] != b'-'
+            && b[b.len() - 1] != b'-'
+    })
+}
+
+/// `[\w][\w.-]{0,127}` with ASCII `\w`.
+fn valid_tag(t: &str) -> bool {
+    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let b = t.as_bytes();
+    (1..=128).contains(&b.len()) && word(b[0]) && b.iter().all(|&c| word(c) || c == b'.' || c == b'-')
+}
+
+/// `algorithm:hex`: `[A-Za-z][A-Za-z0-9]*([-_+.][A-Za-z][A-Za-z0-9]*)*` and at
+/// least 32 hex digits.
+fn valid_digest_syntax(d: &str) -> bool {
+    let Some((algorithm, hex)) = d.split_once(':') else { return false };
+    hex.len() >= 32
+        && hex.bytes().all(|c| c.is_ascii_hexdigit())
+        && algorithm.split(['-', '_', '+', '.']).all(|part| {
+            let b = part.as_bytes();
+            b.first().is_some_and(|c| c.is_ascii_alphabetic()) && b.iter().all(|c| c.is_ascii_alphanumeric())
+        })
+}
+
+/// docker.io for a first component that is no host (no `.` or `:`, not
+/// `localhost`), `library/` for official images (upstream `splitDockerDomain`).
+fn split_docker_domain(name: &str) -> (String, String) {
+    let (mut domain, mut remainder) = match name.split_once('/') {
+        Some((left, right)) if left.contains(['.', ':']) || left == "localhost" => (left.to_owned(), right.to_owned()),
+        _ => ("docker.io".to_owned(), name.to_owned()),
+    };
+    if domain == "index.docker.io" {
+        domain = "docker.io".to_owned();
+    }
+    if domain == "docker.io" && !remainder.contains('/') {
+        remainder = format!("library/{remainder}");
+    }
+    (domain, remainder)
 }
 
 /// The host part of a `host[:port]` registry name (brackets of IPv6 literals removed).
@@ -182,6 +344,36 @@ mod tests {
                 other => panic!("{image:?} gave {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn the_parser_agrees_with_oci_spec_on_ascii_names() {
+        let digest = format!("sha256:{}", "c".repeat(64));
+        let names = [
+            "busybox", "busybox:1.36", "foo/bar", "docker.io/busybox", "index.docker.io/foo/bar:2",
+            "127.0.0.1:5000/x/y:1", "localhost/x:1", "localhost:5000/x", "registry.k8s.io/pause:3.9",
+            "quay.io/a/b/c", "a.b-c.d:443/e__f/g.h-i---j:T_a.g-1", "localhost:5000", "my-registry.io/a_b",
+            "x/y:z:w", "x/-y", "x/y-", "x/y__z", "x/y___z", "x/y._z", "x..y/z", "-x.io/y", "x-.io/y",
+            "x.io:/y", "x.io:80a/y", "x/Y", "X.io/y", "a/b/", "/a", "a:", ":a", "a@", "@a", "a:b@",
+            "a:-b", "a:.b", "a:_b", &format!("a:{}", "t".repeat(128)), &format!("a:{}", "t".repeat(129)),
+            &format!("busybox@{digest}"), &format!("x.io/y:1@{digest}"), "y@sha256:abc",
+            &format!("y@sha512:{}", "d".repeat(64)), &format!("y@md5:{}", "d".repeat(32)),
+            &format!("y@sha256+b64:{}", "e".repeat(64)), &format!("{}/z", "a".repeat(250)),
+        ];
+        for name in names {
+            let ours = parse_normalized(name).map(|r| r.whole());
+            let theirs = Reference::try_from(name).map(|r| r.whole());
+            assert_eq!(ours.is_ok(), theirs.is_ok(), "{name:?}: ours {ours:?}, oci-spec {theirs:?}");
+            if let (Ok(a), Ok(b)) = (&ours, &theirs) {
+                assert_eq!(a, b, "{name:?}");
+            }
+        }
+        // Where upstream Go and oci-spec differ, rkubelet follows Go: an
+        // upper-case repository is refused, tags are ASCII, IPv6 hosts allowed.
+        assert_eq!(parse_normalized("Foo/bar").unwrap_err(), oci_client::ParseError::NameContainsUppercase);
+        assert!(parse_normalized("busybox:ünï").is_err());
+        assert_eq!(parse_normalized("[::1]:5000/x:1").map(|r| r.registry().to_owned()).unwrap(), "[::1]:5000");
+        assert!(parse_normalized("[zz]/x").is_err());
     }
 
     #[test]
