@@ -306,6 +306,26 @@ impl ImageGc {
     }
 }
 
+/// The node events a collection's result gives (upstream's
+/// realImageGCManager.GarbageCollect and its caller in kubelet.go): a shortfall
+/// is `FreeDiskSpaceFailed`; the second failure in a row (of any kind) is also
+/// `ImageGCFailed`. `failed_before` carries the last run's outcome.
+fn failure_events<T>(result: &Result<T, GcError>, failed_before: &mut bool) -> Vec<(&'static str, String)> {
+    let Err(e) = result else {
+        *failed_before = false;
+        return Vec::new();
+    };
+    let mut events = Vec::new();
+    if let GcError::Shortfall { .. } = e {
+        events.push(("FreeDiskSpaceFailed", e.to_string()));
+    }
+    if *failed_before {
+        events.push(("ImageGCFailed", e.to_string()));
+    }
+    *failed_before = true;
+    events
+}
+
 /// Runs the periodic collection until `cancel`: at start, then every
 /// [`PERIOD`]. A shortfall is a `FreeDiskSpaceFailed` node event; two failed
 /// runs in a row an `ImageGCFailed` one, as upstream.
@@ -328,20 +348,16 @@ pub async fn run(gc: std::sync::Arc<ImageGc>, recorder: crate::events::Recorder,
             continue;
         }
         last_collect = Some(tokio::time::Instant::now());
-        match gc.collect().await {
-            Ok(_) => failed_before = false,
-            Err(e) => {
-                if let GcError::Shortfall { .. } = e {
-                    recorder.node(&node, "Warning", "FreeDiskSpaceFailed", e.to_string());
-                }
-                if failed_before {
-                    warn!(error = %e, "Image garbage collection failed multiple times in a row");
-                    recorder.node(&node, "Warning", "ImageGCFailed", e.to_string());
-                } else {
-                    warn!(error = %e, "Image garbage collection failed once. Stats initialization may not have completed yet");
-                }
-                failed_before = true;
+        let result = gc.collect().await;
+        if let Err(e) = &result {
+            if failed_before {
+                warn!(error = %e, "Image garbage collection failed multiple times in a row");
+            } else {
+                warn!(error = %e, "Image garbage collection failed once. Stats initialization may not have completed yet");
             }
+        }
+        for (reason, message) in failure_events(&result, &mut failed_before) {
+            recorder.node(&node, "Warning", reason, message);
         }
         tokio::select! {
             _ = cancel.cancelled() => return gc.flush(),
@@ -356,6 +372,21 @@ mod tests {
 
     fn img(id: &str, size: u64) -> LocalImage {
         LocalImage { id: id.into(), names: vec![format!("docker.io/library/{id}:1")], digests: vec![format!("sha256:{id}")], size }
+    }
+
+    #[test]
+    fn a_shortfall_is_free_disk_space_failed_and_a_second_failure_in_a_row_image_gc_failed() {
+        let mut failed_before = false;
+        let short = || Err::<(), _>(GcError::Shortfall { wanted: 100, found: 20 });
+        let list = || Err::<(), _>(GcError::List("containerd unavailable".into()));
+        let reasons = |events: Vec<(&'static str, String)>| events.into_iter().map(|(r, _)| r).collect::<Vec<_>>();
+        let first = failure_events(&short(), &mut failed_before);
+        assert_eq!(first, vec![("FreeDiskSpaceFailed", shortfall_message(100, 20))]);
+        assert_eq!(reasons(failure_events(&list(), &mut failed_before)), vec!["ImageGCFailed"], "second failure in a row");
+        assert_eq!(reasons(failure_events(&short(), &mut failed_before)), vec!["FreeDiskSpaceFailed", "ImageGCFailed"]);
+        assert!(failure_events(&Ok::<_, GcError>(()), &mut failed_before).is_empty());
+        assert!(!failed_before, "a success resets the count");
+        assert_eq!(reasons(failure_events(&list(), &mut failed_before)), Vec::<&str>::new(), "one failure alone is only logged");
     }
 
     #[test]
