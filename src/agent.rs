@@ -459,9 +459,12 @@ fn start_server(
             )));
             Ok(())
         }
-        _ => crate::server::tls::serving_files(None, &cfg.cert_dir, &cfg.node_name, &ips).and_then(|f| resolver.set_files(&f)),
+        _ => crate::server::tls::serving_files(cfg.tls_files.clone(), &cfg.cert_dir, &cfg.node_name, &ips).and_then(|f| resolver.set_files(&f)),
     };
-    let tls = certificate.and_then(|_| crate::server::tls::server_config(resolver, cfg.authentication.client_ca_file.as_deref()));
+    for what in &cfg.tls.ignored {
+        warn!(setting = %what, "kubelet API TLS: accepted but not served");
+    }
+    let tls = certificate.and_then(|_| crate::server::tls::server_config(resolver, cfg.authentication.client_ca_file.as_deref(), &cfg.tls));
     let (tls, a) = match (tls, addr(&cfg.address, cfg.port)) {
         (Ok(t), Ok(a)) => (t, a),
         (Err(e), _) => {

@@ -196,6 +196,18 @@ pub struct AgentArgs {
     /// Request the serving certificate with a CSR [default: false] [config: serverTLSBootstrap].
     #[arg(long = "rotate-server-certificates", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_go_bool)]
     pub rotate_server_certificates: Option<bool>,
+    /// The kubelet server's certificate (with --tls-private-key-file) [default: a self-signed <cert-dir>/kubelet.crt] [config: tlsCertFile].
+    #[arg(long = "tls-cert-file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The kubelet server's private key [config: tlsPrivateKeyFile].
+    #[arg(long = "tls-private-key-file")]
+    pub tls_private_key_file: Option<PathBuf>,
+    /// TLS 1.2 cipher suites the kubelet server allows, by IANA name [default: rustls's] [config: tlsCipherSuites].
+    #[arg(long = "tls-cipher-suites", value_delimiter = ',')]
+    pub tls_cipher_suites: Option<Vec<String>>,
+    /// VersionTLS12 or VersionTLS13 (10 and 11 are served as 12) [default: VersionTLS12] [config: tlsMinVersion].
+    #[arg(long = "tls-min-version")]
+    pub tls_min_version: Option<String>,
     /// How long the TLS bootstrap waits for its CertificateSigningRequest to be approved and signed (upstream: 1h).
     #[arg(long = "tls-bootstrap-timeout", default_value = "1h", value_parser = parse_duration)]
     pub tls_bootstrap_timeout: Duration,
@@ -524,6 +536,10 @@ pub struct Config {
     pub rotate_certificates: bool,
     /// `serverTLSBootstrap`: the serving certificate comes from a `kubernetes.io/kubelet-serving` CSR.
     pub server_tls_bootstrap: bool,
+    /// `tlsCertFile` and `tlsPrivateKeyFile`: the serving pair, when not self-signed.
+    pub tls_files: Option<(PathBuf, PathBuf)>,
+    /// `tlsCipherSuites` and `tlsMinVersion`, checked.
+    pub tls: crate::server::tls::Settings,
     /// How long the TLS bootstrap waits for its CSR to be signed.
     pub tls_bootstrap_timeout: Duration,
     /// `clusterDNS`: nameservers for ClusterFirst pods.
@@ -772,6 +788,8 @@ impl Config {
             "healthzBindAddress": self.healthz_bind_address,
             "rotateCertificates": self.rotate_certificates,
             "serverTLSBootstrap": self.server_tls_bootstrap,
+            "tlsCertFile": self.tls_files.as_ref().map(|f| &f.0),
+            "tlsPrivateKeyFile": self.tls_files.as_ref().map(|f| &f.1),
             "authentication": {
                 "x509": {"clientCAFile": self.authentication.client_ca_file},
                 "webhook": {"enabled": self.authentication.webhook_enabled, "cacheTTL": d(self.authentication.webhook_cache_ttl)},
@@ -996,6 +1014,28 @@ impl Config {
                 .unwrap_or(Duration::from_secs(30)),
         };
 
+        let tls_cipher_suites = a.tls_cipher_suites.clone().or_else(|| file.tls_cipher_suites.clone()).unwrap_or_default();
+        let tls_min_version = a.tls_min_version.clone().or_else(|| file.tls_min_version.clone()).filter(|v| !v.is_empty());
+        let tls = crate::server::tls::settings(&tls_cipher_suites, tls_min_version.as_deref()).map_err(|e| match e {
+            crate::server::tls::TlsError::Version(ref v) => {
+                ConfigError::Invalid { field: source_name(a.tls_min_version.is_some(), "tls-min-version", "tlsMinVersion"), value: v.clone(), message: e.to_string() }
+            }
+            _ => ConfigError::Invalid { field: source_name(a.tls_cipher_suites.is_some(), "tls-cipher-suites", "tlsCipherSuites"), value: tls_cipher_suites.join(","), message: e.to_string() },
+        })?;
+        let path_of = |flag: &Option<PathBuf>, field: &Option<String>| flag.clone().or_else(|| field.clone().filter(|f| !f.is_empty()).map(PathBuf::from));
+        let tls_files = match (path_of(&a.tls_cert_file, &file.tls_cert_file), path_of(&a.tls_private_key_file, &file.tls_private_key_file)) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            (c, k) => {
+                let given = c.or(k).unwrap_or_default();
+                return Err(ConfigError::Invalid {
+                    field: "tlsCertFile/tlsPrivateKeyFile".into(),
+                    value: given.display().to_string(),
+                    message: "the certificate and the private key must be given together".into(),
+                });
+            }
+        };
+
         // evictionHard: the flag replaces the file's map; either replaces the defaults
         // unless mergeDefaultEvictionSettings is set.
         let (eviction_raw, eviction_field) = match (&a.eviction_hard, &file.eviction_hard) {
@@ -1180,6 +1220,8 @@ impl Config {
             cert_dir: a.cert_dir.clone().unwrap_or_else(|| a.root_dir.join("pki")),
             rotate_certificates: a.rotate_certificates.or(file.rotate_certificates).unwrap_or(false),
             server_tls_bootstrap: a.rotate_server_certificates.or(file.server_tls_bootstrap).unwrap_or(false),
+            tls_files,
+            tls,
             tls_bootstrap_timeout: a.tls_bootstrap_timeout,
             cluster_dns,
             cluster_domain: a.cluster_domain.clone().or_else(|| file.cluster_domain.clone()).filter(|d| !d.is_empty()),
@@ -1529,6 +1571,8 @@ mod tests {
             "image-gc-low-threshold" => "70",
             "eviction-minimum-reclaim" => "memory.available=0Mi,nodefs.available=500Mi",
             "version" => "false",
+            "tls-cipher-suites" => "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,TLS_AES_128_GCM_SHA256",
+            "tls-min-version" => "VersionTLS13",
             _ => match kind {
                 Bool => "true",
                 Int32 => "3",
@@ -1579,6 +1623,12 @@ mod tests {
                 let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
                 // The provider flags load their files (tested with real ones in runtime::image).
                 if flag.starts_with("image-credential-provider") {
+                    continue;
+                }
+                // The serving certificate and key go together.
+                if flag.starts_with("tls-") && flag.ends_with("-file") {
+                    let e = Config::from_args(&cli.agent).unwrap_err().to_string();
+                    assert!(e.contains("the certificate and the private key must be given together"), "{e}");
                     continue;
                 }
                 // A soft threshold alone is upstream's error too.

@@ -194,6 +194,14 @@ pub struct KubeletConfiguration {
     /// Request the serving certificate through a CSR.
     #[serde(rename = "serverTLSBootstrap")]
     pub server_tls_bootstrap: Option<bool>,
+    /// The serving certificate file.
+    pub tls_cert_file: Option<String>,
+    /// The serving key file.
+    pub tls_private_key_file: Option<String>,
+    /// TLS 1.2 cipher suites allowed on the kubelet server (IANA names).
+    pub tls_cipher_suites: Option<Vec<String>>,
+    /// `VersionTLS10`..`VersionTLS13`.
+    pub tls_min_version: Option<String>,
     pub node_status_update_frequency: Option<GoDuration>,
     pub node_status_report_frequency: Option<GoDuration>,
     pub node_lease_duration_seconds: Option<i32>,

@@ -390,3 +390,99 @@ async fn k3_stats_summary_has_cpu_rates_right_after_a_start_and_later() {
     });
     assert_api_clean(&srv);
 }
+
+/// curl's exit code and `-w` output for a TLS handshake with `extra` options.
+fn curl_tls(url: &str, extra: &[&str]) -> (i32, String) {
+    let out = Command::new("curl")
+        .args(["-sk", "--noproxy", "*", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}"])
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("curl");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+/// The subject of the certificate served on `addr` (openssl s_client).
+fn served_subject(addr: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("timeout 10 openssl s_client -connect {addr} </dev/null 2>/dev/null | openssl x509 -noout -subject"))
+        .output()
+        .expect("openssl");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Kills a process this test started, by PID, when dropped.
+struct Killed(std::process::Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k4_tls_min_version_cipher_suites_and_configured_certificate() {
+    let dir = PathBuf::from("/var/lib/rkubelet-test/agents/k4-api");
+    let KubeletApi { srv: _srv, ca, node, .. } = kubelet_api_server(&dir).await;
+    let (node_s, ca_s) = (node.to_str().unwrap().to_string(), ca.to_str().unwrap().to_string());
+    // A serving pair of the test's own (ECDSA P-256, CN rk-configured-serving).
+    let (crt, key) = (dir.join("serving.crt"), dir.join("serving.key"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1", "-subj", "/CN=rk-configured-serving"])
+        .args(["-keyout", key.to_str().unwrap(), "-out", crt.to_str().unwrap()])
+        .output()
+        .expect("openssl req");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let (crt_s, key_s) = (crt.display().to_string(), key.display().to_string());
+    let mut agent = tokio::task::block_in_place(|| Agent::with_options("k4", &[], &["--kubeconfig", &node_s, "--client-ca-file", &ca_s]));
+    let api = "https://127.0.0.1:10250/healthz";
+    let old_tls = ["--tlsv1.1", "--tls-max", "1.1", "--ciphers", "DEFAULT:@SECLEVEL=0"];
+    tokio::task::block_in_place(|| {
+        agent.wait_until(Duration::from_secs(20), "kubelet API up", || curl(api, &[]).0 != 0);
+        // Control: this curl does speak TLS 1.1 (to an openssl server on loopback that allows it).
+        let port = 18000 + std::process::id() % 1000;
+        let ctl = Killed(
+            Command::new("openssl")
+                .args(["s_server", "-accept", &format!("127.0.0.1:{port}"), "-cert", &crt_s, "-key", &key_s, "-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0", "-www"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("openssl s_server"),
+        );
+        let control = format!("https://127.0.0.1:{port}/");
+        agent.wait_until(Duration::from_secs(10), "the TLS 1.1 control server answers", || curl_tls(&control, &old_tls) == (0, "200".into()));
+        drop(ctl);
+        // Default: TLS 1.1 refused, TLS 1.2 and 1.3 served; the self-signed certificate.
+        let (rc, code) = curl_tls(api, &old_tls);
+        assert!(rc != 0 && code == "000", "TLS 1.1 must be refused by default: curl exit {rc}, code {code}");
+        assert_ne!(curl_tls(api, &["--tlsv1.2", "--tls-max", "1.2"]).1, "000", "TLS 1.2 served");
+        assert_ne!(curl_tls(api, &["--tlsv1.3"]).1, "000", "TLS 1.3 served");
+        assert!(served_subject("127.0.0.1:10250").contains(&format!("CN = {NODE}@")), "self-signed: {}", served_subject("127.0.0.1:10250"));
+
+        // tlsCertFile/tlsPrivateKeyFile and one TLS 1.2 suite.
+        agent.stop();
+        agent.set_args(&["--kubeconfig", &node_s, "--client-ca-file", &ca_s, "--tls-cert-file", &crt_s, "--tls-private-key-file", &key_s, "--tls-cipher-suites", "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"]);
+        agent.start();
+        agent.wait_until(Duration::from_secs(20), "kubelet API up", || curl(api, &[]).0 != 0);
+        assert_eq!(served_subject("127.0.0.1:10250"), "subject=CN = rk-configured-serving");
+        let tls12 = |cipher: &str| curl_tls(api, &["--tlsv1.2", "--tls-max", "1.2", "--ciphers", cipher]);
+        assert_ne!(tls12("ECDHE-ECDSA-AES256-GCM-SHA384").1, "000", "the configured suite is served");
+        assert_eq!(tls12("ECDHE-ECDSA-AES128-GCM-SHA256").1, "000", "another TLS 1.2 suite is refused");
+        assert_ne!(curl_tls(api, &["--tlsv1.3"]).1, "000", "TLS 1.3 suites stay on, as in Go");
+
+        // tlsMinVersion VersionTLS13: TLS 1.2 refused.
+        agent.stop();
+        agent.set_args(&["--kubeconfig", &node_s, "--client-ca-file", &ca_s, "--tls-min-version", "VersionTLS13"]);
+        agent.start();
+        agent.wait_until(Duration::from_secs(20), "kubelet API up", || curl(api, &[]).0 != 0);
+        assert_eq!(curl_tls(api, &["--tlsv1.2", "--tls-max", "1.2"]).1, "000", "TLS 1.2 refused under VersionTLS13");
+        assert_ne!(curl_tls(api, &["--tlsv1.3"]).1, "000", "TLS 1.3 served");
+
+        // A bad name stops the agent with upstream's message (exit 64).
+        agent.stop();
+        agent.set_args(&["--kubeconfig", &node_s, "--tls-cipher-suites", "TLS_NOT_A_SUITE"]);
+        agent.start();
+        agent.wait_until(Duration::from_secs(20), "the agent exits", || agent.log_tail(20).contains("Cipher suite TLS_NOT_A_SUITE not supported or doesn't exist"));
+    });
+}

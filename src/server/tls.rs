@@ -2,6 +2,9 @@
 //! `tlsPrivateKeyFile`, or a self-signed `<cert-dir>/kubelet.{crt,key}` made once
 //! and reused, as upstream does without serverTLSBootstrap) and client
 //! certificates verified against `authentication.x509.clientCAFile`.
+//! `tlsMinVersion` and `tlsCipherSuites` take upstream's names (component-base
+//! `cli/flag/ciphersuites_flag.go`); rustls speaks TLS 1.2 and 1.3 only, so
+//! TLS 1.0/1.1 are never served.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,6 +28,12 @@ pub enum TlsError {
     /// rustls rejected the configuration.
     #[error("TLS configuration: {0}")]
     Config(String),
+    /// A `tlsCipherSuites` entry that is no cipher suite name (upstream's message).
+    #[error("Cipher suite {0} not supported or doesn't exist")]
+    CipherSuite(String),
+    /// A `tlsMinVersion` that is none of VersionTLS10..13 (upstream's message).
+    #[error("unknown tls version {0:?}")]
+    Version(String),
 }
 
 pub type Result<T, E = TlsError> = std::result::Result<T, E>;
@@ -122,12 +131,91 @@ impl rustls::server::ResolvesServerCert for Resolver {
     }
 }
 
+/// Cipher suite names upstream accepts (Go's `tls.CipherSuites()` and
+/// `tls.InsecureCipherSuites()`, with the two legacy CHACHA20 aliases) that
+/// rustls does not implement: accepted with a warning and left out.
+const GO_ONLY_SUITES: &[&str] = &[
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA",
+    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA",
+    "TLS_RSA_WITH_RC4_128_SHA",
+    "TLS_RSA_WITH_3DES_EDE_CBC_SHA",
+    "TLS_RSA_WITH_AES_128_CBC_SHA",
+    "TLS_RSA_WITH_AES_256_CBC_SHA",
+    "TLS_RSA_WITH_AES_128_CBC_SHA256",
+    "TLS_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_RC4_128_SHA",
+    "TLS_ECDHE_RSA_WITH_RC4_128_SHA",
+    "TLS_ECDHE_RSA_WITH_3DES_EDE_CBC_SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256",
+];
+
+/// The serving TLS settings (`tlsCipherSuites`, `tlsMinVersion`), checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// The TLS 1.2 suites allowed, by rustls name; `None`: rustls's defaults.
+    /// TLS 1.3 suites are not configurable (as in Go).
+    pub tls12_suites: Option<Vec<String>>,
+    /// Serve TLS 1.3 only (`VersionTLS13`).
+    pub tls13_only: bool,
+    /// Names accepted but not served (Go-only suites, TLS 1.0/1.1 minimums):
+    /// logged once at start.
+    pub ignored: Vec<String>,
+}
+
+/// Go's name for a rustls suite (`TLS13_AES_128_GCM_SHA256` → `TLS_AES_128_GCM_SHA256`;
+/// the TLS 1.2 names are the same).
+fn go_name(s: rustls::SupportedCipherSuite) -> String {
+    let n = format!("{:?}", s.suite());
+    n.strip_prefix("TLS13_").map(|rest| format!("TLS_{rest}")).unwrap_or(n)
+}
+
+/// Checks `tlsCipherSuites` and `tlsMinVersion` as upstream's
+/// `cliflag.TLSCipherSuites`/`TLSVersion` do (same names, same errors).
+pub fn settings(cipher_suites: &[String], min_version: Option<&str>) -> Result<Settings> {
+    let mut out = Settings::default();
+    match min_version.unwrap_or("") {
+        "" | "VersionTLS12" => {}
+        "VersionTLS13" => out.tls13_only = true,
+        v @ ("VersionTLS10" | "VersionTLS11") => out.ignored.push(format!("tlsMinVersion {v}: TLS 1.2 is the minimum rkubelet serves")),
+        v => return Err(TlsError::Version(v.to_string())),
+    }
+    if cipher_suites.is_empty() {
+        return Ok(out);
+    }
+    let all = rustls::crypto::ring::default_provider().cipher_suites;
+    let mut tls12 = Vec::new();
+    for name in cipher_suites {
+        // Go's legacy aliases of the CHACHA20 suites.
+        let canonical = match name.as_str() {
+            "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305" | "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305" => format!("{name}_SHA256"),
+            _ => name.clone(),
+        };
+        match all.iter().find(|s| go_name(**s) == canonical) {
+            Some(s) if s.tls13().is_some() => {} // always on, as in Go
+            Some(s) => tls12.push(format!("{:?}", s.suite())),
+            None if GO_ONLY_SUITES.contains(&name.as_str()) => out.ignored.push(format!("tlsCipherSuites {name}: not implemented by rustls")),
+            None => return Err(TlsError::CipherSuite(name.clone())),
+        }
+    }
+    out.tls12_suites = Some(tls12);
+    Ok(out)
+}
+
 /// The rustls server configuration: the resolver's serving pair and, with a client
 /// CA, verification of client certificates (optional: bearer tokens still work).
-pub fn server_config(resolver: Arc<Resolver>, client_ca: Option<&Path>) -> Result<Arc<rustls::ServerConfig>> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+pub fn server_config(resolver: Arc<Resolver>, client_ca: Option<&Path>, tls: &Settings) -> Result<Arc<rustls::ServerConfig>> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    if let Some(allowed) = &tls.tls12_suites {
+        provider.cipher_suites.retain(|s| s.tls13().is_some() || allowed.contains(&format!("{:?}", s.suite())));
+    }
+    let provider = Arc::new(provider);
+    let versions: &[&rustls::SupportedProtocolVersion] = if tls.tls13_only { &[&rustls::version::TLS13] } else { &[&rustls::version::TLS13, &rustls::version::TLS12] };
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .map_err(|e| TlsError::Config(e.to_string()))?;
     let builder = match client_ca {
         Some(ca) => {
@@ -165,7 +253,26 @@ mod tests {
         assert!(!r.ready());
         r.set_files(&a).unwrap();
         assert!(r.ready());
-        server_config(r.clone(), None).unwrap();
-        server_config(r, Some(&a.cert)).unwrap();
+        server_config(r.clone(), None, &Settings::default()).unwrap();
+        server_config(r, Some(&a.cert), &Settings::default()).unwrap();
+    }
+
+    #[test]
+    fn cipher_suites_and_min_version_take_upstreams_names_and_errors() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(settings(&[], None).unwrap(), Settings::default());
+        let s = settings(&names(&["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305", "TLS_AES_128_GCM_SHA256", "TLS_RSA_WITH_AES_128_GCM_SHA256"]), Some("VersionTLS12")).unwrap();
+        assert_eq!(s.tls12_suites.as_deref(), Some(&names(&["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256"])[..]), "TLS 1.3 names always on, Go-only ones left out");
+        assert_eq!(s.ignored.len(), 1, "{:?}", s.ignored);
+        assert!(!s.tls13_only);
+        assert!(settings(&[], Some("VersionTLS13")).unwrap().tls13_only);
+        assert_eq!(settings(&[], Some("VersionTLS10")).unwrap().ignored.len(), 1, "1.0 asked: 1.2 served, said once");
+        assert_eq!(settings(&names(&["TLS_BOGUS"]), None).unwrap_err().to_string(), "Cipher suite TLS_BOGUS not supported or doesn't exist");
+        assert_eq!(settings(&[], Some("TLS1.2")).unwrap_err().to_string(), r#"unknown tls version "TLS1.2""#);
+        let r = Arc::new(Resolver::default());
+        let cfg = server_config(r, None, &s).unwrap();
+        let suites: Vec<String> = cfg.crypto_provider().cipher_suites.iter().map(|c| format!("{:?}", c.suite())).collect();
+        assert!(suites.contains(&"TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256".to_string()) && suites.contains(&"TLS13_AES_256_GCM_SHA384".to_string()), "{suites:?}");
+        assert!(!suites.contains(&"TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384".to_string()), "{suites:?}");
     }
 }
