@@ -531,8 +531,10 @@ pub fn container_spec(i: &ContainerInput<'_>) -> Result<Spec> {
     } else if i.mounts.iter().any(|m| m.propagation == Propagation::HostToContainer) {
         linux = linux.rootfs_propagation("rslave");
     }
+    // Admission let only allowed sysctls through (`pod::sysctl`); names in the dotted form.
     if let Some(sysctls) = pod_spec.and_then(|s| s.security_context.as_ref()).and_then(|s| s.sysctls.as_ref()) {
-        linux = linux.sysctl(sysctls.iter().map(|s| (s.name.clone(), s.value.clone())).collect::<HashMap<_, _>>());
+        let sysctls = sysctls.iter().map(|s| (crate::pod::sysctl::to_dots(&s.name), s.value.clone()));
+        linux = linux.sysctl(sysctls.collect::<HashMap<_, _>>());
     }
     let read_only_root = sc.and_then(|s| s.read_only_root_filesystem).unwrap_or(false);
     let mut spec = SpecBuilder::default()
@@ -757,6 +759,38 @@ mod tests {
         let k = v["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/kubelet").unwrap();
         assert!(k["options"].as_array().unwrap().iter().any(|o| o == "rslave"), "HostToContainer is rslave: {k}");
         assert_eq!(v["linux"]["rootfsPropagation"], "rslave");
+    }
+
+    #[test]
+    fn sysctls_reach_the_spec_in_the_dotted_form() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({"spec": {"containers": [], "securityContext": {"sysctls": [
+            {"name": "kernel.msgmax", "value": "65536"}, {"name": "net/ipv4/ip_local_port_range", "value": "20000 30000"},
+        ]}}}))
+        .unwrap();
+        let c = ctr(Some(&["/bin/sh"]), None);
+        let img = image(&[], &[]);
+        let spec = container_spec(&ContainerInput {
+            pod: &pod,
+            container: &c,
+            image: &img,
+            sandbox_pid: 42,
+            host_network: false,
+            env: vec![],
+            args: vec!["/bin/sh".into()],
+            user: UserIds { uid: 0, gid: 0, additional_gids: vec![] },
+            mounts: vec![],
+            cgroups_path: "/kubepods/podx/abc".into(),
+            oom_score_adj: 1000,
+            all_capabilities: &[],
+            devices: vec![],
+            target_pid: None,
+            oom_group: false,
+        })
+        .unwrap();
+        let linux = spec.linux().as_ref().unwrap();
+        let sysctl = linux.sysctl().as_ref().unwrap();
+        assert_eq!(sysctl.get("kernel.msgmax").map(String::as_str), Some("65536"));
+        assert_eq!(sysctl.get("net.ipv4.ip_local_port_range").map(String::as_str), Some("20000 30000"));
     }
 
     #[test]
