@@ -231,7 +231,7 @@ pub const SETTINGS: &[Setting] = &[
     flag("experimental-mounter-path", Str, ZERO),
     both("enable-controller-attach-detach", "enableControllerAttachDetach", Bool, only(&["true"])),
     both("allowed-unsafe-sysctls", "allowedUnsafeSysctls", List, IMPL),
-    both("seccomp-default", "seccompDefault", Bool, ZERO),
+    both("seccomp-default", "seccompDefault", Bool, IMPL),
     field("userNamespaces.idsPerPod", Int64, ZERO),
     // Object references are watched, as the default Watch strategy does.
     field("configMapAndSecretChangeDetectionStrategy", Str, zero_or(&["Watch"])),

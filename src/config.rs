@@ -310,6 +310,9 @@ pub struct AgentArgs {
     /// Unsafe sysctls (or prefixes ending in *) pods may set besides the safe ones, comma separated [config: allowedUnsafeSysctls].
     #[arg(long = "allowed-unsafe-sysctls", value_delimiter = ',')]
     pub allowed_unsafe_sysctls: Vec<String>,
+    /// Give containers without a seccompProfile the runtime's default profile [default: false] [config: seccompDefault].
+    #[arg(long = "seccomp-default", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_go_bool)]
+    pub seccomp_default: Option<bool>,
     /// The CredentialProviderConfig file (or directory of them) of the image credential provider plugins.
     #[arg(long = "image-credential-provider-config")]
     pub image_credential_provider_config: Option<PathBuf>,
@@ -594,6 +597,8 @@ pub struct Config {
     /// `allowedUnsafeSysctls`: names and `prefix*` patterns, checked at load
     /// (each must be namespaced); admission adds the safe set (`pod::sysctl`).
     pub allowed_unsafe_sysctls: Vec<String>,
+    /// `seccompDefault`: RuntimeDefault for containers without a seccompProfile.
+    pub seccomp_default: bool,
     /// The plugins of `--image-credential-provider-config`, loaded and checked.
     pub credential_providers: Option<std::sync::Arc<crate::runtime::image::CredentialProviders>>,
     /// containerd's registry hosts directory (`hosts.toml`s); `None`: disabled.
@@ -813,6 +818,7 @@ impl Config {
             "maxParallelImagePulls": self.max_parallel_image_pulls,
         });
         v["allowedUnsafeSysctls"] = json!(self.allowed_unsafe_sysctls);
+        v["seccompDefault"] = json!(self.seccomp_default);
         // Past json!'s recursion limit in one literal: the garbage collection and eviction settings.
         v["imageGCHighThresholdPercent"] = json!(self.image_gc_high_threshold_percent);
         v["imageGCLowThresholdPercent"] = json!(self.image_gc_low_threshold_percent);
@@ -1243,6 +1249,7 @@ impl Config {
             serialize_image_pulls,
             max_parallel_image_pulls,
             allowed_unsafe_sysctls,
+            seccomp_default: a.seccomp_default.or(file.seccomp_default).unwrap_or(false),
             credential_providers,
             registry_config_path,
         })
@@ -1347,18 +1354,23 @@ mod tests {
     const HEAD: &str = "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n";
 
     #[test]
-    fn allowed_unsafe_sysctls_are_read_and_checked() {
-        assert!(with_file("sec0", HEAD, &[]).unwrap().allowed_unsafe_sysctls.is_empty());
-        let c = with_file("sec1", &format!("{HEAD}allowedUnsafeSysctls: [kernel.msg*, net.core.somaxconn]\n"), &[]).unwrap();
+    fn seccomp_default_and_allowed_unsafe_sysctls_are_read_and_checked() {
+        let d = with_file("sec0", HEAD, &[]).unwrap();
+        assert!(!d.seccomp_default && d.allowed_unsafe_sysctls.is_empty());
+        let c = with_file("sec1", &format!("{HEAD}seccompDefault: true\nallowedUnsafeSysctls: [kernel.msg*, net.core.somaxconn]\n"), &[]).unwrap();
+        assert!(c.seccomp_default);
         assert_eq!(c.allowed_unsafe_sysctls, ["kernel.msg*", "net.core.somaxconn"]);
         assert!(c.compat.not_implemented.is_empty(), "{:?}", c.compat);
-        let f = with_file("sec2", &format!("{HEAD}allowedUnsafeSysctls: [kernel.msg*]\n"), &["--allowed-unsafe-sysctls=fs.mqueue.*,kernel.sem"]).unwrap();
-        assert_eq!(f.allowed_unsafe_sysctls, ["fs.mqueue.*", "kernel.sem"], "the flag wins");
+        let f = with_file("sec2", &format!("{HEAD}seccompDefault: true\nallowedUnsafeSysctls: [kernel.msg*]\n"), &["--seccomp-default=false", "--allowed-unsafe-sysctls=fs.mqueue.*,kernel.sem"]).unwrap();
+        assert!(!f.seccomp_default, "the flag wins");
+        assert_eq!(f.allowed_unsafe_sysctls, ["fs.mqueue.*", "kernel.sem"]);
+        assert!(with_file("sec3", HEAD, &["--seccomp-default"]).unwrap().seccomp_default);
         let e = with_file("sec4", &format!("{HEAD}allowedUnsafeSysctls: [kernel.sched_*]\n"), &[]).unwrap_err().to_string();
         assert_eq!(e, r#"the sysctls "kernel.sched_*" are not known to be namespaced"#);
         let e = with_file("sec5", HEAD, &["--allowed-unsafe-sysctls=*"]).unwrap_err().to_string();
         assert_eq!(e, r#"the sysctls "*" are not known to be namespaced"#, "upstream refuses a bare *");
-        assert_eq!(c.to_kubelet_configuration()["allowedUnsafeSysctls"][0].as_str(), Some("kernel.msg*"));
+        let v = c.to_kubelet_configuration();
+        assert_eq!((v["seccompDefault"].as_bool(), v["allowedUnsafeSysctls"][0].as_str()), (Some(true), Some("kernel.msg*")));
     }
 
     #[test]

@@ -244,6 +244,8 @@ pub struct KubeletConfiguration {
     pub max_parallel_image_pulls: Option<i32>,
     /// Unsafe sysctls and `prefix*` patterns pods may set besides the safe ones.
     pub allowed_unsafe_sysctls: Option<Vec<String>>,
+    /// RuntimeDefault seccomp for containers without a profile.
+    pub seccomp_default: Option<bool>,
     /// The document as read: every field, those rkubelet does not type included.
     #[serde(skip)]
     pub document: serde_yaml::Value,

@@ -145,6 +145,8 @@ pub struct ContainerInput<'a> {
     /// cgroup v2 `memory.oom.group=1`: an OOM kill takes the whole container, as
     /// upstream sets it on v2 unless `singleProcessOOMKill`.
     pub oom_group: bool,
+    /// The seccomp filter (`runtime::seccomp::linux_seccomp`); None: unconfined.
+    pub seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
 }
 
 fn caps(names: &[String]) -> Result<std::collections::HashSet<Capability>> {
@@ -536,6 +538,9 @@ pub fn container_spec(i: &ContainerInput<'_>) -> Result<Spec> {
         let sysctls = sysctls.iter().map(|s| (crate::pod::sysctl::to_dots(&s.name), s.value.clone()));
         linux = linux.sysctl(sysctls.collect::<HashMap<_, _>>());
     }
+    if let Some(seccomp) = &i.seccomp {
+        linux = linux.seccomp(seccomp.clone());
+    }
     let read_only_root = sc.and_then(|s| s.read_only_root_filesystem).unwrap_or(false);
     let mut spec = SpecBuilder::default()
         .version("1.0.2-dev")
@@ -735,6 +740,7 @@ mod tests {
             devices: vec![],
             target_pid: None,
             oom_group: true,
+            seccomp: None,
         })
         .unwrap();
         let v = serde_json::to_value(&spec).unwrap();
@@ -762,13 +768,15 @@ mod tests {
     }
 
     #[test]
-    fn sysctls_reach_the_spec_in_the_dotted_form() {
+    fn sysctls_in_the_dotted_form_and_the_seccomp_filter_reach_the_spec() {
         let pod: Pod = serde_json::from_value(serde_json::json!({"spec": {"containers": [], "securityContext": {"sysctls": [
             {"name": "kernel.msgmax", "value": "65536"}, {"name": "net/ipv4/ip_local_port_range", "value": "20000 30000"},
         ]}}}))
         .unwrap();
         let c = ctr(Some(&["/bin/sh"]), None);
         let img = image(&[], &[]);
+        let caps: Vec<String> = DEFAULT_CAPABILITIES.iter().map(|s| s.to_string()).collect();
+        let filter = crate::runtime::seccomp::default_profile(&caps, "amd64", None).unwrap();
         let spec = container_spec(&ContainerInput {
             pod: &pod,
             container: &c,
@@ -785,12 +793,14 @@ mod tests {
             devices: vec![],
             target_pid: None,
             oom_group: false,
+            seccomp: Some(filter.clone()),
         })
         .unwrap();
         let linux = spec.linux().as_ref().unwrap();
         let sysctl = linux.sysctl().as_ref().unwrap();
         assert_eq!(sysctl.get("kernel.msgmax").map(String::as_str), Some("65536"));
         assert_eq!(sysctl.get("net.ipv4.ip_local_port_range").map(String::as_str), Some("20000 30000"));
+        assert_eq!(linux.seccomp().as_ref(), Some(&filter));
     }
 
     #[test]
@@ -814,6 +824,7 @@ mod tests {
             devices,
             target_pid: None,
             oom_group: false,
+            seccomp: None,
             }
         }
         let types = |v: &serde_json::Value| v["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].as_str().unwrap().to_string()).collect::<Vec<_>>();
