@@ -4,7 +4,8 @@
 //! refuses `unshare` with EPERM unless the container has CAP_SYS_ADMIN, while
 //! Unconfined and privileged containers run unfiltered; a Localhost profile
 //! under `<root-dir>/seccomp` is applied, a missing one fails its container
-//! with CreateContainerConfigError. Sysctls: an allowed unsafe sysctl is set in
+//! with CreateContainerConfigError; the pause container gets the pod-level
+//! profile. Sysctls: an allowed unsafe sysctl is set in
 //! the pod's own IPC namespace (not the host's); a non-namespaced one and an
 //! IPC one with hostIPC reject the pod with `SysctlForbidden`.
 
@@ -15,7 +16,7 @@ use std::time::Duration;
 use common::*;
 use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod};
 
-/// A pod whose one container runs `script` once (restartPolicy Never), with
+/// A pod whose one container runs `script` (restartPolicy Never), with
 /// extra YAML for the pod's and the container's securityContext.
 fn pod(name: &str, pod_sc: &str, ctr_sc: &str, script: &str) -> String {
     format!(
@@ -32,17 +33,46 @@ fn terminated(p: &Pod) -> Option<ContainerStateTerminated> {
 /// Waits until the pod's container exited; returns its exit code and output.
 fn run_to_end(agent: &Agent, name: &str) -> (i32, String) {
     let (p, t) = agent.wait_pod(name, Duration::from_secs(90), "container terminated", |p| terminated(p).map(|t| (p.clone(), t)));
+    (t.exit_code, output(agent, &p))
+}
+
+/// What the pod's container wrote up to its `done`.
+fn output(agent: &Agent, p: &Pod) -> String {
     let mut out = String::new();
-    agent.wait_until(Duration::from_secs(10), &format!("{name}'s output"), || {
-        out = agent.container_output(&p, "c", 0);
+    let name = p.metadata.name.as_deref().unwrap_or_default();
+    agent.wait_until(Duration::from_secs(60), &format!("{name}'s output"), || {
+        out = agent.container_output(p, "c", 0);
         out.contains("done")
     });
-    (t.exit_code, out)
+    out
+}
+
+/// The running pod (its container started), for its output and its pause container.
+fn running(agent: &Agent, name: &str) -> Pod {
+    agent.wait_pod(name, Duration::from_secs(90), "Running", |p| {
+        (p.status.as_ref()?.phase.as_deref() == Some("Running")).then(|| p.clone())
+    })
+}
+
+/// The seccomp mode (/proc/<pid>/status: 0 none, 2 filter) of the pod's pause process.
+fn pause_seccomp(p: &Pod) -> String {
+    let uid = p.metadata.uid.as_deref().unwrap_or_default();
+    let filter = format!("labels.\"io.kubernetes.pod.uid\"=={uid},labels.\"io.rkubelet.kind\"==sandbox");
+    let id = ctr(&["containers", "ls", "-q", &filter]).lines().next().map(String::from).expect("a sandbox container");
+    let tasks = ctr(&["tasks", "ls"]);
+    let pid = tasks.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        (f.next() == Some(id.as_str())).then(|| f.next().map(String::from)).flatten()
+    });
+    let pid = pid.unwrap_or_else(|| panic!("no task for sandbox {id} in:\n{tasks}"));
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix("Seccomp:")).map(|m| m.trim().to_string()).unwrap_or_default()
 }
 
 /// The seccomp mode of the container's shell (/proc/self/status: 0 none, 2 filter)
-/// and whether `unshare -U` (a user namespace: no capability needed) worked.
-const UNSHARE: &str = "grep ^Seccomp: /proc/self/status; unshare -U true 2>&1; echo unshare-rc=$?; echo done";
+/// and whether `unshare -U` (a user namespace: no capability needed) worked;
+/// then it keeps running, as does its pause container.
+const UNSHARE: &str = "grep ^Seccomp: /proc/self/status; unshare -U true 2>&1; echo unshare-rc=$?; echo done; exec sleep 3600";
 
 #[test]
 fn s1_seccomp_runtime_default_localhost_unconfined_and_seccomp_default() {
@@ -60,29 +90,32 @@ fn s1_seccomp_runtime_default_localhost_unconfined_and_seccomp_default() {
     agent.write_manifest("unconfined.yaml", &pod("unconfined", rd, "seccompProfile: {type: Unconfined}", UNSHARE));
     agent.write_manifest("privileged.yaml", &pod("privileged", rd, "privileged: true", UNSHARE));
     let local = "seccompProfile: {type: Localhost, localhostProfile: profiles/block-mkdir.json}";
-    let mkdir = "grep ^Seccomp: /proc/self/status; mkdir /tmp/x 2>&1; echo mkdir-rc=$?; echo done";
+    let mkdir = "grep ^Seccomp: /proc/self/status; mkdir /tmp/x 2>&1; echo mkdir-rc=$?; echo done; exec sleep 3600";
     agent.write_manifest("localhost.yaml", &pod("localhost", local, "", mkdir));
     let missing = "seccompProfile: {type: Localhost, localhostProfile: missing.json}";
     agent.write_manifest("missing.yaml", &pod("missing", "", missing, "echo done"));
 
     // RuntimeDefault, asked for or from --seccomp-default: unshare is refused (EPERM).
     for name in ["rtdefault", "defaulted"] {
-        let (code, out) = run_to_end(&agent, name);
-        assert_eq!(code, 0, "{name}: {out}");
+        let out = output(&agent, &running(&agent, name));
         assert!(out.contains("Seccomp:\t2"), "{name} runs under a filter: {out}");
         assert!(out.contains("Operation not permitted") && out.contains("unshare-rc=1"), "{name}: unshare refused with EPERM: {out}");
     }
     // The same profile with CAP_SYS_ADMIN allows unshare (containerd's capability additions).
-    let (_, out) = run_to_end(&agent, "admin");
+    let out = output(&agent, &running(&agent, "admin"));
     assert!(out.contains("Seccomp:\t2") && out.contains("unshare-rc=0"), "admin: {out}");
     // The container's Unconfined overrides the pod's RuntimeDefault; privileged gets no filter.
     for name in ["unconfined", "privileged"] {
-        let (_, out) = run_to_end(&agent, name);
+        let out = output(&agent, &running(&agent, name));
         assert!(out.contains("Seccomp:\t0") && out.contains("unshare-rc=0"), "{name}: {out}");
     }
     // The pod's Localhost profile applies to its container: mkdir fails with EPERM.
-    let (_, out) = run_to_end(&agent, "localhost");
+    let out = output(&agent, &running(&agent, "localhost"));
     assert!(out.contains("Seccomp:\t2") && out.contains("Operation not permitted") && out.contains("mkdir-rc=1"), "localhost: {out}");
+    // The pause containers: the pod-level profile (or seccompDefault), none when a container is privileged.
+    for (name, mode) in [("rtdefault", "2"), ("unconfined", "2"), ("localhost", "2"), ("privileged", "0")] {
+        assert_eq!(pause_seccomp(&running(&agent, name)), mode, "{name}'s pause container");
+    }
 
     // A missing profile fails that container with a message naming the file.
     let path = agent.state_dir().join("seccomp/missing.json");

@@ -988,6 +988,12 @@ impl Worker {
 
         let qos = crate::cgroups::qos_class(pod);
         let (own, cap) = self.ctx.oom;
+        // The pod-level seccomp profile, as containerd's RunPodSandbox applies it.
+        let seccomp_dir = self.ctx.config.root_dir.join(crate::runtime::seccomp::PROFILE_DIR);
+        let profile = crate::runtime::seccomp::resolve_sandbox(pod, &seccomp_dir, self.ctx.config.seccomp_default)?;
+        let privileged = crate::runtime::seccomp::has_privileged_container(pod);
+        let caps: Vec<String> = spec::DEFAULT_CAPABILITIES.iter().map(|s| s.to_string()).collect();
+        let seccomp = crate::runtime::seccomp::linux_seccomp(&profile, privileged, &caps, crate::kernel::KernelVersion::current())?;
         let oci = spec::sandbox_spec(&SandboxInput {
             pod,
             image: image.config.config().as_ref().unwrap_or(&Default::default()),
@@ -995,6 +1001,7 @@ impl Worker {
             hostname: &kernel_hostname,
             cgroups_path: self.ctx.cgroups.container_cgroups_path(qos, &self.uid, id),
             oom_score_adj: crate::cgroups::restrict_oom_score_adj(crate::cgroups::POD_INFRA_OOM_ADJ, own, cap),
+            seccomp,
         })?;
         let mut l = self.base_labels(pod);
         l.insert(labels::KIND.into(), KIND_SANDBOX.into());

@@ -4,7 +4,8 @@
 //! (pkg/cri/server/container_create_linux.go generateSeccompSpecOpts):
 //! the container's `seccompProfile` over the pod's, else RuntimeDefault with
 //! `seccompDefault`, else Unconfined; Localhost profiles are JSON files under
-//! `<root-dir>/seccomp`; privileged containers get none.
+//! `<root-dir>/seccomp`; privileged containers get none. The pause container
+//! gets the pod-level profile (none when any container is privileged).
 //!
 //! RuntimeDefault is containerd's default profile, built here as its Go code
 //! builds it (contrib/seccomp/seccomp_default.go at v1.6.20, the containerd
@@ -88,13 +89,31 @@ fn field_profile(p: Option<&SeccompProfile>, root: &Path, seccomp_default: bool)
     }
 }
 
+fn pod_level(pod: &Pod) -> Option<&SeccompProfile> {
+    pod.spec.as_ref().and_then(|s| s.security_context.as_ref()).and_then(|s| s.seccomp_profile.as_ref())
+}
+
 /// The container's profile (getSeccompProfile): its own `seccompProfile`, else
 /// the pod's, else RuntimeDefault when `seccomp_default`, else Unconfined.
 /// `root` is the Localhost profile directory (`<root-dir>/seccomp`).
 pub fn resolve(pod: &Pod, c: &Container, root: &Path, seccomp_default: bool) -> Result<Profile> {
     let own = c.security_context.as_ref().and_then(|s| s.seccomp_profile.as_ref());
-    let pod_level = pod.spec.as_ref().and_then(|s| s.security_context.as_ref()).and_then(|s| s.seccomp_profile.as_ref());
-    field_profile(own.or(pod_level), root, seccomp_default)
+    field_profile(own.or(pod_level(pod)), root, seccomp_default)
+}
+
+/// The sandbox's (pause container's) profile: the pod's, as the kubelet's
+/// generatePodSandboxLinuxConfig asks for it (no container context).
+pub fn resolve_sandbox(pod: &Pod, root: &Path, seccomp_default: bool) -> Result<Profile> {
+    field_profile(pod_level(pod), root, seccomp_default)
+}
+
+/// Whether any init, app or ephemeral container is privileged: the sandbox is
+/// then privileged too (kubecontainer.HasPrivilegedContainer) and unfiltered.
+pub fn has_privileged_container(pod: &Pod) -> bool {
+    let Some(spec) = pod.spec.as_ref() else { return false };
+    let privileged = |sc: Option<&k8s_openapi::api::core::v1::SecurityContext>| sc.and_then(|s| s.privileged) == Some(true);
+    spec.init_containers.iter().flatten().chain(&spec.containers).any(|c| privileged(c.security_context.as_ref()))
+        || spec.ephemeral_containers.iter().flatten().any(|c| privileged(c.security_context.as_ref()))
 }
 
 /// The spec's `linux.seccomp` for a resolved profile (generateSeccompSpecOpts):
@@ -415,6 +434,24 @@ mod tests {
             Profile::Localhost(root.join("profiles/a.json"))
         );
         assert_eq!(r(None, Some(profile("Bogus", None)), true), Profile::Unconfined, "unknown types are Unconfined, as upstream");
+    }
+
+    #[test]
+    fn the_sandbox_follows_the_pod_level_profile_unless_a_container_is_privileged() {
+        let root = Path::new("/r/seccomp");
+        let rd = pod_with(Some(profile("RuntimeDefault", None)));
+        assert_eq!(resolve_sandbox(&rd, root, false).unwrap(), Profile::RuntimeDefault);
+        assert_eq!(resolve_sandbox(&pod_with(None), root, true).unwrap(), Profile::RuntimeDefault, "seccompDefault");
+        assert_eq!(resolve_sandbox(&pod_with(None), root, false).unwrap(), Profile::Unconfined);
+        let local = pod_with(Some(profile("Localhost", Some("a.json"))));
+        assert_eq!(resolve_sandbox(&local, root, false).unwrap(), Profile::Localhost(root.join("a.json")));
+        let mut p = rd.clone();
+        assert!(!has_privileged_container(&p));
+        p.spec.as_mut().unwrap().init_containers = Some(vec![ctr_with(None, true)]);
+        assert!(has_privileged_container(&p), "a privileged init container");
+        p.spec.as_mut().unwrap().containers = vec![ctr_with(None, false)];
+        p.spec.as_mut().unwrap().init_containers = None;
+        assert!(!has_privileged_container(&p));
     }
 
     #[test]

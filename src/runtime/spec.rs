@@ -119,6 +119,8 @@ pub struct SandboxInput<'a> {
     pub hostname: &'a str,
     pub cgroups_path: String,
     pub oom_score_adj: i32,
+    /// The pod-level seccomp filter (`runtime::seccomp`); None: unconfined.
+    pub seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
 }
 
 /// Everything an app or init container's spec depends on.
@@ -369,7 +371,11 @@ pub fn sandbox_spec(i: &SandboxInput<'_>) -> Result<Spec> {
         .build()?;
     let mut mounts = default_mounts(false)?;
     mounts.push(mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"])?);
-    let linux = LinuxBuilder::default()
+    let mut linux = LinuxBuilder::default();
+    if let Some(seccomp) = &i.seccomp {
+        linux = linux.seccomp(seccomp.clone());
+    }
+    let linux = linux
         .namespaces(namespaces)
         .cgroups_path(PathBuf::from(&i.cgroups_path))
         .masked_paths(MASKED_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
@@ -801,6 +807,16 @@ mod tests {
         assert_eq!(sysctl.get("kernel.msgmax").map(String::as_str), Some("65536"));
         assert_eq!(sysctl.get("net.ipv4.ip_local_port_range").map(String::as_str), Some("20000 30000"));
         assert_eq!(linux.seccomp().as_ref(), Some(&filter));
+        let sandbox = SandboxInput {
+            pod: &pod,
+            image: &img,
+            netns: None,
+            hostname: "h",
+            cgroups_path: "/x".into(),
+            oom_score_adj: -998,
+            seccomp: Some(filter.clone()),
+        };
+        assert_eq!(sandbox_spec(&sandbox).unwrap().linux().as_ref().unwrap().seccomp().as_ref(), Some(&filter), "the pause container's");
     }
 
     #[test]
@@ -833,7 +849,9 @@ mod tests {
         assert!(!types(&v).contains(&"pid".to_string()) && !types(&v).contains(&"ipc".to_string()), "hostPID/hostIPC: {:?}", types(&v));
         assert!(v["linux"]["resources"].get("unified").is_none(), "cgroup v1: no unified resources");
         assert!(v["linux"]["maskedPaths"].as_array().is_some_and(|m| !m.is_empty()));
-        let sandbox = sandbox_spec(&SandboxInput { pod: &pod, image: &img, netns: None, hostname: "h", cgroups_path: "/x".into(), oom_score_adj: -998 }).unwrap();
+        let pause = SandboxInput { pod: &pod, image: &img, netns: None, hostname: "h", cgroups_path: "/x".into(), oom_score_adj: -998, seccomp: None };
+        let sandbox = sandbox_spec(&pause).unwrap();
+        assert!(sandbox.linux().as_ref().unwrap().seccomp().is_none());
         assert_eq!(types(&serde_json::to_value(&sandbox).unwrap()), ["mount"], "the pause container in the host's pid, ipc and network namespaces");
         let mut unmasked = plain.clone();
         unmasked.security_context = Some(SecurityContext { proc_mount: Some("Unmasked".into()), ..Default::default() });
