@@ -142,6 +142,7 @@ fn new_context(cfg: &Arc<Config>, channel: &tonic::transport::Channel, cni: Cni,
             labels: crate::api::node::node_labels(&node_opts),
             hugepages: pools.iter().map(|(page, bytes)| (crate::api::node::hugepage_resource(*page), *bytes)).collect(),
         },
+        sysctls: sysctl_allowlist(&cfg.allowed_unsafe_sysctls),
         status: crate::api::status::StatusManager::new(client.clone()),
         objects: client.clone().map(crate::api::objects::ObjectCache::new),
         services: client.as_ref().map(|_| crate::api::services::Services::default()),
@@ -152,6 +153,15 @@ fn new_context(cfg: &Arc<Config>, channel: &tonic::transport::Channel, cni: Cni,
         config: cfg.clone(),
     });
     (ctx, node_opts, events_task)
+}
+
+/// The kernel's safe sysctls and `allowedUnsafeSysctls` (checked when the
+/// config was read); should that fail anyway, no sysctl is allowed.
+fn sysctl_allowlist(unsafe_patterns: &[String]) -> crate::pod::sysctl::Allowlist {
+    crate::pod::sysctl::Allowlist::new(crate::kernel::KernelVersion::current(), unsafe_patterns).unwrap_or_else(|e| {
+        warn!(error = %e, "cannot build the sysctl allowlist; pods with sysctls will be rejected");
+        Default::default()
+    })
 }
 
 /// `rkubelet reset`: stops and removes every pod of this node (of every node

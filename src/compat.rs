@@ -230,9 +230,8 @@ pub const SETTINGS: &[Setting] = &[
     both("volume-plugin-dir", "volumePluginDir", Str, zero_or(&["/usr/libexec/kubernetes/kubelet-plugins/volume/exec/"])),
     flag("experimental-mounter-path", Str, ZERO),
     both("enable-controller-attach-detach", "enableControllerAttachDetach", Bool, only(&["true"])),
-    // rkubelet applies every sysctl a pod asks for, as "*" allows.
-    both("allowed-unsafe-sysctls", "allowedUnsafeSysctls", List, zero_or(&["*"])),
-    both("seccomp-default", "seccompDefault", Bool, ZERO),
+    both("allowed-unsafe-sysctls", "allowedUnsafeSysctls", List, IMPL),
+    both("seccomp-default", "seccompDefault", Bool, IMPL),
     field("userNamespaces.idsPerPod", Int64, ZERO),
     // Object references are watched, as the default Watch strategy does.
     field("configMapAndSecretChangeDetectionStrategy", Str, zero_or(&["Watch"])),

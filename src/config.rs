@@ -66,6 +66,9 @@ pub enum ConfigError {
     /// `--bootstrap-kubeconfig` without `--kubeconfig` (where the bootstrap writes its result).
     #[error("--bootstrap-kubeconfig requires --kubeconfig: the path where the bootstrapped kubeconfig is written")]
     BootstrapWithoutKubeconfig,
+    /// An `allowedUnsafeSysctls` entry that is not a namespaced sysctl (pattern).
+    #[error(transparent)]
+    Sysctl(#[from] crate::pod::sysctl::SysctlError),
 }
 
 #[derive(Debug, Parser)]
@@ -316,6 +319,12 @@ pub struct AgentArgs {
     /// Image pulls at once when not serialized [default: no limit] [config: maxParallelImagePulls].
     #[arg(long = "max-parallel-image-pulls", allow_hyphen_values = true)]
     pub max_parallel_image_pulls: Option<i32>,
+    /// Unsafe sysctls (or prefixes ending in *) pods may set besides the safe ones, comma separated [config: allowedUnsafeSysctls].
+    #[arg(long = "allowed-unsafe-sysctls", value_delimiter = ',')]
+    pub allowed_unsafe_sysctls: Vec<String>,
+    /// Give containers without a seccompProfile the runtime's default profile [default: false] [config: seccompDefault].
+    #[arg(long = "seccomp-default", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = parse_go_bool)]
+    pub seccomp_default: Option<bool>,
     /// The CredentialProviderConfig file (or directory of them) of the image credential provider plugins.
     #[arg(long = "image-credential-provider-config")]
     pub image_credential_provider_config: Option<PathBuf>,
@@ -601,6 +610,11 @@ pub struct Config {
     pub serialize_image_pulls: bool,
     /// `maxParallelImagePulls` (`None`: no limit).
     pub max_parallel_image_pulls: Option<u32>,
+    /// `allowedUnsafeSysctls`: names and `prefix*` patterns, checked at load
+    /// (each must be namespaced); admission adds the safe set (`pod::sysctl`).
+    pub allowed_unsafe_sysctls: Vec<String>,
+    /// `seccompDefault`: RuntimeDefault for containers without a seccompProfile.
+    pub seccomp_default: bool,
     /// The plugins of `--image-credential-provider-config`, loaded and checked.
     pub credential_providers: Option<std::sync::Arc<crate::runtime::image::CredentialProviders>>,
     /// containerd's registry hosts directory (`hosts.toml`s); `None`: disabled.
@@ -821,6 +835,8 @@ impl Config {
             "serializeImagePulls": self.serialize_image_pulls,
             "maxParallelImagePulls": self.max_parallel_image_pulls,
         });
+        v["allowedUnsafeSysctls"] = json!(self.allowed_unsafe_sysctls);
+        v["seccompDefault"] = json!(self.seccomp_default);
         // Past json!'s recursion limit in one literal: the garbage collection and eviction settings.
         v["imageGCHighThresholdPercent"] = json!(self.image_gc_high_threshold_percent);
         v["imageGCLowThresholdPercent"] = json!(self.image_gc_low_threshold_percent);
@@ -959,6 +975,14 @@ impl Config {
         } else {
             file.register_with_taints.clone().unwrap_or_default()
         };
+
+        // Upstream refuses to start with a pattern that is invalid or not namespaced (NewAllowlist).
+        let allowed_unsafe_sysctls: Vec<String> = if a.allowed_unsafe_sysctls.is_empty() {
+            file.allowed_unsafe_sysctls.clone().unwrap_or_default()
+        } else {
+            a.allowed_unsafe_sysctls.clone()
+        };
+        crate::pod::sysctl::Allowlist::from_patterns(allowed_unsafe_sysctls.iter().cloned())?;
 
         let cluster_dns_given = !a.cluster_dns.is_empty();
         let cluster_dns = if cluster_dns_given { a.cluster_dns.clone() } else { file.cluster_dns.clone().unwrap_or_default() }
@@ -1266,6 +1290,8 @@ impl Config {
             },
             serialize_image_pulls,
             max_parallel_image_pulls,
+            allowed_unsafe_sysctls,
+            seccomp_default: a.seccomp_default.or(file.seccomp_default).unwrap_or(false),
             credential_providers,
             registry_config_path,
         })
@@ -1368,6 +1394,26 @@ mod tests {
     }
 
     const HEAD: &str = "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n";
+
+    #[test]
+    fn seccomp_default_and_allowed_unsafe_sysctls_are_read_and_checked() {
+        let d = with_file("sec0", HEAD, &[]).unwrap();
+        assert!(!d.seccomp_default && d.allowed_unsafe_sysctls.is_empty());
+        let c = with_file("sec1", &format!("{HEAD}seccompDefault: true\nallowedUnsafeSysctls: [kernel.msg*, net.core.somaxconn]\n"), &[]).unwrap();
+        assert!(c.seccomp_default);
+        assert_eq!(c.allowed_unsafe_sysctls, ["kernel.msg*", "net.core.somaxconn"]);
+        assert!(c.compat.not_implemented.is_empty(), "{:?}", c.compat);
+        let f = with_file("sec2", &format!("{HEAD}seccompDefault: true\nallowedUnsafeSysctls: [kernel.msg*]\n"), &["--seccomp-default=false", "--allowed-unsafe-sysctls=fs.mqueue.*,kernel.sem"]).unwrap();
+        assert!(!f.seccomp_default, "the flag wins");
+        assert_eq!(f.allowed_unsafe_sysctls, ["fs.mqueue.*", "kernel.sem"]);
+        assert!(with_file("sec3", HEAD, &["--seccomp-default"]).unwrap().seccomp_default);
+        let e = with_file("sec4", &format!("{HEAD}allowedUnsafeSysctls: [kernel.sched_*]\n"), &[]).unwrap_err().to_string();
+        assert_eq!(e, r#"the sysctls "kernel.sched_*" are not known to be namespaced"#);
+        let e = with_file("sec5", HEAD, &["--allowed-unsafe-sysctls=*"]).unwrap_err().to_string();
+        assert_eq!(e, r#"the sysctls "*" are not known to be namespaced"#, "upstream refuses a bare *");
+        let v = c.to_kubelet_configuration();
+        assert_eq!((v["seccompDefault"].as_bool(), v["allowedUnsafeSysctls"][0].as_str()), (Some(true), Some("kernel.msg*")));
+    }
 
     #[test]
     fn upstream_defaults_apply_without_file_or_flags() {
@@ -1570,6 +1616,7 @@ mod tests {
             "image-gc-high-threshold" => "90",
             "image-gc-low-threshold" => "70",
             "eviction-minimum-reclaim" => "memory.available=0Mi,nodefs.available=500Mi",
+            "allowed-unsafe-sysctls" => "kernel.msg*,net.core.somaxconn",
             "version" => "false",
             "tls-cipher-suites" => "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,TLS_AES_128_GCM_SHA256",
             "tls-min-version" => "VersionTLS13",

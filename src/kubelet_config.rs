@@ -250,6 +250,10 @@ pub struct KubeletConfiguration {
     pub serialize_image_pulls: Option<bool>,
     /// Image pulls at once when they are not serialized (unset: no limit).
     pub max_parallel_image_pulls: Option<i32>,
+    /// Unsafe sysctls and `prefix*` patterns pods may set besides the safe ones.
+    pub allowed_unsafe_sysctls: Option<Vec<String>>,
+    /// RuntimeDefault seccomp for containers without a profile.
+    pub seccomp_default: Option<bool>,
     /// The document as read: every field, those rkubelet does not type included.
     #[serde(skip)]
     pub document: serde_yaml::Value,

@@ -13,6 +13,7 @@ pub mod doctor;
 pub mod events;
 pub mod eviction;
 pub mod gc;
+pub mod kernel;
 pub mod kubelet_config;
 pub mod logs;
 pub mod memory;

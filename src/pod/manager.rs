@@ -43,6 +43,8 @@ pub struct Context {
     pub dns: super::dns::Configurer,
     /// What the node offers to pods (admission).
     pub node: super::admission::NodeResources,
+    /// The sysctls pods may set: the safe set and `allowedUnsafeSysctls` (admission).
+    pub sysctls: super::sysctl::Allowlist,
     /// The API server, when the agent has a kubeconfig.
     pub client: Option<kube::Client>,
     /// ConfigMaps and Secrets referenced by pods, watched (with an API server).
@@ -232,6 +234,11 @@ impl Manager {
                     if pod.metadata.deletion_timestamp.is_none() {
                         if let Err((reason, message)) = self.ctx.eviction.admit(&pod) {
                             self.reject(&uid, &pod, super::admission::Rejection { reason, message });
+                            continue;
+                        }
+                        // Upstream's order: eviction, then sysctls, then the predicates.
+                        if let Err(r) = self.ctx.sysctls.admit(&pod) {
+                            self.reject(&uid, &pod, r);
                             continue;
                         }
                         let admitted: Vec<Arc<Pod>> = self.workers.values().filter_map(|h| h.tx.borrow().clone()).filter(|p| p.metadata.deletion_timestamp.is_none()).collect();

@@ -17,6 +17,7 @@ pub mod resources;
 pub mod source;
 pub mod status;
 pub mod store;
+pub mod sysctl;
 pub mod termination;
 pub mod worker;
 

@@ -988,6 +988,12 @@ impl Worker {
 
         let qos = crate::cgroups::qos_class(pod);
         let (own, cap) = self.ctx.oom;
+        // The pod-level seccomp profile, as containerd's RunPodSandbox applies it.
+        let seccomp_dir = self.ctx.config.root_dir.join(crate::runtime::seccomp::PROFILE_DIR);
+        let profile = crate::runtime::seccomp::resolve_sandbox(pod, &seccomp_dir, self.ctx.config.seccomp_default)?;
+        let privileged = crate::runtime::seccomp::has_privileged_container(pod);
+        let caps: Vec<String> = spec::DEFAULT_CAPABILITIES.iter().map(|s| s.to_string()).collect();
+        let seccomp = crate::runtime::seccomp::linux_seccomp(&profile, privileged, &caps, crate::kernel::KernelVersion::current())?;
         let oci = spec::sandbox_spec(&SandboxInput {
             pod,
             image: image.config.config().as_ref().unwrap_or(&Default::default()),
@@ -995,6 +1001,7 @@ impl Worker {
             hostname: &kernel_hostname,
             cgroups_path: self.ctx.cgroups.container_cgroups_path(qos, &self.uid, id),
             oom_score_adj: crate::cgroups::restrict_oom_score_adj(crate::cgroups::POD_INFRA_OOM_ADJ, own, cap),
+            seccomp,
         })?;
         let mut l = self.base_labels(pod);
         l.insert(labels::KIND.into(), KIND_SANDBOX.into());
@@ -1448,6 +1455,13 @@ impl Worker {
             .and_then(|r| r.requests.as_ref().and_then(|m| m.get("memory")).or(r.limits.as_ref().and_then(|m| m.get("memory"))))
             .and_then(|q| crate::quantity::to_value(&q.0).ok())
             .unwrap_or(0);
+        // Seccomp: the container's profile over the pod's over seccompDefault;
+        // a Localhost file that cannot be read fails this container only.
+        let seccomp_dir = self.ctx.config.root_dir.join(crate::runtime::seccomp::PROFILE_DIR);
+        let profile = crate::runtime::seccomp::resolve(pod, c, &seccomp_dir, self.ctx.config.seccomp_default).map_err(|e| e.to_string())?;
+        let caps = spec::capability_list(c, &self.ctx.capabilities);
+        let kernel = crate::kernel::KernelVersion::current();
+        let seccomp = crate::runtime::seccomp::linux_seccomp(&profile, privileged, &caps, kernel).map_err(|e| e.to_string())?;
         let (own, cap) = self.ctx.oom;
         let oom = crate::cgroups::restrict_oom_score_adj(
             crate::cgroups::container_oom_score_adj(qos, mem_request, self.ctx.memory_capacity),
@@ -1471,6 +1485,7 @@ impl Worker {
             target_pid,
             // Config: true by default on cgroup v1, where false is refused.
             oom_group: !self.ctx.config.single_process_oom_kill,
+            seccomp,
         })
         .map_err(|e| e.to_string())?;
         let stop = img

@@ -6,6 +6,7 @@ pub mod containers;
 pub mod events;
 pub mod exec;
 pub mod image;
+pub mod seccomp;
 pub mod spec;
 pub mod user;
 pub mod stdio;

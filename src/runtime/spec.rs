@@ -119,6 +119,8 @@ pub struct SandboxInput<'a> {
     pub hostname: &'a str,
     pub cgroups_path: String,
     pub oom_score_adj: i32,
+    /// The pod-level seccomp filter (`runtime::seccomp`); None: unconfined.
+    pub seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
 }
 
 /// Everything an app or init container's spec depends on.
@@ -145,6 +147,8 @@ pub struct ContainerInput<'a> {
     /// cgroup v2 `memory.oom.group=1`: an OOM kill takes the whole container, as
     /// upstream sets it on v2 unless `singleProcessOOMKill`.
     pub oom_group: bool,
+    /// The seccomp filter (`runtime::seccomp::linux_seccomp`); None: unconfined.
+    pub seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
 }
 
 fn caps(names: &[String]) -> Result<std::collections::HashSet<Capability>> {
@@ -367,7 +371,11 @@ pub fn sandbox_spec(i: &SandboxInput<'_>) -> Result<Spec> {
         .build()?;
     let mut mounts = default_mounts(false)?;
     mounts.push(mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"])?);
-    let linux = LinuxBuilder::default()
+    let mut linux = LinuxBuilder::default();
+    if let Some(seccomp) = &i.seccomp {
+        linux = linux.seccomp(seccomp.clone());
+    }
+    let linux = linux
         .namespaces(namespaces)
         .cgroups_path(PathBuf::from(&i.cgroups_path))
         .masked_paths(MASKED_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
@@ -531,8 +539,13 @@ pub fn container_spec(i: &ContainerInput<'_>) -> Result<Spec> {
     } else if i.mounts.iter().any(|m| m.propagation == Propagation::HostToContainer) {
         linux = linux.rootfs_propagation("rslave");
     }
+    // Admission let only allowed sysctls through (`pod::sysctl`); names in the dotted form.
     if let Some(sysctls) = pod_spec.and_then(|s| s.security_context.as_ref()).and_then(|s| s.sysctls.as_ref()) {
-        linux = linux.sysctl(sysctls.iter().map(|s| (s.name.clone(), s.value.clone())).collect::<HashMap<_, _>>());
+        let sysctls = sysctls.iter().map(|s| (crate::pod::sysctl::to_dots(&s.name), s.value.clone()));
+        linux = linux.sysctl(sysctls.collect::<HashMap<_, _>>());
+    }
+    if let Some(seccomp) = &i.seccomp {
+        linux = linux.seccomp(seccomp.clone());
     }
     let read_only_root = sc.and_then(|s| s.read_only_root_filesystem).unwrap_or(false);
     let mut spec = SpecBuilder::default()
@@ -733,6 +746,7 @@ mod tests {
             devices: vec![],
             target_pid: None,
             oom_group: true,
+            seccomp: None,
         })
         .unwrap();
         let v = serde_json::to_value(&spec).unwrap();
@@ -760,6 +774,52 @@ mod tests {
     }
 
     #[test]
+    fn sysctls_in_the_dotted_form_and_the_seccomp_filter_reach_the_spec() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({"spec": {"containers": [], "securityContext": {"sysctls": [
+            {"name": "kernel.msgmax", "value": "65536"}, {"name": "net/ipv4/ip_local_port_range", "value": "20000 30000"},
+        ]}}}))
+        .unwrap();
+        let c = ctr(Some(&["/bin/sh"]), None);
+        let img = image(&[], &[]);
+        let caps: Vec<String> = DEFAULT_CAPABILITIES.iter().map(|s| s.to_string()).collect();
+        let filter = crate::runtime::seccomp::default_profile(&caps, "amd64", None).unwrap();
+        let spec = container_spec(&ContainerInput {
+            pod: &pod,
+            container: &c,
+            image: &img,
+            sandbox_pid: 42,
+            host_network: false,
+            env: vec![],
+            args: vec!["/bin/sh".into()],
+            user: UserIds { uid: 0, gid: 0, additional_gids: vec![] },
+            mounts: vec![],
+            cgroups_path: "/kubepods/podx/abc".into(),
+            oom_score_adj: 1000,
+            all_capabilities: &[],
+            devices: vec![],
+            target_pid: None,
+            oom_group: false,
+            seccomp: Some(filter.clone()),
+        })
+        .unwrap();
+        let linux = spec.linux().as_ref().unwrap();
+        let sysctl = linux.sysctl().as_ref().unwrap();
+        assert_eq!(sysctl.get("kernel.msgmax").map(String::as_str), Some("65536"));
+        assert_eq!(sysctl.get("net.ipv4.ip_local_port_range").map(String::as_str), Some("20000 30000"));
+        assert_eq!(linux.seccomp().as_ref(), Some(&filter));
+        let sandbox = SandboxInput {
+            pod: &pod,
+            image: &img,
+            netns: None,
+            hostname: "h",
+            cgroups_path: "/x".into(),
+            oom_score_adj: -998,
+            seccomp: Some(filter.clone()),
+        };
+        assert_eq!(sandbox_spec(&sandbox).unwrap().linux().as_ref().unwrap().seccomp().as_ref(), Some(&filter), "the pause container's");
+    }
+
+    #[test]
     fn host_namespaces_privileged_devices_and_unmasked_proc() {
         let pod: Pod = serde_json::from_value(serde_json::json!({"spec": {"hostPID": true, "hostIPC": true, "containers": []}})).unwrap();
         let img = image(&[], &[]);
@@ -780,6 +840,7 @@ mod tests {
             devices,
             target_pid: None,
             oom_group: false,
+            seccomp: None,
             }
         }
         let types = |v: &serde_json::Value| v["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].as_str().unwrap().to_string()).collect::<Vec<_>>();
@@ -788,7 +849,9 @@ mod tests {
         assert!(!types(&v).contains(&"pid".to_string()) && !types(&v).contains(&"ipc".to_string()), "hostPID/hostIPC: {:?}", types(&v));
         assert!(v["linux"]["resources"].get("unified").is_none(), "cgroup v1: no unified resources");
         assert!(v["linux"]["maskedPaths"].as_array().is_some_and(|m| !m.is_empty()));
-        let sandbox = sandbox_spec(&SandboxInput { pod: &pod, image: &img, netns: None, hostname: "h", cgroups_path: "/x".into(), oom_score_adj: -998 }).unwrap();
+        let pause = SandboxInput { pod: &pod, image: &img, netns: None, hostname: "h", cgroups_path: "/x".into(), oom_score_adj: -998, seccomp: None };
+        let sandbox = sandbox_spec(&pause).unwrap();
+        assert!(sandbox.linux().as_ref().unwrap().seccomp().is_none());
         assert_eq!(types(&serde_json::to_value(&sandbox).unwrap()), ["mount"], "the pause container in the host's pid, ipc and network namespaces");
         let mut unmasked = plain.clone();
         unmasked.security_context = Some(SecurityContext { proc_mount: Some("Unmasked".into()), ..Default::default() });
