@@ -167,3 +167,53 @@ fn s2_sysctls_allowed_unsafe_namespaced_and_forbidden() {
         assert!(agent.events().iter().any(|e| e.reason == "SysctlForbidden" && e.message == why), "{name}: the event");
     }
 }
+
+/// A sub path through a symlink the pod planted (`esc` -> /etc) is refused with
+/// upstream's message while a plain one works; the sub path is bound from
+/// `<pod dir>/volume-subpaths`, which goes with the pod and leaves the volume's
+/// content alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_a_sub_path_symlink_out_of_its_volume_is_refused() {
+    let agent = tokio::task::block_in_place(|| Agent::new("s3"));
+    let yaml = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: sub}}\nspec:\n  terminationGracePeriodSeconds: 1\n  \
+         volumes: [{{name: data, emptyDir: {{}}}}]\n  initContainers:\n  - name: plant\n    image: {BUSYBOX}\n    \
+         command: [sh, -c, 'ln -s /etc /data/esc && mkdir -p /data/ok && echo inside > /data/ok/f']\n    \
+         volumeMounts: [{{name: data, mountPath: /data}}]\n  containers:\n  - name: victim\n    image: {BUSYBOX}\n    \
+         command: [sh, -c, 'ls /mnt; sleep 3600']\n    volumeMounts: [{{name: data, mountPath: /mnt, subPath: esc}}]\n  \
+         - name: fine\n    image: {BUSYBOX}\n    command: [sh, -c, 'cat /mnt/f; sleep 3600']\n    \
+         volumeMounts: [{{name: data, mountPath: /mnt, subPath: ok}}]\n"
+    );
+    tokio::task::block_in_place(|| {
+        agent.write_manifest("sub.yaml", &yaml);
+        let waiting = |p: &Pod, name: &str| {
+            let cs = p.status.as_ref()?.container_statuses.as_ref()?;
+            let w = cs.iter().find(|c| c.name == name)?.state.as_ref()?.waiting.clone()?;
+            Some((w.reason.unwrap_or_default(), w.message.unwrap_or_default()))
+        };
+        let (reason, message) = agent.wait_pod("sub", Duration::from_secs(90), "victim refused", |p| waiting(p, "victim").filter(|(r, _)| r == "CreateContainerConfigError"));
+        assert_eq!(message, "failed to prepare subPath for volumeMount \"data\" of container \"victim\"", "{reason}");
+        let p = agent.wait_pod("sub", Duration::from_secs(60), "fine running", |p| {
+            let cs = p.status.as_ref()?.container_statuses.as_ref()?;
+            cs.iter().find(|c| c.name == "fine")?.state.as_ref()?.running.is_some().then(|| p.clone())
+        });
+        let mut out = String::new();
+        agent.wait_until(Duration::from_secs(30), "fine's output", || {
+            out = agent.container_output(&p, "fine", 0);
+            out.contains("inside")
+        });
+        let uid = p.metadata.uid.clone().unwrap_or_default();
+        let pod_dir = agent.state_dir().join("pods").join(&uid);
+        let bound = pod_dir.join("volume-subpaths/data/fine/0");
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(mountinfo.lines().any(|l| l.split(' ').nth(4) == Some(bound.to_str().unwrap())), "{} is a bind mount", bound.display());
+        assert!(!pod_dir.join("volume-subpaths/data/victim").exists(), "nothing bound for the refused mount");
+        let log = std::fs::read_to_string(agent.root.join("agent.log")).unwrap_or_default();
+        assert!(log.contains("Failed to prepare subPath for volumeMount of the container") && log.contains("not within volume path"), "{}", agent.log_tail(30));
+        // The pod goes: its sub path binds are unmounted and its directory removed.
+        agent.remove_manifest("sub.yaml");
+        agent.wait_until(Duration::from_secs(60), "the pod directory removed", || !pod_dir.exists());
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mountinfo.contains(&uid), "no mount of the pod left");
+    });
+}

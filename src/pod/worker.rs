@@ -1423,7 +1423,7 @@ impl Worker {
 
         let pod_dir = super::store::pod_dir(&self.ctx.config.root_dir, &self.uid);
         let privileged = c.security_context.as_ref().and_then(|s| s.privileged).unwrap_or(false);
-        let mut mounts = crate::volume::mounts::container_mounts(c, volumes, &pod_env, privileged)?;
+        let mut mounts = crate::volume::mounts::container_mounts(c, volumes, &pod_env, privileged, Some(&pod_dir))?;
         let has = |mounts: &Vec<BindMount>, p: &str| mounts.iter().any(|m| m.container_path == p);
         if !host_network && !has(&mounts, "/etc/hosts") {
             mounts.push(BindMount { host_path: pod_dir.join("etc-hosts"), container_path: "/etc/hosts".into(), read_only: false, propagation: Default::default() });
@@ -1627,12 +1627,16 @@ impl Worker {
         self.unregister_all();
         self.unpublish_allocation();
         let pod_dir = super::store::pod_dir(&self.ctx.config.root_dir, &self.uid);
-        if let Err(e) = crate::volume::teardown(&pod_dir) {
-            warn!(error = %e, "volume teardown failed");
-        }
         let shm = pod_dir.join("shm");
         let _ = umount2(&shm, MntFlags::MNT_DETACH);
-        let _ = tokio::fs::remove_dir_all(&pod_dir).await;
+        match crate::volume::teardown(&pod_dir) {
+            // Never a recursive removal through a mount left behind (a sub path
+            // bind of a hostPath would take the host's files with it).
+            Err(e) => warn!(error = %e, dir = %pod_dir.display(), "volume teardown failed; the pod directory is kept"),
+            Ok(()) => {
+                let _ = tokio::fs::remove_dir_all(&pod_dir).await;
+            }
+        }
         // The pod's logs and cgroup; with its spec lost (its directory removed by
         // hand or by kubeadm reset), whichever of them has its UID.
         use crate::cgroups::QosClass;

@@ -111,6 +111,8 @@ pub async fn setup(pod: &Pod, pod_dir: &Path, cx: &SetupContext<'_>) -> Result<V
 /// Unmounts (tmpfs of memory emptyDirs and secrets) and removes every volume
 /// under `pod_dir/volumes`; hostPath volumes live elsewhere and are left alone.
 pub fn teardown(pod_dir: &Path) -> Result<(), VolumeError> {
+    // Sub path binds first: they hold the volumes' directories.
+    mounts::remove_sub_paths(pod_dir).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) }).map_err(|source| VolumeError::TearDown { volume: mounts::SUBPATHS_DIR.into(), source })?;
     let base = pod_dir.join("volumes");
     let Ok(plugins) = std::fs::read_dir(&base) else { return Ok(()) };
     for plugin in plugins.flatten() {

@@ -5,13 +5,14 @@
 //! rshared, only for privileged containers).
 
 use std::collections::{BTreeSet, HashMap};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::path::Path;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{Container, VolumeMount};
 
 use super::VolumeMap;
 use crate::runtime::spec::{expand, BindMount, Propagation};
+use tracing::warn;
 
 /// The propagation a mount asks for; privileged containers only for Bidirectional.
 pub fn propagation(mode: Option<&str>, privileged: bool) -> Result<Propagation, String> {
@@ -130,27 +131,120 @@ pub fn check_propagation(mountinfo: &str, source: &Path, p: Propagation) -> Resu
     }
 }
 
+/// Where a container's sub path mounts are bound: `<pod dir>/volume-subpaths`
+/// (upstream's layout: `<volume>/<container>/<index of the volumeMount>`).
+pub const SUBPATHS_DIR: &str = "volume-subpaths";
+
+/// Opens `sub` under `volume` without leaving it, whatever symlinks the
+/// container put there or swaps in meanwhile (openat2 `RESOLVE_BENEATH`: a
+/// symlink may lead elsewhere inside the volume, never out of it), and binds
+/// the opened object onto `target` (created as an empty file or directory).
+/// The container then gets `target`, which cannot change under it: the
+/// kernel's answer to what upstream's `doSafeOpen` + bind of `/proc/<pid>/fd/<fd>`
+/// does (pkg/volume/util/subpath/subpath_linux.go, CVE-2017-1002101).
+pub fn bind_sub_path(volume: &Path, sub: &str, target: &Path) -> Result<(), String> {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+    let escape = |e: nix::Error| match e {
+        nix::Error::EXDEV | nix::Error::ELOOP => format!("subpath {sub:?} not within volume path {:?}", volume.display().to_string()),
+        e => format!("cannot open subpath {sub:?} of {:?}: {e}", volume.display().to_string()),
+    };
+    let dir = std::fs::File::open(volume).map_err(|e| format!("error resolving volume path {}: {e}", volume.display()))?;
+    let how = OpenHow::new().flags(OFlag::O_PATH | OFlag::O_CLOEXEC).resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let fd = nix::fcntl::openat2(&dir, Path::new(sub.trim_start_matches('/')), how).map_err(escape)?;
+    let is_dir = nix::sys::stat::fstat(&fd).map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR).map_err(|e| format!("stat of subpath {sub:?}: {e}"))?;
+    if crate::volume::is_mountpoint(target) {
+        // A restarted container: bind afresh (the sub path may have been replaced).
+        nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH).map_err(|e| format!("unmounting {}: {e}", target.display()))?;
+    }
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
+    }
+    let made = if is_dir { std::fs::create_dir_all(target) } else { std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(target).map(|_| ()) };
+    made.map_err(|e| format!("creating {}: {e}", target.display()))?;
+    let proc_fd = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+    nix::mount::mount(Some(proc_fd.as_str()), target, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>)
+        .map_err(|e| format!("error mounting subpath {sub:?} of volume {:?}: {e}", volume.display().to_string()))
+}
+
+/// Creates the missing directories of `sub` under `volume` with `mode`, each
+/// step opened beneath the volume (upstream's doSafeMakeDir): a symlink swapped
+/// in meanwhile cannot make it create anything outside.
+fn make_dirs_beneath(volume: &Path, sub: &str, mode: u32) -> Result<(), String> {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+    let beneath = |dir: &std::fs::File, p: &Path| {
+        let how = OpenHow::new().flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC).resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        nix::fcntl::openat2(dir, p, how)
+    };
+    let root = std::fs::File::open(volume).map_err(|e| format!("{}: {e}", volume.display()))?;
+    let mut so_far = PathBuf::new();
+    for comp in Path::new(sub).components() {
+        let Component::Normal(name) = comp else { return Err(format!("unexpected component in subpath {sub:?}")) };
+        let parent = if so_far.as_os_str().is_empty() { root.try_clone().map_err(|e| e.to_string())?.into() } else { beneath(&root, &so_far).map_err(|e| format!("{sub:?}: {e}"))? };
+        so_far.push(name);
+        match nix::sys::stat::mkdirat(&parent, name, nix::sys::stat::Mode::from_bits_truncate(mode)) {
+            Ok(()) => {
+                let made = beneath(&root, &so_far).map_err(|e| format!("{sub:?}: {e}"))?;
+                nix::sys::stat::fchmod(&made, nix::sys::stat::Mode::from_bits_truncate(mode)).map_err(|e| format!("{sub:?}: {e}"))?;
+            }
+            Err(nix::Error::EEXIST) => {}
+            Err(e) => return Err(format!("{sub:?}: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// Unmounts and removes `<pod dir>/volume-subpaths` (never recursing into a
+/// mount that would not go).
+pub fn remove_sub_paths(pod_dir: &Path) -> std::io::Result<()> {
+    let base = pod_dir.join(SUBPATHS_DIR);
+    let Ok(volumes) = std::fs::read_dir(&base) else { return Ok(()) };
+    for v in volumes.flatten() {
+        for c in std::fs::read_dir(v.path()).into_iter().flatten().flatten() {
+            for t in std::fs::read_dir(c.path()).into_iter().flatten().flatten() {
+                let p = t.path();
+                if crate::volume::is_mountpoint(&p) {
+                    nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH)?;
+                }
+                if p.is_dir() { std::fs::remove_dir(&p)? } else { std::fs::remove_file(&p)? }
+            }
+            std::fs::remove_dir(c.path())?;
+        }
+        std::fs::remove_dir(v.path())?;
+    }
+    std::fs::remove_dir(&base)
+}
+
 /// The bind mounts for the container's `volumeMounts`. Missing sub paths are
-/// created with the volume directory's mode. `env` is the container's resolved env.
-pub fn container_mounts(c: &Container, volumes: &VolumeMap, env: &[(String, String)], privileged: bool) -> Result<Vec<BindMount>, String> {
+/// created with the volume directory's mode. `env` is the container's resolved
+/// env. With `pod_dir`, sub paths are bound under its [`SUBPATHS_DIR`] through
+/// [`bind_sub_path`] (the container's mounts never follow a symlink out).
+pub fn container_mounts(c: &Container, volumes: &VolumeMap, env: &[(String, String)], privileged: bool, pod_dir: Option<&Path>) -> Result<Vec<BindMount>, String> {
     let mut out = Vec::new();
-    for m in c.volume_mounts.iter().flatten() {
+    for (index, m) in c.volume_mounts.iter().flatten().enumerate() {
         let Some(vol) = volumes.get(&m.name) else {
             return Err(format!("cannot find volume {:?} to mount into container {:?}", m.name, c.name));
         };
         let mut host = vol.path.clone();
         if let Some(sub) = sub_path(m, env)? {
             host = vol.path.join(&sub);
-            // Symlinks the container wrote must not lead a sub path out of its volume.
-            ensure_within(&vol.path, &host, &sub)?;
+            // Symlinks the container wrote must not lead a sub path out of its
+            // volume. As upstream, the details (host paths) go to the log only.
+            let prepare_failed = |detail: String| {
+                warn!(container = %c.name, volume_mount = %m.name, error = %detail, "Failed to prepare subPath for volumeMount of the container");
+                format!("failed to prepare subPath for volumeMount {:?} of container {:?}", m.name, c.name)
+            };
+            ensure_within(&vol.path, &host, &sub).map_err(prepare_failed)?;
             if std::fs::symlink_metadata(&host).is_err() {
                 let mode = std::fs::metadata(&vol.path).map(|md| md.permissions().mode() & 0o7777).unwrap_or(0o755);
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(mode)
-                    .create(&host)
-                    .and_then(|_| std::fs::set_permissions(&host, std::fs::Permissions::from_mode(mode)))
-                    .map_err(|_| format!("failed to create subPath directory for volumeMount {:?} of container {:?}", m.name, c.name))?;
+                make_dirs_beneath(&vol.path, &sub, mode).map_err(|e| {
+                    warn!(container = %c.name, volume_mount = %m.name, error = %e, "creating the subPath directory");
+                    format!("failed to create subPath directory for volumeMount {:?} of container {:?}", m.name, c.name)
+                })?;
+            }
+            if let Some(pod_dir) = pod_dir {
+                let target = pod_dir.join(SUBPATHS_DIR).join(&m.name).join(&c.name).join(index.to_string());
+                bind_sub_path(&vol.path, &sub, &target).map_err(prepare_failed)?;
+                host = target;
             }
         }
         let prop = propagation(m.mount_propagation.as_deref(), privileged)?;
@@ -216,6 +310,35 @@ mod tests {
     }
 
     #[test]
+    fn sub_paths_are_bound_beneath_their_volume_and_symlinks_out_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let (vol, pod) = (t.path().join("vol"), t.path().join("pod"));
+        std::fs::create_dir_all(vol.join("data")).unwrap();
+        std::fs::create_dir_all(t.path().join("outside")).unwrap();
+        std::fs::write(vol.join("data/f"), "inside").unwrap();
+        std::os::unix::fs::symlink("/etc", vol.join("esc")).unwrap();
+        std::os::unix::fs::symlink("../outside", vol.join("up")).unwrap();
+        std::os::unix::fs::symlink("data", vol.join("inner")).unwrap();
+        let target = |i: usize| pod.join(SUBPATHS_DIR).join("vol").join("c").join(i.to_string());
+        bind_sub_path(&vol, "data", &target(0)).unwrap();
+        assert_eq!(std::fs::read_to_string(target(0).join("f")).unwrap(), "inside");
+        bind_sub_path(&vol, "data/f", &target(1)).unwrap();
+        assert_eq!(std::fs::read_to_string(target(1)).unwrap(), "inside", "a file sub path");
+        bind_sub_path(&vol, "inner", &target(2)).unwrap();
+        assert!(target(2).join("f").exists(), "a symlink within the volume is followed");
+        for bad in ["esc", "esc/passwd", "up", "inner/../../outside"] {
+            let e = bind_sub_path(&vol, bad, &target(9)).unwrap_err();
+            assert!(e.contains("not within volume path"), "{bad}: {e}");
+        }
+        // Bound again (a restarted container): still one mount.
+        bind_sub_path(&vol, "data", &target(0)).unwrap();
+        remove_sub_paths(&pod).unwrap();
+        assert!(!pod.join(SUBPATHS_DIR).exists());
+        assert_eq!(std::fs::read_to_string(vol.join("data/f")).unwrap(), "inside", "the volume's content stays");
+        assert!(!crate::volume::is_mountpoint(&target(0)));
+    }
+
+    #[test]
     fn mounts_create_sub_paths_and_carry_read_only() {
         let t = tempfile::tempdir().unwrap();
         std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
@@ -230,7 +353,7 @@ mod tests {
             ]),
             ..Default::default()
         };
-        let m = container_mounts(&c, &vols, &env(), false).unwrap();
+        let m = container_mounts(&c, &vols, &env(), false, None).unwrap();
         assert_eq!(m[0].host_path, t.path().join("pods/web-1"));
         assert!(m[0].read_only);
         assert_eq!(std::fs::metadata(t.path().join("pods/web-1")).unwrap().permissions().mode() & 0o777, 0o777);
@@ -241,8 +364,8 @@ mod tests {
         std::os::unix::fs::symlink(outside.path(), t.path().join("evil")).unwrap();
         for sub in ["evil", "evil/deeper"] {
             let c = Container { name: "c".into(), volume_mounts: Some(vec![VolumeMount { name: "data".into(), mount_path: "/e".into(), sub_path: Some(sub.into()), ..Default::default() }]), ..Default::default() };
-            let e = container_mounts(&c, &vols, &env(), false).unwrap_err();
-            assert!(e.starts_with("subpath ") && e.contains("not within volume path"), "{e}");
+            let e = container_mounts(&c, &vols, &env(), false, None).unwrap_err();
+            assert_eq!(e, "failed to prepare subPath for volumeMount \"data\" of container \"c\"", "upstream's message, details only in the log");
         }
         assert!(!outside.path().join("deeper").exists());
         // Links inside the volume are fine (configMap keys are links through ..data).
@@ -250,6 +373,6 @@ mod tests {
         std::os::unix::fs::symlink("real", t.path().join("alias")).unwrap();
         assert!(ensure_within(t.path(), &t.path().join("alias"), "alias").is_ok());
         let c = Container { name: "c".into(), volume_mounts: Some(vec![VolumeMount { name: "nope".into(), mount_path: "/x".into(), ..Default::default() }]), ..Default::default() };
-        assert_eq!(container_mounts(&c, &vols, &env(), false).unwrap_err(), "cannot find volume \"nope\" to mount into container \"c\"");
+        assert_eq!(container_mounts(&c, &vols, &env(), false, None).unwrap_err(), "cannot find volume \"nope\" to mount into container \"c\"");
     }
 }
