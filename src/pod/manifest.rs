@@ -243,6 +243,7 @@ pub fn validate(pod: &Pod) -> Vec<String> {
             }
         }
     }
+    errs.extend(super::validation::validate(pod));
     errs
 }
 

@@ -18,6 +18,7 @@ pub mod source;
 pub mod status;
 pub mod store;
 pub mod sysctl;
+pub mod validation;
 pub mod termination;
 pub mod worker;
 
