@@ -1349,6 +1349,12 @@ impl Worker {
         }
         self.waiting.insert(name.into(), Waiting { reason: reason.into(), message: msg.clone() });
         let t = now();
+        if reason == "InvalidImageName" {
+            // Nothing was pulled, so no pull back-off: the waiting reason stays
+            // InvalidImageName and the next sync tries again (upstream's
+            // EnsureImageExists returns before its back-off).
+            return Some(t + chrono::Duration::seconds(10));
+        }
         self.image_backoff.next(image, t);
         self.image_failures.insert(image.to_string(), (t, msg));
         // Like the kubelet's requeue after a failed sync: come back soon, which then

@@ -29,6 +29,7 @@ pub mod node_authz;
 pub mod nodeproxy;
 pub mod noderestriction;
 pub mod patch;
+pub mod podspec;
 pub mod pki;
 pub mod resources;
 pub mod selectors;

@@ -542,6 +542,7 @@ fn validate_pod(pod: &Value) -> Vec<FieldError> {
             ));
         }
     }
+    crate::podspec::validate(&spec, &mut errs);
     errs
 }
 
