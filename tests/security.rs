@@ -217,3 +217,32 @@ async fn s3_a_sub_path_symlink_out_of_its_volume_is_refused() {
         assert!(!mountinfo.contains(&uid), "no mount of the pod left");
     });
 }
+
+/// AppArmor asked for on a host without it (this one: no AppArmor module): the
+/// pod stays Pending with reason AppArmor and upstream's message, its container
+/// waits as Blocked and nothing is created; an Unconfined pod runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s4_apparmor_on_a_host_without_it_blocks_the_pod_with_upstreams_message() {
+    assert!(
+        !std::fs::read_to_string("/sys/module/apparmor/parameters/enabled").is_ok_and(|s| s.starts_with('Y')),
+        "this test expects a host without AppArmor"
+    );
+    let agent = tokio::task::block_in_place(|| Agent::new("s4"));
+    tokio::task::block_in_place(|| {
+        agent.write_manifest("aa.yaml", &pod("aa", "appArmorProfile: {type: RuntimeDefault}", "", "echo done; sleep 3600"));
+        agent.write_manifest("free.yaml", &pod("free", "appArmorProfile: {type: Unconfined}", "", "echo done; sleep 3600"));
+        let p = agent.wait_pod("aa", Duration::from_secs(60), "blocked", |p| {
+            let st = p.status.as_ref()?;
+            (st.reason.as_deref() == Some("AppArmor")).then(|| p.clone())
+        });
+        let st = p.status.as_ref().unwrap();
+        assert_eq!(st.phase.as_deref(), Some("Pending"));
+        assert_eq!(st.message.as_deref(), Some("Cannot enforce AppArmor: AppArmor is not enabled on the host"));
+        let w = st.container_statuses.as_ref().unwrap()[0].state.as_ref().unwrap().waiting.clone().unwrap();
+        assert_eq!(w.reason.as_deref(), Some("Blocked"));
+        running(&agent, "free");
+        let uid = p.metadata.uid.clone().unwrap_or_default();
+        let made = ctr(&["containers", "ls", "-q", &format!("labels.\"io.kubernetes.pod.uid\"=={uid}")]);
+        assert!(made.trim().is_empty(), "nothing created for the blocked pod: {made}");
+    });
+}

@@ -45,6 +45,8 @@ pub struct Context {
     pub node: super::admission::NodeResources,
     /// The sysctls pods may set: the safe set and `allowedUnsafeSysctls` (admission).
     pub sysctls: super::sysctl::Allowlist,
+    /// Whether the host enforces AppArmor (Err: upstream's reason why not), read at start.
+    pub apparmor_host: Result<(), String>,
     /// The API server, when the agent has a kubeconfig.
     pub client: Option<kube::Client>,
     /// ConfigMaps and Secrets referenced by pods, watched (with an API server).

@@ -4,6 +4,7 @@
 //! to report.
 
 pub mod admission;
+pub mod apparmor;
 pub mod backoff;
 pub mod dns;
 pub mod env;

@@ -72,10 +72,10 @@ fn container_status(c: &Container, kind: Kind, i: &StatusInput<'_>, default_reas
         // A held container (back-off, image error) shows waiting; its last run moves to lastState.
         (Some(i), Some(w)) if !i.is_running() => {
             st.last_state = Some(ContainerState { terminated: terminated(i), ..Default::default() });
-            ContainerState { waiting: Some(ContainerStateWaiting { reason: Some(w.reason.clone()), message: Some(w.message.clone()) }), ..Default::default() }
+            ContainerState { waiting: Some(ContainerStateWaiting { reason: Some(w.reason.clone()), message: Some(w.message.clone()).filter(|m| !m.is_empty()) }), ..Default::default() }
         }
         (None, Some(w)) => ContainerState {
-            waiting: Some(ContainerStateWaiting { reason: Some(w.reason.clone()), message: Some(w.message.clone()) }),
+            waiting: Some(ContainerStateWaiting { reason: Some(w.reason.clone()), message: Some(w.message.clone()).filter(|m| !m.is_empty()) }),
             ..Default::default()
         },
         (None, None) => ContainerState {

@@ -426,6 +426,25 @@ impl Worker {
                 wake = Some(deadline);
             }
         }
+        // AppArmor asked for where it cannot be enforced: upstream's soft
+        // admission (canRunPod) keeps the pod Pending with reason AppArmor and
+        // its containers Blocked, and runs nothing.
+        if let (None, Err(e)) = (pinned.as_ref(), super::apparmor::validate(pod, &self.ctx.apparmor_host)) {
+            let (sandbox, records, _) = self.observe().await?;
+            if let Some(sb) = sandbox.as_ref().filter(|s| s.ready) {
+                self.kill_pod_containers(pod, &records, Duration::from_secs(spec.termination_grace_period_seconds.unwrap_or(30).clamp(1, 300) as u64)).await;
+                self.stop_sandbox(&records, &sb.id).await;
+            }
+            for c in spec.init_containers.iter().flatten().chain(spec.containers.iter()) {
+                self.waiting.insert(c.name.clone(), Waiting { reason: super::apparmor::BLOCKED.into(), message: String::new() });
+            }
+            let msg = super::apparmor::message(&e);
+            if self.last_status.as_ref().and_then(|s| s.reason.as_deref()) != Some(super::apparmor::REASON) {
+                warn!(pod = %pod_key(pod), "{msg}");
+            }
+            self.write_status_with_phase(pod, None, &[], Some("Pending"), Some((super::apparmor::REASON, &msg)))?;
+            return Ok(None);
+        }
         // In-place resize: allocate a changed spec's resources when they fit.
         if pinned.is_none() {
             if let Some(retry) = self.allocate(pod) {
@@ -1468,6 +1487,14 @@ impl Worker {
         let caps = spec::capability_list(c, &self.ctx.capabilities);
         let kernel = crate::kernel::KernelVersion::current();
         let seccomp = crate::runtime::seccomp::linux_seccomp(&profile, privileged, &caps, kernel).map_err(|e| e.to_string())?;
+        // AppArmor, on a host that enforces it (elsewhere a pod asking for it never gets here).
+        let apparmor_profile = match &self.ctx.apparmor_host {
+            Ok(()) => {
+                let loaded = std::fs::read_to_string("/sys/kernel/security/apparmor/profiles").unwrap_or_default();
+                super::apparmor::container_profile(pod, c, privileged, &loaded)?
+            }
+            Err(_) => None,
+        };
         let (own, cap) = self.ctx.oom;
         let oom = crate::cgroups::restrict_oom_score_adj(
             crate::cgroups::container_oom_score_adj(qos, mem_request, self.ctx.memory_capacity),
@@ -1492,6 +1519,7 @@ impl Worker {
             // Config: true by default on cgroup v1, where false is refused.
             oom_group: !self.ctx.config.single_process_oom_kill,
             seccomp,
+            apparmor_profile,
         })
         .map_err(|e| e.to_string())?;
         let stop = img

@@ -149,6 +149,8 @@ pub struct ContainerInput<'a> {
     pub oom_group: bool,
     /// The seccomp filter (`runtime::seccomp::linux_seccomp`); None: unconfined.
     pub seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
+    /// The AppArmor profile (`pod::apparmor::container_profile`); None: none set.
+    pub apparmor_profile: Option<String>,
 }
 
 fn caps(names: &[String]) -> Result<std::collections::HashSet<Capability>> {
@@ -463,6 +465,8 @@ pub fn container_spec(i: &ContainerInput<'_>) -> Result<Spec> {
         .no_new_privileges(no_new_privs)
         .oom_score_adj(i.oom_score_adj)
         .build()?;
+    let mut process = process;
+    process.set_apparmor_profile(i.apparmor_profile.clone());
 
     let mut mounts = default_mounts(privileged)?;
     for m in &i.mounts {
@@ -747,6 +751,7 @@ mod tests {
             target_pid: None,
             oom_group: true,
             seccomp: None,
+            apparmor_profile: None,
         })
         .unwrap();
         let v = serde_json::to_value(&spec).unwrap();
@@ -800,6 +805,7 @@ mod tests {
             target_pid: None,
             oom_group: false,
             seccomp: Some(filter.clone()),
+            apparmor_profile: Some("k8s-x".into()),
         })
         .unwrap();
         let linux = spec.linux().as_ref().unwrap();
@@ -807,6 +813,7 @@ mod tests {
         assert_eq!(sysctl.get("kernel.msgmax").map(String::as_str), Some("65536"));
         assert_eq!(sysctl.get("net.ipv4.ip_local_port_range").map(String::as_str), Some("20000 30000"));
         assert_eq!(linux.seccomp().as_ref(), Some(&filter));
+        assert_eq!(spec.process().as_ref().unwrap().apparmor_profile().as_deref(), Some("k8s-x"), "the AppArmor profile");
         let sandbox = SandboxInput {
             pod: &pod,
             image: &img,
@@ -841,6 +848,7 @@ mod tests {
             target_pid: None,
             oom_group: false,
             seccomp: None,
+            apparmor_profile: None,
             }
         }
         let types = |v: &serde_json::Value| v["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].as_str().unwrap().to_string()).collect::<Vec<_>>();
