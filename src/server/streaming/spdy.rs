@@ -206,7 +206,7 @@ impl Decoder {
     }
 }
 
-fn parse_header_block(b: &[u8]) -> Result<Headers> {
+pub(crate) fn parse_header_block(b: &[u8]) -> Result<Headers> {
     let bad = || SpdyError::Invalid("header block");
     let mut b = b;
     if b.len() < 4 {
