@@ -752,6 +752,7 @@ pub fn go_duration_string(d: Duration) -> String {
 impl Config {
     /// The effective configuration as a `KubeletConfiguration` (what `/configz` serves
     /// under `kubeletconfig`, as upstream does).
+    #[allow(clippy::indexing_slicing)] // serde_json::Value indexing: writes go into an object built here, reads of a missing key give Null.
     pub fn to_kubelet_configuration(&self) -> serde_json::Value {
         use serde_json::json;
         let d = |d: Duration| go_duration_string(d);

@@ -217,7 +217,7 @@ pub fn cri_log(data: &[u8]) {
     }
     let o = crate::logs::Options {
         tail_lines: (first & 1 != 0).then_some(usize::from(first >> 4)),
-        since: (first & 2 != 0).then(|| chrono::DateTime::<chrono::Utc>::UNIX_EPOCH),
+        since: (first & 2 != 0).then_some(chrono::DateTime::<chrono::Utc>::UNIX_EPOCH),
         timestamps: first & 4 != 0,
         limit_bytes: (first & 8 != 0).then_some(usize::from(*first)),
     };

@@ -57,6 +57,7 @@ pub const SPDY_PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io", 
 
 /// The status the error stream carries: None for "nothing to write" (success
 /// before v4). `json`: v4/v5 metav1.Status, else its message text.
+#[allow(clippy::indexing_slicing)] // serde_json::Value indexing: writes go into an object built here, reads of a missing key give Null.
 pub fn status_bytes(o: &Outcome, json: bool) -> Option<Vec<u8>> {
     let status = match o {
         Outcome::Exited { code: 0, .. } => Status { status: Some("Success".into()), ..Default::default() },
