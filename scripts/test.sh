@@ -4,7 +4,7 @@
 #   1. scripts/setup.sh   packages, containerd, registry, CNI config, test images
 #   2. cargo test --workspace --all-targets --no-fail-fast -- --test-threads=1 (the agent and
 #      the test API server crate in tests/apiserver)
-#   3. scripts/fuzz.sh --smoke: every fuzz target on its seeds plus 2000 mutations
+#   3. scripts/fuzz.sh --smoke: every fuzz target on its seeds plus 5000 mutations
 #      (fuzz/; fails on any crash; RK_SKIP_FUZZ=1 skips)
 #   4. scripts/vm-test.sh: the agent as a systemd unit on a cgroup v2 node, in a
 #      qemu guest (about 6-8 min with the guest image cached; RK_SKIP_VM=1 skips)
@@ -68,12 +68,13 @@ if [ "$rc" -ne 0 ]; then
 fi
 
 # No input may crash the agent (issue 15): each fuzz target runs its committed
-# seeds and a few thousand mutations (about 2 min for all once the fuzz build
-# in /var/cache/rk-fuzz-target is warm).
+# seeds and a few thousand mutations: about 30 s for all once the fuzz build in
+# /var/cache/rk-fuzz-target is warm; a change to the crate rebuilds it (about
+# 5 min on 2 cores), the first build takes about 30.
 if [ "${RK_SKIP_FUZZ:-0}" = 1 ] || [ "$full_suite" = 0 ]; then
     log "step 3/5: scripts/fuzz.sh --smoke skipped"
 else
-    log "step 3/5: scripts/fuzz.sh --smoke (every fuzz target, seeds + 2000 mutations)"
+    log "step 3/5: scripts/fuzz.sh --smoke (every fuzz target, seeds + 5000 mutations)"
     bash "$RK_REPO_ROOT/scripts/fuzz.sh" --smoke || die "fuzz smoke failed"
 fi
 
