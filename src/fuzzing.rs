@@ -84,15 +84,43 @@ pub fn resize(data: &[u8]) {
 
 /// A static pod manifest (YAML or JSON, Pod or PodList), then what the agent
 /// works out from a pod before anything runs: QoS, cgroup resources, admission
-/// requests, hostname.
+/// requests, hostname, and per container its environment (downward API,
+/// `$(VAR)` expansion), command, subPathExpr, capabilities and probe timing.
 pub fn pod_manifest(data: &[u8]) {
     let Ok(pods) = crate::pod::manifest::decode(data, "/etc/kubernetes/manifests/fuzz.yaml", "fuzz-node") else { return };
+    let pod_ips = ["10.244.0.5".to_string()];
+    let allocatable = crate::pod::resources::Allocatable { cpu_milli: 4000, memory: 8 << 30, ephemeral_storage: 100 << 30 };
     for pod in &pods {
         let _ = crate::cgroups::qos_class(pod);
         let _ = crate::cgroups::pods::pod_config(pod, 1024);
         let _ = crate::pod::admission::pod_requests(pod);
         let _ = crate::pod::admission::pod_hugepages(pod);
         let _ = crate::pod::dns::hostname_and_domain(pod, Some("cluster.local"));
+        let Some(spec) = pod.spec.as_ref() else { continue };
+        for c in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
+            let ctx = crate::pod::env::EnvContext {
+                pod_ips: &pod_ips,
+                host_ip: Some("10.0.0.10"),
+                node_name: "fuzz-node",
+                allocatable,
+                objects: None,
+                services: None,
+            };
+            if let Ok(env) = crate::pod::env::resolve(pod, c, &ctx) {
+                let strings: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let _ = crate::runtime::spec::resolve_args(c, &Default::default(), &strings);
+                for m in c.volume_mounts.iter().flatten() {
+                    let _ = crate::volume::mounts::sub_path(m, &env);
+                }
+            }
+            let _ = crate::runtime::spec::capability_list(c, &[]);
+            for p in [&c.liveness_probe, &c.readiness_probe, &c.startup_probe].into_iter().flatten() {
+                let _ = crate::pod::prober::Timing::of(p);
+            }
+            for r in ["limits.cpu", "requests.memory", "limits.ephemeral-storage"] {
+                let _ = crate::pod::resources::container_value(c, r, Some("1Mi"), &allocatable);
+            }
+        }
     }
 }
 
