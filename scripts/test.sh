@@ -4,11 +4,13 @@
 #   1. scripts/setup.sh   packages, containerd, registry, CNI config, test images
 #   2. cargo test --workspace --all-targets --no-fail-fast -- --test-threads=1 (the agent and
 #      the test API server crate in tests/apiserver)
-#   3. scripts/vm-test.sh: the agent as a systemd unit on a cgroup v2 node, in a
+#   3. scripts/fuzz.sh --smoke: every fuzz target on its seeds plus 5000 mutations
+#      (fuzz/; fails on any crash; RK_SKIP_FUZZ=1 skips)
+#   4. scripts/vm-test.sh: the agent as a systemd unit on a cgroup v2 node, in a
 #      qemu guest (about 6-8 min with the guest image cached; RK_SKIP_VM=1 skips)
-# The release binary of steps 3 and 4 builds at nice 19 during step 2.
-#   4. scripts/bench.sh (figures only, no thresholds; RK_SKIP_BENCH=1 skips)
-# Steps 3 and 4 run only for the whole suite (no arguments).
+# The release binary of steps 4 and 5 builds at nice 19 during step 2.
+#   5. scripts/bench.sh (figures only, no thresholds; RK_SKIP_BENCH=1 skips)
+# Steps 3 to 5 run only for the whole suite (no arguments).
 # Integration tests share host resources (containerd namespace k8s.io, the
 # CNI bridge, /var/lib/cni), so the tests run one at a time.
 # Arguments, if any, replace `--workspace --all-targets` (they go to cargo test before
@@ -26,9 +28,9 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/rkubelet-target}"
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 
 if [ "${RK_SKIP_SETUP:-0}" = 1 ]; then
-    log "step 1/4: scripts/setup.sh skipped (RK_SKIP_SETUP=1)"
+    log "step 1/5: scripts/setup.sh skipped (RK_SKIP_SETUP=1)"
 else
-    log "step 1/4: scripts/setup.sh (packages, containerd, registry, CNI config, test images)"
+    log "step 1/5: scripts/setup.sh (packages, containerd, registry, CNI config, test images)"
     bash "$RK_REPO_ROOT/scripts/setup.sh"
 fi
 
@@ -38,13 +40,13 @@ if [ "$#" -eq 0 ]; then
     full_suite=1
     set -- --workspace --all-targets --no-fail-fast
 fi
-log "step 2/4: cargo test $* -- --test-threads=1 (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
+log "step 2/5: cargo test $* -- --test-threads=1 (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
 rc=0
 results="$(mktemp)"
 release_log="$(mktemp)"
 release_pid=""
 trap 'rm -f "$results" "$release_log"; [ -z "$release_pid" ] || kill "$release_pid" 2>/dev/null || true' EXIT
-# Steps 3 and 4 need the release binary (fat LTO: minutes, mostly on one core).
+# Steps 4 and 5 need the release binary (fat LTO: minutes, mostly on one core).
 # It builds at the lowest priority while the tests run (they mostly wait on
 # containers); release has its own lock and directory under the target dir.
 if [ "$full_suite" = 1 ] && { [ "${RK_SKIP_VM:-0}" != 1 ] || [ "${RK_SKIP_BENCH:-0}" != 1 ]; }; then
@@ -65,12 +67,23 @@ if [ "$rc" -ne 0 ]; then
     die "cargo test failed (exit $rc)"
 fi
 
+# No input may crash the agent (issue 15): each fuzz target runs its committed
+# seeds and a few thousand mutations: about 30 s for all once the fuzz build in
+# /var/cache/rk-fuzz-target is warm; a change to the crate rebuilds it (about
+# 5 min on 2 cores), the first build takes about 30.
+if [ "${RK_SKIP_FUZZ:-0}" = 1 ] || [ "$full_suite" = 0 ]; then
+    log "step 3/5: scripts/fuzz.sh --smoke skipped"
+else
+    log "step 3/5: scripts/fuzz.sh --smoke (every fuzz target, seeds + 5000 mutations)"
+    bash "$RK_REPO_ROOT/scripts/fuzz.sh" --smoke || die "fuzz smoke failed"
+fi
+
 # This machine has no systemd as PID 1 and cgroup v1: the VM test is where the
 # unit, its notifications, restarts and the reset path unit run for real.
 if [ "${RK_SKIP_VM:-0}" = 1 ] || [ "$full_suite" = 0 ]; then
-    log "step 3/4: scripts/vm-test.sh skipped"
+    log "step 4/5: scripts/vm-test.sh skipped"
 else
-    log "step 3/4: scripts/vm-test.sh (systemd + cgroup v2 node in a qemu guest)"
+    log "step 4/5: scripts/vm-test.sh (systemd + cgroup v2 node in a qemu guest)"
     bash "$RK_REPO_ROOT/scripts/vm-test.sh" || die "VM test failed"
 fi
 
@@ -78,9 +91,9 @@ fi
 # It prints figures and ratios against a floor measured in the same run; it
 # has no thresholds. RK_SKIP_BENCH=1 skips it (quick local runs).
 if [ "${RK_SKIP_BENCH:-0}" = 1 ] || [ "$full_suite" = 0 ]; then
-    log "step 4/4: scripts/bench.sh skipped"
+    log "step 5/5: scripts/bench.sh skipped"
 else
-    log "step 4/4: scripts/bench.sh (pod start vs the no-agent floor and against the test API server, RSS, CPU)"
+    log "step 5/5: scripts/bench.sh (pod start vs the no-agent floor and against the test API server, RSS, CPU)"
     # The test API server built by step 2 (debug) serves the API phase; building a
     # release copy would cost CI minutes for a test double.
     RK_SKIP_SETUP=1 RK_APISERVER_BIN="${RK_APISERVER_BIN:-$CARGO_TARGET_DIR/debug/rk-apiserver}" \

@@ -471,7 +471,11 @@ pub fn normalize_flag_names(args: impl IntoIterator<Item = String>) -> Vec<Strin
         .collect()
 }
 
+/// The longest duration Go's time.Duration holds (i64 nanoseconds, about 292 years).
+const MAX_GO_DURATION: Duration = Duration::new(9_223_372_036, 854_775_807);
+
 /// Parses Go-style durations as the kubelet accepts them: `20s`, `1m`, `1m30s`, `500ms`.
+/// Beyond what a Go duration holds is an error, as time.ParseDuration's "invalid duration".
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let mut total = Duration::ZERO;
     let mut rest = s.trim();
@@ -496,7 +500,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "h" => n * 3600.0,
             _ => return Err(format!("unknown unit {unit:?} in duration {s:?}")),
         };
-        total += Duration::from_secs_f64(secs);
+        total = Duration::try_from_secs_f64(secs)
+            .ok()
+            .and_then(|d| total.checked_add(d))
+            .filter(|t| *t <= MAX_GO_DURATION)
+            .ok_or_else(|| format!("invalid duration {s:?}"))?;
         rest = next;
     }
     Ok(total)
@@ -782,6 +790,7 @@ pub fn go_duration_string(d: Duration) -> String {
 impl Config {
     /// The effective configuration as a `KubeletConfiguration` (what `/configz` serves
     /// under `kubeletconfig`, as upstream does).
+    #[allow(clippy::indexing_slicing)] // serde_json::Value indexing: writes go into an object built here, reads of a missing key give Null.
     pub fn to_kubelet_configuration(&self) -> serde_json::Value {
         use serde_json::json;
         let d = |d: Duration| go_duration_string(d);
@@ -1339,6 +1348,21 @@ mod tests {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("3y").is_err());
+        assert_eq!(parse_duration("2562047h47m16.854775807s").unwrap(), MAX_GO_DURATION);
+    }
+
+    /// Found by the kubelet_config fuzz target: a huge value in a config file
+    /// (`shutdownGracePeriodCriticalPods: 1777…70s`) panicked in
+    /// Duration::from_secs_f64, and a sum past Duration's range in `+=`.
+    #[test]
+    fn durations_beyond_gos_range_are_errors_not_panics() {
+        assert!(parse_duration(&format!("{}0s", "7".repeat(120))).is_err());
+        assert!(parse_duration("2562048h").is_err());
+        assert!(parse_duration("2562047h47m17s").is_err(), "one second past Go's maximum");
+        assert!(parse_duration(&"9999999999h".repeat(3)).is_err());
+        let doc = format!("apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nshutdownGracePeriodCriticalPods: {}0s\n", "7".repeat(120));
+        let e = crate::kubelet_config::KubeletConfiguration::parse(&doc, std::path::Path::new("/etc/kubelet.yaml")).unwrap_err().to_string();
+        assert!(e.contains("shutdownGracePeriodCriticalPods") && e.contains("invalid duration"), "{e}");
     }
 
     #[test]

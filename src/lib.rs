@@ -12,6 +12,8 @@ pub mod config;
 pub mod doctor;
 pub mod events;
 pub mod eviction;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gc;
 pub mod kernel;
 pub mod kubelet_config;

@@ -49,6 +49,18 @@ async fn big_header_status(cert_args: &[&str], size: usize) -> Option<u16> {
     String::from_utf8_lossy(&head[..n]).strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
 }
 
+/// The status code the kubelet API answers to `GET <target>` sent as raw bytes over
+/// TLS with the client certificate (for targets curl would not send as they are).
+async fn raw_get_status(cert_args: &[&str], target: &[u8]) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tls = kubelet_tls(cert_args).await;
+    let req = [b"GET ".as_slice(), target, b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"].concat();
+    tokio::time::timeout(Duration::from_secs(10), tls.write_all(&req)).await.ok()?.ok()?;
+    let mut head = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut head)).await.ok()?.ok()?;
+    String::from_utf8_lossy(head.get(..n)?).strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn k1_the_kubelet_api_authenticates_authorizes_and_serves_pods_and_logs() {
     let dir = PathBuf::from("/var/lib/rkubelet-test/agents/k1-api");
@@ -109,6 +121,22 @@ async fn k1_the_kubelet_api_authenticates_authorizes_and_serves_pods_and_logs() 
         assert_eq!(curl(&format!("{api}/containerLogs/default/talker/c?limitBytes=7"), &allowed).1, "line-1\n");
         assert_eq!(curl(&format!("{api}/containerLogs/default/talker/c?previous=true"), &allowed).0, 400, "no previous instance yet");
         assert_eq!(curl(&format!("{api}/containerLogs/default/nope/c"), &allowed).0, 404);
+        // Issue 15: a query that does not decode is a 400 (never a crash); log options
+        // as upstream: 400 when they do not decode, 422 when they fail validation.
+        assert_eq!(curl(&format!("{api}/pods?x=%a%C3%A9"), &allowed), (400, "invalid query string: invalid URL escape \"%a%\"\n".into()));
+        assert_eq!(curl(&format!("{api}/pods?x=%C3%28"), &allowed).0, 400, "invalid UTF-8 once decoded");
+        assert_eq!(curl(&format!("{api}/containerLogs/default/talker/c?tailLines=%zz"), &allowed), (400, "invalid query string: invalid URL escape \"%zz\"\n".into()));
+        assert_eq!(curl(&format!("{api}/containerLogs/default/talker/c?tailLines=zz"), &allowed), (400, "{\"message\": \"Unable to decode query.\"}\n".into()));
+        assert_eq!(curl(&format!("{api}/containerLogs/default/talker/c?tailLines=-1"), &allowed), (422, "{\"message\": \"Invalid request.\"}\n".into()));
+        assert_eq!(curl(&format!("{api}/containerLogs/default/talker/c?tail=2"), &allowed), (200, "line-4\nline-5\n".into()));
+        assert_eq!(curl(&format!("{api}/containerLogs/default/talker/c?sinceSeconds=9223372036854775807&limitBytes=7"), &allowed), (200, "line-1\n".into()));
+        assert_eq!(curl(&format!("{api}/exec/default/talker/c?command=%zz&output=1"), &allowed).0, 400);
+        assert_eq!(curl(&format!("{api}/portForward/default/talker?port=%8"), &allowed).0, 400);
+        // The issue's raw `%aé` (UTF-8 bytes in the request line): hyper refuses the
+        // request target itself (400) before any handler; the agent serves on.
+        let raw = tokio::runtime::Handle::current().block_on(raw_get_status(&allowed, "/pods?x=%a\u{e9}".as_bytes()));
+        assert_eq!(raw, Some(400));
+        assert_eq!(curl(&format!("{api}/healthz"), &allowed), (200, "ok".into()));
         // kubectl logs through the API server, which forwards to this node's kubelet API
         // (dialled on 127.0.0.1 here: tests only talk to loopback), as kube-apiserver does.
         let (ok, out) = kubectl(&admin, &["logs", "talker", "-c", "c"]);

@@ -206,7 +206,7 @@ fn asn1_time(t: x509_parser::time::ASN1Time) -> SystemTime {
 }
 
 /// Parses `CERTIFICATE` blocks: (PEM text, leaf notBefore, earliest notAfter).
-fn parse_certs(pem_data: &[u8]) -> Result<(String, SystemTime, SystemTime), String> {
+pub(crate) fn parse_certs(pem_data: &[u8]) -> Result<(String, SystemTime, SystemTime), String> {
     let blocks = pem::parse_many(pem_data).map_err(|e| format!("invalid PEM: {e}"))?;
     let certs: Vec<&pem::Pem> = blocks.iter().filter(|b| b.tag() == "CERTIFICATE").collect();
     if certs.is_empty() {
@@ -374,7 +374,7 @@ pub fn node_csr_pem(key: &rcgen::KeyPair, node: &str) -> Result<String> {
 // ------------------------------------------------------------------ kubeconfigs
 
 /// The current context's cluster and user of a kubeconfig.
-fn current_entries(kc: &Kubeconfig) -> std::result::Result<(Cluster, Option<AuthInfo>), String> {
+pub(crate) fn current_entries(kc: &Kubeconfig) -> std::result::Result<(Cluster, Option<AuthInfo>), String> {
     let ctx_name = kc.current_context.clone().ok_or("no current-context")?;
     let ctx = kc
         .contexts

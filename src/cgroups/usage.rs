@@ -159,7 +159,7 @@ pub fn parse_blkio_v1(bytes: &str, ops: &str) -> Vec<DeviceIo> {
                     out.len() - 1
                 }
             };
-            let d = &mut out[i];
+            let Some(d) = out.get_mut(i) else { continue };
             match (op, is_bytes) {
                 ("Read", true) => d.read_bytes = v,
                 ("Write", true) => d.write_bytes = v,

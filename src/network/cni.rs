@@ -19,10 +19,10 @@
 //! Nothing here blocks the tokio runtime: plugins run as
 //! `tokio::process` children with a deadline, file work runs on the blocking pool.
 
-mod cache;
-mod config;
-mod exec;
-mod result;
+pub(crate) mod cache;
+pub(crate) mod config;
+pub(crate) mod exec;
+pub(crate) mod result;
 
 use std::fmt;
 use std::io;

@@ -72,7 +72,7 @@ pub struct Warning {
 
 /// parseResolvConf: nameservers accumulate, the last `search` and `options` win,
 /// search domains lose a trailing dot.
-fn parse(content: &str) -> (Vec<String>, Vec<String>, Vec<String>) {
+pub(crate) fn parse(content: &str) -> (Vec<String>, Vec<String>, Vec<String>) {
     let (mut servers, mut searches, mut options) = (Vec::new(), Vec::new(), Vec::new());
     for line in content.lines() {
         let t = line.trim();

@@ -47,7 +47,9 @@ pub fn load_pod(root: &Path, uid: &str) -> Option<Pod> {
 pub fn termination_deadline(root: &Path, uid: &str, grace: std::time::Duration) -> chrono::DateTime<chrono::Utc> {
     let path = pod_dir(root, uid).join("terminating");
     let now = chrono::Utc::now();
-    let wanted = now + chrono::Duration::from_std(grace).unwrap_or_default();
+    // A grace period past what a date holds (terminationGracePeriodSeconds is any
+    // non-negative int64 the API accepts) waits for ever rather than overflowing.
+    let wanted = chrono::Duration::from_std(grace).ok().and_then(|d| now.checked_add_signed(d)).unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
     let recorded = std::fs::read_to_string(&path).ok().and_then(|s| chrono::DateTime::parse_from_rfc3339(s.trim()).ok()).map(|t| t.with_timezone(&chrono::Utc));
     match recorded {
         Some(t) if t <= wanted => t,
@@ -117,6 +119,18 @@ mod tests {
         assert!(h.starts_with("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n"));
         assert!(h.contains("10.1.2.3\tweb\n"));
         assert!(h.contains("# Entries added by HostAliases.\n1.2.3.4\ta\tb\n"));
+    }
+
+    /// terminationGracePeriodSeconds: 9000000000000000 (the API accepts any
+    /// non-negative int64) overflowed `now + grace` when the pod was deleted: a panic.
+    #[test]
+    fn a_grace_period_beyond_any_date_waits_for_ever_not_a_panic() {
+        let root = tempfile::tempdir().unwrap();
+        let huge = std::time::Duration::from_secs(9_000_000_000_000_000);
+        assert_eq!(termination_deadline(root.path(), "u", huge), chrono::DateTime::<chrono::Utc>::MAX_UTC);
+        assert_eq!(termination_deadline(root.path(), "u", std::time::Duration::from_secs(u64::MAX)), chrono::DateTime::<chrono::Utc>::MAX_UTC);
+        let soon = termination_deadline(root.path(), "u", std::time::Duration::from_secs(30));
+        assert!(soon > chrono::Utc::now() && soon < chrono::Utc::now() + chrono::Duration::seconds(31));
     }
 
     #[test]

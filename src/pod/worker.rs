@@ -639,7 +639,7 @@ impl Worker {
     fn active_deadline(&self, pod: &Pod) -> Option<DateTime<Utc>> {
         let secs = pod.spec.as_ref()?.active_deadline_seconds?;
         let start = self.last_status.as_ref().or(pod.status.as_ref())?.start_time.as_ref()?;
-        DateTime::from_timestamp(start.0.as_second(), 0).map(|s| s + chrono::Duration::seconds(secs))
+        deadline_after(start.0.as_second(), secs)
     }
 
     /// In-place resize, step 1 (upstream's allocation manager): the first sync
@@ -1767,9 +1767,23 @@ fn ensure_shm(dir: &Path) -> std::io::Result<()> {
         .map_err(std::io::Error::from)
 }
 
+/// `start` (Unix seconds) plus `secs`; None past what a date holds (a pod's
+/// activeDeadlineSeconds is any int64 the API accepts).
+fn deadline_after(start: i64, secs: i64) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(start, 0)?.checked_add_signed(chrono::Duration::try_seconds(secs)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `activeDeadlineSeconds: 9223372036854775807` panicked in chrono::Duration::seconds.
+    #[test]
+    fn a_deadline_beyond_any_date_is_none_not_a_panic() {
+        assert_eq!(deadline_after(1_700_000_000, 60), DateTime::from_timestamp(1_700_000_060, 0));
+        assert_eq!(deadline_after(1_700_000_000, i64::MAX), None);
+        assert_eq!(deadline_after(1_700_000_000, 9_000_000_000_000_000), None);
+    }
     #[test]
     fn signals_parse_by_name_or_number() {
         assert_eq!(parse_signal("SIGQUIT"), Some(3));

@@ -32,13 +32,13 @@
 //! messages that end up in a container's waiting state, and
 //! [`ImageError::reason`] gives the kubelet's waiting reason.
 
-mod auth;
-mod hosts;
-mod keyring;
-mod manifest;
-mod provider;
+pub(crate) mod auth;
+pub(crate) mod hosts;
+pub(crate) mod keyring;
+pub(crate) mod manifest;
+pub(crate) mod provider;
 mod pull;
-mod reference;
+pub(crate) mod reference;
 mod store;
 mod unpack;
 

@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod cadvisor;
+pub mod query;
 pub mod serving;
 pub mod stats;
 pub mod streaming;
@@ -203,11 +204,13 @@ async fn handle(state: Arc<State>, cert: Option<&[u8]>, req: Request<hyper::body
         debug!(path, user = %user.name, "forbidden request");
         return text(StatusCode::FORBIDDEN, auth::forbidden_message(&user, &attrs));
     }
-    let query: Vec<(String, String)> = req
-        .uri()
-        .query()
-        .map(url_pairs)
-        .unwrap_or_default();
+    let query = match query::parse(req.uri().query().unwrap_or("")) {
+        Ok(q) => q,
+        Err(e) => {
+            debug!(path, error = %e, "bad query string");
+            return text(StatusCode::BAD_REQUEST, format!("invalid query string: {e}"));
+        }
+    };
     if streaming::is_streaming(&path) {
         return streaming::serve(state.clone(), req, query).await;
     }
@@ -245,37 +248,6 @@ async fn handle(state: Arc<State>, cert: Option<&[u8]>, req: Request<hyper::body
     }
 }
 
-/// `a=1&b=x%20y` → pairs (percent-decoded).
-fn url_pairs(q: &str) -> Vec<(String, String)> {
-    fn dec(s: &str) -> String {
-        let b = s.as_bytes();
-        let mut out = Vec::with_capacity(b.len());
-        let mut i = 0;
-        while i < b.len() {
-            match b[i] {
-                b'%' if i + 2 < b.len() => {
-                    match u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                        Ok(v) => {
-                            out.push(v);
-                            i += 3;
-                            continue;
-                        }
-                        Err(_) => out.push(b'%'),
-                    }
-                }
-                b'+' => out.push(b' '),
-                c => out.push(c),
-            }
-            i += 1;
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    }
-    q.split('&').filter(|p| !p.is_empty()).map(|p| match p.split_once('=') {
-        Some((k, v)) => (dec(k), dec(v)),
-        None => (dec(p), String::new()),
-    }).collect()
-}
-
 /// `/pods`: the pods on this node with their last status, as a PodList.
 fn pods(state: &State) -> Response<Body> {
     let items = crate::pod::store::load_all(&state.root_dir);
@@ -290,21 +262,25 @@ fn container_logs(state: &State, path: &str, query: &[(String, String)]) -> Resp
     let [ns, name, container] = parts[..] else {
         return text(StatusCode::BAD_REQUEST, "Missing container name.");
     };
-    let q = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    let flag = |k: &str| matches!(q(k), Some("true") | Some("1"));
-    let int = |k: &str| q(k).and_then(|v| v.parse::<i64>().ok());
-    let mut opts = crate::logs::Options {
-        tail_lines: int("tailLines").filter(|n| *n >= 0).map(|n| n as usize),
-        since: int("sinceSeconds").map(|s| chrono::Utc::now() - chrono::Duration::seconds(s)),
-        timestamps: flag("timestamps"),
-        limit_bytes: int("limitBytes").filter(|n| *n > 0).map(|n| n as usize),
-    };
-    if let Some(t) = q("sinceTime") {
-        match chrono::DateTime::parse_from_rfc3339(t) {
-            Ok(t) => opts.since = Some(t.with_timezone(&chrono::Utc)),
-            Err(e) => return text(StatusCode::BAD_REQUEST, format!("invalid sinceTime {t:?}: {e}")),
+    // Upstream's answers (getContainerLogs): 400 when the query does not decode
+    // into PodLogOptions, 422 when the options fail validation.
+    let lq = match query::LogQuery::from_query(query) {
+        Ok(o) => o,
+        Err(e @ query::LogQueryError::Decode { .. }) => {
+            debug!(path, error = %e, "container logs: bad query");
+            return text(StatusCode::BAD_REQUEST, r#"{"message": "Unable to decode query."}"#);
         }
-    }
+        Err(e @ query::LogQueryError::Invalid(_)) => {
+            debug!(path, error = %e, "container logs: invalid options");
+            return text(StatusCode::UNPROCESSABLE_ENTITY, r#"{"message": "Invalid request."}"#);
+        }
+    };
+    let opts = crate::logs::Options {
+        tail_lines: lq.tail_lines.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+        since: lq.since(chrono::Utc::now()),
+        timestamps: lq.timestamps,
+        limit_bytes: lq.limit_bytes.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+    };
     let Some(pod) = crate::pod::store::load_all(&state.root_dir)
         .into_iter()
         .find(|p| p.metadata.namespace.as_deref() == Some(ns) && p.metadata.name.as_deref() == Some(name))
@@ -316,7 +292,7 @@ fn container_logs(state: &State, path: &str, query: &[(String, String)]) -> Resp
     let Some(cs) = statuses.into_iter().find(|c| c.name == container) else {
         return text(StatusCode::BAD_REQUEST, format!("container {container} is not valid for pod {name}"));
     };
-    let previous = flag("previous");
+    let previous = lq.previous;
     let attempt = if previous {
         if cs.restart_count == 0 {
             return text(StatusCode::BAD_REQUEST, format!("previous terminated container {container:?} in pod {name:?} not found"));
@@ -336,7 +312,7 @@ fn container_logs(state: &State, path: &str, query: &[(String, String)]) -> Resp
     };
     let first = crate::logs::render(&data, &opts);
     let running = cs.state.as_ref().map(|s| s.running.is_some()).unwrap_or(false);
-    if !flag("follow") || previous || !running {
+    if !lq.follow || previous || !running {
         return Response::builder()
             .status(StatusCode::OK)
             .header("Content-Type", "text/plain")
@@ -418,14 +394,4 @@ fn still_running(root: &std::path::Path, uid: &str, container: &str, attempt: i3
         .find(|c| c.name == container)
         .map(|c| c.restart_count == attempt && c.state.map(|s| s.running.is_some()).unwrap_or(false))
         .unwrap_or(false)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn query_strings_are_decoded() {
-        assert_eq!(url_pairs("tailLines=2&x=a%20b+c&flag"), vec![("tailLines".into(), "2".into()), ("x".into(), "a b c".into()), ("flag".into(), String::new())]);
-    }
 }

@@ -27,11 +27,15 @@ fn net_dev(pid: Option<u32>) -> Vec<(String, u64, u64, u64, u64)> {
         .filter_map(|l| {
             let (name, rest) = l.split_once(':')?;
             let f: Vec<u64> = rest.split_whitespace().filter_map(|v| v.parse().ok()).collect();
-            (f.len() >= 12 && name.trim() != "lo").then(|| (name.trim().to_string(), f[0], f[2], f[8], f[10]))
+            match f.as_slice() {
+                [rx, _, rx_errors, _, _, _, _, _, tx, _, tx_errors, _, ..] if name.trim() != "lo" => Some((name.trim().to_string(), *rx, *rx_errors, *tx, *tx_errors)),
+                _ => None,
+            }
         })
         .collect()
 }
 
+#[allow(clippy::indexing_slicing)] // serde_json::Value indexing: writes go into an object built here, reads of a missing key give Null.
 fn network(time: &str, pid: Option<u32>, default_if: &str) -> Value {
     let ifs: Vec<Value> = net_dev(pid)
         .into_iter()
@@ -159,6 +163,7 @@ pub async fn run_housekeeping(sampler: std::sync::Arc<Sampler>, root_dir: PathBu
     }
 }
 
+#[allow(clippy::indexing_slicing)] // serde_json::Value indexing: writes go into an object built here, reads of a missing key give Null.
 fn cpu_json(s: &Sampler, key: &str, now: DateTime<Utc>, u: &Usage) -> Value {
     let fresh = u.cpu_ns.map(|ns| (now, ns));
     let mut v = match s.cpu(key, fresh) {
@@ -196,6 +201,7 @@ fn io_json(time: &str, u: &Usage) -> Option<Value> {
 }
 
 /// The `swap` object: usage, and what is left under a limit.
+#[allow(clippy::indexing_slicing)] // serde_json::Value indexing: writes go into an object built here, reads of a missing key give Null.
 fn swap_json(time: &str, u: &Usage) -> Option<Value> {
     let used = u.swap_bytes?;
     let mut v = json!({"time": time, "swapUsageBytes": used});
@@ -206,6 +212,7 @@ fn swap_json(time: &str, u: &Usage) -> Option<Value> {
 }
 
 /// Adds the optional `io` and `swap` objects of `u` to a container, pod or node object.
+#[allow(clippy::indexing_slicing)] // serde_json::Value indexing: writes go into an object built here, reads of a missing key give Null.
 fn with_io_swap(mut v: Value, time: &str, u: &Usage) -> Value {
     if let Some(io) = io_json(time, u) {
         v["io"] = io;
@@ -237,6 +244,7 @@ fn running_container_ids(p: &k8s_openapi::api::core::v1::Pod) -> impl Iterator<I
 
 /// The `memory` object; `availableBytes` is the limit (the cgroup's, or the
 /// node's capacity) less the working set, and absent without a limit.
+#[allow(clippy::indexing_slicing)] // serde_json::Value indexing: writes go into an object built here, reads of a missing key give Null.
 fn memory_json(time: &str, u: &Usage, limit: Option<u64>) -> Value {
     let mut v = json!({"time": time});
     for (k, val) in [("usageBytes", u.memory_bytes), ("workingSetBytes", u.working_set_bytes), ("rssBytes", u.rss_bytes), ("pageFaults", u.page_faults), ("majorPageFaults", u.major_page_faults)] {
@@ -358,6 +366,7 @@ fn boot_time() -> Option<DateTime<Utc>> {
 /// `/metrics/resource` (Prometheus text) from a summary: the series metrics-server
 /// reads, as upstream's resource metrics collector writes them (families sorted
 /// by name; samples stamped with the time of their reading).
+#[allow(clippy::indexing_slicing)] // serde_json::Value indexing: reads of a missing key give Null, never a panic.
 pub fn resource_metrics(summary: &Value) -> String {
     let ms = Utc::now().timestamp_millis();
     let mut out = String::new();

@@ -102,8 +102,13 @@ pub fn read(path: &Path) -> Result<Option<CacheEntry>, CacheReadError> {
             })
         }
     };
+    decode(&bytes, path).map(Some)
+}
+
+/// Decodes a record's bytes; `path` names the file in errors.
+pub fn decode(bytes: &[u8], path: &Path) -> Result<CacheEntry, CacheReadError> {
     let entry: CacheEntry =
-        serde_json::from_slice(&bytes).map_err(|source| CacheReadError::Corrupt {
+        serde_json::from_slice(bytes).map_err(|source| CacheReadError::Corrupt {
             path: path.to_path_buf(),
             source,
         })?;
@@ -113,7 +118,7 @@ pub fn read(path: &Path) -> Result<Option<CacheEntry>, CacheReadError> {
             kind: entry.kind,
         });
     }
-    Ok(Some(entry))
+    Ok(entry)
 }
 
 /// Writes a record atomically: a temp file in the same directory, fsync,

@@ -274,7 +274,7 @@ pub fn format_cni_args(args: &[(String, String)]) -> String {
 }
 
 fn truncate(bytes: &[u8]) -> String {
-    let cut = &bytes[..bytes.len().min(MAX_DIAGNOSTIC_BYTES)];
+    let cut = bytes.get(..MAX_DIAGNOSTIC_BYTES).unwrap_or(bytes);
     let mut s = String::from_utf8_lossy(cut).into_owned();
     if bytes.len() > MAX_DIAGNOSTIC_BYTES {
         s.push('…');

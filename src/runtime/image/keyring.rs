@@ -330,15 +330,13 @@ fn is_default_registry_match(repo: &str) -> bool {
 
 /// Go's `path/filepath.Match` for one host label: `*` (any run of characters),
 /// `?` (one character), `[...]` classes with ranges and `^` negation, `\` escapes.
-/// A malformed pattern matches nothing.
+/// A malformed pattern matches nothing. Linear backtracking to the last `*` (as
+/// Go's matcher): a pull secret's pattern cannot make a match take exponential time.
 pub fn glob_match(pattern: &str, name: &str) -> bool {
+    /// A class after `[` against `c`: (matched, chars consumed including `]`).
     fn class(p: &[char], c: char) -> Option<(bool, usize)> {
-        // p starts after '['; returns (matched, chars consumed including ']').
-        let mut i = 0;
         let negated = p.first() == Some(&'^');
-        if negated {
-            i += 1;
-        }
+        let mut i = usize::from(negated);
         let mut matched = false;
         let mut first = true;
         loop {
@@ -358,11 +356,12 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
             let mut hi = lo;
             if p.get(i) == Some(&'-') && p.get(i + 1).is_some_and(|c| *c != ']') {
                 i += 1;
-                hi = if p[i] == '\\' {
+                let ch = *p.get(i)?;
+                hi = if ch == '\\' {
                     i += 1;
                     *p.get(i)?
                 } else {
-                    p[i]
+                    ch
                 };
                 i += 1;
             }
@@ -372,22 +371,39 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
         }
         Some((matched != negated, i))
     }
-    fn go(p: &[char], n: &[char]) -> bool {
-        match p.first() {
-            None => n.is_empty(),
-            Some('*') => (0..=n.len()).any(|k| go(&p[1..], &n[k..])),
-            Some('?') => !n.is_empty() && go(&p[1..], &n[1..]),
-            Some('[') => match (n.first(), class(&p[1..], *n.first().unwrap_or(&'\0'))) {
-                (Some(_), Some((true, used))) => go(&p[1 + used..], &n[1..]),
-                _ => false,
-            },
-            Some('\\') => p.len() > 1 && n.first() == Some(&p[1]) && go(&p[2..], &n[1..]),
-            Some(c) => n.first() == Some(c) && go(&p[1..], &n[1..]),
+    /// The single-character token at `p[i..]` against `c`: (matched, next index);
+    /// None at the end of the pattern or when it is malformed there.
+    fn token(p: &[char], i: usize, c: char) -> Option<(bool, usize)> {
+        match *p.get(i)? {
+            '?' => Some((true, i + 1)),
+            '[' => class(p.get(i + 1..)?, c).map(|(m, used)| (m, i + 1 + used)),
+            '\\' => p.get(i + 1).map(|e| (*e == c, i + 2)),
+            ch => Some((ch == c, i + 1)),
         }
     }
     let p: Vec<char> = pattern.chars().collect();
     let n: Vec<char> = name.chars().collect();
-    go(&p, &n)
+    let (mut pi, mut ni) = (0, 0);
+    // After the last `*`: where the pattern resumes and the name position it took.
+    let mut star: Option<(usize, usize)> = None;
+    while let Some(&c) = n.get(ni) {
+        if p.get(pi) == Some(&'*') {
+            pi += 1;
+            star = Some((pi, ni));
+            continue;
+        }
+        if let Some((true, next)) = token(&p, pi, c) {
+            pi = next;
+            ni += 1;
+            continue;
+        }
+        // Let the last `*` take one more character, or fail.
+        let Some((sp, sn)) = star else { return false };
+        star = Some((sp, sn + 1));
+        pi = sp;
+        ni = sn + 1;
+    }
+    p.iter().skip(pi).all(|c| *c == '*')
 }
 
 #[cfg(test)]
@@ -465,6 +481,23 @@ mod tests {
         assert!(!glob_match("\\*", "x"));
         assert!(!glob_match("[", "x"), "malformed patterns match nothing");
         assert!(glob_match("[]a]", "]"));
+        assert!(glob_match("a*b*c", "aXbYbZc") && !glob_match("a*b*c", "aXbYbZ"));
+        assert!(glob_match("*?", "x") && !glob_match("*?", ""));
+        assert!(glob_match("x*", "x") && glob_match("**", ""));
+        assert!(!glob_match("*[", "abc"), "a malformed class after a star matches nothing");
+        assert!(glob_match("[a-\\z]", "b") && !glob_match("[a-", "a"));
+    }
+
+    /// Nested `*` recursion was exponential: a pull secret's key like this one
+    /// against a long host label kept a pull (and the fuzzer) busy for ever.
+    #[test]
+    fn many_stars_match_in_linear_time() {
+        let pattern = format!("{}b", "*a".repeat(30));
+        let name = "a".repeat(200);
+        let t = std::time::Instant::now();
+        assert!(!glob_match(&pattern, &name));
+        assert!(glob_match(&pattern, &format!("{name}b")));
+        assert!(t.elapsed() < std::time::Duration::from_secs(1), "{:?}", t.elapsed());
     }
 
     #[test]

@@ -259,6 +259,11 @@ fn read_config(path: &Path) -> Result<Vec<ProviderConfig>, ProviderError> {
     Ok(providers)
 }
 
+/// Decodes and validates one configuration document (`path` names it in errors).
+pub(crate) fn check_config(path: &Path, text: &[u8]) -> Result<(), ProviderError> {
+    validate(&decode(path, text)?.providers)
+}
+
 fn decode(path: &Path, text: &[u8]) -> Result<ConfigFile, ProviderError> {
     let decode_err = |message: String| ProviderError::Decode { path: path.to_owned(), message };
     let doc: ConfigFile = serde_yaml::from_slice(text).map_err(|e| decode_err(e.to_string()))?;

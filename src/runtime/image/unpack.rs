@@ -38,11 +38,7 @@ pub(crate) async fn unpack(
         if snapshot_exists(containerd, chain_id).await? {
             continue;
         }
-        let parent = if index == 0 {
-            ""
-        } else {
-            chain[index - 1].as_str()
-        };
+        let parent = index.checked_sub(1).and_then(|i| chain.get(i)).map_or("", String::as_str);
         let labels = HashMap::from([(SNAPSHOT_REF_LABEL.to_owned(), chain_id.clone())]);
 
         let mut prepared = None;

@@ -63,13 +63,13 @@ pub struct TermSize {
 
 /// `/exec`, `/attach` or `/portForward` with the path parsed.
 #[derive(Debug, PartialEq, Eq)]
-enum Route<'a> {
+pub(crate) enum Route<'a> {
     Exec { ns: &'a str, pod: &'a str, uid: Option<&'a str>, container: &'a str },
     Attach { ns: &'a str, pod: &'a str, uid: Option<&'a str>, container: &'a str },
     PortForward { ns: &'a str, pod: &'a str, uid: Option<&'a str> },
 }
 
-fn route(path: &str) -> Option<Route<'_>> {
+pub(crate) fn route(path: &str) -> Option<Route<'_>> {
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     if segs.iter().skip(1).any(|s| s.is_empty()) {
         return None;

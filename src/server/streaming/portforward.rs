@@ -154,7 +154,7 @@ async fn forward(error: spdy::Stream, data: spdy::Stream, port: u16, t: Target) 
             match rd.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if w.write(&buf[..n]).await.is_err() {
+                    if w.write(buf.get(..n).unwrap_or_default()).await.is_err() {
                         return;
                     }
                 }
@@ -242,7 +242,7 @@ pub async fn serve_ws<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(io: I
                 match rd.read(&mut buf).await {
                     Ok(0) | Err(_) => return,
                     Ok(n) => {
-                        if out.send(websocket::encode(&p, data_ch, &buf[..n])).await.is_err() {
+                        if out.send(websocket::encode(&p, data_ch, buf.get(..n).unwrap_or_default())).await.is_err() {
                             return;
                         }
                     }

@@ -57,6 +57,7 @@ pub const SPDY_PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io", 
 
 /// The status the error stream carries: None for "nothing to write" (success
 /// before v4). `json`: v4/v5 metav1.Status, else its message text.
+#[allow(clippy::indexing_slicing)] // serde_json::Value indexing: writes go into an object built here, reads of a missing key give Null.
 pub fn status_bytes(o: &Outcome, json: bool) -> Option<Vec<u8>> {
     let status = match o {
         Outcome::Exited { code: 0, .. } => Status { status: Some("Success".into()), ..Default::default() },
@@ -103,25 +104,43 @@ fn spawn_resize_decoder(mut rx: mpsc::Receiver<Bytes>) -> mpsc::Receiver<TermSiz
             if buf.len() > 64 * 1024 {
                 return;
             }
-            let mut it = serde_json::Deserializer::from_slice(&buf).into_iter::<TermSize>();
-            let mut used = 0;
-            loop {
-                match it.next() {
-                    Some(Ok(s)) => {
-                        used = it.byte_offset();
-                        if tx.send(s).await.is_err() {
-                            return;
-                        }
-                    }
-                    Some(Err(e)) if e.is_eof() => break,
-                    Some(Err(_)) => return,
-                    None => break,
+            let (sizes, bad) = take_sizes(&mut buf);
+            for s in sizes {
+                if tx.send(s).await.is_err() {
+                    return;
                 }
             }
-            buf.drain(..used);
+            if let Some(e) = bad {
+                debug!(error = %e, "bad resize event; ignoring further resizes");
+                return;
+            }
         }
     });
     out
+}
+
+/// Takes the whole `{"Width":…,"Height":…}` objects off the front of `buf` (an
+/// incomplete one stays for the next chunk), and the error if what follows them
+/// is not one.
+pub(crate) fn take_sizes(buf: &mut Vec<u8>) -> (Vec<TermSize>, Option<serde_json::Error>) {
+    let mut it = serde_json::Deserializer::from_slice(buf).into_iter::<TermSize>();
+    let (mut sizes, mut used, mut bad) = (Vec::new(), 0, None);
+    loop {
+        match it.next() {
+            Some(Ok(s)) => {
+                used = it.byte_offset();
+                sizes.push(s);
+            }
+            Some(Err(e)) if e.is_eof() => break,
+            Some(Err(e)) => {
+                bad = Some(e);
+                break;
+            }
+            None => break,
+        }
+    }
+    buf.drain(..used.min(buf.len()));
+    (sizes, bad)
 }
 
 /// Forwards an output channel with `write`, then `finish`es.

@@ -97,17 +97,22 @@ impl Default for Decoder {
     }
 }
 
-fn u32_at(b: &[u8], i: usize) -> u32 {
-    u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+/// The big-endian word at `b[i..i + 4]` with its top bit cleared (stream ids), if there.
+fn id_at(b: &[u8], i: usize) -> Option<u32> {
+    word_at(b, i).map(|w| w & 0x7fff_ffff)
+}
+
+/// The big-endian word at `b[i..i + 4]`, if there.
+fn word_at(b: &[u8], i: usize) -> Option<u32> {
+    b.get(i..i.checked_add(4)?).and_then(|w| <[u8; 4]>::try_from(w).ok()).map(u32::from_be_bytes)
 }
 
 impl Decoder {
     /// Takes one whole frame off the front of `buf`, or None if more bytes are needed.
+    /// Every field is read with bounds checks: the bytes are the client's.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>> {
-        if buf.len() < 8 {
-            return Ok(None);
-        }
-        let len = (u32_at(buf, 4) & 0x00ff_ffff) as usize;
+        let Some(h) = buf.get(..8).and_then(|h| <[u8; 8]>::try_from(h).ok()) else { return Ok(None) };
+        let len = (u32::from_be_bytes([h[4], h[5], h[6], h[7]]) & 0x00ff_ffff) as usize;
         if len > MAX_FRAME {
             return Err(SpdyError::TooLarge(len));
         }
@@ -115,56 +120,35 @@ impl Decoder {
             buf.reserve(8 + len - buf.len());
             return Ok(None);
         }
-        let head = buf.split_to(8);
+        buf.advance(8);
         let payload = buf.split_to(len).freeze();
-        let flags = head[4];
-        if head[0] & 0x80 == 0 {
-            let id = u32_at(&head, 0) & 0x7fff_ffff;
+        let flags = h[4];
+        if h[0] & 0x80 == 0 {
+            let id = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) & 0x7fff_ffff;
             return Ok(Some(Frame::Data { id, flags, data: payload }));
         }
-        let version = u16::from_be_bytes([head[0], head[1]]) & 0x7fff;
+        let version = u16::from_be_bytes([h[0], h[1]]) & 0x7fff;
         if version != VERSION {
             return Err(SpdyError::Version(version));
         }
-        let kind = u16::from_be_bytes([head[2], head[3]]);
-        let p = &payload[..];
-        let need = |n: usize, what: &'static str| if p.len() < n { Err(SpdyError::Invalid(what)) } else { Ok(()) };
+        let kind = u16::from_be_bytes([h[2], h[3]]);
+        let p: &[u8] = &payload;
+        let id = |i: usize, what: &'static str| id_at(p, i).ok_or(SpdyError::Invalid(what));
+        let word = |i: usize, what: &'static str| word_at(p, i).ok_or(SpdyError::Invalid(what));
+        let rest = |i: usize, what: &'static str| p.get(i..).ok_or(SpdyError::Invalid(what));
         Ok(Some(match kind {
             1 => {
-                need(10, "SYN_STREAM")?;
-                Frame::SynStream {
-                    id: u32_at(p, 0) & 0x7fff_ffff,
-                    associated: u32_at(p, 4) & 0x7fff_ffff,
-                    priority: p[8] >> 5,
-                    flags,
-                    headers: self.headers(&p[10..])?,
-                }
+                let (id, associated) = (id(0, "SYN_STREAM")?, id(4, "SYN_STREAM")?);
+                let priority = p.get(8).ok_or(SpdyError::Invalid("SYN_STREAM"))? >> 5;
+                Frame::SynStream { id, associated, priority, flags, headers: self.headers(rest(10, "SYN_STREAM")?)? }
             }
-            2 => {
-                need(4, "SYN_REPLY")?;
-                Frame::SynReply { id: u32_at(p, 0) & 0x7fff_ffff, flags, headers: self.headers(&p[4..])? }
-            }
-            3 => {
-                need(8, "RST_STREAM")?;
-                Frame::RstStream { id: u32_at(p, 0) & 0x7fff_ffff, status: u32_at(p, 4) }
-            }
+            2 => Frame::SynReply { id: id(0, "SYN_REPLY")?, flags, headers: self.headers(rest(4, "SYN_REPLY")?)? },
+            3 => Frame::RstStream { id: id(0, "RST_STREAM")?, status: word(4, "RST_STREAM")? },
             4 => Frame::Settings,
-            6 => {
-                need(4, "PING")?;
-                Frame::Ping(u32_at(p, 0))
-            }
-            7 => {
-                need(8, "GOAWAY")?;
-                Frame::GoAway { last_good: u32_at(p, 0) & 0x7fff_ffff, status: u32_at(p, 4) }
-            }
-            8 => {
-                need(4, "HEADERS")?;
-                Frame::Headers { id: u32_at(p, 0) & 0x7fff_ffff, flags, headers: self.headers(&p[4..])? }
-            }
-            9 => {
-                need(8, "WINDOW_UPDATE")?;
-                Frame::WindowUpdate { id: u32_at(p, 0) & 0x7fff_ffff, delta: u32_at(p, 4) & 0x7fff_ffff }
-            }
+            6 => Frame::Ping(word(0, "PING")?),
+            7 => Frame::GoAway { last_good: id(0, "GOAWAY")?, status: word(4, "GOAWAY")? },
+            8 => Frame::Headers { id: id(0, "HEADERS")?, flags, headers: self.headers(rest(4, "HEADERS")?)? },
+            9 => Frame::WindowUpdate { id: id(0, "WINDOW_UPDATE")?, delta: id(4, "WINDOW_UPDATE")? },
             other => Frame::Unknown(other),
         }))
     }
@@ -193,7 +177,7 @@ impl Decoder {
                 Err(e) => return Err(SpdyError::Inflate(e.to_string())),
             }
             let used = (self.inflate.total_in() - before_in) as usize;
-            input = &input[used.min(input.len())..];
+            input = input.get(used..).unwrap_or_default();
             let produced = out.len() - before_out;
             if input.is_empty() && out.len() < out.capacity() {
                 break;
@@ -206,7 +190,7 @@ impl Decoder {
     }
 }
 
-fn parse_header_block(b: &[u8]) -> Result<Headers> {
+pub(crate) fn parse_header_block(b: &[u8]) -> Result<Headers> {
     let bad = || SpdyError::Invalid("header block");
     let mut b = b;
     if b.len() < 4 {
@@ -223,10 +207,8 @@ fn parse_header_block(b: &[u8]) -> Result<Headers> {
                 return Err(bad());
             }
             let l = b.get_u32() as usize;
-            if b.len() < l {
-                return Err(bad());
-            }
-            let s = String::from_utf8_lossy(&b[..l]).into_owned();
+            let Some(bytes) = b.get(..l) else { return Err(bad()) };
+            let s = String::from_utf8_lossy(bytes).into_owned();
             b.advance(l);
             Ok(s)
         };
@@ -329,7 +311,7 @@ impl Encoder {
             let before = self.deflate.total_in();
             self.deflate.compress_vec(input, &mut out, FlushCompress::Sync).map_err(|e| SpdyError::Deflate(e.to_string()))?;
             let used = (self.deflate.total_in() - before) as usize;
-            input = &input[used.min(input.len())..];
+            input = input.get(used..).unwrap_or_default();
             // A sync flush is complete once all input is taken and output space was left over.
             if input.is_empty() && out.len() < out.capacity() {
                 return Ok(out);

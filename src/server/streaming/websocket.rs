@@ -91,15 +91,16 @@ pub enum Incoming {
 
 pub fn decode(p: &Protocol, m: Message) -> Incoming {
     match m {
-        Message::Binary(b) if !p.base64 && !b.is_empty() => {
-            if b[0] == CLOSE_CHANNEL && p.close_signal {
-                return b.get(1).map(|c| Incoming::Close { channel: *c }).unwrap_or(Incoming::Ignore);
+        Message::Binary(b) if !p.base64 => {
+            let Some((&channel, rest)) = b.split_first() else { return Incoming::Ignore };
+            if channel == CLOSE_CHANNEL && p.close_signal {
+                return rest.first().map(|c| Incoming::Close { channel: *c }).unwrap_or(Incoming::Ignore);
             }
-            Incoming::Data { channel: b[0], data: b.slice(1..) }
+            Incoming::Data { channel, data: b.slice(1..) }
         }
-        Message::Text(t) if p.base64 && !t.is_empty() => {
+        Message::Text(t) if p.base64 => {
             let s = t.as_str();
-            let (Some(ch), Some(rest)) = (s.as_bytes()[0].checked_sub(b'0'), s.get(1..)) else { return Incoming::Ignore };
+            let (Some(ch), Some(rest)) = (s.as_bytes().first().and_then(|c| c.checked_sub(b'0')), s.get(1..)) else { return Incoming::Ignore };
             match base64::engine::general_purpose::STANDARD.decode(rest) {
                 Ok(d) => Incoming::Data { channel: ch, data: Bytes::from(d) },
                 Err(_) => Incoming::Ignore,
